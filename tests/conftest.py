@@ -1,0 +1,128 @@
+"""Shared fixtures: real brokers, real pseudo-terminals, and a leak check on every test.
+
+The leak check fails a test that leaves behind threads, child processes or
+open file descriptors — a gateway that runs for years cannot leak any of them.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from simulator.broker import Mosquitto
+from simulator.pty import PtyPair
+
+SHARED_BROKER = ("127.0.0.1", 1883)
+
+
+def _open_fds() -> set[int]:
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the fd listdir itself used, already closed
+        # pytest's own capture files and /dev/null are not ours to judge
+        if target.startswith("/dev/null"):
+            continue
+        fds.add(fd)
+    return fds
+
+
+def _children() -> set[int]:
+    me = os.getpid()
+    kids = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:  # noqa: PTH123
+                stat = f.read()
+        except OSError:
+            continue
+        # field 4 (after the parenthesised comm, which may hold spaces) is the ppid
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == me and fields[0] != "Z":
+            kids.add(int(name))
+    return kids
+
+
+@pytest.fixture(autouse=True)
+def leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test if it leaves threads, child processes or file descriptors behind."""
+    threads_before = set(threading.enumerate())
+    fds_before = _open_fds()
+    kids_before = _children()
+    yield
+    if request.node.get_closest_marker("leaks_ok"):
+        return
+    leaked_threads = [t for t in threading.enumerate() if t not in threads_before]
+    for t in leaked_threads:
+        t.join(timeout=5.0)  # a thread that is shutting down gets its chance to finish
+    leaked_threads = [t.name for t in leaked_threads if t.is_alive()]
+    gc.collect()
+    leaked_fds = {}
+    for fd in _open_fds() - fds_before:
+        try:
+            leaked_fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+    leaked_kids = _children() - kids_before
+    problems = []
+    if leaked_threads:
+        problems.append(f"threads left running: {leaked_threads}")
+    if leaked_kids:
+        problems.append(f"child processes left running: {sorted(leaked_kids)}")
+    if leaked_fds:
+        problems.append(f"file descriptors left open: {leaked_fds}")
+    if problems:
+        pytest.fail("resource leak: " + "; ".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A private mosquitto on a free port that the test may stop, kill and restart."""
+    b = Mosquitto(tmp_path_factory.mktemp("broker"))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture
+def shared_broker_url() -> tuple[str, int]:
+    """The machine's own mosquitto; use only with `unique_topic` and never stop it."""
+    return SHARED_BROKER
+
+
+@pytest.fixture
+def unique_topic() -> str:
+    """A topic prefix no other test (or run) uses, for tests on the shared broker."""
+    return f"alarmgw-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def pty_pair() -> Iterator[PtyPair]:
+    """Two linked pseudo-terminal paths (`.a`, `.b`): a virtual RS-485 cable."""
+    pair = PtyPair()
+    try:
+        yield pair
+    finally:
+        pair.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "leaks_ok: skip the resource leak check (explain why)")
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
