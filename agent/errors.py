@@ -89,9 +89,13 @@ class UnknownPoint(AlarmgwError):
 # --- delivery side ----------------------------------------------------------
 
 
-class BufferError_(AlarmgwError):  # noqa: N801 - avoid shadowing builtin BufferError
+class BufferError_(AlarmgwError):  # trailing _ : not the builtin BufferError
     """The event buffer could not store or read events."""
 
 
 class UplinkError(AlarmgwError):
     """The MQTT uplink could not be set up (bad TLS files, unreadable credentials...)."""
+
+
+class GpioError(AlarmgwError):
+    """A GPIO pin could not be opened (no pin factory, pin busy, invalid pin)."""

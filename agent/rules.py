@@ -1,0 +1,239 @@
+"""Local output rules, and what a GPIO contact change means as an event.
+
+These rules must keep working with no network at all: the buzzer sounds for
+a fire, gas, electrical-fire or manual alarm whether or not the platform ever
+hears of it, and the status LED tells a passer-by that the uplink is down.
+
+- `AlarmRule`: any active (not yet restored) life-safety alarm sounds the
+  buzzer until someone silences it or every such alarm is restored; a NEW
+  alarm after silencing sounds it again.
+- `UplinkLedRule`: LED steady while the uplink is connected, blinking while
+  it is not (including before the first connection).
+- `contact_event`: a debounced contact change -> an Event for the buffer.
+
+Rules drive anything with on()/off()/blink() (drivers.gpio.Output in the
+agent); they never touch pins themselves and never do I/O beyond that. They
+are called from several threads (points, contacts, the uplink, commands), so
+each holds a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from agent.errors import ConfigError, ConfigProblem
+from agent.events import LIFE_SAFETY, Category, Event, Kind, Severity
+
+if TYPE_CHECKING:
+    from drivers.gpio import ContactChange
+
+GPIO_DEVICE = "gpio"  # the `device` of every contact event; the input id is the `point`
+
+RULE_ALARM = "alarm"
+RULE_UPLINK_DOWN_BLINK = "uplink-down-blink"
+RULE_NONE = "none"  # an output no rule drives (a relay driven by commands later)
+KNOWN_RULES = frozenset({RULE_ALARM, RULE_UPLINK_DOWN_BLINK, RULE_NONE})
+
+_KIND_WORD = {Kind.ALARM: "报警", Kind.FAULT: "故障", Kind.RESTORE: "恢复"}
+
+
+class Switchable(Protocol):
+    """An output a rule can drive."""
+
+    def on(self) -> None: ...
+    def off(self) -> None: ...
+    def blink(self, on_s: float, off_s: float) -> None: ...
+
+
+class ContactSpec(Protocol):
+    """What contact_event needs from an input's config (agent.config.InputConfig fits)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def pin(self) -> int: ...
+    @property
+    def kind(self) -> str: ...  # "state" | "alarm" | "fault"
+    @property
+    def category(self) -> str: ...
+    @property
+    def severity(self) -> str: ...
+    @property
+    def active_state(self) -> str: ...
+    @property
+    def inactive_state(self) -> str: ...
+
+
+AlarmKey = tuple[str, str | None]  # (device, point): a RESTORE clears the same key
+
+
+class AlarmRule:
+    """Buzzer on while a life-safety alarm is active and not silenced."""
+
+    def __init__(self, buzzers: Sequence[Switchable]) -> None:
+        self._buzzers = list(buzzers)
+        self._lock = threading.Lock()
+        self._active: dict[AlarmKey, Event] = {}
+        self._silenced = False
+        self._apply_locked()
+
+    def on_event(self, event: Event) -> None:
+        """Feed every event; only alarms and restores change anything."""
+        if event.test:
+            return  # a test transmission must not sound an evacuation buzzer
+        key = (event.device, event.point)
+        with self._lock:
+            if event.kind is Kind.ALARM:
+                is_new = key not in self._active
+                self._active[key] = event
+                if is_new and event.category in LIFE_SAFETY:
+                    self._silenced = False  # a new alarm (also after all clear) sounds again
+            elif event.kind is Kind.RESTORE:
+                self._active.pop(key, None)
+            else:
+                return
+            self._apply_locked()
+
+    def silence(self) -> bool:
+        """Turn the buzzer off until a new alarm; True if it was sounding."""
+        with self._lock:
+            was_sounding = self._should_sound_locked()
+            self._silenced = True
+            self._apply_locked()
+            return was_sounding
+
+    @property
+    def sounding(self) -> bool:
+        with self._lock:
+            return self._should_sound_locked()
+
+    @property
+    def silenced(self) -> bool:
+        with self._lock:
+            return self._silenced and bool(self._sounding_alarms_locked())
+
+    def active_alarms(self) -> list[Event]:
+        """Every active alarm (any category), most severe first, then oldest first."""
+        with self._lock:
+            alarms = list(self._active.values())
+        return sorted(alarms, key=lambda e: (e.severity.rank, e.ts_ms))
+
+    def _sounding_alarms_locked(self) -> list[Event]:
+        return [e for e in self._active.values() if e.category in LIFE_SAFETY]
+
+    def _should_sound_locked(self) -> bool:
+        return not self._silenced and bool(self._sounding_alarms_locked())
+
+    def _apply_locked(self) -> None:
+        sound = self._should_sound_locked()
+        for buzzer in self._buzzers:
+            if sound:
+                buzzer.on()
+            else:
+                buzzer.off()
+
+
+class UplinkLedRule:
+    """LED steady while the uplink is connected, blinking while it is down."""
+
+    def __init__(
+        self, leds: Sequence[Switchable], *, blink_on_s: float = 0.5, blink_off_s: float = 0.5
+    ) -> None:
+        self._leds = list(leds)
+        self._blink = (blink_on_s, blink_off_s)
+        self._lock = threading.Lock()
+        self._connected = False
+        self._apply_locked()  # down until told otherwise: we have not connected yet
+
+    @property
+    def connected(self) -> bool:
+        with self._lock:
+            return self._connected
+
+    def uplink_changed(self, connected: bool) -> None:
+        with self._lock:
+            self._connected = connected
+            self._apply_locked()
+
+    def _apply_locked(self) -> None:
+        for led in self._leds:
+            if self._connected:
+                led.on()
+            else:
+                led.blink(*self._blink)
+
+
+class LocalRules:
+    """All local rules for a gateway's outputs, fed events and uplink changes."""
+
+    def __init__(self, rule_outputs: Iterable[tuple[str, str, Switchable]]) -> None:
+        """`rule_outputs`: (output id, rule name, output) for every configured output."""
+        by_rule: dict[str, list[Switchable]] = {rule: [] for rule in KNOWN_RULES}
+        for output_id, rule, output in rule_outputs:
+            if rule not in KNOWN_RULES:
+                raise ConfigError(
+                    [ConfigProblem("", f"outputs.{output_id}.rule", f"unknown rule {rule!r}")]
+                )
+            by_rule[rule].append(output)
+        for output in by_rule[RULE_NONE]:
+            output.off()
+        self.alarm = AlarmRule(by_rule[RULE_ALARM])
+        self.uplink_led = UplinkLedRule(by_rule[RULE_UPLINK_DOWN_BLINK])
+
+    def on_event(self, event: Event) -> None:
+        self.alarm.on_event(event)
+
+    def uplink_changed(self, connected: bool) -> None:
+        self.uplink_led.uplink_changed(connected)
+
+    def silence(self) -> bool:
+        return self.alarm.silence()
+
+    def active_alarms(self) -> list[Event]:
+        return self.alarm.active_alarms()
+
+
+def contact_event(cfg: ContactSpec, change: ContactChange, clock_synced: bool) -> Event:
+    """The event a debounced contact change raises.
+
+    kind "alarm"/"fault" inputs raise ALARM/FAULT when active and RESTORE when
+    inactive; kind "state" inputs raise STATE both ways. The input's severity
+    applies to the active side; a restore or return to the inactive state is INFO.
+    """
+    kind = _contact_kind(Kind(cfg.kind), change.active)
+    state = cfg.active_state if change.active else cfg.inactive_state
+    severity = Severity(cfg.severity) if change.active else Severity.INFO
+    word = _KIND_WORD.get(kind)
+    text = f"{cfg.name}：{state}" + (f"（{word}）" if word else "")
+    return Event(
+        kind=kind,
+        category=Category(cfg.category),
+        severity=severity,
+        state=state,
+        text=text,
+        device=GPIO_DEVICE,
+        point=cfg.id,
+        value=change.active,
+        ts_ms=change.ts_ms,
+        clock_synced=clock_synced,
+        point_name=cfg.name,
+        detail={"pin": cfg.pin, "initial": True} if change.initial else {"pin": cfg.pin},
+    )
+
+
+def _contact_kind(configured: Kind, active: bool) -> Kind:
+    if configured in (Kind.ALARM, Kind.FAULT):
+        return configured if active else Kind.RESTORE
+    if configured is Kind.STATE:
+        return Kind.STATE
+    raise ConfigError(
+        [
+            ConfigProblem(
+                "", "inputs.kind", f"a contact input cannot be of kind {configured.value!r}"
+            )
+        ]
+    )

@@ -1,0 +1,354 @@
+"""Local rules on real gpiozero outputs (MockFactory pins) and contact -> event mapping.
+
+The bench: a buzzer on GPIO24 and a status LED on GPIO25, as in
+config/example.toml; the example's four inputs map to events exactly as the
+feed expects.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from agent.errors import ConfigError
+from agent.events import Category, Event, Identity, Kind, Severity, dumps
+from agent.rules import (
+    GPIO_DEVICE,
+    AlarmRule,
+    LocalRules,
+    UplinkLedRule,
+    contact_event,
+)
+from drivers.gpio import ContactChange, GpioBank, Output
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.toml"
+DEADLINE_S = 5.0
+
+
+@dataclass(frozen=True)
+class Out:
+    id: str
+    pin: int
+    type: str
+    active: str = "high"
+
+
+@dataclass(frozen=True)
+class InputCfg:
+    """The [[inputs]] keys as the config gives them (kind defaults to "state")."""
+
+    id: str
+    name: str
+    pin: int
+    pull: str
+    active: str
+    debounce_ms: int
+    category: str
+    severity: str
+    active_state: str
+    inactive_state: str
+    kind: str = "state"
+
+
+def example_inputs() -> dict[str, InputCfg]:
+    raw = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    return {i["id"]: InputCfg(**i) for i in raw["inputs"]}
+
+
+def alarm(device: str, point: str, category: Category = Category.FIRE, **kw: Any) -> Event:
+    return Event(
+        kind=Kind.ALARM,
+        category=category,
+        severity=Severity.CRITICAL,
+        state="fire",
+        text=f"{device}/{point} 火警",
+        device=device,
+        point=point,
+        **kw,
+    )
+
+
+def restore(device: str, point: str, category: Category = Category.FIRE) -> Event:
+    return Event(
+        kind=Kind.RESTORE,
+        category=category,
+        severity=Severity.INFO,
+        state="normal",
+        text=f"{device}/{point} 恢复",
+        device=device,
+        point=point,
+    )
+
+
+@pytest.fixture
+def factory() -> Iterator[MockFactory]:
+    f = MockFactory()
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def buzzer(factory: MockFactory) -> Iterator[Output]:
+    out = Output(Out("buzzer", 24, "buzzer"), pin_factory=factory)
+    yield out
+    out.close()
+
+
+@pytest.fixture
+def led(factory: MockFactory) -> Iterator[Output]:
+    out = Output(Out("status-led", 25, "led"), pin_factory=factory)
+    yield out
+    out.close()
+
+
+def test_buzzer_sounds_on_alarm_silences_resounds_and_clears(
+    factory: MockFactory, buzzer: Output
+) -> None:
+    pin = factory.pin(24)
+    rule = AlarmRule([buzzer])
+    assert not pin.state
+    rule.on_event(alarm("fap", "zone3"))
+    assert pin.state and rule.sounding
+    assert rule.silence() is True
+    assert not pin.state and rule.silenced
+    rule.on_event(alarm("fap", "zone3"))  # the same alarm repeated is not new
+    assert not pin.state
+    rule.on_event(alarm("gas-1", "lel", Category.GAS))  # a new alarm sounds again
+    assert pin.state and not rule.silenced
+    rule.on_event(restore("fap", "zone3"))
+    assert pin.state  # the gas alarm is still active
+    rule.on_event(restore("gas-1", "lel", Category.GAS))
+    assert not pin.state and not rule.sounding
+    assert rule.active_alarms() == []
+    assert [s.state for s in pin.states] == [False, True, False, True, False]
+
+
+def test_silenced_stays_silent_while_one_of_two_alarms_restores(buzzer: Output) -> None:
+    rule = AlarmRule([buzzer])
+    rule.on_event(alarm("efd-1", "ch1_leak", Category.ELECTRICAL))
+    rule.on_event(alarm("efd-2", "ch2_leak", Category.ELECTRICAL))
+    rule.silence()
+    rule.on_event(restore("efd-1", "ch1_leak", Category.ELECTRICAL))
+    assert not buzzer.is_on and rule.silenced
+    # once everything cleared, the next alarm sounds even though we silenced before
+    rule.on_event(restore("efd-2", "ch2_leak", Category.ELECTRICAL))
+    rule.on_event(alarm("efd-2", "ch2_leak", Category.ELECTRICAL))
+    assert buzzer.is_on
+
+
+def test_silence_with_nothing_active_returns_false_and_does_not_mute_next_alarm(
+    buzzer: Output,
+) -> None:
+    rule = AlarmRule([buzzer])
+    assert rule.silence() is False
+    rule.on_event(alarm("fap", "zone1"))
+    assert buzzer.is_on
+
+
+@pytest.mark.parametrize("category", [Category.DOOR, Category.TAMPER, Category.WATER])
+def test_non_life_safety_alarms_are_listed_but_do_not_sound(
+    buzzer: Output, category: Category
+) -> None:
+    rule = AlarmRule([buzzer])
+    rule.on_event(alarm("gpio", "x", category))
+    assert not buzzer.is_on
+    assert [e.category for e in rule.active_alarms()] == [category]
+
+
+def test_test_events_and_other_kinds_do_not_sound(buzzer: Output) -> None:
+    rule = AlarmRule([buzzer])
+    rule.on_event(alarm("fap", "zone1", test=True))
+    rule.on_event(
+        Event(Kind.FAULT, Category.FIRE, Severity.MINOR, "fault", "回路故障", "fap", "loop1")
+    )
+    assert not buzzer.is_on
+    assert rule.active_alarms() == []
+
+
+def test_active_alarms_most_severe_then_oldest_first(buzzer: Output) -> None:
+    rule = AlarmRule([buzzer])
+    door = Event(Kind.ALARM, Category.DOOR, Severity.WARNING, "open", "门", "gpio", "d", ts_ms=1)
+    fire_late = alarm("fap", "z2", ts_ms=30)
+    fire_early = alarm("fap", "z1", ts_ms=20)
+    for e in (door, fire_late, fire_early):
+        rule.on_event(e)
+    assert [e.point for e in rule.active_alarms()] == ["z1", "z2", "d"]
+
+
+def test_alarm_rule_is_safe_from_many_threads(buzzer: Output) -> None:
+    rule = AlarmRule([buzzer])
+
+    def storm(n: int) -> None:
+        for i in range(200):
+            rule.on_event(alarm("fap", f"t{n}-{i}"))
+            rule.on_event(restore("fap", f"t{n}-{i}"))
+
+    threads = [threading.Thread(target=storm, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert rule.active_alarms() == []
+    assert not buzzer.is_on
+
+
+def wait_history(pin: Any, count: int) -> list[bool]:
+    """Wait (polling the mock pin's history, with a deadline) for `count` states."""
+    deadline = time.monotonic() + DEADLINE_S
+    while len(pin.states) < count:
+        assert time.monotonic() < deadline, f"LED history stuck at {pin.states}"
+        time.sleep(0.005)
+    return [s.state for s in pin.states]
+
+
+def test_led_blinks_while_uplink_down_and_is_steady_when_up(
+    factory: MockFactory, led: Output
+) -> None:
+    pin = factory.pin(25)
+    pin.clear_states()
+    rule = UplinkLedRule([led], blink_on_s=0.02, blink_off_s=0.02)
+    assert not rule.connected
+    blinking = wait_history(pin, 6)
+    assert blinking[:6] == [False, True, False, True, False, True]
+    rule.uplink_changed(True)
+    assert pin.state and led.mode == "on"
+    steady_len = len(pin.states)
+    rule.uplink_changed(True)  # repeated news changes nothing
+    rule.uplink_changed(False)
+    assert led.mode == "blink"
+    wait_history(pin, steady_len + 3)  # toggling again
+    rule.uplink_changed(True)
+    assert pin.state
+
+
+def test_local_rules_wire_outputs_by_rule_name(
+    factory: MockFactory, buzzer: Output, led: Output
+) -> None:
+    relay = Output(Out("relay", 26, "relay"), pin_factory=factory)
+    try:
+        rules = LocalRules(
+            [
+                ("buzzer", "alarm", buzzer),
+                ("status-led", "uplink-down-blink", led),
+                ("relay", "none", relay),
+            ]
+        )
+        rules.uplink_changed(True)
+        rules.on_event(alarm("fap", "zone1"))
+        assert buzzer.is_on and led.mode == "on" and relay.mode == "off"
+        assert [e.point for e in rules.active_alarms()] == ["zone1"]
+        assert rules.silence() is True
+        assert not buzzer.is_on
+    finally:
+        relay.close()
+
+
+def test_local_rules_reject_unknown_rule(buzzer: Output) -> None:
+    with pytest.raises(ConfigError) as err:
+        LocalRules([("buzzer", "alarm-sometimes", buzzer)])
+    assert err.value.problems[0].key == "outputs.buzzer.rule"
+    assert "alarm-sometimes" in err.value.problems[0].reason
+
+
+EXPECTED = {
+    # id: (active kind, active severity, inactive kind, category, active state, inactive state)
+    "exit-door-1": (Kind.STATE, Severity.WARNING, Kind.STATE, Category.DOOR, "open", "closed"),
+    "fire-pump": (Kind.STATE, Severity.INFO, Kind.STATE, Category.PUMP, "running", "stopped"),
+    "manual-alarm": (
+        Kind.ALARM,
+        Severity.CRITICAL,
+        Kind.RESTORE,
+        Category.MANUAL,
+        "pressed",
+        "released",
+    ),
+    "tamper": (Kind.ALARM, Severity.WARNING, Kind.RESTORE, Category.TAMPER, "open", "closed"),
+}
+
+
+@pytest.mark.parametrize("input_id", sorted(EXPECTED))
+def test_contact_event_for_each_example_input(input_id: str) -> None:
+    cfg = example_inputs()[input_id]
+    kind_on, sev_on, kind_off, category, state_on, state_off = EXPECTED[input_id]
+    on = contact_event(cfg, ContactChange(input_id, True, 1_764_444_001_123), clock_synced=False)
+    off = contact_event(cfg, ContactChange(input_id, False, 1_764_444_009_000), clock_synced=True)
+    assert (on.kind, on.severity, on.category, on.state, on.value) == (
+        kind_on,
+        sev_on,
+        category,
+        state_on,
+        True,
+    )
+    assert (off.kind, off.severity, off.category, off.state, off.value) == (
+        kind_off,
+        Severity.INFO,
+        category,
+        state_off,
+        False,
+    )
+    assert (on.device, on.point, on.point_name) == (GPIO_DEVICE, input_id, cfg.name)
+    assert (on.ts_ms, on.clock_synced, off.clock_synced) == (1_764_444_001_123, False, True)
+    assert cfg.name in on.text and state_on in on.text and cfg.name in off.text
+    payload = on.with_seq(1).to_payload(Identity("site", "gw1"))
+    assert cfg.name in dumps(payload).decode("utf-8")  # Chinese kept as is
+
+
+def test_manual_alarm_button_end_to_end_sounds_buzzer(factory: MockFactory) -> None:
+    """Press the gateway's button: debounced contact -> ALARM event -> buzzer; release clears."""
+    cfgs = example_inputs()
+    events: list[Event] = []
+    cond = threading.Condition()
+    holder: dict[str, LocalRules] = {}
+
+    def on_change(change: ContactChange) -> None:
+        event = contact_event(cfgs[change.input_id], change, clock_synced=True)
+        with cond:
+            events.append(event)
+            if "rules" in holder:
+                holder["rules"].on_event(event)
+            cond.notify_all()
+
+    bank = GpioBank(
+        list(cfgs.values()),
+        [Out("buzzer", 24, "buzzer"), Out("status-led", 25, "led")],
+        on_change,
+        pin_factory=factory,
+    )
+    try:
+        with cond:
+            holder["rules"] = LocalRules(
+                [
+                    ("buzzer", "alarm", bank.outputs["buzzer"]),
+                    ("status-led", "uplink-down-blink", bank.outputs["status-led"]),
+                ]
+            )
+            initial = list(events)
+        buzzer_pin = factory.pin(24)
+        factory.pin(22).drive_low()  # press
+        with cond:
+            assert cond.wait_for(lambda: len(events) > len(initial), DEADLINE_S)
+            pressed = events[-1]
+        assert (pressed.kind, pressed.category, pressed.state) == (
+            Kind.ALARM,
+            Category.MANUAL,
+            "pressed",
+        )
+        assert buzzer_pin.state
+        factory.pin(22).drive_high()  # release
+        with cond:
+            assert cond.wait_for(lambda: len(events) > len(initial) + 1, DEADLINE_S)
+            released = events[-1]
+        assert released.kind is Kind.RESTORE
+        assert not buzzer_pin.state
+    finally:
+        bank.close()
+    # at boot every input reported its level once
+    assert sorted(e.point or "" for e in initial) == sorted(cfgs)
