@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -151,7 +152,7 @@ class Event:
             "category": self.category.value,
             "severity": self.severity.value,
             "state": self.state,
-            "value": self.value,
+            "value": finite_or_none(self.value),
             "unit": self.unit,
             "text": self.text,
             "test": self.test,
@@ -198,18 +199,27 @@ class Reading:
             "gateway": ident.gateway,
             "device": self.device,
             "point": self.point,
-            "value": self.value,
+            "value": finite_or_none(self.value),
             "unit": self.unit,
-            "quality": self.quality,
+            "quality": self.quality if finite_or_none(self.value) is not None else "bad",
         }
 
 
 Record = Event | Reading
 
 
+def finite_or_none(value: Any) -> Any:
+    """NaN and infinities (a float32 register can hold them) are not JSON: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def dumps(payload: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON with non-ASCII kept as is."""
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """Compact UTF-8 JSON with non-ASCII kept as is; never emits NaN/Infinity."""
+    return json.dumps(
+        payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    ).encode("utf-8")
 
 
 def topic_root(prefix: str, ident: Identity) -> str:

@@ -90,7 +90,7 @@ class Mosquitto:
         if self.running:
             return self
         self._write_conf()
-        self._log = self.log_path.open("ab")  # noqa: SIM115 - closed in _reap
+        self._log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
             [find_mosquitto(), "-c", str(self.conf_path)],
             stdout=self._log,
@@ -107,8 +107,9 @@ class Mosquitto:
                 log = self.log_path.read_text(errors="replace")
                 self._reap()
                 raise BrokerError(f"mosquitto exited at start:\n{log}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                (self.host, self.port), timeout=0.2
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), timeout=0.2),
             ):
                 return
             time.sleep(0.02)  # polling a listening socket: there is no event to await

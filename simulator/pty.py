@@ -36,22 +36,22 @@ class PtyPair:
         self._ma, self._sa, self.a = _open_raw_pty()
         self._mb, self._sb, self.b = _open_raw_pty()
         self._links: list[Path] = []
-        for link, target in ((link_a, self.a), (link_b, self.b)):
-            if link is not None:
-                link = Path(link)
-                with contextlib.suppress(FileNotFoundError):
-                    link.unlink()
-                link.symlink_to(target)
-                self._links.append(link)
-                if target is self.a:
-                    self.a = str(link)
-                else:
-                    self.b = str(link)
+        if link_a is not None:
+            self.a = self._link(Path(link_a), self.a)
+        if link_b is not None:
+            self.b = self._link(Path(link_b), self.b)
         self.tap: Tap | None = None
         self.bytes_relayed = 0
         self._stop_r, self._stop_w = os.pipe()
         self._thread = threading.Thread(target=self._relay, name="pty-relay", daemon=True)
         self._thread.start()
+
+    def _link(self, link: Path, target: str) -> str:
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        link.symlink_to(target)
+        self._links.append(link)
+        return str(link)
 
     def _relay(self) -> None:
         routes = {self._ma: (self._mb, "a->b"), self._mb: (self._ma, "b->a")}

@@ -37,20 +37,13 @@ def _open_fds() -> set[int]:
 
 
 def _children() -> set[int]:
-    me = os.getpid()
-    kids = set()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+    """Live child processes of this process (from /proc/self/task/*/children)."""
+    kids: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
         try:
-            with open(f"/proc/{name}/stat") as f:  # noqa: PTH123
-                stat = f.read()
+            kids.update(int(pid) for pid in (task / "children").read_text().split())
         except OSError:
             continue
-        # field 4 (after the parenthesised comm, which may hold spaces) is the ppid
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == me and fields[0] != "Z":
-            kids.add(int(name))
     return kids
 
 

@@ -51,12 +51,17 @@ def test_private_broker_stops_and_restarts_on_same_port(broker: Mosquitto) -> No
     assert not broker.running
 
 
-def test_shared_broker_with_unique_topic(shared_broker_url: tuple[str, int], unique_topic: str) -> None:
+def test_shared_broker_with_unique_topic(
+    shared_broker_url: tuple[str, int], unique_topic: str
+) -> None:
     assert _roundtrip(*shared_broker_url, f"{unique_topic}/x").decode() == "火警"
 
 
 def test_pty_pair_carries_bytes_both_ways(pty_pair: PtyPair) -> None:
-    with serial.Serial(pty_pair.a, 9600, timeout=2) as a, serial.Serial(pty_pair.b, 9600, timeout=2) as b:
+    with (
+        serial.Serial(pty_pair.a, 9600, timeout=2) as a,
+        serial.Serial(pty_pair.b, 9600, timeout=2) as b,
+    ):
         a.write(bytes(range(256)))
         assert b.read(256) == bytes(range(256))
         b.write(b"\x01\x03\x02\x00\x01")
@@ -64,8 +69,13 @@ def test_pty_pair_carries_bytes_both_ways(pty_pair: PtyPair) -> None:
 
 
 def test_pty_tap_can_damage_bytes(pty_pair: PtyPair) -> None:
-    pty_pair.tap = lambda direction, data: bytes(x ^ 0xFF for x in data) if direction == "a->b" else data
-    with serial.Serial(pty_pair.a, 9600, timeout=2) as a, serial.Serial(pty_pair.b, 9600, timeout=2) as b:
+    pty_pair.tap = lambda direction, data: (
+        bytes(x ^ 0xFF for x in data) if direction == "a->b" else data
+    )
+    with (
+        serial.Serial(pty_pair.a, 9600, timeout=2) as a,
+        serial.Serial(pty_pair.b, 9600, timeout=2) as b,
+    ):
         a.write(b"\x00\x0f")
         assert b.read(2) == b"\xff\xf0"
 

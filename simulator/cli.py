@@ -1,0 +1,198 @@
+"""`alarmgw-sim`: run a scenario, or drive a running simulator by hand (a training rig).
+
+    alarmgw-sim run SCENARIO [--control SOCK] [--log FILE] [--gpio SOCK] [--no-timeline] [--loop]
+    alarmgw-sim trigger DEVICE POINT STATE      alarmgw-sim set DEVICE POINT VALUE
+    alarmgw-sim press INPUT | release INPUT     alarmgw-sim silence DEVICE | revive DEVICE
+    alarmgw-sim fault TARGET KIND [--rate R] [--delay S] [--code C]
+    alarmgw-sim fault --clear TARGET [KIND]     alarmgw-sim state [--json]
+
+Exit codes: 0 done; 1 the simulator refused (unknown device, point, state...);
+2 usage; 3 no simulator running; 78 the scenario file is invalid.
+It must never leave ptys, links or sockets behind when `run` stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ConfigError
+from simulator.scenario import RUN_DIR
+
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_CONFIG = 1, 2, 3, 78
+
+
+def _default_control() -> str:
+    return os.environ.get("ALARMGW_SIM_CONTROL", str(RUN_DIR / "control.sock"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alarmgw-sim", description="alarmgw hardware simulator")
+    p.add_argument(
+        "--control",
+        default=None,
+        help="control socket (default: the scenario's, "
+        "or $ALARMGW_SIM_CONTROL, or /tmp/alarmgw-sim/control.sock)",
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="bring up a scenario until SIGINT/SIGTERM")
+    run.add_argument("scenario", type=Path)
+    run.add_argument("--log", type=Path, help="stimulus log (JSON lines)")
+    run.add_argument("--gpio", type=Path, help="GPIO socket for the pin factory")
+    run.add_argument("--no-timeline", action="store_true", help="do not play the timeline")
+    run.add_argument("--loop", action="store_true", help="repeat the timeline every period")
+    for name, args, text in (
+        ("trigger", ("device", "point", "state"), "put a point into a state"),
+        ("set", ("device", "point", "value"), "give an analog point a value"),
+        ("press", ("input",), "activate a contact (press, open the door...)"),
+        ("release", ("input",), "deactivate a contact"),
+        ("silence", ("device",), "make a device stop answering"),
+        ("revive", ("device",), "make a silenced device answer again"),
+    ):
+        sp = sub.add_parser(name, help=text)
+        for arg in args:
+            sp.add_argument(arg)
+    fault = sub.add_parser("fault", help="inject (or --clear) a fault on a device or line")
+    fault.add_argument("--clear", action="store_true")
+    fault.add_argument("target")
+    fault.add_argument("kind", nargs="?")
+    fault.add_argument("--rate", type=float, default=1.0)
+    fault.add_argument("--delay", type=float, default=1.0)
+    fault.add_argument("--code", type=int, default=4)
+    state = sub.add_parser("state", help="print the whole simulated state")
+    state.add_argument("--json", action="store_true")
+    return p
+
+
+# subcommand -> (action, the argparse names that become request fields)
+_SIMPLE = {
+    "trigger": ("state", ("device", "point", "state")),
+    "set": ("value", ("device", "point", "value")),
+    "press": ("press", ("input",)),
+    "release": ("release", ("input",)),
+    "silence": ("silence", ("device",)),
+    "revive": ("revive", ("device",)),
+}
+
+
+def _request(args: argparse.Namespace) -> dict[str, Any]:
+    if args.cmd in _SIMPLE:
+        do, names = _SIMPLE[args.cmd]
+        return {"do": do, **{n: getattr(args, n) for n in names}}
+    if args.cmd == "fault":
+        if args.clear:
+            req = {"do": "clear-fault", "target": args.target}
+            return {**req, "kind": args.kind} if args.kind else req
+        return {
+            "do": "fault",
+            "target": args.target,
+            "kind": args.kind,
+            "rate": args.rate,
+            "delay": args.delay,
+            "code": args.code,
+        }
+    return {"do": "get-state"}
+
+
+def _print_state(state: dict[str, Any]) -> None:
+    print(f"scenario {state['scenario']}  up {state['uptime_s']:.0f} s")
+    for line_id, line in state["lines"].items():
+        faults = ", ".join(f["kind"] for f in line["faults"]) or "-"
+        print(f"line {line_id}  {line['path']}  requests {line['requests']}  faults {faults}")
+    for dev_id, dev in state["devices"].items():
+        flags = " SILENT" if dev["silenced"] else ""
+        faults = ", ".join(f["kind"] for f in dev["faults"]) or "-"
+        print(f"  {dev_id:<10} unit {dev['unit_id']:<3} {dev['profile']}{flags}  faults {faults}")
+        for point, setting in dev["points"].items():
+            shown = setting["state"] if setting["state"] is not None else setting["value"]
+            print(f"      {point:<20} {shown}")
+    for in_id, inp in state["inputs"].items():
+        print(
+            f"input  {in_id:<14} pin {inp['pin']:<3} {'ACTIVE' if inp['active'] else 'idle':<6}"
+            f" level {inp['level']}"
+        )
+    for out_id, out in state["outputs"].items():
+        print(
+            f"output {out_id:<14} pin {out['pin']:<3} state {out['state']}  "
+            f"changes {out['changes']}"
+        )
+
+
+def _drive(args: argparse.Namespace) -> int:
+    from simulator.control import SimulatorUnreachable, call  # noqa: PLC0415 - keeps run lean
+
+    if args.cmd == "fault" and not args.clear and not args.kind:
+        print("alarmgw-sim fault: KIND is required (or use --clear)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        reply = call(Path(args.control or _default_control()), _request(args))
+    except SimulatorUnreachable as exc:
+        print(f"alarmgw-sim: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if not reply.get("ok"):
+        print(f"alarmgw-sim: {reply.get('error')}", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.cmd == "state":
+        if args.json:
+            print(json.dumps(reply["state"], ensure_ascii=False, indent=1))
+        else:
+            _print_state(reply["state"])
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from simulator.control import ControlServer  # noqa: PLC0415
+    from simulator.scenario import load_scenario  # noqa: PLC0415
+    from simulator.world import Simulator  # noqa: PLC0415
+
+    try:
+        scenario = load_scenario(args.scenario)
+    except ConfigError as exc:
+        print(f"alarmgw-sim: invalid scenario:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.loop:
+        scenario = dataclasses.replace(scenario, loop=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    control_path = Path(args.control) if args.control else scenario.control
+    sim = Simulator(
+        scenario, log=args.log, gpio_socket=args.gpio, run_timeline=not args.no_timeline
+    )
+    with sim:
+        control = ControlServer(sim, control_path).start()
+        try:
+            for line_id, line in sim.state()["lines"].items():
+                print(f"line {line_id} at {line['path']}", flush=True)
+            for dev_id, tcp in sim.tcp.items():
+                print(f"tcp {dev_id} at 127.0.0.1:{tcp.port}", flush=True)
+            print(f"gpio at {sim.gpio_socket}", flush=True)
+            print(f"control at {control_path}", flush=True)
+            print("ready", flush=True)
+            stop.wait()
+        finally:
+            control.close()
+    print("stopped", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.cmd == "run":
+        return _run(args)
+    return _drive(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

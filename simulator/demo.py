@@ -1,0 +1,119 @@
+"""The end-to-end demo: a private broker, the simulator, the agent, and the feed printed.
+
+devices (alarmgw-sim, care-home scenario) -> agent (alarmgw run) -> mosquitto
+-> a subscriber printing each message in readable form. Ctrl-C (or --duration)
+stops everything and leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from agent.watch import render
+from simulator.broker import Mosquitto
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIO = ROOT / "config" / "scenarios" / "care-home.toml"
+AGENT_CONFIG = ROOT / "config" / "scenarios" / "care-home-agent.toml"
+
+
+def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def _subscribe(port: int, printed: list[str]) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="alarmgw-demo-feed")
+
+    def on_connect(c: mqtt.Client, *_: object) -> None:
+        c.subscribe("alarmgw/v1/#", qos=1)
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        leaf = msg.topic.split("/", 4)[-1]
+        line = render(leaf, msg.payload)
+        printed.append(line)
+        print(line, flush=True)
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="alarmgw-demo", description=__doc__)
+    parser.add_argument(
+        "--duration", type=float, default=0, help="stop after S seconds (0: until Ctrl-C)"
+    )
+    parser.add_argument("--telemetry", action="store_true", help="also print telemetry")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="alarmgw-demo-"))
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    procs: list[subprocess.Popen[bytes]] = []
+    env = dict(os.environ, GPIOZERO_PIN_FACTORY="alarmgw-sim", PYTHONUNBUFFERED="1")
+    bindir = Path(sys.executable).parent
+    printed: list[str] = []
+    with Mosquitto(work / "broker") as broker:
+        print(f"broker   mosquitto on 127.0.0.1:{broker.port}")
+        client = _subscribe(broker.port, printed)
+        try:
+            procs.append(
+                _spawn([str(bindir / "alarmgw-sim"), "run", str(SCENARIO)], work / "sim.log", env)
+            )
+            print(f"sim      {SCENARIO.relative_to(ROOT)}  (log {work / 'sim.log'})")
+            procs.append(
+                _spawn(
+                    [
+                        str(bindir / "alarmgw"),
+                        "run",
+                        str(AGENT_CONFIG),
+                        "--broker",
+                        f"127.0.0.1:{broker.port}",
+                    ],
+                    work / "agent.log",
+                    env,
+                )
+            )
+            print(f"agent    {AGENT_CONFIG.relative_to(ROOT)}  (log {work / 'agent.log'})")
+            print("feed     (Ctrl-C to stop)\n" + "-" * 79)
+            deadline = time.monotonic() + args.duration if args.duration else None
+            while not stop.wait(0.2):
+                if deadline and time.monotonic() > deadline:
+                    break
+                dead = [p for p in procs if p.poll() is not None]
+                if dead:
+                    print(f"a component exited (status {dead[0].returncode}); see logs in {work}")
+                    return 1
+        finally:
+            for p in reversed(procs):
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            client.disconnect()
+            client.loop_stop()
+    print("-" * 79 + f"\nstopped; {len(printed)} messages shown; logs in {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
