@@ -197,18 +197,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 # --- run ---------------------------------------------------------------------------------
 
 
+def _broker(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    path = args.config_file or args.config
     try:
-        config = load_config(args.config)
+        config = load_config(path)
     except ConfigError as exc:
-        _print_problems(args.config, exc.problems, as_json=False)
+        _print_problems(path, exc.problems, as_json=False)
         return EXIT_BAD_CONFIG
-    runtime = _optional_module("agent.runtime")
-    if runtime is None:
-        print("alarmgw: agent.runtime is not installed; cannot run", file=sys.stderr)
-        return EXIT_PROBLEM
-    code = runtime.run(config)
-    return EXIT_OK if code is None else int(code)
+    from agent import runtime  # noqa: PLC0415 - the offline commands need none of it
+
+    return int(runtime.run(config, broker=args.broker))
 
 
 # --- argument parsing ----------------------------------------------------------------------
@@ -228,7 +233,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check_config)
 
     run = sub.add_parser("run", help="run the agent (as the systemd service does)")
-    run.add_argument("--config", default="/etc/alarmgw/alarmgw.toml", metavar="FILE")
+    run.add_argument("config_file", nargs="?", metavar="FILE", help="the config file")
+    run.add_argument(
+        "--config",
+        default="/etc/alarmgw/alarmgw.toml",
+        metavar="FILE",
+        help="the config file (default %(default)s)",
+    )
+    run.add_argument(
+        "--broker",
+        type=_broker,
+        metavar="HOST:PORT",
+        help="override the config's broker (commissioning, demos)",
+    )
     run.set_defaults(handler=cmd_run)
     return parser
 

@@ -53,7 +53,10 @@ def _render_telemetry(p: dict[str, Any]) -> str:
 
 
 def _render_status(p: dict[str, Any]) -> str:
-    return f"status: {'ONLINE' if p.get('online') else 'OFFLINE'} {p.get('version', '')}"
+    state = str(p.get("state", "?")).upper()
+    reason = f" ({p['reason']})" if p.get("reason") else ""
+    who = p.get("gateway_name") or p.get("gateway", "")
+    return f"status: {state}{reason} {who} v{p.get('version', '')}"
 
 
 def _render_heartbeat(p: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-def _subscribe(port: int, printed: list[str]) -> mqtt.Client:
+def _subscribe(port: int, printed: list[str], telemetry: bool) -> mqtt.Client:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="alarmgw-demo-feed")
 
     def on_connect(c: mqtt.Client, *_: object) -> None:
@@ -41,6 +41,8 @@ def _subscribe(port: int, printed: list[str]) -> mqtt.Client:
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         leaf = msg.topic.split("/", 4)[-1]
+        if leaf == "telemetry" and not telemetry:
+            return
         line = render(leaf, msg.payload)
         printed.append(line)
         print(line, flush=True)
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--duration", type=float, default=0, help="stop after S seconds (0: until Ctrl-C)"
     )
-    parser.add_argument("--telemetry", action="store_true", help="also print telemetry")
+    parser.add_argument("--no-telemetry", action="store_true", help="hide telemetry lines")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="alarmgw-demo-"))
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     printed: list[str] = []
     with Mosquitto(work / "broker") as broker:
         print(f"broker   mosquitto on 127.0.0.1:{broker.port}")
-        client = _subscribe(broker.port, printed)
+        client = _subscribe(broker.port, printed, telemetry=not args.no_telemetry)
         try:
             procs.append(
                 _spawn([str(bindir / "alarmgw-sim"), "run", str(SCENARIO)], work / "sim.log", env)

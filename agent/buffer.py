@@ -1,0 +1,877 @@
+"""EventBuffer: the durable store between the field and the uplink.
+
+Every event and reading gets its sequence number here and is committed to
+SQLite (WAL, synchronous=FULL) before its future resolves: nothing counts as
+accepted until it is on disk. One writer thread owns the write connection and
+commits whatever arrived together in one transaction (group commit), so a
+storm stays durable without one flush per event, and nothing is written when
+nothing happens (the SD card wears out).
+
+Sequence numbers: one series per lane, strictly increasing across restarts and
+never reused. The next seq lives in the database (same transaction as the
+rows); a small sidecar file beside it holds a reserved ceiling per lane, so a
+corrupt database that must be replaced restarts above every seq ever handed
+out, and a fault event names the range that may have been lost.
+
+Bounded: over `max_events` it drops telemetry oldest first, then the least
+severe events oldest first, life-safety alarms last; every drop is counted and
+announced. On a full disk (or any write failure) it keeps accepting, holding
+new rows in memory (still with fresh seqs) until the database takes them
+again, and raises a fault event; rows already stored are never deleted for it.
+
+It must never: block a submitter, lose a row that resolved its future while the
+process lives, hand out a seq twice, or write when idle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import struct
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from agent.errors import BufferError_
+from agent.events import (
+    Category,
+    Event,
+    Identity,
+    Kind,
+    Lane,
+    Record,
+    Severity,
+    dumps,
+    now_ms,
+)
+
+log = logging.getLogger(__name__)
+
+SEQ_BLOCK: Final = 10_000  # seqs reserved in the sidecar per write (one small fsync per block)
+MAX_BATCH: Final = 2_000  # records per transaction; bounds the writer's latency under a storm
+MAX_HELD: Final = 20_000  # rows kept in RAM while the disk refuses writes (1 GB Pi)
+RETRY_S: Final = 5.0  # how often a degraded buffer tries the database again
+ANNOUNCE_S: Final = 1.0  # at most one drop announcement per second
+
+# drop classes: lower is dropped first
+_TELEMETRY, _ORDINARY, _PROTECTED = 0, 1, 2
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS records (
+    lane TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    drop_class INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (lane, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS records_drop_order ON records (drop_class, rank DESC, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+Key = tuple[Lane, int]  # (lane, seq) names one row
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """One buffered record as the uplink publishes it: payload bytes are final."""
+
+    lane: Lane
+    seq: int
+    ts_ms: int
+    payload: bytes
+    drop_class: int = _ORDINARY
+    rank: int = 0
+
+
+@dataclass
+class DropTally:
+    """Drops since the last announcement: count and seq ranges per lane."""
+
+    seqs: dict[Lane, list[int]] = field(default_factory=dict)
+
+    def add(self, lane: Lane, seq: int) -> None:
+        self.seqs.setdefault(lane, []).append(seq)
+
+    def __bool__(self) -> bool:
+        return any(self.seqs.values())
+
+    def detail(self) -> dict[str, Any]:
+        return {
+            lane.value: {"count": len(seqs), "ranges": _ranges(sorted(seqs))}
+            for lane, seqs in self.seqs.items()
+            if seqs
+        }
+
+
+def _ranges(seqs: list[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for seq in seqs:
+        if out and seq == out[-1][1] + 1:
+            out[-1][1] = seq
+        else:
+            out.append([seq, seq])
+    return out[:50]  # keep the announcement small; the count is exact
+
+
+# --- the sidecar: seq ceilings that survive a corrupt database ---------------
+
+_SIDECAR_FMT: Final = "<4sHQ" + "QQB" * 2  # magic, version, generation, per lane ceiling/low/dirty
+_SLOT: Final = 64  # two slots, written alternately: a torn write leaves the other intact
+_MAGIC: Final = b"AGWS"
+_LANES: Final = (Lane.EVENT, Lane.TELEMETRY)
+
+
+@dataclass
+class LaneMark:
+    ceiling: int = 1  # every seq below this may have been handed out
+    low: int = 1  # lowest unacknowledged seq when the ceiling was reserved
+    dirty: bool = False  # seqs were handed out that the database does not hold
+
+
+class Sidecar:
+    """A fixed-size file overwritten in place and fsynced: works on a full disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.generation = 0
+        self.marks: dict[Lane, LaneMark] | None = self._read()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+        if os.fstat(self._fd).st_size < 2 * _SLOT:
+            os.pwrite(self._fd, bytes(2 * _SLOT), 0)
+            os.fsync(self._fd)
+
+    def _read(self) -> dict[Lane, LaneMark] | None:
+        try:
+            data = self.path.read_bytes()
+        except OSError:
+            return None
+        best: tuple[int, dict[Lane, LaneMark]] | None = None
+        for slot in range(2):
+            parsed = _parse_slot(data[slot * _SLOT : (slot + 1) * _SLOT])
+            if parsed is not None and (best is None or parsed[0] > best[0]):
+                best = parsed
+        if best is None:
+            return None
+        self.generation = best[0]
+        return best[1]
+
+    def write(self, marks: dict[Lane, LaneMark]) -> None:
+        self.generation += 1
+        values: list[Any] = [_MAGIC, 1, self.generation]
+        for lane in _LANES:
+            mark = marks[lane]
+            values += [mark.ceiling, mark.low, int(mark.dirty)]
+        body = struct.pack(_SIDECAR_FMT, *values)
+        record = body + struct.pack("<I", zlib.crc32(body))
+        os.pwrite(self._fd, record.ljust(_SLOT, b"\0"), (self.generation % 2) * _SLOT)
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _parse_slot(raw: bytes) -> tuple[int, dict[Lane, LaneMark]] | None:
+    size = struct.calcsize(_SIDECAR_FMT)
+    if len(raw) < size + 4:
+        return None
+    body = raw[:size]
+    (crc,) = struct.unpack("<I", raw[size : size + 4])
+    if zlib.crc32(body) != crc:
+        return None
+    fields = struct.unpack(_SIDECAR_FMT, body)
+    if fields[0] != _MAGIC:
+        return None
+    marks = {}
+    for i, lane in enumerate(_LANES):
+        ceiling, low, dirty = fields[3 + 3 * i : 6 + 3 * i]
+        marks[lane] = LaneMark(ceiling, low, bool(dirty))
+    return fields[2], marks
+
+
+# --- the buffer ---------------------------------------------------------------
+
+
+@dataclass
+class _Submit:
+    record: Record
+    future: Future[Record] | None  # None for the buffer's own announcements
+
+
+@dataclass(frozen=True)
+class _Ack:
+    lane: Lane
+    seq: int
+
+
+def _drop_class(record: Record) -> int:
+    if isinstance(record, Event):
+        protected = record.is_life_safety_alarm or (record.detail or {}).get("buffer") == "drops"
+        return _PROTECTED if protected else _ORDINARY
+    return _TELEMETRY
+
+
+def _rank(record: Record) -> int:
+    return record.severity.rank if isinstance(record, Event) else Severity.INFO.rank
+
+
+class EventBuffer:
+    """Durable, bounded, two-lane buffer. Start it, submit records, read pending, ack."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        identity: Identity,
+        max_events: int,
+        *,
+        on_stored: Callable[[], None] | None = None,
+        max_pages: int | None = None,
+        max_held: int = MAX_HELD,
+        retry_s: float = RETRY_S,
+        clock_synced: Callable[[], bool] = lambda: True,
+    ) -> None:
+        if max_events < 1:
+            raise ValueError("max_events must be at least 1")
+        self.path = Path(path)
+        self.identity = identity
+        self.max_events = max_events
+        self.on_stored = on_stored
+        self._max_pages = max_pages  # cap the file (small partitions; tests of a full disk)
+        self._max_held = max_held
+        self._retry_s = retry_s
+        self._clock_synced = clock_synced
+        self._cond = threading.Condition()
+        self._queue: deque[_Submit | _Ack] = deque()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self._sidecar: Sidecar | None = None
+        self._marks: dict[Lane, LaneMark] = {lane: LaneMark() for lane in _LANES}
+        self._next_seq: dict[Lane, int] = dict.fromkeys(_LANES, 1)
+        self._depth: dict[Lane, int] = dict.fromkeys(_LANES, 0)
+        # rows the database refused (full disk); guarded by _held_lock with _acked
+        self._held: dict[Lane, deque[StoredRow]] = {lane: deque() for lane in _LANES}
+        self._held_lock = threading.Lock()
+        self._acked: set[Key] = set()  # acked, delete not yet committed
+        self._drops: dict[str, int] = {"event": 0, "telemetry": 0, "alarm": 0}
+        self._tally = DropTally()
+        self._last_announce = 0.0
+        self._degraded_reason: str | None = None
+        self._last_retry = 0.0
+        self._startup_faults: list[Event] = []
+        self._deferred: list[Key] = []  # deletes a failed transaction must retry
+        self.commits = 0  # transactions committed (tests check "no writes when idle")
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> EventBuffer:
+        """Open (or recover) the database and start the writer thread. Idempotent."""
+        if self._thread is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._sidecar = Sidecar(self.path.with_name(self.path.name + ".seq"))
+        try:
+            self._open_or_recover()
+        except sqlite3.Error as exc:
+            self._close_connections()
+            raise BufferError_(f"{self.path}: cannot open the buffer database: {exc}") from exc
+        self._thread = threading.Thread(target=self._run, name="buffer-writer", daemon=True)
+        self._thread.start()
+        # recovery faults are durable (and first in their lane) before start() returns
+        futures = [self.submit(fault) for fault in self._startup_faults]
+        for future in futures:
+            future.exception(timeout=10)
+        return self
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Commit what is queued, stop the writer, close files. Idempotent."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._close_connections()
+
+    def _close_connections(self) -> None:
+        for conn in (self._db, self._reader):
+            if conn is not None:
+                conn.close()
+        self._db = self._reader = None
+        if self._sidecar is not None:
+            self._sidecar.close()
+            self._sidecar = None
+
+    def __enter__(self) -> EventBuffer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- opening and recovery ------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._configure(conn)
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA busy_timeout=5000")  # a technician's read-only inspection may lock
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        if self._max_pages is not None:
+            conn.execute(f"PRAGMA max_page_count={int(self._max_pages)}")
+
+    def _open_or_recover(self) -> None:
+        assert self._sidecar is not None
+        known = self._sidecar.marks
+        existed = self.path.exists()
+        try:
+            self._db = self._open_checked()
+        except sqlite3.DatabaseError as exc:
+            self._move_aside()
+            self._db = self._fresh(known, f"corrupt buffer database moved aside: {exc}")
+        else:
+            if not existed and known is not None:
+                self._db.close()
+                self._db = self._fresh(known, "buffer database was missing")
+            else:
+                self._resume(known)
+        self._reader = self._connect()
+        self._reader.execute("PRAGMA query_only=1")
+        self._load_depths()
+
+    def _open_checked(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._configure(conn)
+            conn.executescript(_SCHEMA)
+            _check_integrity(conn)
+        except sqlite3.DatabaseError:
+            conn.close()
+            raise
+        return conn
+
+    def _move_aside(self) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                src.rename(Path(f"{self.path}.corrupt-{stamp}{suffix}"))
+        log.error(
+            "buffer database %s was corrupt; moved aside with suffix corrupt-%s", self.path, stamp
+        )
+
+    def _fresh(self, known: dict[Lane, LaneMark] | None, why: str) -> sqlite3.Connection:
+        """A new database that starts above every seq the sidecar says was handed out."""
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{self.path}{suffix}").unlink()
+        conn = self._connect()
+        conn.executescript(_SCHEMA)
+        for lane in _LANES:
+            mark = known[lane] if known else None
+            start = mark.ceiling if mark else 1
+            self._next_seq[lane] = start
+            self._marks[lane] = LaneMark(ceiling=start, low=start)
+            low = mark.low if mark else None
+            self._startup_faults.append(self._loss_fault(lane, why, low, start))
+        self._store_next_seq(conn)
+        return conn
+
+    def _resume(self, known: dict[Lane, LaneMark] | None) -> None:
+        assert self._db is not None
+        rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        for lane in _LANES:
+            stored_next = int(rows.get(f"next_seq:{lane.value}", 1))
+            mark = known[lane] if known else None
+            if mark is not None and mark.dirty:
+                # seqs up to the ceiling left the process from memory (degraded) and may be gone
+                self._startup_faults.append(
+                    self._loss_fault(
+                        lane, "held in memory when the agent stopped", stored_next, mark.ceiling
+                    )
+                )
+                stored_next = max(stored_next, mark.ceiling)
+            self._next_seq[lane] = stored_next
+            ceiling = max(stored_next, mark.ceiling if mark else stored_next)
+            self._marks[lane] = LaneMark(ceiling=ceiling, low=mark.low if mark else stored_next)
+        if known is None or any(m.dirty for m in known.values()):
+            self._write_sidecar()
+
+    def _loss_fault(self, lane: Lane, why: str, low: int | None, ceiling: int) -> Event:
+        if low is None:
+            text = f"{why}; {lane.value} sequence continuity unknown (no sidecar)"
+            detail: dict[str, Any] = {"buffer": "recovered", "lane": lane.value, "why": why}
+        else:
+            text = f"{why}; {lane.value} seqs {low}..{ceiling - 1} may have been lost"
+            detail = {
+                "buffer": "recovered",
+                "lane": lane.value,
+                "why": why,
+                "lost_range": [low, ceiling - 1],
+            }
+        return self._system_event(Kind.FAULT, Severity.MAJOR, "buffer_recovered", text, detail)
+
+    def _load_depths(self) -> None:
+        assert self._db is not None
+        for lane in _LANES:
+            (count,) = self._db.execute(
+                "SELECT COUNT(*) FROM records WHERE lane = ?", (lane.value,)
+            ).fetchone()
+            self._depth[lane] = int(count)
+
+    def _system_event(
+        self, kind: Kind, severity: Severity, state: str, text: str, detail: dict[str, Any]
+    ) -> Event:
+        return Event(
+            kind=kind,
+            category=Category.SYSTEM,
+            severity=severity,
+            state=state,
+            text=text,
+            device="gateway",
+            point="buffer",
+            detail=detail,
+            clock_synced=self._clock_synced(),
+        )
+
+    # -- the public, thread-safe surface -------------------------------------
+
+    def submit(self, record: Record) -> Future[Record]:
+        """Queue a record; the future resolves with it (seq set) once it is stored."""
+        future: Future[Record] = Future()
+        if record.seq is not None:
+            future.set_exception(BufferError_("record already has a seq; submit it once"))
+            return future
+        with self._cond:
+            if self._stopping or self._thread is None:
+                future.set_exception(BufferError_("buffer is not running"))
+                return future
+            self._queue.append(_Submit(record, future))
+            self._cond.notify()
+        return future
+
+    def ack(self, lane: Lane, seq: int) -> None:
+        """The broker has this row (PUBACK): delete it. Never blocks."""
+        with self._held_lock:
+            self._acked.add((lane, seq))
+        self._enqueue(_Ack(lane, seq))
+
+    def _enqueue(self, item: _Submit | _Ack) -> None:
+        with self._cond:
+            self._queue.append(item)
+            self._cond.notify()
+
+    def pending(self, lane: Lane, after_seq: int = 0, limit: int = 100) -> list[StoredRow]:
+        """Unacknowledged rows of a lane with seq > after_seq, in seq order."""
+        with self._held_lock:
+            acked = self._acked
+            held = [r for r in self._held[lane] if r.seq > after_seq and (lane, r.seq) not in acked]
+            rows = self._read_rows(lane, after_seq, limit + len(acked))
+            rows = [r for r in rows if (lane, r.seq) not in acked]
+        merged = sorted({r.seq: r for r in rows + held}.values(), key=lambda r: r.seq)
+        return merged[:limit] if held else rows[:limit]
+
+    def _read_rows(self, lane: Lane, after_seq: int, limit: int) -> list[StoredRow]:
+        if self._reader is None:
+            return []
+        with self._read_lock:
+            try:
+                cur = self._reader.execute(
+                    "SELECT seq, ts_ms, payload FROM records WHERE lane = ? AND seq > ? "
+                    "ORDER BY seq LIMIT ?",
+                    (lane.value, after_seq, limit),
+                )
+                return [StoredRow(lane, s, t, bytes(p)) for s, t, p in cur.fetchall()]
+            except sqlite3.Error as exc:
+                log.warning("buffer read failed: %s", exc)
+                return []
+
+    def stats(self) -> dict[str, Any]:
+        """Depth per lane, oldest age, drop counters, degraded flag (for the heartbeat)."""
+        with self._held_lock:
+            held = {lane: len(rows) for lane, rows in self._held.items()}
+            acked = len(self._acked)
+        depth = {lane: self._depth[lane] + held[lane] for lane in _LANES}
+        oldest = self._oldest_ts()
+        return {
+            "event_depth": depth[Lane.EVENT],
+            "telemetry_depth": depth[Lane.TELEMETRY],
+            "depth": max(0, sum(depth.values()) - acked),
+            "held": sum(held.values()),
+            "oldest_age_s": None if oldest is None else max(0.0, (now_ms() - oldest) / 1000),
+            "degraded": self._degraded_reason is not None,
+            "degraded_reason": self._degraded_reason,
+            "drops": dict(self._drops),
+            "next_seq": {lane.value: self._next_seq[lane] for lane in _LANES},
+        }
+
+    @property
+    def degraded(self) -> bool:
+        return self._degraded_reason is not None
+
+    def _oldest_ts(self) -> int | None:
+        candidates = []
+        for lane in _LANES:
+            rows = self.pending(lane, 0, 1)
+            if rows:
+                candidates.append(rows[0].ts_ms)
+        return min(candidates) if candidates else None
+
+    # -- the writer thread -----------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self._process(batch)
+            except Exception:  # the writer must survive anything; a fault is logged
+                log.exception("buffer writer failed on a batch")
+                for item in batch:
+                    if isinstance(item, _Submit) and item.future and not item.future.done():
+                        item.future.set_exception(BufferError_("buffer writer failed"))
+
+    def _next_batch(self) -> list[_Submit | _Ack] | None:
+        with self._cond:
+            while not self._queue and not self._stopping:
+                timeout = self._wake_timeout()
+                if timeout is None:
+                    self._cond.wait()
+                elif timeout <= 0 or not self._cond.wait(timeout):
+                    return []  # time to retry the disk or announce drops
+            if not self._queue and self._stopping:
+                return None
+            n = min(len(self._queue), MAX_BATCH)
+            return [self._queue.popleft() for _ in range(n)]
+
+    def _wake_timeout(self) -> float | None:
+        """None = sleep until work arrives (no timers when healthy and idle)."""
+        waits = []
+        if self._degraded_reason is not None:
+            waits.append(self._last_retry + self._retry_s - time.monotonic())
+        if self._tally:
+            waits.append(self._last_announce + ANNOUNCE_S - time.monotonic())
+        return min(waits) if waits else None
+
+    def _process(self, batch: list[_Submit | _Ack]) -> None:
+        submits = [i for i in batch if isinstance(i, _Submit)]
+        acks = [i for i in batch if isinstance(i, _Ack)]
+        if self._tally and time.monotonic() - self._last_announce >= ANNOUNCE_S:
+            submits.append(_Submit(self._drop_announcement(), None))
+        stamped = self._stamp(submits)
+        rows = [row for _, _, row in stamped]
+        self._reserve(rows)
+        victims = self._choose_victims(rows)
+        if victims:
+            doomed = set(victims)
+            incoming = {(r.lane, r.seq) for r in rows}
+            rows = [r for r in rows if (r.lane, r.seq) not in doomed]
+            victims = [v for v in victims if v not in incoming]
+        self._write(rows, acks, victims)
+        for future, record, _ in stamped:
+            if future is not None and not future.done():
+                future.set_result(record)
+        if rows and self.on_stored is not None:
+            self.on_stored()
+
+    def _stamp(
+        self, submits: list[_Submit]
+    ) -> list[tuple[Future[Record] | None, Record, StoredRow]]:
+        """Give each record its seq and its final payload bytes; a record that cannot be
+        serialised is refused without using up a seq (a false gap would alarm consumers)."""
+        stamped = []
+        for item in submits:
+            lane = item.record.lane
+            seq = self._next_seq[lane]
+            record = item.record.with_seq(seq)
+            try:
+                payload = dumps(record.to_payload(self.identity))
+            except (TypeError, ValueError) as exc:
+                if item.future is not None:
+                    item.future.set_exception(BufferError_(f"record cannot be serialised: {exc}"))
+                continue
+            self._next_seq[lane] = seq + 1
+            row = StoredRow(lane, seq, record.ts_ms, payload, _drop_class(record), _rank(record))
+            stamped.append((item.future, record, row))
+        return stamped
+
+    def _reserve(self, rows: list[StoredRow]) -> None:
+        """Raise the sidecar ceiling before any seq at or above it can reach the disk."""
+        changed = False
+        for lane in _LANES:
+            if self._next_seq[lane] > self._marks[lane].ceiling:
+                self._marks[lane].ceiling = self._next_seq[lane] + SEQ_BLOCK
+                self._marks[lane].low = self._lowest_unacked(lane, rows)
+                changed = True
+        if changed:
+            self._write_sidecar()
+
+    def _lowest_unacked(self, lane: Lane, rows: list[StoredRow]) -> int:
+        firsts = [r.seq for r in rows if r.lane is lane][:1]
+        with self._held_lock:
+            firsts += [r.seq for r in self._held[lane]][:1]
+        if self._db is not None and self._depth[lane]:
+            with contextlib.suppress(sqlite3.Error):
+                (low,) = self._db.execute(
+                    "SELECT MIN(seq) FROM records WHERE lane = ?", (lane.value,)
+                ).fetchone()
+                if low is not None:
+                    firsts.append(int(low))
+        return min(firsts) if firsts else self._next_seq[lane]
+
+    def _write_sidecar(self) -> None:
+        if self._sidecar is None:
+            return
+        try:
+            self._sidecar.write(self._marks)
+        except OSError as exc:
+            log.error("cannot write the seq sidecar %s: %s", self._sidecar.path, exc)  # noqa: TRY400
+
+    # -- writing: the one transaction per batch ------------------------------------
+
+    def _write(self, rows: list[StoredRow], acks: list[_Ack], victims: list[Key]) -> None:
+        """Commit rows, acks and drops in one transaction; on failure hold rows in RAM."""
+        victims = [v for v in victims if v not in self._remove_held(victims)]
+        acked_held = self._remove_held([(a.lane, a.seq) for a in acks])
+        with self._held_lock:
+            self._acked.difference_update(acked_held)
+        deletes = self._deferred + [
+            (a.lane, a.seq) for a in acks if (a.lane, a.seq) not in acked_held
+        ]
+        self._deferred = []
+        if self._degraded_reason is None:
+            if self._commit(rows, deletes, victims):
+                return
+            self._hold(rows)
+            return
+        self._hold(rows)
+        if time.monotonic() - self._last_retry >= self._retry_s:
+            self._retry(deletes, victims)
+        else:
+            self._commit([], deletes, victims)
+
+    def _commit(self, rows: list[StoredRow], deletes: list[Key], victims: list[Key]) -> bool:
+        """One transaction: insert rows, delete acked and dropped rows, store next seqs."""
+        if not rows and not deletes and not victims:
+            return True
+        db = self._db
+        if db is None:
+            return False
+        try:
+            if db.in_transaction:  # a failed COMMIT on a full disk can leave one open
+                db.execute("ROLLBACK")
+            # a delete-only commit need not reach the disk now: losing it to a power cut
+            # only resends an acked row (at-least-once); the next insert's fsync covers it
+            db.execute(f"PRAGMA synchronous={'FULL' if rows else 'NORMAL'}")
+            db.execute("BEGIN IMMEDIATE")
+            gone = self._delete(db, deletes) + self._delete(db, victims)
+            if rows:
+                db.executemany(
+                    "INSERT INTO records (lane, seq, drop_class, rank, ts_ms, payload) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(r.lane.value, r.seq, r.drop_class, r.rank, r.ts_ms, r.payload) for r in rows],
+                )
+                self._store_next_seq(db, rows)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            # acks and drops are kept and tried again: a delete lost here would resend/keep a row
+            self._deferred = deletes + victims
+            self._enter_degraded(str(exc))
+            return False
+        self.commits += 1
+        self._after_commit(rows, gone, deletes)
+        return True
+
+    def _delete(self, db: sqlite3.Connection, keys: list[Key]) -> list[Lane]:
+        gone = []
+        for lane, seq in keys:
+            cur = db.execute("DELETE FROM records WHERE lane = ? AND seq = ?", (lane.value, seq))
+            if cur.rowcount:
+                gone.append(lane)
+        return gone
+
+    def _store_next_seq(
+        self, db: sqlite3.Connection, rows: Iterable[StoredRow] | None = None
+    ) -> None:
+        lanes = {r.lane for r in rows} if rows is not None else set(_LANES)
+        db.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [(f"next_seq:{lane.value}", self._next_seq[lane]) for lane in lanes],
+        )
+
+    def _after_commit(self, rows: list[StoredRow], gone: list[Lane], deletes: list[Key]) -> None:
+        for row in rows:
+            self._depth[row.lane] += 1
+        for lane in gone:
+            self._depth[lane] -= 1
+        if deletes:
+            with self._held_lock:
+                self._acked.difference_update(deletes)
+
+    # -- degraded mode (full disk) ------------------------------------------------
+
+    def _hold(self, rows: list[StoredRow]) -> None:
+        if not rows:
+            return
+        with self._held_lock:
+            for row in rows:
+                self._held[row.lane].append(row)
+        self._trim_held()
+
+    def _trim_held(self) -> None:
+        """RAM is bounded too: over max_held, drop from memory by the same policy."""
+        with self._held_lock:
+            rows = [r for lane in _LANES for r in self._held[lane]]
+            excess = len(rows) - self._max_held
+            if excess <= 0:
+                return
+            victims = sorted(rows, key=_drop_key)[:excess]
+        self._remove_held([(r.lane, r.seq) for r in victims])
+        for row in victims:
+            self._count_drop(row.lane, row.seq, row.drop_class)
+
+    def _remove_held(self, keys: list[Key]) -> set[Key]:
+        """Take these rows out of RAM; returns the ones that were held."""
+        if not keys:
+            return set()
+        wanted = set(keys)
+        with self._held_lock:
+            hit = {(lane, r.seq) for lane in _LANES for r in self._held[lane]} & wanted
+            if hit:
+                for lane in _LANES:
+                    self._held[lane] = deque(
+                        r for r in self._held[lane] if (lane, r.seq) not in hit
+                    )
+        return hit
+
+    def _enter_degraded(self, reason: str) -> None:
+        if self._degraded_reason is not None:
+            return
+        self._last_retry = time.monotonic()
+        self._degraded_reason = reason
+        log.error("buffer degraded, holding new events in memory: %s", reason)
+        for lane in _LANES:
+            self._marks[lane].dirty = True
+        self._write_sidecar()
+        fault = self._system_event(
+            Kind.FAULT,
+            Severity.MAJOR,
+            "degraded",
+            f"buffer degraded: database refuses writes ({reason}); events held in memory",
+            {"buffer": "degraded", "reason": reason},
+        )
+        self._enqueue(_Submit(fault, None))
+
+    def _retry(self, deletes: list[Key], victims: list[Key]) -> None:
+        """Try to move every held row (and the deferred deletes) into the database."""
+        self._last_retry = time.monotonic()
+        with self._held_lock:
+            rows = sorted((r for lane in _LANES for r in self._held[lane]), key=lambda r: r.seq)
+        if not self._commit(rows, deletes, victims):
+            return
+        self._remove_held([(r.lane, r.seq) for r in rows])
+        self._degraded_reason = None
+        for lane in _LANES:
+            self._marks[lane].dirty = False
+        self._write_sidecar()
+        log.warning("buffer recovered: database accepts writes again")
+        restore = self._system_event(
+            Kind.RESTORE,
+            Severity.INFO,
+            "normal",
+            "buffer recovered: events are stored on disk again",
+            {"buffer": "degraded", "restored": True},
+        )
+        self._enqueue(_Submit(restore, None))
+
+    # -- the bound -------------------------------------------------------------------
+
+    def _choose_victims(self, incoming: list[StoredRow]) -> list[Key]:
+        """Rows to drop (stored, held or incoming) so that everything fits max_events."""
+        with self._held_lock:
+            held = [r for lane in _LANES for r in self._held[lane]]
+            acked = set(self._acked)
+        excess = sum(self._depth.values()) + len(held) + len(incoming) - len(acked)
+        excess -= self.max_events
+        if excess <= 0:
+            return []
+        candidates = self._db_candidates(excess + len(acked), acked) + held + incoming
+        victims = sorted(candidates, key=_drop_key)[:excess]
+        for row in victims:
+            self._count_drop(row.lane, row.seq, row.drop_class)
+        return [(r.lane, r.seq) for r in victims]
+
+    def _db_candidates(self, limit: int, acked: set[Key]) -> list[StoredRow]:
+        if self._db is None:
+            return []
+        try:
+            cur = self._db.execute(
+                "SELECT lane, seq, drop_class, rank, ts_ms FROM records "
+                "ORDER BY drop_class, rank DESC, seq LIMIT ?",
+                (limit,),
+            )
+            rows = cur.fetchall()
+        except sqlite3.Error as exc:
+            log.warning("buffer: cannot choose rows to drop: %s", exc)
+            return []
+        return [
+            StoredRow(Lane(lane), seq, ts, b"", cls, rank)
+            for lane, seq, cls, rank, ts in rows
+            if (Lane(lane), seq) not in acked
+        ]
+
+    def _count_drop(self, lane: Lane, seq: int, drop_class: int) -> None:
+        self._drops[lane.value] += 1
+        if drop_class == _PROTECTED:
+            self._drops["alarm"] += 1
+        self._tally.add(lane, seq)
+
+    def _drop_announcement(self) -> Event:
+        dropped = self._tally.detail()
+        detail = {"buffer": "drops", "dropped": dropped}
+        total = sum(v["count"] for v in dropped.values())
+        self._tally = DropTally()
+        self._last_announce = time.monotonic()
+        log.warning("buffer full: dropped %d records", total)
+        return self._system_event(
+            Kind.SYSTEM,
+            Severity.WARNING,
+            "overflow",
+            f"buffer full: {total} records dropped (max_events {self.max_events})",
+            detail,
+        )
+
+
+def _check_integrity(conn: sqlite3.Connection) -> None:
+    verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+    if verdict != "ok":
+        raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+
+
+def _drop_key(row: StoredRow) -> tuple[int, int, int]:
+    """Drop order: telemetry, then ordinary events least severe first, protected last;
+    oldest first within each."""
+    return (row.drop_class, -row.rank, row.seq)

@@ -1,0 +1,106 @@
+"""CommandHandler: turns one downlink message into one cmd-result payload, always.
+
+Validation is agent.feed.parse_command's; this module dispatches to the
+gateway through the GatewayControl protocol (the runtime implements it) and
+wraps every outcome — malformed JSON, wrong types, unknown command, oversized,
+expired, a control method raising — into an error result with a code.
+
+It must never raise out of handle(), and never write to a field device:
+none of the commands reachable here asks GatewayControl for a write.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from agent import feed
+from agent.errors import AlarmgwError, FieldError, UnknownPoint
+from agent.events import Event, Identity, now_ms
+
+log = logging.getLogger(__name__)
+
+
+class GatewayControl(Protocol):
+    """What commands may ask of the running gateway (implemented by the runtime)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def read_point(self, device: str, point: str | None) -> dict[str, Any]: ...
+
+    def test_alarm(self, requested_by: str) -> Event: ...  # returns once the event is stored
+
+    def silence(self) -> dict[str, Any]: ...
+
+
+class CommandHandler:
+    """Thread-safe; one instance serves the uplink's command worker."""
+
+    def __init__(
+        self,
+        control: GatewayControl,
+        identity: Identity,
+        clock_synced: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.control = control
+        self.identity = identity
+        self._clock_synced = clock_synced
+        self._lock = threading.Lock()
+        self.errors: Counter[str] = Counter()  # by error code, for status and tests
+        self.handled = 0
+
+    def handle(self, name: str, raw: bytes) -> dict[str, Any]:
+        """The cmd-result payload for one message on cmd/<name>. Never raises."""
+        with self._lock:
+            self.handled += 1
+        try:
+            return self._handle(name, raw)
+        except Exception as exc:  # last line of defence: a bug becomes an error result
+            log.exception("command %r failed unexpectedly", name[:64])
+            return self._error(None, name, feed.ErrorCode.INTERNAL, type(exc).__name__)
+
+    def _handle(self, name: str, raw: bytes) -> dict[str, Any]:
+        try:
+            command = feed.parse_command(name, raw)
+        except feed.BadCommand as bad:
+            return self._error(bad.request_id, name, bad.code, bad.message)
+        if feed.is_expired(command, now_ms(), self._clock_synced()):
+            return self._error(command.request_id, name, feed.ErrorCode.EXPIRED, "deadline passed")
+        try:
+            result = self._dispatch(command)
+        except UnknownPoint as exc:
+            code = (
+                feed.ErrorCode.UNKNOWN_POINT
+                if "point" in str(exc)
+                else feed.ErrorCode.UNKNOWN_DEVICE
+            )
+            return self._error(command.request_id, name, code, str(exc))
+        except FieldError as exc:
+            return self._error(command.request_id, name, feed.ErrorCode.FIELD_ERROR, str(exc))
+        except AlarmgwError as exc:
+            return self._error(command.request_id, name, feed.ErrorCode.INTERNAL, str(exc))
+        return feed.result_payload(
+            self.identity, command.request_id, name, True, result, None, now_ms()
+        )
+
+    def _dispatch(self, command: feed.Command) -> dict[str, Any]:
+        name = command.name
+        if name is feed.CommandName.PING:
+            return {"pong": True}
+        if name is feed.CommandName.STATUS:
+            return dict(self.control.status())
+        if name is feed.CommandName.READ:
+            return dict(self.control.read_point(command.args["device"], command.args.get("point")))
+        if name is feed.CommandName.TEST_ALARM:
+            event = self.control.test_alarm(f"cmd:{command.request_id}")
+            return {"event_id": event.id, "seq": event.seq}
+        return dict(self.control.silence())
+
+    def _error(self, request_id: str | None, name: str, code: str, message: str) -> dict[str, Any]:
+        with self._lock:
+            self.errors[str(code)] += 1
+        error = {"code": str(code), "message": message[:200]}
+        return feed.result_payload(self.identity, request_id, name, False, None, error, now_ms())

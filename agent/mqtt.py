@@ -1,0 +1,295 @@
+"""The one module that imports paho-mqtt: a thin, typed wrapper around one connection.
+
+`MqttConnection` is one connection attempt with one fresh paho client (so
+paho's own in-memory retry queue can never resend behind the uplink's back),
+driven by the caller's thread through `pump()` — no paho thread, so every
+callback runs in the thread that owns the connection. TLS always verifies the
+server certificate and host name. Credentials come from a file that nobody
+but the owner may read.
+
+It must never: retry or queue on its own, skip certificate verification, or
+let a paho exception escape untranslated (UplinkError is ours).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.errors import UplinkError
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    username: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and how to connect; built from UplinkConfig by the uplink."""
+
+    host: str
+    port: int
+    client_id: str
+    mqtt_version: str = "3.1.1"  # or "5"
+    keepalive_s: int = 30
+    tls: TlsFiles | None = None
+    credentials: Credentials | None = None
+    connect_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+
+
+@dataclass
+class Callbacks:
+    """What the connection reports, always from inside pump()."""
+
+    on_connect: Callable[[bool, str], None]  # (accepted, reason)
+    on_disconnect: Callable[[str], None]
+    on_puback: Callable[[int, bool], None]  # (mid, accepted by the broker)
+    on_message: Callable[[Message], None]
+
+
+def load_credentials(path: Path) -> Credentials:
+    """Read "username\\npassword\\n"; refuse a file that group or others can read."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise UplinkError(f"{path}: cannot read credentials file: {exc.strerror}") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UplinkError(
+            f"{path}: credentials file mode {stat.S_IMODE(mode):04o} lets group/others in; "
+            "run chmod 600 on it"
+        )
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UplinkError(f"{path}: cannot read credentials file: {exc}") from exc
+    if len(lines) < 2 or not lines[0]:
+        raise UplinkError(f"{path}: expected a username line and a password line")
+    return Credentials(lines[0], lines[1])
+
+
+def tls_context(files: TlsFiles) -> ssl.SSLContext:
+    """A client context that always verifies the broker's certificate and host name."""
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(files.ca_file))
+        if files.cert_file is not None:
+            key = str(files.key_file) if files.key_file is not None else None
+            ctx.load_cert_chain(str(files.cert_file), key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UplinkError(f"TLS files unusable ({files}): {exc}") from exc
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def _protocol(version: str) -> MQTTProtocolVersion:
+    if version in ("5", "5.0"):
+        return MQTTProtocolVersion.MQTTv5
+    if version in ("3.1.1", "311"):
+        return MQTTProtocolVersion.MQTTv311
+    raise UplinkError(f"unsupported mqtt_version {version!r} (use 3.1.1 or 5)")
+
+
+class MqttConnection:
+    """One connection attempt. Call open(), then pump() until closed."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        callbacks: Callbacks,
+        will: Will | None,
+        max_inflight: int,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self._cb = callbacks
+        self._v5 = _protocol(endpoint.mqtt_version) is MQTTProtocolVersion.MQTTv5
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=endpoint.client_id,
+            protocol=_protocol(endpoint.mqtt_version),
+            clean_session=None if self._v5 else True,
+        )
+        client.max_inflight_messages_set(max_inflight)
+        client.connect_timeout = endpoint.connect_timeout_s
+        if tls is not None:
+            client.tls_set_context(tls)
+        if endpoint.credentials is not None:
+            client.username_pw_set(endpoint.credentials.username, endpoint.credentials.password)
+        if will is not None:
+            client.will_set(will.topic, will.payload, will.qos, will.retain)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        self._client = client
+        self.closed = False
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def open(self) -> None:
+        """TCP (+TLS) connect and send CONNECT; CONNACK arrives through pump()."""
+        try:
+            kwargs: dict[str, Any] = {"keepalive": self.endpoint.keepalive_s}
+            if self._v5:
+                kwargs["clean_start"] = True
+            rc = self._client.connect(self.endpoint.host, self.endpoint.port, **kwargs)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self.closed = True  # paho stored no socket; a half-made one dies with the traceback
+            raise UplinkError(
+                f"connect to {self.endpoint.host}:{self.endpoint.port}: {exc}"
+            ) from exc
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self.close()
+            raise UplinkError(f"connect: {paho.error_string(rc)}")
+
+    def close(self) -> None:
+        """Drop the socket without a DISCONNECT packet (the will is then published)."""
+        self.closed = True
+        sock = self._client.socket()
+        if sock is not None:
+            self._client._sock_close()  # paho has no public "abort": drop without DISCONNECT
+
+    def disconnect(self) -> None:
+        """Clean MQTT DISCONNECT (no will): used on shutdown after the offline status."""
+        if not self.closed:
+            self._client.disconnect()
+            self._flush_writes(1.0)
+        self.close()
+
+    def _flush_writes(self, timeout: float) -> None:
+        sock = self._client.socket()
+        if sock is None:
+            return
+        while self._client.want_write():
+            _, writable, _ = select.select([], [sock], [], timeout)
+            if not writable or self._client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+
+    # -- the pump: all network work happens here, in the caller's thread ------
+
+    def pump(self, timeout: float, wake_fd: int | None = None) -> bool:
+        """Wait up to `timeout` for network or wake-up; process it. Returns False once closed."""
+        sock = self._client.socket()
+        if self.closed or sock is None:
+            self.closed = True
+            return False
+        readers: list[Any] = [sock] if wake_fd is None else [sock, wake_fd]
+        writers = [sock] if self._client.want_write() else []
+        try:
+            readable, writable, _ = select.select(readers, writers, [], timeout)
+        except (OSError, ValueError):
+            self._lost("socket error")
+            return False
+        if sock in readable:
+            self._check(self._client.loop_read())
+        if not self.closed and (sock in writable or self._client.want_write()):
+            self._check(self._client.loop_write())
+        if not self.closed:
+            self._check(self._client.loop_misc())
+        return not self.closed
+
+    def _check(self, rc: MQTTErrorCode) -> None:
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not self.closed:
+            self._lost(paho.error_string(rc))
+
+    def _lost(self, reason: str) -> None:
+        if not self.closed:
+            self.close()
+            self._cb.on_disconnect(reason)
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int:
+        """Queue a PUBLISH; returns its mid (the PUBACK names it). Raises UplinkError."""
+        try:
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        except (ValueError, OSError) as exc:
+            raise UplinkError(f"publish to {topic}: {exc}") from exc
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._lost(f"publish refused: {paho.error_string(info.rc)}")
+            raise UplinkError(f"publish to {topic}: {paho.error_string(info.rc)}")
+        return int(info.mid)
+
+    def subscribe(self, topic_filter: str, qos: int) -> None:
+        rc, _ = self._client.subscribe(topic_filter, qos=qos)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise UplinkError(f"subscribe {topic_filter}: {paho.error_string(rc)}")
+
+    # -- paho callbacks (VERSION2), translated ----------------------------------
+
+    def _on_connect(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        _flags: Any,
+        reason: ReasonCode,
+        _props: Properties | None,
+    ) -> None:
+        self._cb.on_connect(not reason.is_failure, str(reason))
+
+    def _on_disconnect(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        _flags: Any,
+        reason: ReasonCode,
+        _props: Properties | None,
+    ) -> None:
+        if not self.closed:
+            self.closed = True
+            self._cb.on_disconnect(str(reason))
+
+    def _on_publish(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        _props: Properties | None,
+    ) -> None:
+        self._cb.on_puback(mid, not reason.is_failure)
+
+    def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            return  # not a topic we subscribed to in any meaningful way
+        self._cb.on_message(Message(topic, bytes(msg.payload)))
+
+
+def socket_pair() -> tuple[socket.socket, socket.socket]:
+    """A wake-up channel for pump(): write a byte to the second to interrupt a wait."""
+    return socket.socketpair()

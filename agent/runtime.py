@@ -1,0 +1,606 @@
+"""`alarmgw run`: wires field, points, events, buffer and uplink into one running gateway.
+
+The asyncio loop (main thread) owns the Modbus lines; the buffer writer, the
+MQTT uplink, the GPIO settle timer and the control socket run their own
+threads and hand each other plain values. This module decides nothing about
+alarms (agent/points.py and agent/rules.py do) and speaks to no hardware
+(drivers/ do); it only connects them and keeps them alive.
+
+It must never let a runtime fault stop the agent: a line that cannot open, a
+GPIO chip that is missing, a control socket that cannot bind, all become fault
+events while everything else keeps running. Only a buffer that cannot be
+opened at all stops start-up (exit 1, systemd restarts us): without it
+nothing could be accepted durably.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from agent import __version__, sdnotify
+from agent.buffer import EventBuffer
+from agent.clock import clock_probe
+from agent.commands import CommandHandler
+from agent.config import GATEWAY_DEVICE_ID, Config, DeviceConfig, LineConfig, config_digest
+from agent.control import ControlServer, ControlSetupError, EventFanout, EventSubscription
+from agent.errors import AlarmgwError, FieldError, GpioError, UnknownPoint
+from agent.events import Category, Event, Kind, Lane, Record, Severity, now_ms
+from agent.points import DevicePoints
+from agent.rules import LocalRules, contact_event
+from agent.uplink import Uplink
+from drivers.gpio import ContactChange, GpioBank
+from drivers.line import CommChange, DevicePoll, Line, PollResult
+from drivers.modbus import ModbusLink, RtuLink, TcpLink
+from drivers.plan import plan_device
+from drivers.profile import Profile, apply_overrides
+from drivers.types import PollClass
+
+log = logging.getLogger("alarmgw")
+
+RECENT_EVENTS = 500  # kept in memory for `alarmgw events` (the buffer holds what is unsent)
+CLOCK_CHECK_S = 10.0
+LOOP_TICK_S = 1.0
+READ_TIMEOUT_S = 10.0
+TEST_ALARM_ACK_WAIT_S = 10.0
+
+
+@dataclass
+class DeviceRuntime:
+    """One field device as the gateway runs it."""
+
+    cfg: DeviceConfig
+    profile: Profile
+    points: DevicePoints
+    line: Line | None = None
+    lost: bool = False
+    last_good_ms: int | None = None
+    last_failure: str = ""
+
+
+def _system_event(
+    kind: Kind, severity: Severity, state: str, text: str, *, synced: bool, **detail: Any
+) -> Event:
+    return Event(
+        kind=kind,
+        category=Category.SYSTEM,
+        severity=severity,
+        state=state,
+        text=text,
+        device=GATEWAY_DEVICE_ID,
+        point=state,
+        clock_synced=synced,
+        detail=detail or None,
+    )
+
+
+class Gateway:
+    """The running agent. Build it from a validated Config, then `await run()`."""
+
+    def __init__(self, cfg: Config, *, broker: tuple[str, int] | None = None) -> None:
+        self.cfg = cfg
+        self.clock_synced = clock_probe(cfg.clock.source)
+        self.boot_ms = now_ms()
+        self._boot_mono = time.monotonic()
+        self.buffer = EventBuffer(
+            cfg.buffer.path, cfg.identity, cfg.buffer.max_events, clock_synced=self.clock_synced
+        )
+        uplink_cfg = cfg.uplink
+        if broker is not None:
+            uplink_cfg = dataclasses.replace(uplink_cfg, host=broker[0], port=broker[1])
+        self.commands = CommandHandler(self, cfg.identity, self.clock_synced)
+        self.uplink = Uplink(
+            uplink_cfg,
+            cfg.identity,
+            self.buffer,
+            version=__version__,
+            config_digest=config_digest(cfg.path),
+            boot_ts_ms=self.boot_ms,
+            clock_synced=self.clock_synced,
+            health=self.health,
+            commands=self.commands.handle,
+            on_state=self._uplink_changed,
+        )
+        self.field_devices: dict[str, DeviceRuntime] = {}
+        for dev in cfg.devices:
+            profile = apply_overrides(cfg.profiles[dev.profile], dev.points)
+            points = DevicePoints(dev.id, dev.name, dev.location, profile)
+            self.field_devices[dev.id] = DeviceRuntime(dev, profile, points)
+        self.lines: dict[str, Line] = {}
+        self.gpio: GpioBank | None = None
+        self.rules = LocalRules([])
+        self.control: ControlServer | None = None
+        self.fanout = EventFanout()
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
+        self._recent_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._loop_alive = time.monotonic()
+        self._clock_was_synced: bool | None = None
+        self._closing = False
+        self._input_cfg = {i.id: i for i in cfg.inputs}
+        self.watchdog = sdnotify.Watchdog()
+
+    # --- event path: everything that happens goes through emit() ---------------------
+
+    def emit(self, record: Record) -> Future[Record]:
+        """Hand a record to local rules (at once) and to the buffer (durably). Thread-safe."""
+        if isinstance(record, Event):
+            try:
+                self.rules.on_event(record)
+            except Exception:  # a broken output must not stop the event itself
+                log.exception("local rules failed on event %s", record.id)
+        future = self.buffer.submit(record)
+        future.add_done_callback(self._stored)
+        return future
+
+    def _stored(self, future: Future[Record]) -> None:
+        exc = future.exception()
+        if exc is not None:
+            log.error("event could not be buffered: %s", exc)
+            return
+        record = future.result()
+        if not isinstance(record, Event):
+            return
+        payload = record.to_payload(self.cfg.identity)
+        with self._recent_lock:
+            self.recent.append(payload)
+        self.fanout.publish(payload)
+        log.info(
+            "event seq=%s %s %s/%s %s",
+            record.seq,
+            record.kind.value,
+            record.device,
+            record.point,
+            record.text,
+            extra={"device": record.device, "seq": record.seq},
+        )
+
+    # --- field side ----------------------------------------------------------------------
+
+    def _line_output(self, out: PollResult | CommChange) -> None:
+        dev = self.field_devices.get(out.device_id)
+        if dev is None:
+            return
+        synced = self.clock_synced()
+        if isinstance(out, PollResult):
+            dev.last_good_ms = out.ts_ms
+            records = dev.points.update(out.poll_class, out.blocks, out.ts_ms, synced)
+        else:
+            records = [self._comm_event(dev, out, synced)]
+        for record in records:
+            self.emit(record)
+
+    def _comm_event(self, dev: DeviceRuntime, change: CommChange, synced: bool) -> Event:
+        dev.lost = change.lost
+        dev.last_failure = change.reason
+        if change.lost:
+            dev.points.mark_stale()
+            kind, severity, state = Kind.COMM_LOSS, Severity.MINOR, "lost"
+            text = f"{dev.cfg.name} 通信故障（{change.reason}，连续{change.failures}次）"
+        else:
+            kind, severity, state = Kind.COMM_RESTORE, Severity.INFO, "online"
+            text = f"{dev.cfg.name} 通信恢复"
+        return Event(
+            kind=kind,
+            category=Category.COMM,
+            severity=severity,
+            state=state,
+            text=text,
+            device=dev.cfg.id,
+            ts_ms=change.ts_ms,
+            clock_synced=synced,
+            device_name=dev.cfg.name,
+            location=dev.cfg.location,
+            detail={"reason": change.reason, "failures": change.failures},
+        )
+
+    def _make_link(self, line: LineConfig) -> ModbusLink:
+        if line.type == "tcp":
+            return TcpLink(line.host or "127.0.0.1", line.tcp_port or 502)
+        return RtuLink(
+            line.port or "",
+            baudrate=line.baudrate,
+            parity=line.parity,
+            stopbits=line.stopbits,
+            bytesize=line.bytesize,
+        )
+
+    def _device_poll(self, dev: DeviceRuntime, line: LineConfig) -> DevicePoll:
+        cfg = dev.cfg
+        return DevicePoll(
+            device_id=cfg.id,
+            unit=cfg.unit_id,
+            fast=plan_device(
+                dev.profile, cfg.unit_id, PollClass.FAST, line.max_gap, line.max_block
+            ),
+            slow=plan_device(
+                dev.profile, cfg.unit_id, PollClass.SLOW, line.max_gap, line.max_block
+            ),
+            fast_period_s=cfg.fast_poll_s,
+            slow_period_s=cfg.slow_poll_s,
+            timeout_s=cfg.timeout_s or line.timeout_s,
+            retries=line.retries if cfg.retries is None else cfg.retries,
+            comm_fault_after=cfg.comm_fault_after,
+            backoff_max_s=cfg.backoff_max_s,
+        )
+
+    def _start_lines(self) -> None:
+        for line_cfg in self.cfg.lines:
+            on_line = [d for d in self.field_devices.values() if d.cfg.line == line_cfg.id]
+            line = Line(
+                line_cfg.id,
+                self._make_link(line_cfg),
+                [self._device_poll(d, line_cfg) for d in on_line],
+                self._line_output,
+                inter_frame_gap_s=line_cfg.inter_frame_gap_ms / 1000.0,
+            )
+            for dev in on_line:
+                dev.line = line
+            self.lines[line_cfg.id] = line
+            line.start()
+            self.watchdog.register(f"line {line_cfg.id}", _alive_of(line), max_age_s=30.0)
+
+    # --- GPIO and local outputs ---------------------------------------------------------
+
+    def _start_gpio(self) -> None:
+        if not self.cfg.inputs and not self.cfg.outputs:
+            return
+        try:
+            self.gpio = GpioBank(self.cfg.inputs, self.cfg.outputs, self._contact_changed)
+        except (GpioError, AlarmgwError) as exc:
+            log.exception("GPIO unavailable")
+            self.emit(
+                _system_event(
+                    Kind.FAULT,
+                    Severity.MINOR,
+                    "gpio_unavailable",
+                    f"网关GPIO不可用：{exc}",
+                    synced=self.clock_synced(),
+                    reason=str(exc),
+                )
+            )
+            return
+        self.rules = LocalRules((o.id, o.rule, self.gpio.outputs[o.id]) for o in self.cfg.outputs)
+        self.rules.uplink_changed(self.uplink.connected)
+
+    def _contact_changed(self, change: ContactChange) -> None:
+        cfg = self._input_cfg.get(change.input_id)
+        if cfg is None:
+            return
+        if change.initial and not change.active:
+            return  # a contact at rest at boot is not news; an active one at boot is
+        self.emit(contact_event(cfg, change, self.clock_synced()))
+
+    def _uplink_changed(self, connected: bool) -> None:
+        log.info("uplink %s", "connected" if connected else "disconnected")
+        if self._closing:
+            return  # outputs are being released; a blink started now would outlive them
+        try:
+            self.rules.uplink_changed(connected)
+        except Exception:
+            log.exception("local rules failed on an uplink change")
+
+    # --- periodic housekeeping ----------------------------------------------------------
+
+    async def _tick(self) -> None:
+        """Keeps the loop's liveness fresh and watches the clock (no RTC on a Pi)."""
+        next_clock = 0.0
+        while True:
+            self._loop_alive = time.monotonic()
+            if self._loop_alive >= next_clock:
+                next_clock = self._loop_alive + CLOCK_CHECK_S
+                self._check_clock()
+            await asyncio.sleep(LOOP_TICK_S)
+
+    def _check_clock(self) -> None:
+        synced = self.clock_synced()
+        if synced == self._clock_was_synced:
+            return
+        first = self._clock_was_synced is None
+        self._clock_was_synced = synced
+        if synced and first:
+            return
+        if synced:
+            event = _system_event(
+                Kind.RESTORE, Severity.INFO, "clock_unsynced", "网关时钟已同步", synced=True
+            )
+        else:
+            event = _system_event(
+                Kind.FAULT,
+                Severity.WARNING,
+                "clock_unsynced",
+                "网关时钟未同步（无RTC，等待NTP）：事件时间可能不准",
+                synced=False,
+            )
+        self.emit(event)
+
+    # --- GatewayControl (downlink commands) and ControlTarget (local CLI) ---------------
+
+    def health(self) -> dict[str, Any]:
+        """The heartbeat's `devices` summary."""
+        lost = sorted(d.cfg.id for d in self.field_devices.values() if d.lost)
+        return {
+            "total": len(self.field_devices),
+            "online": len(self.field_devices) - len(lost),
+            "comm_fault": lost,
+        }
+
+    def status(self) -> dict[str, Any]:
+        ident = self.cfg.identity
+        return {
+            "site": ident.site,
+            "gateway": ident.gateway,
+            "site_name": ident.site_name,
+            "gateway_name": ident.gateway_name,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self._boot_mono, 1),
+            "clock_synced": self.clock_synced(),
+            "uplink": self.uplink.stats(),
+            "buffer": self.buffer.stats(),
+            "devices": self.devices_list(),
+            "active_alarms": [
+                a.to_payload(ident) if a.seq is not None else _unsent(a)
+                for a in self.rules.active_alarms()
+            ],
+            "silenced": self.rules.alarm.silenced,
+        }
+
+    def devices_list(self) -> list[dict[str, Any]]:
+        out = []
+        for dev in self.field_devices.values():
+            stats = dev.line.stats().get(dev.cfg.id, {}) if dev.line else {}
+            out.append(
+                {
+                    "id": dev.cfg.id,
+                    "name": dev.cfg.name,
+                    "location": dev.cfg.location,
+                    "line": dev.cfg.line,
+                    "unit_id": dev.cfg.unit_id,
+                    "profile": dev.cfg.profile,
+                    "comm": "lost" if dev.lost else ("ok" if dev.last_good_ms else "unknown"),
+                    "last_good_ms": dev.last_good_ms,
+                    "last_failure": dev.last_failure,
+                    "failures": stats,
+                }
+            )
+        for contact in self.cfg.inputs:
+            state = None
+            if self.gpio is not None and contact.id in self.gpio.inputs:
+                active = self.gpio.inputs[contact.id].is_active
+                state = contact.active_state if active else contact.inactive_state
+            out.append(
+                {
+                    "id": contact.id,
+                    "name": contact.name,
+                    "location": f"GPIO{contact.pin}",
+                    "line": "gpio",
+                    "unit_id": contact.pin,
+                    "profile": contact.category.value,
+                    "comm": "ok" if self.gpio is not None else "lost",
+                    "state": state,
+                }
+            )
+        return out
+
+    def events(self, since_seq: int | None, limit: int) -> list[dict[str, Any]]:
+        with self._recent_lock:
+            items = list(self.recent)
+        if since_seq is not None:
+            items = [e for e in items if e["seq"] > since_seq]
+        return items[-limit:] if limit > 0 else items
+
+    def subscribe_events(self) -> EventSubscription:
+        return self.fanout.subscribe()
+
+    def read_point(self, device: str, point: str | None) -> dict[str, Any]:
+        if self._loop is None:
+            raise AlarmgwError("the agent is not running its field loop")
+        fut = asyncio.run_coroutine_threadsafe(self._read(device, point), self._loop)
+        return fut.result(READ_TIMEOUT_S + 1)
+
+    async def _read(self, device: str, point: str | None) -> dict[str, Any]:
+        dev = self.field_devices.get(device)
+        if dev is None or dev.line is None:
+            raise UnknownPoint(f"unknown device {device!r}; devices: {sorted(self.field_devices)}")
+        specs = dev.profile.points
+        if point is not None and point not in specs:
+            raise UnknownPoint(f"device {device!r} has no point {point!r}; points: {sorted(specs)}")
+        wanted = [specs[point]] if point is not None else list(specs.values())
+        requests = []
+        for poll in (PollClass.FAST, PollClass.SLOW):
+            chosen = [s for s in wanted if s.poll is poll]
+            if chosen:
+                sub = dataclasses.replace(dev.profile, points={s.id: s for s in chosen})
+                line_cfg = next(ln for ln in self.cfg.lines if ln.id == dev.cfg.line)
+                requests += plan_device(sub, dev.cfg.unit_id, poll, line_cfg.max_gap)
+        blocks = await asyncio.wait_for(dev.line.read_now(device, requests), READ_TIMEOUT_S)
+        from drivers.codec import decode  # noqa: PLC0415 - keeps the import graph one-way
+
+        values: dict[str, Any] = {}
+        for spec in wanted:
+            try:
+                values[spec.id] = {
+                    "value": decode(spec, blocks),
+                    "unit": spec.unit,
+                    "name": spec.name,
+                }
+            except FieldError as exc:
+                values[spec.id] = {"error": str(exc), "name": spec.name}
+        return {"device": device, "ts_ms": now_ms(), "points": values}
+
+    def test_alarm(self, requested_by: str) -> Any:
+        """A test-flagged alarm end to end; returns once stored (dict for the CLI)."""
+        event = Event(
+            kind=Kind.TEST,
+            category=Category.MANUAL,
+            severity=Severity.INFO,
+            state="test",
+            text=f"测试报警（{requested_by}）",
+            device=GATEWAY_DEVICE_ID,
+            point="test_alarm",
+            test=True,
+            clock_synced=self.clock_synced(),
+            detail={"requested_by": requested_by},
+        )
+        stored = self.emit(event).result(timeout=10)
+        assert isinstance(stored, Event)
+        return stored
+
+    def test_alarm_report(self, requested_by: str) -> dict[str, Any]:
+        stored: Event = self.test_alarm(requested_by)
+        acked = self._wait_acked(Lane.EVENT, stored.seq or 0, TEST_ALARM_ACK_WAIT_S)
+        return {"seq": stored.seq, "id": stored.id, "stored": True, "acked": acked}
+
+    def _wait_acked(self, lane: Lane, seq: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not any(r.seq == seq for r in self.buffer.pending(lane, seq - 1, 1)):
+                return True
+            time.sleep(0.05)  # the buffer has no per-row ack notification to await
+        return False
+
+    def silence(self) -> dict[str, Any]:
+        was_sounding = self.rules.silence()
+        return {"silenced": True, "was_sounding": was_sounding}
+
+    def buffer_info(self) -> dict[str, Any]:
+        return self.buffer.stats()
+
+    # --- lifetime -----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._stop.set)
+        self.buffer.start()
+        try:
+            self._start_gpio()
+            self._start_lines()
+            self.uplink.start()
+            self._start_control()
+            tick = asyncio.create_task(self._tick(), name="tick")
+            self.watchdog.register("event loop", lambda: self._loop_alive, max_age_s=30.0)
+            self.watchdog.start()
+            sdnotify.ready(
+                f"watching {len(self.field_devices)} devices, {len(self.cfg.inputs)} inputs"
+            )
+            log.info(
+                "alarmgw %s running: %d lines, %d devices, %d inputs",
+                __version__,
+                len(self.lines),
+                len(self.field_devices),
+                len(self.cfg.inputs),
+            )
+            await self._stop.wait()
+            sdnotify.stopping()
+            tick.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tick
+        finally:
+            await self._shutdown()
+        return 0
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    def _start_control(self) -> None:
+        self.control = ControlServer(
+            self.cfg.control.socket, _ControlAdapter(self), self.cfg.control.group
+        )
+        try:
+            self.control.start()
+        except (ControlSetupError, OSError) as exc:
+            log.exception("control socket unavailable")
+            self.control = None
+            self.emit(
+                _system_event(
+                    Kind.FAULT,
+                    Severity.WARNING,
+                    "control_socket",
+                    f"本地控制接口不可用：{exc}",
+                    synced=self.clock_synced(),
+                )
+            )
+
+    async def _shutdown(self) -> None:
+        self.watchdog.stop()
+        if self.control is not None:
+            self.control.close()
+        for line in self.lines.values():
+            with contextlib.suppress(Exception):
+                await line.close()
+        self._closing = True
+        self.uplink.stop()  # says offline (retained) while the buffer is still open
+        if self.gpio is not None:
+            self.gpio.close()
+        self.buffer.close()
+        if self._loop is not None:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.remove_signal_handler(sig)
+
+
+def _alive_of(line: Line) -> Callable[[], float]:
+    return lambda: line.alive
+
+
+def _unsent(event: Event) -> dict[str, Any]:
+    return {"id": event.id, "device": event.device, "point": event.point, "text": event.text}
+
+
+class _ControlAdapter:
+    """The local control socket's view of the gateway (names differ from the downlink's)."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    def status(self) -> dict[str, Any]:
+        return self.gw.status()
+
+    def devices(self) -> list[dict[str, Any]]:
+        return self.gw.devices_list()
+
+    def events(self, since_seq: int | None, limit: int) -> list[dict[str, Any]]:
+        return self.gw.events(since_seq, limit)
+
+    def subscribe_events(self) -> EventSubscription:
+        return self.gw.subscribe_events()
+
+    def read_point(self, device: str, point: str | None) -> dict[str, Any]:
+        return self.gw.read_point(device, point)
+
+    def test_alarm(self, requested_by: str) -> dict[str, Any]:
+        return self.gw.test_alarm_report(requested_by)
+
+    def silence(self) -> dict[str, Any]:
+        return self.gw.silence()
+
+    def buffer(self) -> dict[str, Any]:
+        return self.gw.buffer_info()
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Plain lines on stderr: under systemd they land in the journal with our priority."""
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run(cfg: Config, *, broker: tuple[str, int] | None = None) -> int:
+    setup_logging()
+    try:
+        gateway = Gateway(cfg, broker=broker)
+    except AlarmgwError:
+        log.exception("cannot start")
+        return 78
+    return asyncio.run(gateway.run())

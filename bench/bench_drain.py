@@ -1,0 +1,122 @@
+"""Drain after an outage: N buffered events published and acknowledged by the Uplink,
+against bare paho QoS 1 publishing of the same payloads (same window) to the same private
+broker in the same run. Goal: at least 70 % of the baseline rate.
+
+    python bench/bench_drain.py [--quick] [--count N] [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import paho.mqtt.client as mqtt
+
+from agent.buffer import EventBuffer
+from agent.events import Lane
+from agent.uplink import Uplink
+from simulator.broker import Mosquitto
+from tests.uplink_helpers import IDENT, Settings, info_event, wait_until
+
+WINDOW = 50
+
+
+def fill(buffer: EventBuffer, count: int) -> None:
+    for start in range(0, count, 5000):
+        futures = [buffer.submit(info_event(i)) for i in range(start, min(count, start + 5000))]
+        for f in futures:
+            f.result(60)
+
+
+def baseline(broker: Mosquitto, payloads: list[bytes]) -> float:
+    """Bare paho: publish QoS 1 with the same in-flight window, wait for every PUBACK."""
+    done = threading.Event()
+    acked = 0
+
+    def on_publish(*_a: object) -> None:
+        nonlocal acked
+        acked += 1
+        if acked == len(payloads):
+            done.set()
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-baseline")
+    c.max_inflight_messages_set(WINDOW)
+    c.on_publish = on_publish
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    t0 = time.perf_counter()
+    for p in payloads:
+        c.publish("bench/v1/site/gw/event", p, qos=1)
+    done.wait(600)
+    elapsed = time.perf_counter() - t0
+    c.disconnect()
+    c.loop_stop()
+    return len(payloads) / elapsed
+
+
+def ours(broker: Mosquitto, db: Path, count: int) -> float:
+    buffer = EventBuffer(db, IDENT, count + 10).start()
+    try:
+        fill(buffer, count)
+        uplink = Uplink(
+            Settings(broker.host, broker.port, topic_prefix="bench", inflight_window=WINDOW),
+            IDENT,
+            buffer,
+            version="bench",
+            config_digest="bench",
+        )
+        t0 = time.perf_counter()
+        uplink.start()
+        try:
+            wait_until(lambda: uplink.counters.acked >= count, timeout=600, step=0.005)
+            elapsed = time.perf_counter() - t0
+        finally:
+            uplink.stop()
+        return count / elapsed
+    finally:
+        buffer.close()
+
+
+def payloads_of(db: Path, count: int) -> list[bytes]:
+    buffer = EventBuffer(db, IDENT, count + 10).start()
+    try:
+        fill(buffer, count)
+        return [r.payload for r in buffer.pending(Lane.EVENT, 0, count)]
+    finally:
+        buffer.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="5,000 events: a smoke run")
+    parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
+    args = parser.parse_args()
+    count = 5000 if args.quick else args.count
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        with Mosquitto(d / "broker", max_queued=count * 2) as broker:
+            payloads = payloads_of(d / "payloads.db", count)
+            base = baseline(broker, payloads)
+            mine = ours(broker, d / "buffer.db", count)
+    ratio = mine / base
+    line = (
+        f"{time.strftime('%Y-%m-%d')} drain {count} events: uplink {mine:,.0f}/s, "
+        f"bare paho QoS1 {base:,.0f}/s, ratio {ratio:.0%} (goal >= 70%)"
+    )
+    print(line)
+    if args.record:
+        out = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+        with out.open("a", encoding="utf-8") as f:
+            f.write(f"- {line}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,427 @@
+"""The owner of one Modbus line: the only task that ever talks on it.
+
+One `Line` per RS-485 line (and per Modbus TCP endpoint) runs as one asyncio
+task. It polls its devices' read requests strictly one at a time, keeps the
+inter-frame gap between the end of one exchange and the next request, applies
+each device's timeout and retries, counts every failure by its typed reason,
+raises comm-loss after `comm_fault_after` consecutive failed polls and
+comm-restore on the first good one, and backs a lost device off exponentially
+so that a dead device cannot starve the live ones. Live reads and writes
+(`read_now`, `write_register`, `write_coil`) go through the same owner queue:
+nothing else may open the port.
+
+It must never decide what a value means (points do that), never publish, and
+never let an error end its loop: every failure is counted, logged once while
+it persists, and the line keeps polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from agent.errors import Disconnected, FieldError, UnknownPoint
+from drivers.modbus import ModbusLink
+from drivers.types import Block, PollClass, ReadRequest
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_IDLE_WAIT_S = 0.5  # the loop wakes at least this often so `alive` keeps moving
+
+
+@dataclass(frozen=True)
+class DevicePoll:
+    """What the line polls for one device, per poll class, and how patiently."""
+
+    device_id: str
+    unit: int
+    fast: list[ReadRequest]
+    slow: list[ReadRequest]
+    fast_period_s: float
+    slow_period_s: float
+    timeout_s: float
+    retries: int
+    comm_fault_after: int
+    backoff_max_s: float
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """Every block of one poll of one device, read successfully at `ts_ms` (UTC ms)."""
+
+    device_id: str
+    poll_class: PollClass
+    blocks: list[Block]
+    ts_ms: int
+
+
+@dataclass(frozen=True)
+class CommChange:
+    """A device stopped answering (`lost`) or answers again; `reason` is the last failure."""
+
+    device_id: str
+    lost: bool
+    reason: str
+    failures: int
+    ts_ms: int
+
+
+LineOutput = PollResult | CommChange
+Sink = Callable[[LineOutput], None]
+
+
+@dataclass
+class CycleTimes:
+    """Busy time of the line for one full fast cycle (every polled device once)."""
+
+    last_s: float = 0.0
+    total_s: float = 0.0
+    count: int = 0
+
+    @property
+    def mean_s(self) -> float:
+        return self.total_s / self.count if self.count else 0.0
+
+    def add(self, seconds: float) -> None:
+        self.last_s = seconds
+        self.total_s += seconds
+        self.count += 1
+
+
+@dataclass
+class DeviceState:
+    """The line's bookkeeping for one device."""
+
+    poll: DevicePoll
+    next_due: dict[PollClass, float]
+    consecutive_failures: int = 0
+    lost: bool = False
+    backoff_s: float = 0.0
+    last_reason: str = ""
+    failures: Counter[str] = field(default_factory=Counter)
+    polls_ok: int = 0
+    polls_failed: int = 0
+
+    def requests(self, poll_class: PollClass) -> list[ReadRequest]:
+        return self.poll.fast if poll_class is PollClass.FAST else self.poll.slow
+
+    def period(self, poll_class: PollClass) -> float:
+        if poll_class is PollClass.FAST:
+            return self.poll.fast_period_s
+        return self.poll.slow_period_s
+
+
+@dataclass
+class _Command:
+    """A job for the owner loop from outside (live read, write), with its answer."""
+
+    run: Callable[[], Awaitable[Any]]
+    future: asyncio.Future[Any]
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Line:
+    """The single owner of one Modbus link; start() it, then close() it."""
+
+    def __init__(
+        self,
+        line_id: str,
+        link: ModbusLink,
+        devices: list[DevicePoll],
+        sink: Sink,
+        *,
+        inter_frame_gap_s: float = 0.0,
+        wall_ms: Callable[[], int] = _wall_ms,
+    ) -> None:
+        self.line_id = line_id
+        self.link = link
+        self._sink = sink
+        self._gap_s = inter_frame_gap_s
+        self._wall_ms = wall_ms
+        now = time.monotonic()
+        self._devices = {
+            d.device_id: DeviceState(d, {PollClass.FAST: now, PollClass.SLOW: now}) for d in devices
+        }
+        self._commands: asyncio.Queue[_Command] = asyncio.Queue()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_exchange_end = 0.0
+        self._round: set[str] = set()
+        self._round_busy_s = 0.0
+        self.cycle_times = CycleTimes()
+        self.alive = now  # monotonic time of the loop's last iteration (watchdog input)
+
+    # --- lifetime ---------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"line-{self.line_id}")
+
+    async def close(self) -> None:
+        """Stop polling, fail queued commands, and release the port."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while not self._commands.empty():
+            cmd = self._commands.get_nowait()
+            if not cmd.future.done():
+                cmd.future.set_exception(Disconnected(f"line {self.line_id} closed"))
+        await self.link.close()
+
+    async def __aenter__(self) -> Line:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- public queries ---------------------------------------------------
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per device: failed attempts by reason, polls_ok, polls_failed, lost, backoff_ms."""
+        out: dict[str, dict[str, int]] = {}
+        for device_id, st in self._devices.items():
+            row = dict(st.failures)
+            row.update(
+                polls_ok=st.polls_ok,
+                polls_failed=st.polls_failed,
+                lost=int(st.lost),
+                backoff_ms=round(st.backoff_s * 1000),
+            )
+            out[device_id] = row
+        return out
+
+    def is_lost(self, device_id: str) -> bool:
+        return self._state(device_id).lost
+
+    # --- live requests through the owner ---------------------------------
+
+    async def read_now(
+        self, device_id: str, requests: list[ReadRequest], timeout_s: float | None = None
+    ) -> list[Block]:
+        """Read now, queued behind the current exchange; raises a FieldError or UnknownPoint."""
+        st = self._state(device_id)
+        timeout = st.poll.timeout_s if timeout_s is None else timeout_s
+
+        async def run() -> list[Block]:
+            return [await self._exchange_with_retries(st, req, timeout) for req in requests]
+
+        return await self._submit(run)
+
+    async def write_register(self, device_id: str, address: int, value: int) -> None:
+        """FC06 through the owner; the caller has checked the point is writable."""
+        st = self._state(device_id)
+
+        async def run() -> None:
+            await self._paced(
+                self.link.write_register(st.poll.unit, address, value, st.poll.timeout_s)
+            )
+
+        await self._submit(run)
+
+    async def write_coil(self, device_id: str, address: int, value: bool) -> None:
+        """FC05 through the owner; the caller has checked the point is writable."""
+        st = self._state(device_id)
+
+        async def run() -> None:
+            await self._paced(self.link.write_coil(st.poll.unit, address, value, st.poll.timeout_s))
+
+        await self._submit(run)
+
+    async def _submit(self, run: Callable[[], Awaitable[T]]) -> T:
+        if self._task is None or self._task.done():
+            raise Disconnected(f"line {self.line_id} is not running")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._commands.put_nowait(_Command(run, future))
+        self._wakeup.set()
+        return await future
+
+    def _state(self, device_id: str) -> DeviceState:
+        try:
+            return self._devices[device_id]
+        except KeyError:
+            raise UnknownPoint(f"no device {device_id!r} on line {self.line_id}") from None
+
+    # --- the owner loop ---------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            self.alive = time.monotonic()
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not silence a fire panel: log it and keep polling
+                log.exception("line %s: unexpected error in the poll loop", self.line_id)
+                await asyncio.sleep(MAX_IDLE_WAIT_S)
+
+    async def _step(self) -> None:
+        if not self._commands.empty():
+            await self._serve(self._commands.get_nowait())
+            return
+        due = self._next_due()
+        if due is None:
+            await self._idle(MAX_IDLE_WAIT_S)
+            return
+        st, poll_class, when = due
+        wait = when - time.monotonic()
+        if wait > 0:
+            await self._idle(min(wait, MAX_IDLE_WAIT_S))
+            return
+        await self._poll(st, poll_class)
+
+    async def _idle(self, seconds: float) -> None:
+        """Wait for the next due poll, but wake at once for a queued command."""
+        self._wakeup.clear()
+        if self._commands.empty():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), seconds)
+
+    async def _serve(self, cmd: _Command) -> None:
+        if cmd.future.done():  # the caller gave up (cancelled) while queued
+            return
+        try:
+            result = await cmd.run()
+        except FieldError as exc:
+            if not cmd.future.done():
+                cmd.future.set_exception(exc)
+        except Exception as exc:
+            if not cmd.future.done():
+                cmd.future.set_exception(exc)
+            raise  # the loop logs it; the caller has its answer
+        else:
+            if not cmd.future.done():
+                cmd.future.set_result(result)
+
+    def _next_due(self) -> tuple[DeviceState, PollClass, float] | None:
+        best: tuple[DeviceState, PollClass, float] | None = None
+        for st in self._devices.values():
+            for poll_class in (PollClass.FAST, PollClass.SLOW):
+                if not st.requests(poll_class):
+                    continue
+                when = st.next_due[poll_class]
+                if best is None or when < best[2]:
+                    best = (st, poll_class, when)
+        return best
+
+    # --- one poll ---------------------------------------------------------
+
+    async def _poll(self, st: DeviceState, poll_class: PollClass) -> None:
+        started = time.monotonic()
+        st.next_due[poll_class] = max(started, st.next_due[poll_class] + st.period(poll_class))
+        try:
+            blocks = [
+                await self._exchange_with_retries(st, req, st.poll.timeout_s)
+                for req in st.requests(poll_class)
+            ]
+        except FieldError as exc:
+            self._poll_failed(st, exc)
+        else:
+            self._poll_succeeded(st, poll_class, blocks)
+        if poll_class is PollClass.FAST:
+            self._account_cycle(st.poll.device_id, time.monotonic() - started)
+
+    async def _exchange_with_retries(
+        self, st: DeviceState, req: ReadRequest, timeout_s: float
+    ) -> Block:
+        # a lost device gets one attempt per probe: retries would only multiply the time it steals
+        attempts = 1 if st.lost else 1 + max(0, st.poll.retries)
+        for attempt in range(attempts):
+            try:
+                return await self._paced(self.link.read(req, timeout_s))
+            except FieldError as exc:
+                st.failures[exc.reason] += 1
+                log.debug(
+                    "line %s device %s: %s (attempt %d/%d): %s",
+                    self.line_id,
+                    st.poll.device_id,
+                    exc.reason,
+                    attempt + 1,
+                    attempts,
+                    exc,
+                )
+                if attempt + 1 == attempts:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _paced(self, exchange: Awaitable[T]) -> T:
+        """Run one exchange after the inter-frame gap since the previous one ended."""
+        gap_left = self._last_exchange_end + self._gap_s - time.monotonic()
+        if gap_left > 0:
+            await asyncio.sleep(gap_left)  # the gap is a wire-timing rule, not a synchronisation
+        try:
+            return await exchange
+        finally:
+            self._last_exchange_end = time.monotonic()
+
+    def _poll_succeeded(self, st: DeviceState, poll_class: PollClass, blocks: list[Block]) -> None:
+        st.polls_ok += 1
+        if st.lost:
+            st.lost = False
+            log.warning(
+                "line %s device %s answers again after %d failed polls",
+                self.line_id,
+                st.poll.device_id,
+                st.consecutive_failures,
+            )
+            self._sink(
+                CommChange(
+                    st.poll.device_id, False, "restored", st.consecutive_failures, self._wall_ms()
+                )
+            )
+            now = time.monotonic()
+            st.next_due = {PollClass.FAST: now, PollClass.SLOW: now}
+        st.consecutive_failures = 0
+        st.backoff_s = 0.0
+        self._sink(PollResult(st.poll.device_id, poll_class, blocks, self._wall_ms()))
+
+    def _poll_failed(self, st: DeviceState, exc: FieldError) -> None:
+        st.polls_failed += 1
+        st.consecutive_failures += 1
+        st.last_reason = exc.reason
+        if not st.lost and st.consecutive_failures >= st.poll.comm_fault_after:
+            st.lost = True
+            log.warning(
+                "line %s device %s lost after %d failed polls: %s: %s",
+                self.line_id,
+                st.poll.device_id,
+                st.consecutive_failures,
+                exc.reason,
+                exc,
+            )
+            self._sink(
+                CommChange(
+                    st.poll.device_id, True, exc.reason, st.consecutive_failures, self._wall_ms()
+                )
+            )
+        if st.lost:
+            self._back_off(st)
+
+    def _back_off(self, st: DeviceState) -> None:
+        """Probe a lost device ever more rarely (doubling, capped) so the others keep the line."""
+        base = max(st.poll.fast_period_s, st.poll.timeout_s)
+        st.backoff_s = min(st.poll.backoff_max_s, st.backoff_s * 2 if st.backoff_s else base)
+        probe_at = time.monotonic() + st.backoff_s
+        for poll_class in st.next_due:
+            st.next_due[poll_class] = max(st.next_due[poll_class], probe_at)
+
+    def _account_cycle(self, device_id: str, busy_s: float) -> None:
+        """A fast cycle ends when a device comes round again; its length is the busy time."""
+        if device_id in self._round:
+            self.cycle_times.add(self._round_busy_s)
+            self._round.clear()
+            self._round_busy_s = 0.0
+        self._round.add(device_id)
+        self._round_busy_s += busy_s

@@ -1,0 +1,490 @@
+"""Modbus RTU and TCP links: one request, one typed answer. The only pymodbus user.
+
+A `ModbusLink` sends one request and returns a `Block` or raises exactly one of
+the `agent.errors.FieldError` types: FieldTimeout, CrcError, ModbusException
+(code), WrongLength, WrongUnit, Garbage or Disconnected. Nothing else escapes:
+no pymodbus exception, no OSError, no bare Exception.
+
+Why we own the transport and framing instead of using pymodbus's clients:
+pymodbus 3.16's transaction layer (transaction/transaction.py, framer/base.py)
+silently drops a frame with a bad CRC and a frame from another unit id (it
+logs and keeps waiting), so both surface only as a timeout; it has its own
+retry loop and closes a TCP connection after `retries + 3` silent requests;
+and it has no inter-frame gap. An alarm gateway must count CRC errors and
+wrong-unit answers separately (they mean a wiring or termination fault, not a
+dead device), do its own counted retries and pace the line itself. So this
+module uses pymodbus where it is solid — request/response PDU encoding and
+decoding (`pymodbus.pdu`) and the RTU CRC (`FramerRTU.compute_CRC`) — over a
+pyserial port / asyncio stream that we drive, and classifies every answer
+itself. pymodbus API churn (it renamed `slave=` to `device_id=` in 3.10) thus
+touches this file only.
+
+This module must never retry, sleep between requests, or decide what a failure
+means for a device: that is the line owner's job (drivers/line.py). It must
+never block the event loop: all waits are asyncio waits with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import struct
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+import serial
+from pymodbus.framer.rtu import FramerRTU
+from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
+from pymodbus.pdu.bit_message import (
+    ReadCoilsRequest,
+    ReadDiscreteInputsRequest,
+    WriteSingleCoilRequest,
+)
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersRequest,
+    ReadInputRegistersRequest,
+    WriteSingleRegisterRequest,
+)
+
+from agent.errors import (
+    CrcError,
+    Disconnected,
+    FieldError,
+    FieldTimeout,
+    Garbage,
+    ModbusException,
+    WrongLength,
+    WrongUnit,
+)
+from drivers.types import Block, ReadRequest, Table
+
+log = logging.getLogger(__name__)
+
+FC_WRITE_COIL = 5
+FC_WRITE_REGISTER = 6
+MAX_REGISTERS = 125  # Modbus limit for FC03/FC04 in one request
+MAX_BITS = 2000  # Modbus limit for FC01/FC02
+_MBAP_HEADER = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id
+_READ_PDU = {
+    Table.COIL: ReadCoilsRequest,
+    Table.DISCRETE: ReadDiscreteInputsRequest,
+    Table.HOLDING: ReadHoldingRegistersRequest,
+    Table.INPUT: ReadInputRegistersRequest,
+}
+_DECODER = DecodePDU(is_server=False)
+
+
+# --- pure codec (bytes in, bytes or typed error out; testable with literal hex) ---
+
+
+def function_code(table: Table) -> int:
+    """The read function code for a table (FC01..FC04)."""
+    return int(_READ_PDU[table].function_code)
+
+
+def read_pdu(req: ReadRequest) -> bytes:
+    """The request PDU (function code + data) for a read; ValueError on an impossible request."""
+    limit = MAX_BITS if req.table.is_bits else MAX_REGISTERS
+    if not 1 <= req.count <= limit or not 0 <= req.address <= 0xFFFF:
+        raise ValueError(f"impossible read: {req}")
+    pdu = _READ_PDU[req.table](address=req.address, count=req.count, dev_id=req.unit)
+    return _pdu_bytes(pdu)
+
+
+def write_register_pdu(address: int, value: int) -> bytes:
+    if not 0 <= value <= 0xFFFF:
+        raise ValueError(f"register value out of range: {value}")
+    return _pdu_bytes(WriteSingleRegisterRequest(address=address, registers=[value]))
+
+
+def write_coil_pdu(address: int, value: bool) -> bytes:
+    return _pdu_bytes(WriteSingleCoilRequest(address=address, bits=[value]))
+
+
+def _pdu_bytes(pdu: ModbusPDU) -> bytes:
+    return bytes([pdu.function_code]) + pdu.encode()
+
+
+def rtu_frame(unit: int, pdu: bytes) -> bytes:
+    """Unit id + PDU + CRC16 (low byte first on the wire)."""
+    frame = bytes([unit]) + pdu
+    return frame + FramerRTU.compute_CRC(frame).to_bytes(2, "big")
+
+
+def crc_ok(frame: bytes) -> bool:
+    return len(frame) >= 4 and rtu_frame(frame[0], frame[1:-2]) == frame
+
+
+def _answer_length(buf: bytes, offset: int, fc: int) -> int | None:
+    """Total RTU length of the answer starting at `offset`, or None if not known yet."""
+    got_fc = buf[offset + 1]
+    if got_fc == fc | 0x80:
+        return 5
+    if fc in (FC_WRITE_COIL, FC_WRITE_REGISTER):
+        return 8
+    if len(buf) < offset + 3:
+        return None
+    return 3 + buf[offset + 2] + 2
+
+
+def scan_rtu_answer(buf: bytes, unit: int, fc: int) -> bytes | None:
+    """Find the answer to (unit, fc) in the bytes received so far.
+
+    Returns the answer's PDU (function code + data, CRC stripped) once a
+    complete CRC-valid frame from `unit` is there; None while more bytes may
+    still complete it. Raises CrcError when the frame in the answer's place is
+    complete but damaged, WrongUnit when a valid answer came from another unit.
+    Noise before a valid frame is skipped (the CRC protects what we accept).
+    """
+    if len(buf) < 2:
+        return None
+    if buf[1] in (fc, fc | 0x80):
+        length = _answer_length(buf, 0, fc)
+        if length is None or len(buf) < length:
+            return None
+        frame = buf[:length]
+        if not crc_ok(frame):
+            raise CrcError(f"bad CRC in answer {frame.hex(' ')}")
+        if frame[0] != unit:
+            raise WrongUnit(f"answer from unit {frame[0]}, asked unit {unit}")
+        return frame[1:-2]
+    return _hunt_valid_frame(buf, unit, fc)
+
+
+def _hunt_valid_frame(buf: bytes, unit: int, fc: int) -> bytes | None:
+    for offset in range(1, len(buf) - 3):
+        if buf[offset] != unit or buf[offset + 1] not in (fc, fc | 0x80):
+            continue
+        length = _answer_length(buf, offset, fc)
+        if length is not None and len(buf) >= offset + length:
+            frame = buf[offset : offset + length]
+            if crc_ok(frame):
+                return frame[1:-2]
+    return None
+
+
+def decode_read_answer(req: ReadRequest, pdu: bytes) -> Block:
+    """Turn a read answer's PDU into a Block, or raise the typed error it deserves."""
+    fc = function_code(req.table)
+    _raise_if_exception(pdu, fc)
+    want = (req.count + 7) // 8 if req.table.is_bits else 2 * req.count
+    if len(pdu) < 2 or pdu[0] != fc:
+        raise Garbage(f"unexpected answer {pdu.hex(' ')} to FC{fc:02d}")
+    if pdu[1] != want or len(pdu) != 2 + want:
+        raise WrongLength(f"answer has {pdu[1]} data bytes ({len(pdu) - 2} sent), expected {want}")
+    decoded = _DECODER.decode(pdu)
+    if decoded is None:
+        raise Garbage(f"undecodable answer {pdu.hex(' ')}")
+    if req.table.is_bits:
+        values = tuple(int(bool(b)) for b in decoded.bits[: req.count])
+    else:
+        values = tuple(int(r) for r in decoded.registers)
+    return Block(request=req, values=values)
+
+
+def check_write_answer(request_pdu: bytes, pdu: bytes) -> None:
+    """A single write is answered by an echo of the request; anything else is an error."""
+    _raise_if_exception(pdu, request_pdu[0])
+    if pdu != request_pdu:
+        raise Garbage(f"write answer {pdu.hex(' ')} does not echo {request_pdu.hex(' ')}")
+
+
+def _raise_if_exception(pdu: bytes, fc: int) -> None:
+    if pdu and pdu[0] == fc | 0x80:
+        if len(pdu) != 2:
+            raise Garbage(f"malformed exception answer {pdu.hex(' ')}")
+        answer = _DECODER.decode(pdu)
+        code = answer.exception_code if isinstance(answer, ExceptionResponse) else pdu[1]
+        raise ModbusException(int(code))
+
+
+# --- links --------------------------------------------------------------------
+
+
+class ModbusLink(ABC):
+    """One Modbus transport. Strictly one request at a time; the caller serialises."""
+
+    name: str
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Open the port or connection; raises Disconnected. Idempotent."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release the port or connection. Idempotent; never raises."""
+
+    @property
+    @abstractmethod
+    def is_open(self) -> bool: ...
+
+    @abstractmethod
+    async def _exchange(self, unit: int, pdu: bytes, fc: int, timeout_s: float) -> bytes:
+        """Send one request PDU and return the answer's PDU (or raise a FieldError)."""
+
+    async def read(self, req: ReadRequest, timeout_s: float) -> Block:
+        """Read one block. Raises a FieldError subclass, never anything else."""
+        try:
+            pdu = read_pdu(req)
+        except ValueError as exc:
+            raise Garbage(f"refusing to send an impossible request: {exc}") from exc
+        answer = await self._guarded(req.unit, pdu, timeout_s)
+        return decode_read_answer(req, answer)
+
+    async def write_register(self, unit: int, address: int, value: int, timeout_s: float) -> None:
+        """FC06. Only for points the config makes explicitly writable (the caller checks)."""
+        try:
+            pdu = write_register_pdu(address, value)
+        except ValueError as exc:
+            raise Garbage(f"refusing to send an impossible write: {exc}") from exc
+        check_write_answer(pdu, await self._guarded(unit, pdu, timeout_s))
+
+    async def write_coil(self, unit: int, address: int, value: bool, timeout_s: float) -> None:
+        """FC05. Only for points the config makes explicitly writable (the caller checks)."""
+        pdu = write_coil_pdu(address, value)
+        check_write_answer(pdu, await self._guarded(unit, pdu, timeout_s))
+
+    async def _guarded(self, unit: int, pdu: bytes, timeout_s: float) -> bytes:
+        await self.open()
+        try:
+            return await self._exchange(unit, pdu, pdu[0], timeout_s)
+        except FieldError:
+            raise
+        except OSError as exc:
+            await self.close()
+            raise Disconnected(f"{self.name}: {exc}") from exc
+        except Exception as exc:  # a library surprise must become a typed error, not a crash
+            log.exception("%s: unexpected error in a Modbus exchange", self.name)
+            raise Garbage(f"{self.name}: unexpected {type(exc).__name__}: {exc}") from exc
+
+
+class RtuLink(ModbusLink):
+    """Modbus RTU over a serial port (RS-485 adapter or pty), driven from the event loop."""
+
+    def __init__(
+        self,
+        port: str,
+        baudrate: int = 9600,
+        parity: str = "N",
+        stopbits: int = 1,
+        bytesize: int = 8,
+    ) -> None:
+        self.name = port
+        self.port = port
+        self.baudrate = baudrate
+        self.parity = parity
+        self.stopbits = stopbits
+        self.bytesize = bytesize
+        self._serial: serial.Serial | None = None
+        self._rx = bytearray()
+        self._rx_event = asyncio.Event()
+        self._rx_error: OSError | None = None
+        self.stale_bytes = 0  # bytes found waiting before a request (late answers, noise)
+
+    @property
+    def is_open(self) -> bool:
+        return self._serial is not None
+
+    @property
+    def char_time_s(self) -> float:
+        """Time one character takes on the wire (start + data + parity + stop bits)."""
+        bits = 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
+        return bits / self.baudrate
+
+    async def open(self) -> None:
+        if self._serial is not None:
+            return
+        try:
+            # exclusive: a second opener (another agent, `alarmgw scan`) must fail, not interleave
+            port = serial.Serial(
+                self.port,
+                baudrate=self.baudrate,
+                parity=self.parity,
+                stopbits=self.stopbits,
+                bytesize=self.bytesize,
+                timeout=0,
+                write_timeout=0,
+                exclusive=True,
+            )
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise Disconnected(f"cannot open {self.port}: {exc}") from exc
+        self._serial = port
+        self._rx.clear()
+        self._rx_error = None
+        asyncio.get_running_loop().add_reader(port.fileno(), self._on_readable)
+        log.debug("opened %s at %d baud", self.port, self.baudrate)
+
+    async def close(self) -> None:
+        port, self._serial = self._serial, None
+        if port is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(port.fileno())
+        with contextlib.suppress(Exception):
+            port.close()
+
+    def _on_readable(self) -> None:
+        if self._serial is None:
+            return
+        try:
+            data = os.read(self._serial.fileno(), 4096)
+        except BlockingIOError:
+            return
+        except OSError as exc:  # adapter unplugged: stop listening, report on next wait
+            self._rx_error = exc
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._serial.fileno())
+            data = b""
+        self._rx += data
+        self._rx_event.set()
+
+    def _discard_stale_input(self) -> None:
+        """Bytes waiting before we ask are from an earlier, timed-out exchange or noise."""
+        assert self._serial is not None
+        self.stale_bytes += len(self._rx)
+        self._rx.clear()
+        with contextlib.suppress(OSError, serial.SerialException):
+            self._serial.reset_input_buffer()
+
+    async def _write_all(self, data: bytes) -> None:
+        assert self._serial is not None
+        view = memoryview(data)
+        fd = self._serial.fileno()
+        while view:
+            try:
+                sent = os.write(fd, view)
+            except BlockingIOError:
+                sent = 0
+            view = view[sent:]
+            if view:
+                await _wait_writable(fd)
+
+    async def _exchange(self, unit: int, pdu: bytes, fc: int, timeout_s: float) -> bytes:
+        self._discard_stale_input()
+        frame = rtu_frame(unit, pdu)
+        await self._write_all(frame)
+        # the timeout counts from the end of our request on the wire, not from the write call
+        deadline = time.monotonic() + len(frame) * self.char_time_s + timeout_s
+        while True:
+            if self._rx_error is not None:
+                raise self._rx_error
+            answer = scan_rtu_answer(bytes(self._rx), unit, fc)
+            if answer is not None:
+                return answer
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._verdict_at_deadline(unit, timeout_s)
+            self._rx_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rx_event.wait(), remaining)
+
+    def _verdict_at_deadline(self, unit: int, timeout_s: float) -> FieldError:
+        if not self._rx:
+            return FieldTimeout(f"unit {unit}: no answer within {timeout_s:.3f} s")
+        got = bytes(self._rx[:32]).hex(" ")
+        if self._rx[0] == unit and len(self._rx) < 5:
+            return FieldTimeout(f"unit {unit}: answer cut short: {got}")
+        return Garbage(f"unit {unit}: {len(self._rx)} unparseable bytes: {got}")
+
+
+async def _wait_writable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_writer(fd)
+
+
+class TcpLink(ModbusLink):
+    """Modbus TCP (MBAP framing) to one endpoint; reconnects lazily on the next request."""
+
+    def __init__(self, host: str, port: int = 502, connect_timeout: float = 3.0) -> None:
+        self.name = f"{host}:{port}"
+        self.host = host
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._tid = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            return
+        try:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), self.connect_timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            raise Disconnected(f"cannot connect to {self.name}: {exc or 'timeout'}") from exc
+
+    async def close(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is None:
+            return
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+    def _next_tid(self) -> int:
+        self._tid = self._tid % 0xFFFF + 1
+        return self._tid
+
+    async def _exchange(self, unit: int, pdu: bytes, fc: int, timeout_s: float) -> bytes:
+        assert self._writer is not None
+        tid = self._next_tid()
+        self._writer.write(_MBAP_HEADER.pack(tid, 0, len(pdu) + 1, unit) + pdu)
+        await self._writer.drain()
+        try:
+            return await asyncio.wait_for(self._answer_for(tid, unit), timeout_s)
+        except TimeoutError:
+            raise FieldTimeout(
+                f"{self.name} unit {unit}: no answer within {timeout_s:.3f} s"
+            ) from None
+        except asyncio.IncompleteReadError as exc:
+            await self.close()
+            raise Disconnected(f"{self.name}: connection closed by the device") from exc
+        except Garbage:
+            await self.close()  # the stream is out of step; a fresh connection resynchronises it
+            raise
+
+    async def _answer_for(self, tid: int, unit: int) -> bytes:
+        assert self._reader is not None
+        while True:
+            header = await self._reader.readexactly(_MBAP_HEADER.size)
+            got_tid, proto, length, got_unit = _MBAP_HEADER.unpack(header)
+            if proto != 0 or not 2 <= length <= 254:
+                raise Garbage(f"{self.name}: bad MBAP header {header.hex(' ')}")
+            pdu = await self._reader.readexactly(length - 1)
+            if got_tid != tid:
+                log.debug("%s: dropping late answer tid %d (want %d)", self.name, got_tid, tid)
+                continue
+            if got_unit != unit:
+                raise WrongUnit(f"{self.name}: answer from unit {got_unit}, asked unit {unit}")
+            return pdu
+
+
+def iter_errors() -> Iterator[type[FieldError]]:
+    """Every error type a link may raise (for counters and docs)."""
+    yield from (
+        FieldTimeout,
+        CrcError,
+        ModbusException,
+        WrongLength,
+        WrongUnit,
+        Garbage,
+        Disconnected,
+    )

@@ -1,0 +1,178 @@
+"""Downlink commands: every input gets a result, nothing raises, and a test alarm goes
+end to end through the buffer and the broker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.buffer import EventBuffer
+from agent.commands import CommandHandler
+from agent.errors import FieldTimeout, UnknownPoint
+from agent.events import Category, Event, Kind, Severity
+from agent.uplink import Uplink
+from simulator.broker import Mosquitto
+from tests.uplink_helpers import IDENT, Collector, Settings, running
+
+ROOT = "alarmgw/v1/site-t/gw-t"
+
+
+class FakeGateway:
+    """A working GatewayControl: one device with one point, a buzzer, and a buffer."""
+
+    def __init__(self, buffer: EventBuffer | None = None) -> None:
+        self.buffer = buffer
+        self.silenced = 0
+
+    def status(self) -> dict[str, Any]:
+        return {"devices": {"efd-1": "online"}}
+
+    def read_point(self, device: str, point: str | None) -> dict[str, Any]:
+        if device == "slow":
+            raise FieldTimeout("no answer from unit 9")
+        if device != "efd-1":
+            raise UnknownPoint(f"no device {device!r}")
+        if point not in (None, "ch1_leak"):
+            raise UnknownPoint(f"no point {point!r} on {device}")
+        return {"device": device, "values": {"ch1_leak": 123.0, "nan": float("nan")}}
+
+    def test_alarm(self, requested_by: str) -> Event:
+        event = Event(
+            Kind.TEST,
+            Category.MANUAL,
+            Severity.INFO,
+            "test",
+            f"测试报警 {requested_by}",
+            "gateway",
+            test=True,
+        )
+        if self.buffer is None:
+            return event.with_seq(1)
+        return self.buffer.submit(event).result(5)  # type: ignore[return-value]
+
+    def silence(self) -> dict[str, Any]:
+        self.silenced += 1
+        return {"silenced": True}
+
+
+def cmd(**body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+def test_each_command_and_each_kind_of_bad_input_gets_a_result() -> None:
+    h = CommandHandler(FakeGateway(), IDENT)
+    ok = h.handle("ping", cmd(id="r1"))
+    assert ok["ok"] and ok["id"] == "r1" and ok["result"] == {"pong": True}
+    read = h.handle("read", cmd(id="r2", args={"device": "efd-1", "point": "ch1_leak"}))
+    assert read["ok"] and read["result"]["values"]["nan"] is None
+    cases = {
+        ("read", cmd(id="r3", args={"device": "nope"})): "unknown_device",
+        ("read", cmd(id="r4", args={"device": "efd-1", "point": "x"})): "unknown_point",
+        ("read", cmd(id="r5", args={"device": "slow"})): "field_error",
+        ("read", cmd(id="r6", args={"device": 7})): "bad_args",
+        ("reboot", cmd(id="r7")): "unknown_command",
+        ("ping", b"{not json"): "bad_json",
+        ("ping", b"\xff\xfe"): "bad_json",
+        ("ping", b"x" * 10_000): "too_large",
+        ("ping", cmd(v=1)): "bad_request",
+        ("ping", cmd(id="r8", expires_ms=1)): "expired",
+    }
+    for (name, raw), code in cases.items():
+        result = h.handle(name, raw)
+        assert result["ok"] is False and result["error"]["code"] == code, (name, raw, result)
+    assert h.errors["bad_json"] == 2
+    assert h.handle("silence", cmd(id="s"))["ok"]
+
+
+class ExplodingGateway(FakeGateway):
+    def status(self) -> dict[str, Any]:
+        raise RuntimeError("bug in the runtime")
+
+
+def test_a_control_method_that_raises_becomes_an_internal_error() -> None:
+    h = CommandHandler(ExplodingGateway(), IDENT)
+    result = h.handle("status", cmd(id="x"))
+    assert result["ok"] is False and result["error"]["code"] == "internal"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+names = st.sampled_from(["ping", "status", "read", "test-alarm", "silence"]) | st.text(max_size=30)
+envelopes = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.text(max_size=70) | st.integers(),
+        "v": st.integers(-1, 3) | st.text(max_size=2),
+        "args": json_values
+        | st.fixed_dictionaries(
+            {},
+            optional={
+                "device": json_values | st.just("efd-1"),
+                "point": json_values,
+                "note": json_values,
+            },
+        ),
+        "expires_ms": st.integers() | st.none() | st.floats(),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=names, body=envelopes | json_values)
+def test_fuzzed_json_commands_always_get_a_result(name: str, body: Any) -> None:
+    h = CommandHandler(FakeGateway(), IDENT)
+    raw = json.dumps(body, allow_nan=True).encode()
+    result = h.handle(name, raw)
+    assert isinstance(result["ok"], bool)
+    assert result["ok"] == (result["error"] is None)
+    json.dumps(result, allow_nan=False)  # the result itself is valid JSON
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=names, raw=st.binary(max_size=5000))
+def test_fuzzed_bytes_always_get_a_result(name: str, raw: bytes) -> None:
+    result = CommandHandler(FakeGateway(), IDENT).handle(name, raw)
+    assert result["ok"] in (True, False)
+
+
+def test_test_alarm_goes_end_to_end_and_results_carry_the_request_id(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    buffer = EventBuffer(tmp_path / "b.db", IDENT, 1000)
+    gateway = FakeGateway(buffer)
+    handler = CommandHandler(gateway, IDENT)
+    uplink = Uplink(
+        Settings(broker.host, broker.port),
+        IDENT,
+        buffer,
+        version="t",
+        config_digest="d",
+        commands=handler.handle,
+    )
+    col = Collector(broker.host, broker.port, f"{ROOT}/#")
+    try:
+        with running(buffer, uplink):
+            assert col.wait_for(lambda: col.count("status") >= 1)
+            col.publish(f"{ROOT}/cmd/test-alarm", cmd(id="t-1", args={"note": "月度测试"}))
+            col.publish(f"{ROOT}/cmd/nonsense", b"\x00garbage")
+            col.publish(f"{ROOT}/cmd/silence", cmd(id="t-2"))
+            assert col.wait_for(lambda: col.count("cmd-result") >= 3)
+            assert col.wait_for(lambda: col.count("event") >= 1)
+        results = {r["command"]: r for r in col.payloads("cmd-result")}
+        assert results["test-alarm"]["ok"] and results["test-alarm"]["id"] == "t-1"
+        assert results["nonsense"]["ok"] is False
+        assert results["silence"]["ok"] and gateway.silenced == 1
+        event = col.payloads("event")[0]
+        assert event["test"] is True and event["kind"] == "test"
+        assert results["test-alarm"]["result"]["seq"] == event["seq"]
+    finally:
+        col.close()

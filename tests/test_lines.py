@@ -1,0 +1,345 @@
+"""drivers/line.py: line owners polling real pymodbus servers over ptys and TCP.
+
+Bench session: several units on one virtual RS-485 line, one of them goes
+silent or starts garbling its answers; we watch the comm-loss/restore
+events, the typed failure counters, and how much line time the live devices
+keep. Waits are on conditions with deadlines; the only fixed windows are the
+measurement windows of the cycle benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+
+from agent.errors import FieldTimeout, UnknownPoint
+from drivers.line import CommChange, DevicePoll, Line, LineOutput, PollResult
+from drivers.modbus import RtuLink, TcpLink
+from drivers.types import PollClass, ReadRequest, Table
+from simulator.pty import PtyPair
+from tests.modbus_servers import FaultPlan, register_value, rtu_server, tcp_server
+
+T = TypeVar("T")
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+
+    return asyncio.run(main())
+
+
+async def wait_until(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+def device(
+    device_id: str,
+    unit: int,
+    *,
+    period_s: float = 0.02,
+    timeout_s: float = 0.1,
+    retries: int = 1,
+    comm_fault_after: int = 3,
+    backoff_max_s: float = 1.0,
+) -> DevicePoll:
+    return DevicePoll(
+        device_id=device_id,
+        unit=unit,
+        fast=[
+            ReadRequest(unit, Table.HOLDING, 0, 4),
+            ReadRequest(unit, Table.DISCRETE, 0, 8),
+        ],
+        slow=[ReadRequest(unit, Table.INPUT, 10, 6)],
+        fast_period_s=period_s,
+        slow_period_s=period_s * 5,
+        timeout_s=timeout_s,
+        retries=retries,
+        comm_fault_after=comm_fault_after,
+        backoff_max_s=backoff_max_s,
+    )
+
+
+class Outputs:
+    """The line's sink: everything it reported, in order."""
+
+    def __init__(self) -> None:
+        self.items: list[LineOutput] = []
+
+    def __call__(self, item: LineOutput) -> None:
+        self.items.append(item)
+
+    def polls(self, device_id: str, poll_class: PollClass | None = None) -> list[PollResult]:
+        return [
+            i
+            for i in self.items
+            if isinstance(i, PollResult)
+            and i.device_id == device_id
+            and (poll_class is None or i.poll_class is poll_class)
+        ]
+
+    def changes(self, device_id: str) -> list[CommChange]:
+        return [i for i in self.items if isinstance(i, CommChange) and i.device_id == device_id]
+
+
+class WatchedRtuLink(RtuLink):
+    """A real RtuLink that records when each exchange ran, to check the owner's discipline."""
+
+    def __init__(self, port: str) -> None:
+        super().__init__(port, 115200)
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.spans: list[tuple[float, float]] = []
+
+    async def _exchange(self, unit: int, pdu: bytes, fc: int, timeout_s: float) -> bytes:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        start = time.monotonic()
+        try:
+            return await super()._exchange(unit, pdu, fc, timeout_s)
+        finally:
+            self.spans.append((start, time.monotonic()))
+            self.in_flight -= 1
+
+
+def test_several_units_on_one_line_each_polled_correctly(pty_pair: PtyPair) -> None:
+    async def bench() -> None:
+        out = Outputs()
+        async with rtu_server(pty_pair.b, [1, 2, 3]):
+            devices = [device("fap", 1), device("efd-1", 2), device("gas-1", 3)]
+            line = Line("rs485-1", RtuLink(pty_pair.a, 115200), devices, out)
+            async with line:
+                await wait_until(
+                    lambda: all(
+                        len(out.polls(d.device_id, PollClass.FAST)) >= 5
+                        and len(out.polls(d.device_id, PollClass.SLOW)) >= 1
+                        for d in devices
+                    )
+                )
+            for d in devices:
+                for result in out.polls(d.device_id):
+                    for block in result.blocks:
+                        assert block.request.unit == d.unit
+                        if not block.request.table.is_bits:
+                            start = block.request.address
+                            expect = [
+                                register_value(d.unit, start + i) for i in range(len(block.values))
+                            ]
+                            assert list(block.values) == expect
+                    assert abs(result.ts_ms - time.time() * 1000) < 60_000
+            assert not any(isinstance(i, CommChange) for i in out.items)
+            assert all(row["polls_failed"] == 0 for row in line.stats().values())
+
+    run(bench())
+
+
+def test_dead_unit_raises_comm_loss_then_restore(
+    pty_pair: PtyPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def bench() -> None:
+        out = Outputs()
+        async with rtu_server(pty_pair.b, [1, 2, 3]) as (_, plan):
+            plan.modes[3] = "silent"
+            devices = [device("fap", 1), device("efd-1", 2), device("dead", 3)]
+            async with Line("rs485-1", RtuLink(pty_pair.a, 115200), devices, out) as line:
+                await wait_until(lambda: len(out.changes("dead")) == 1)
+                lost = out.changes("dead")[0]
+                assert (lost.lost, lost.reason, lost.failures) == (True, "timeout", 3)
+                stats = line.stats()["dead"]
+                assert stats["timeout"] >= 3 * 2  # three polls of two attempts each
+                assert stats["lost"] == 1 and stats["polls_ok"] == 0
+                assert line.is_lost("dead")
+                polls_before = len(out.polls("fap"))
+                await wait_until(lambda: len(out.polls("fap")) > polls_before + 20)
+                plan.modes[3] = "ok"  # the device is repaired
+                await wait_until(lambda: len(out.changes("dead")) == 2)
+                restored = out.changes("dead")[1]
+                assert restored.lost is False and restored.failures >= 3
+                await wait_until(lambda: len(out.polls("dead")) >= 1)
+                assert not line.is_lost("dead")
+        # logged once when lost and once when back, however many probes failed in between
+        records = [r.getMessage() for r in caplog.records if r.name == "drivers.line"]
+        dead = [m for m in records if "device dead" in m and r_level(caplog, m) >= logging.WARNING]
+        assert len(dead) == 2, dead
+        assert "lost after 3 failed polls" in dead[0]
+        assert "answers again" in dead[1]
+        assert out.changes("fap") == [] and out.changes("efd-1") == []
+
+    caplog.set_level(logging.INFO, logger="drivers.line")
+    run(bench())
+
+
+def r_level(caplog: pytest.LogCaptureFixture, message: str) -> int:
+    return next(r.levelno for r in caplog.records if r.getMessage() == message)
+
+
+def test_garbled_answers_are_counted_by_type_and_the_poller_survives(pty_pair: PtyPair) -> None:
+    async def bench() -> None:
+        out = Outputs()
+        async with rtu_server(pty_pair.b, [1, 2]) as (_, plan):
+            devices = [device("good", 1), device("bad", 2, comm_fault_after=1000)]
+            async with Line("rs485-1", RtuLink(pty_pair.a, 115200), devices, out) as line:
+                for mode, reason in [
+                    ("crc", "crc"),
+                    ("wrong_unit", "wrong_unit"),
+                    ("short", "wrong_length"),
+                    ("exception", "exception"),
+                    ("garbage", "garbage"),
+                    ("silent", "timeout"),
+                ]:
+                    plan.modes[2] = mode
+                    good_before = len(out.polls("good"))
+                    await wait_until(lambda r=reason: line.stats()["bad"].get(r, 0) >= 4)
+                    await wait_until(lambda n=good_before: len(out.polls("good")) > n + 3)
+                plan.modes[2] = "ok"
+                ok_before = line.stats()["bad"]["polls_ok"]
+                await wait_until(lambda: line.stats()["bad"]["polls_ok"] > ok_before)
+                stats = line.stats()
+                assert stats["good"]["polls_failed"] == 0
+                assert stats["bad"]["polls_failed"] >= 12
+                assert stats["bad"]["lost"] == 0
+                for result in out.polls("bad"):  # nothing damaged was passed on as data
+                    assert result.blocks[0].values == (200, 201, 202, 203)
+
+    run(bench())
+
+
+def _live_polls(line: Line) -> int:
+    stats = line.stats()
+    return stats["a"]["polls_ok"] + stats["b"]["polls_ok"]
+
+
+async def _measure_live_polls(
+    port: str, plan: FaultPlan, *, dead: bool, backoff_max_s: float, window_s: float
+) -> tuple[int, float]:
+    """Good-device polls completed in a fixed window (after the dead one is declared lost)."""
+    plan.modes[3] = "silent" if dead else "ok"
+    devices = [
+        device("a", 1, period_s=0.0),
+        device("b", 2, period_s=0.0),
+        device(
+            "c",
+            3,
+            period_s=0.0,
+            timeout_s=0.1,
+            retries=1,
+            comm_fault_after=2,
+            backoff_max_s=backoff_max_s,
+        ),
+    ]
+    if not dead:
+        devices.pop()
+    out = Outputs()
+    async with Line("rs485-1", RtuLink(port, 115200), devices, out) as line:
+        if dead:
+            await wait_until(lambda: len(out.changes("c")) == 1)
+            # let the backoff reach its cap: the steady state of a long-dead device
+            await wait_until(lambda: line.stats()["c"]["backoff_ms"] >= backoff_max_s * 1000)
+        start = _live_polls(line)
+        await asyncio.sleep(window_s)  # a measurement window, not a synchronisation
+        return _live_polls(line) - start, line.cycle_times.mean_s
+
+
+def test_a_dead_device_does_not_starve_the_line(pty_pair: PtyPair) -> None:
+    async def bench() -> None:
+        async with rtu_server(pty_pair.b, [1, 2, 3]) as (_, plan):
+            window = 1.5
+            healthy, cycle_healthy = await _measure_live_polls(
+                pty_pair.a, plan, dead=False, backoff_max_s=1.0, window_s=window
+            )
+            backed_off, cycle_dead = await _measure_live_polls(
+                pty_pair.a, plan, dead=True, backoff_max_s=1.0, window_s=window
+            )
+            no_backoff, cycle_nobackoff = await _measure_live_polls(
+                pty_pair.a, plan, dead=True, backoff_max_s=0.0, window_s=window
+            )
+        ratio = backed_off / healthy
+        ratio_without = no_backoff / healthy
+        print(
+            f"\nlive-device polls in {window} s: healthy line {healthy}, "
+            f"dead device with backoff {backed_off} (ratio {ratio:.2f}), "
+            f"without backoff {no_backoff} (ratio {ratio_without:.3f}); "
+            f"mean fast cycle {cycle_healthy * 1000:.2f} / {cycle_dead * 1000:.2f} / "
+            f"{cycle_nobackoff * 1000:.2f} ms"
+        )
+        assert healthy > 200
+        assert ratio >= 0.75
+        assert ratio_without < 0.25  # the backoff is what keeps the line alive
+
+    run(bench())
+
+
+def test_rtu_and_tcp_lines_run_concurrently_and_a_stuck_one_blocks_nobody(
+    pty_pair: PtyPair,
+) -> None:
+    async def bench() -> None:
+        rtu_out, tcp_out = Outputs(), Outputs()
+        async with rtu_server(pty_pair.b, [1, 2]), tcp_server([5]) as (_, tcp_plan, port):
+            rtu = Line(
+                "rs485-1",
+                RtuLink(pty_pair.a, 115200),
+                [device("fap", 1), device("efd", 2)],
+                rtu_out,
+                inter_frame_gap_s=0.002,
+            )
+            tcp = Line(
+                "plc",
+                TcpLink("127.0.0.1", port),
+                [device("ai", 5, timeout_s=1.0, retries=0, comm_fault_after=1)],
+                tcp_out,
+            )
+            async with rtu, tcp:
+                await wait_until(lambda: len(tcp_out.polls("ai")) >= 3)
+                assert tcp_out.polls("ai")[0].blocks[0].values == (500, 501, 502, 503)
+                tcp_plan.delay_s[5] = 3.0  # the TCP device hangs on its next request
+                rtu_before = len(rtu_out.polls("fap"))
+                await wait_until(lambda: len(tcp_out.changes("ai")) == 1)
+                # the RTU line kept polling while the TCP line waited out its 1 s timeout
+                assert len(rtu_out.polls("fap")) - rtu_before > 20
+                tcp_plan.delay_s[5] = 0.0
+                await wait_until(lambda: len(tcp_out.changes("ai")) == 2, timeout_s=15)
+            assert rtu_out.changes("fap") == []
+
+    run(bench())
+
+
+def test_read_now_goes_through_the_owner(pty_pair: PtyPair) -> None:
+    async def bench() -> None:
+        out = Outputs()
+        gap = 0.003
+        async with rtu_server(pty_pair.b, [1, 2, 3]) as (_, plan):
+            plan.modes[3] = "silent"
+            link = WatchedRtuLink(pty_pair.a)
+            devices = [device("fap", 1), device("efd", 2), device("dead", 3, backoff_max_s=0.2)]
+            async with Line("rs485-1", link, devices, out, inter_frame_gap_s=gap) as line:
+                await wait_until(lambda: len(out.polls("fap")) >= 3)
+                reads = [
+                    line.read_now("efd", [ReadRequest(2, Table.HOLDING, a, 2)]) for a in range(10)
+                ]
+                answers = await asyncio.gather(*reads)
+                for a, blocks in enumerate(answers):
+                    assert blocks[0].values == (200 + a, 201 + a)
+                with pytest.raises(FieldTimeout):
+                    await line.read_now("dead", [ReadRequest(3, Table.HOLDING, 0, 1)])
+                with pytest.raises(UnknownPoint):
+                    await line.read_now("nope", [ReadRequest(9, Table.HOLDING, 0, 1)])
+                await line.write_register("efd", 7, 777)
+                assert (await line.read_now("efd", [ReadRequest(2, Table.HOLDING, 7, 1)]))[
+                    0
+                ].values == (777,)
+                alive = line.alive
+                await wait_until(lambda: line.alive > alive)
+            assert link.max_in_flight == 1  # strictly one request at a time on the line
+            gaps = [nxt[0] - prev[1] for prev, nxt in zip(link.spans, link.spans[1:], strict=False)]
+            print(f"\n{len(link.spans)} exchanges, smallest gap {min(gaps) * 1000:.2f} ms")
+            assert min(gaps) >= gap * 0.95
+
+    run(bench())

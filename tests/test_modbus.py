@@ -1,0 +1,302 @@
+"""drivers/modbus.py: the codec with literal hex, then real links over a pty and TCP.
+
+Bench session: a pymodbus RTU server sits on one end of a virtual RS-485
+cable (simulator.pty.PtyPair), our RtuLink on the other; a unit is made to
+misbehave and we check the exact typed error, and that the next read works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+
+from agent.errors import (
+    CrcError,
+    Disconnected,
+    FieldError,
+    FieldTimeout,
+    Garbage,
+    ModbusException,
+    WrongLength,
+    WrongUnit,
+)
+from drivers.modbus import (
+    RtuLink,
+    TcpLink,
+    crc_ok,
+    decode_read_answer,
+    read_pdu,
+    rtu_frame,
+    scan_rtu_answer,
+)
+from drivers.types import ReadRequest, Table
+from simulator.pty import PtyPair
+from tests.modbus_servers import bit_value, register_value, rtu_server, tcp_server
+
+T = TypeVar("T")
+HOLD = Table.HOLDING
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+
+    return asyncio.run(main())
+
+
+async def wait_until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+# --- pure codec ----------------------------------------------------------------
+
+
+def test_request_frame_is_the_textbook_one() -> None:
+    # The classic example: read 10 holding registers from 0 on unit 1.
+    frame = rtu_frame(1, read_pdu(ReadRequest(1, HOLD, 0, 10)))
+    assert frame == bytes.fromhex("01 03 00 00 00 0A C5 CD")
+    assert rtu_frame(17, read_pdu(ReadRequest(17, Table.COIL, 19, 37)))[:6] == bytes.fromhex(
+        "11 01 00 13 00 25"
+    )
+
+
+def test_impossible_request_is_refused() -> None:
+    with pytest.raises(ValueError, match="impossible"):
+        read_pdu(ReadRequest(1, HOLD, 0, 126))
+
+
+ANSWER = rtu_frame(1, bytes.fromhex("03 04 00 2A 01 00"))
+
+
+def test_scan_finds_a_complete_answer() -> None:
+    assert scan_rtu_answer(ANSWER, 1, 3) == bytes.fromhex("03 04 00 2A 01 00")
+    block = decode_read_answer(ReadRequest(1, HOLD, 7, 2), bytes.fromhex("03 04 00 2A 01 00"))
+    assert block.values == (42, 256)
+    assert block.at(8) == 256
+
+
+def test_scan_waits_for_the_rest_of_a_frame() -> None:
+    for cut in range(len(ANSWER)):
+        assert scan_rtu_answer(ANSWER[:cut], 1, 3) is None
+
+
+def test_scan_skips_noise_before_a_valid_frame() -> None:
+    assert scan_rtu_answer(b"\x00\xff\x13" + ANSWER, 1, 3) == ANSWER[1:-2]
+
+
+def test_scan_types_damaged_and_foreign_frames() -> None:
+    damaged = ANSWER[:4] + bytes([ANSWER[4] ^ 0x10]) + ANSWER[5:]
+    assert not crc_ok(damaged)
+    with pytest.raises(CrcError):
+        scan_rtu_answer(damaged, 1, 3)
+    with pytest.raises(WrongUnit, match="unit 2"):
+        scan_rtu_answer(rtu_frame(2, ANSWER[1:-2]), 1, 3)
+
+
+def test_decode_types_exception_and_wrong_length() -> None:
+    with pytest.raises(ModbusException) as info:
+        decode_read_answer(ReadRequest(1, HOLD, 0, 2), bytes.fromhex("83 02"))
+    assert info.value.code == 2
+    with pytest.raises(WrongLength):
+        decode_read_answer(ReadRequest(1, HOLD, 0, 3), bytes.fromhex("03 04 00 2A 01 00"))
+    with pytest.raises(Garbage):
+        decode_read_answer(ReadRequest(1, HOLD, 0, 2), bytes.fromhex("04 04 00 2A 01 00"))
+    bits = decode_read_answer(ReadRequest(1, Table.COIL, 0, 10), bytes.fromhex("01 02 05 02"))
+    assert bits.values == (1, 0, 1, 0, 0, 0, 0, 0, 0, 1)
+
+
+# --- RTU over a real pty ---------------------------------------------------------
+
+
+def test_rtu_reads_every_table_of_several_units(pty_pair: PtyPair) -> None:
+    async def bench() -> None:
+        async with rtu_server(pty_pair.b, [1, 2, 247]):
+            link = RtuLink(pty_pair.a, 115200)
+            try:
+                for unit in (1, 2, 247):
+                    for table in (Table.HOLDING, Table.INPUT):
+                        block = await link.read(ReadRequest(unit, table, 3, 4), 0.5)
+                        assert block.values == tuple(register_value(unit, a) for a in range(3, 7))
+                    for table in (Table.COIL, Table.DISCRETE):
+                        block = await link.read(ReadRequest(unit, table, 1, 11), 0.5)
+                        assert block.values == tuple(bit_value(a) for a in range(1, 12))
+            finally:
+                await link.close()
+
+    run(bench())
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "fast"),
+    [
+        ("silent", FieldTimeout, False),
+        ("crc", CrcError, True),
+        ("wrong_unit", WrongUnit, True),
+        ("short", WrongLength, True),
+        ("garbage", Garbage, False),
+        ("exception", ModbusException, True),
+    ],
+)
+def test_rtu_faults_are_typed_and_the_link_recovers(
+    pty_pair: PtyPair, mode: str, error: type[FieldError], fast: bool
+) -> None:
+    async def bench() -> None:
+        async with rtu_server(pty_pair.b, [1, 2]) as (_, plan):
+            link = RtuLink(pty_pair.a, 115200)
+            try:
+                plan.modes[2] = mode
+                started = time.monotonic()
+                with pytest.raises(error):
+                    await link.read(ReadRequest(2, HOLD, 0, 4), 0.3)
+                # a recognisable bad frame is reported at once, not after the timeout
+                assert (time.monotonic() - started < 0.25) is fast
+                plan.modes[2] = "ok"
+                block = await link.read(ReadRequest(2, HOLD, 0, 4), 0.3)
+                assert block.values == (200, 201, 202, 203)
+            finally:
+                await link.close()
+
+    run(bench())
+
+
+def test_rtu_exception_code_from_the_device(pty_pair: PtyPair) -> None:
+    async def bench() -> None:
+        async with rtu_server(pty_pair.b, [1]):
+            link = RtuLink(pty_pair.a, 115200)
+            try:
+                with pytest.raises(ModbusException) as info:
+                    await link.read(ReadRequest(1, HOLD, 18, 5), 0.3)  # past the map
+                assert info.value.code == 2  # illegal data address
+            finally:
+                await link.close()
+
+    run(bench())
+
+
+def test_rtu_late_answer_is_not_taken_for_the_next_one(pty_pair: PtyPair) -> None:
+    async def bench() -> None:
+        async with rtu_server(pty_pair.b, [1, 2]) as (_, plan):
+            link = RtuLink(pty_pair.a, 115200)
+            try:
+                plan.delay_s[2] = 0.2
+                with pytest.raises(FieldTimeout):
+                    await link.read(ReadRequest(2, HOLD, 0, 4), 0.05)
+                await wait_until(lambda: plan.answered.get(2, 0) == 1)
+                await wait_until(lambda: link._rx != bytearray())  # the late bytes are here
+                block = await link.read(ReadRequest(1, HOLD, 0, 4), 0.3)
+                assert block.values == (100, 101, 102, 103)
+                assert link.stale_bytes == 13  # the whole late 4-register answer was dropped
+            finally:
+                await link.close()
+
+    run(bench())
+
+
+def test_rtu_noise_on_the_wire(pty_pair: PtyPair) -> None:
+    async def bench() -> None:
+        async with rtu_server(pty_pair.b, [1]):
+            link = RtuLink(pty_pair.a, 115200)
+            try:
+                # noise ahead of the answer: the CRC-valid frame behind it is still found
+                pty_pair.tap = lambda d, data: (b"\x00\xfe" + data) if d == "b->a" else data
+                block = await link.read(ReadRequest(1, HOLD, 0, 2), 0.3)
+                assert block.values == (100, 101)
+                # a bit flipped inside the answer: a CRC error, reported as such
+                pty_pair.tap = lambda d, data: (
+                    data[:3] + bytes([data[3] ^ 4]) + data[4:] if d == "b->a" else data
+                )
+                with pytest.raises(CrcError):
+                    await link.read(ReadRequest(1, HOLD, 0, 2), 0.3)
+                pty_pair.tap = None
+                assert (await link.read(ReadRequest(1, HOLD, 1, 1), 0.3)).values == (101,)
+            finally:
+                await link.close()
+
+    run(bench())
+
+
+def test_rtu_write_register_and_coil(pty_pair: PtyPair) -> None:
+    async def bench() -> None:
+        async with rtu_server(pty_pair.b, [3]):
+            link = RtuLink(pty_pair.a, 115200)
+            try:
+                await link.write_register(3, 5, 4242, 0.3)
+                await link.write_coil(3, 4, False, 0.3)
+                assert (await link.read(ReadRequest(3, HOLD, 5, 1), 0.3)).values == (4242,)
+                assert (await link.read(ReadRequest(3, Table.COIL, 4, 1), 0.3)).values == (0,)
+            finally:
+                await link.close()
+
+    run(bench())
+
+
+def test_rtu_missing_or_busy_port_is_disconnected(pty_pair: PtyPair) -> None:
+    async def bench() -> None:
+        with pytest.raises(Disconnected, match="cannot open"):
+            await RtuLink("/dev/alarmgw-no-such-port").read(ReadRequest(1, HOLD, 0, 1), 0.1)
+        first, second = RtuLink(pty_pair.a), RtuLink(pty_pair.a)
+        try:
+            await first.open()
+            with pytest.raises(Disconnected, match="cannot open"):
+                await second.open()  # one owner per line: a second opener is refused
+        finally:
+            await first.close()
+            await second.close()
+
+    run(bench())
+
+
+# --- TCP over a real loopback socket -----------------------------------------------
+
+
+def test_tcp_reads_times_out_and_drops_late_answers() -> None:
+    async def bench() -> None:
+        async with tcp_server([1, 7]) as (_, plan, port):
+            link = TcpLink("127.0.0.1", port)
+            try:
+                assert (await link.read(ReadRequest(7, Table.INPUT, 0, 3), 0.5)).values == (
+                    700,
+                    701,
+                    702,
+                )
+                plan.delay_s[7] = 0.2
+                with pytest.raises(FieldTimeout):
+                    await link.read(ReadRequest(7, HOLD, 0, 3), 0.05)
+                plan.delay_s[7] = 0.0
+                await wait_until(lambda: plan.answered.get(7, 0) == 2)
+                # the late answer (old transaction id) is already in the socket: it is dropped
+                block = await link.read(ReadRequest(1, HOLD, 2, 2), 0.5)
+                assert block.values == (102, 103)
+                with pytest.raises(ModbusException) as info:
+                    await link.read(ReadRequest(1, HOLD, 19, 3), 0.5)
+                assert info.value.code == 2
+            finally:
+                await link.close()
+
+    run(bench())
+
+
+def test_tcp_server_gone_then_back() -> None:
+    async def bench() -> None:
+        async with tcp_server([1]) as (_, _, port):
+            link = TcpLink("127.0.0.1", port)
+            assert (await link.read(ReadRequest(1, HOLD, 0, 1), 0.5)).values == (100,)
+        try:
+            with pytest.raises(Disconnected):
+                await link.read(ReadRequest(1, HOLD, 0, 1), 0.5)
+            with pytest.raises(Disconnected, match="cannot connect"):
+                await link.read(ReadRequest(1, HOLD, 0, 1), 0.5)
+            async with tcp_server([1], port=port):
+                # the link reconnects by itself on the next request
+                assert (await link.read(ReadRequest(1, HOLD, 4, 1), 0.5)).values == (104,)
+        finally:
+            await link.close()
+
+    run(bench())

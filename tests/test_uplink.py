@@ -1,0 +1,329 @@
+"""The uplink on a bench: real mosquitto over TCP, real SQLite files, a subscriber standing
+in for the central server. Broker outages, restarts in flight, lanes, status, heartbeat."""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.buffer import EventBuffer
+from agent.errors import UplinkError
+from agent.events import Lane
+from agent.uplink import Uplink, backoff_delay
+from simulator.broker import Mosquitto
+from tests.uplink_helpers import (
+    IDENT,
+    Collector,
+    PersistentMosquitto,
+    Settings,
+    alarm,
+    info_event,
+    reading,
+    running,
+    wait_until,
+)
+
+ROOT = "alarmgw/v1/site-t/gw-t"
+
+
+@pytest.fixture
+def pbroker(tmp_path: Path) -> Iterator[Mosquitto]:
+    b = PersistentMosquitto(tmp_path / "broker")
+    b.start()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def make(tmp_path: Path, b: Mosquitto, **kw: object) -> tuple[EventBuffer, Uplink]:
+    max_events = int(kw.pop("max_events", 100_000))  # type: ignore[call-overload]
+    buffer = EventBuffer(tmp_path / "buffer.db", IDENT, max_events)
+    settings = Settings(b.host, b.port, **kw)  # type: ignore[arg-type]
+    uplink = Uplink(settings, IDENT, buffer, version="9.9.9", config_digest="sha256:abc")
+    return buffer, uplink
+
+
+def first_seen(seqs: list[int]) -> list[int]:
+    """Seqs in order of first arrival (the consumer drops redeliveries)."""
+    seen: set[int] = set()
+    out = []
+    for s in seqs:
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+    return out
+
+
+def test_events_and_telemetry_arrive_in_order_and_rows_go_after_puback(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    col = Collector(broker.host, broker.port, f"{ROOT}/#")
+    buffer, uplink = make(tmp_path, broker, heartbeat_s=0.2)
+    try:
+        with running(buffer, uplink):
+            futures = [buffer.submit(alarm()) for _ in range(3)]
+            futures += [buffer.submit(reading(i)) for i in range(200)]
+            futures += [buffer.submit(info_event(i)) for i in range(100)]
+            assert [f.result(5).seq for f in futures[:3]] == [1, 2, 3]
+            assert col.wait_for(lambda: len(col.seqs("event")) >= 103)
+            assert col.wait_for(lambda: len(col.seqs("telemetry")) >= 200)
+            assert wait_until(lambda: buffer.stats()["depth"] == 0)
+            assert col.wait_for(
+                lambda: any(p["buffer"]["event_depth"] == 0 for p in col.payloads("heartbeat"))
+            )
+            assert uplink.connected
+            counters = uplink.stats()
+        assert col.seqs("event") == list(range(1, 104))
+        assert col.seqs("telemetry") == list(range(1, 201))
+        first = col.payloads("event")[0]
+        assert first["text"] == "1号楼 火警"
+        assert first["ts_ms"] == futures[0].result().ts_ms  # detection time kept
+        assert counters["published"] == counters["acked"] == 303
+        beat = col.payloads("heartbeat")[-1]
+        assert beat["version"] == "9.9.9"
+        states = [p["state"] for p in col.payloads("status")]
+        assert states[0] == "online"
+        assert states[-1] == "offline"  # clean stop says so itself
+        assert col.payloads("status")[-1]["reason"] == "shutdown"
+    finally:
+        col.close()
+
+
+def test_mqtt5_delivers_and_acks(tmp_path: Path, broker: Mosquitto) -> None:
+    col = Collector(broker.host, broker.port, f"{ROOT}/event")
+    buffer, uplink = make(tmp_path, broker, mqtt_version="5")
+    try:
+        with running(buffer, uplink):
+            for _ in range(20):
+                buffer.submit(alarm())
+            assert col.wait_for(lambda: len(col.seqs("event")) >= 20)
+            assert wait_until(lambda: buffer.stats()["depth"] == 0)
+        assert col.seqs("event") == list(range(1, 21))
+    finally:
+        col.close()
+
+
+def test_broker_down_for_a_while_then_everything_arrives_in_order(
+    tmp_path: Path, pbroker: Mosquitto
+) -> None:
+    col = Collector(pbroker.host, pbroker.port, f"{ROOT}/+")
+    states: list[bool] = []
+    buffer, uplink = make(tmp_path, pbroker)
+    uplink.on_state = states.append
+    try:
+        with running(buffer, uplink):
+            assert wait_until(lambda: uplink.connected)
+            buffer.submit(alarm()).result(5)
+            assert col.wait_for(lambda: col.seqs("event") == [1])
+            pbroker.stop()
+            assert wait_until(lambda: not uplink.connected)
+            futures = [buffer.submit(info_event(i)) for i in range(300)]
+            futures += [buffer.submit(reading(i)) for i in range(300)]
+            futures.append(buffer.submit(alarm()))
+            for f in futures:
+                f.result(5)  # durable while the broker is away
+            assert buffer.stats()["event_depth"] == 301
+            pbroker.start()
+            assert col.wait_for(lambda: len(set(col.seqs("event"))) >= 302, timeout=30)
+            assert col.wait_for(lambda: len(set(col.seqs("telemetry"))) >= 300, timeout=30)
+            assert wait_until(lambda: buffer.stats()["depth"] == 0)
+        assert first_seen(col.seqs("event")) == list(range(1, 303))
+        assert first_seen(col.seqs("telemetry")) == list(range(1, 301))
+        assert states[:3] == [True, False, True]
+        assert uplink.counters.reconnects >= 1
+    finally:
+        col.close()
+
+
+def test_broker_restarted_while_messages_are_in_flight(tmp_path: Path, pbroker: Mosquitto) -> None:
+    col = Collector(pbroker.host, pbroker.port, f"{ROOT}/event")
+    buffer, uplink = make(tmp_path, pbroker)
+    total = 5000
+    try:
+        with running(buffer, uplink):
+            assert wait_until(lambda: uplink.connected)
+            for i in range(total):
+                buffer.submit(info_event(i))
+            # restart while the drain is under way: some rows are in flight, unacked
+            assert col.wait_for(lambda: len(col.messages) >= 300)
+            pbroker.restart()
+            assert col.wait_for(lambda: len(set(col.seqs("event"))) >= total, timeout=40)
+            assert wait_until(lambda: buffer.stats()["depth"] == 0)
+        seqs = col.seqs("event")
+        assert first_seen(seqs) == list(range(1, total + 1))
+        print(f"in-flight restart: {len(seqs) - total} duplicates of {total}")
+        assert uplink.counters.reconnects >= 1
+    finally:
+        col.close()
+
+
+def test_alarms_are_not_stuck_behind_a_telemetry_backlog(tmp_path: Path, broker: Mosquitto) -> None:
+    col = Collector(broker.host, broker.port, f"{ROOT}/+")
+    buffer, uplink = make(tmp_path, broker, inflight_window=20)
+    try:
+        buffer.start()
+        futures = [buffer.submit(reading(i)) for i in range(3000)]
+        futures += [buffer.submit(alarm()) for _ in range(5)]
+        for f in futures:
+            f.result(10)
+        uplink.start()
+        try:
+            assert col.wait_for(lambda: len(col.seqs("telemetry")) >= 3000, timeout=30)
+        finally:
+            uplink.stop()
+        data = [t.rsplit("/", 1)[1] for t, _ in col.messages if not t.endswith("status")]
+        assert data[:5] == ["event"] * 5  # the alarms went first, 3000 readings after
+    finally:
+        buffer.close()
+        col.close()
+
+
+def test_tiny_buffer_overflows_telemetry_first_alarms_survive_and_it_is_announced(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    col = Collector(broker.host, broker.port, f"{ROOT}/+")
+    buffer, uplink = make(tmp_path, broker, max_events=20)
+    try:
+        buffer.start()
+        for f in [buffer.submit(alarm()) for _ in range(5)]:
+            f.result(5)
+        for f in [buffer.submit(reading(i)) for i in range(30)]:
+            f.result(5)
+        for f in [buffer.submit(info_event(i)) for i in range(20)]:
+            f.result(5)
+        assert wait_until(lambda: buffer.stats()["drops"]["event"] >= 5)
+        uplink.start()
+        try:
+            assert col.wait_for(lambda: announced_total(col) >= 36, timeout=15)
+            assert wait_until(lambda: buffer.stats()["depth"] == 0)
+        finally:
+            uplink.stop()
+        events = col.payloads("event")
+        fire = [p for p in events if p["category"] == "fire"]
+        assert [p["seq"] for p in fire] == [1, 2, 3, 4, 5]  # every alarm survived
+        assert col.payloads("telemetry") == []  # all 30 readings went before any event
+        drops = buffer.stats()["drops"]
+        assert drops["telemetry"] == 30
+        assert drops["alarm"] == 0
+        assert announced_total(col) == drops["telemetry"] + drops["event"]  # loss is never silent
+        announced = [p for p in events if p["state"] == "overflow"]
+        detail = announced[0]["detail"]["dropped"]
+        assert detail["telemetry"]["ranges"][0][0] == 1  # oldest first
+        kept_doors = [p["value"] for p in events if p["category"] == "door"]
+        assert kept_doors == list(range(20 - len(kept_doors), 20))  # the oldest went first
+    finally:
+        buffer.close()
+        col.close()
+
+
+def announced_total(col: Collector) -> int:
+    return sum(
+        lane["count"]
+        for p in col.payloads("event")
+        if p["state"] == "overflow"
+        for lane in p["detail"]["dropped"].values()
+    )
+
+
+def test_full_disk_keeps_live_events_flowing_raises_a_fault_and_loses_nothing(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    col = Collector(broker.host, broker.port, f"{ROOT}/event")
+    buffer = EventBuffer(tmp_path / "buffer.db", IDENT, 100_000, max_pages=40, retry_s=0.2)
+    uplink = Uplink(
+        Settings(broker.host, broker.port), IDENT, buffer, version="t", config_digest="d"
+    )
+    big = "满" * 1500  # ~4.5 kB per event: the 40-page (160 kB) file fills quickly
+    try:
+        buffer.start()
+        futures = [buffer.submit(info_event(i)) for i in range(100)]
+        stored = [f.result(5) for f in futures]  # every submit is accepted...
+        futures = [buffer.submit(_big(i, big)) for i in range(60)]
+        stored += [f.result(5) for f in futures]
+        assert buffer.degraded  # ...though the file is full
+        assert buffer.stats()["held"] > 0
+        uplink.start()
+        try:
+            assert col.wait_for(
+                lambda: any(p.get("detail", {}).get("restored") for p in col.payloads("event")),
+                timeout=30,
+            )
+            assert wait_until(lambda: buffer.stats()["depth"] == 0)
+        finally:
+            uplink.stop()
+        got = col.payloads("event")
+        seqs = first_seen([p["seq"] for p in got])
+        assert seqs == list(range(1, len(seqs) + 1))  # no gap, in order
+        assert {r.seq for r in stored} <= set(seqs)  # nothing accepted was lost
+        degraded = [p for p in got if p["state"] == "degraded"]
+        assert degraded and degraded[0]["kind"] == "fault"
+        assert not buffer.degraded
+    finally:
+        buffer.close()
+        col.close()
+
+
+def _big(i: int, text: str) -> object:
+    e = info_event(i)
+    return type(e)(e.kind, e.category, e.severity, e.state, text, e.device, e.point, i)
+
+
+def test_credentials_readable_by_others_are_refused(tmp_path: Path) -> None:
+    creds = tmp_path / "credentials"
+    creds.write_text("gw1\nsecret\n")
+    creds.chmod(0o644)
+    buffer = EventBuffer(tmp_path / "b.db", IDENT, 10)
+    with pytest.raises(UplinkError) as err:
+        Uplink(
+            Settings("127.0.0.1", 1, credentials_file=creds),
+            IDENT,
+            buffer,
+            version="t",
+            config_digest="d",
+        )
+    assert str(creds) in str(err.value)
+    assert "0644" in str(err.value)
+    creds.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    up = Uplink(
+        Settings("127.0.0.1", 1, credentials_file=creds),
+        IDENT,
+        buffer,
+        version="t",
+        config_digest="d",
+    )
+    up.stop()
+
+
+def test_backoff_has_full_jitter_within_bounds() -> None:
+    values = [
+        backoff_delay(a, 1.0, 60.0, rng)
+        for a in range(12)
+        for rng in (lambda: 0.0, lambda: 0.5, lambda: 0.999)
+    ]
+    assert min(values) == 1.0
+    assert max(values) <= 60.0
+    assert backoff_delay(10, 1.0, 60.0, lambda: 0.5) == 30.0  # capped at 60, jittered
+    assert backoff_delay(2, 1.0, 60.0, lambda: 0.5) == 2.0
+
+
+def test_status_is_retained_and_heartbeat_reports_the_buffer(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    buffer, uplink = make(tmp_path, broker, heartbeat_s=0.1)
+    with running(buffer, uplink):
+        assert wait_until(lambda: uplink.counters.heartbeats >= 1)
+        col = Collector(broker.host, broker.port, f"{ROOT}/status")  # subscribes late
+        try:
+            assert col.wait_for(lambda: len(col.payloads("status")) >= 1)
+            status = col.payloads("status")[0]
+            assert status["state"] == "online"
+            assert status["config_digest"] == "sha256:abc"
+        finally:
+            col.close()
+    assert json.loads(json.dumps(buffer.stats()))["depth"] == 0
+    assert Lane.EVENT.value == "event"
