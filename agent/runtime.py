@@ -36,6 +36,7 @@ from agent.config import GATEWAY_DEVICE_ID, Config, DeviceConfig, LineConfig, co
 from agent.control import ControlServer, ControlSetupError, EventFanout, EventSubscription
 from agent.errors import AlarmgwError, FieldError, GpioError, UnknownPoint
 from agent.events import Category, Event, Kind, Lane, Record, Severity, now_ms
+from agent.journal import setup_logging
 from agent.points import DevicePoints
 from agent.rules import LocalRules, contact_event
 from agent.uplink import Uplink
@@ -337,23 +338,48 @@ class Gateway:
         }
 
     def status(self) -> dict[str, Any]:
+        """Everything `alarmgw status` shows on one screen (docs/control-protocol.md)."""
         ident = self.cfg.identity
+        devices = self.devices_list()
         return {
             "site": ident.site,
             "gateway": ident.gateway,
             "site_name": ident.site_name,
             "gateway_name": ident.gateway_name,
             "version": __version__,
+            "now_ms": now_ms(),
+            "boot_ms": self.boot_ms,
             "uptime_s": round(time.monotonic() - self._boot_mono, 1),
             "clock_synced": self.clock_synced(),
-            "uplink": self.uplink.stats(),
+            # since_ms: when the uplink last changed state (None until it first did)
+            "uplink": {
+                **self.uplink.stats(),
+                "since_ms": getattr(self, "_uplink_since_ms", None),
+            },
             "buffer": self.buffer.stats(),
-            "devices": self.devices_list(),
+            "lines": [self._line_summary(line, devices) for line in self.cfg.lines],
+            "gpio": self.gpio is not None,
+            "devices": devices,
             "active_alarms": [
                 a.to_payload(ident) if a.seq is not None else _unsent(a)
                 for a in self.rules.active_alarms()
             ],
             "silenced": self.rules.alarm.silenced,
+        }
+
+    @staticmethod
+    def _line_summary(line: LineConfig, devices: list[dict[str, Any]]) -> dict[str, Any]:
+        """One line of `status`: where it is and how many of its devices answer."""
+        on_line = [d for d in devices if d["line"] == line.id]
+        where = f"{line.host}:{line.tcp_port}" if line.type == "tcp" else (line.port or "")
+        return {
+            "id": line.id,
+            "type": line.type,
+            "where": where,
+            "baudrate": line.baudrate if line.type == "rtu" else None,
+            "devices": len(on_line),
+            "online": sum(1 for d in on_line if d["comm"] == "ok"),
+            "lost": sorted(d["id"] for d in on_line if d["comm"] == "lost"),
         }
 
     def devices_list(self) -> list[dict[str, Any]]:
@@ -370,6 +396,12 @@ class Gateway:
                     "profile": dev.cfg.profile,
                     "comm": "lost" if dev.lost else ("ok" if dev.last_good_ms else "unknown"),
                     "last_good_ms": dev.last_good_ms,
+                    # computed here so the CLI needs no clock of its own
+                    "last_good_age_s": (
+                        None
+                        if dev.last_good_ms is None
+                        else round(max(0, now_ms() - dev.last_good_ms) / 1000, 1)
+                    ),
                     "last_failure": dev.last_failure,
                     "failures": stats,
                 }
@@ -589,11 +621,6 @@ class _ControlAdapter:
 
     def buffer(self) -> dict[str, Any]:
         return self.gw.buffer_info()
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """Plain lines on stderr: under systemd they land in the journal with our priority."""
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 def run(cfg: Config, *, broker: tuple[str, int] | None = None) -> int:
