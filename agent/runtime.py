@@ -456,7 +456,8 @@ class Gateway:
                 sub = dataclasses.replace(dev.profile, points={s.id: s for s in chosen})
                 line_cfg = next(ln for ln in self.cfg.lines if ln.id == dev.cfg.line)
                 requests += plan_device(sub, dev.cfg.unit_id, poll, line_cfg.max_gap)
-        blocks = await asyncio.wait_for(dev.line.read_now(device, requests), READ_TIMEOUT_S)
+        async with asyncio.timeout(READ_TIMEOUT_S):  # wait_for can lose a cancel on 3.11
+            blocks = await dev.line.read_now(device, requests)
         from drivers.codec import decode  # noqa: PLC0415 - keeps the import graph one-way
 
         values: dict[str, Any] = {}

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_IDLE_WAIT_S = 0.5  # the loop wakes at least this often so `alive` keeps moving
+REOPEN_DELAY_S = 1.0  # a port that failed to open is not retried sooner (no busy loop)
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,9 @@ class Line:
         self._commands: asyncio.Queue[_Command] = asyncio.Queue()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._last_exchange_end = 0.0
+        self._last_open_failure = -REOPEN_DELAY_S
         self._round: set[str] = set()
         self._round_busy_s = 0.0
         self.cycle_times = CycleTimes()
@@ -170,6 +173,7 @@ class Line:
     async def close(self) -> None:
         """Stop polling, fail queued commands, and release the port."""
         task, self._task = self._task, None
+        self._stopping = True  # belt and braces: the loop also ends if a cancel gets lost
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -226,7 +230,7 @@ class Line:
 
         async def run() -> None:
             await self._paced(
-                self.link.write_register(st.poll.unit, address, value, st.poll.timeout_s)
+                lambda: self.link.write_register(st.poll.unit, address, value, st.poll.timeout_s)
             )
 
         await self._submit(run)
@@ -236,7 +240,9 @@ class Line:
         st = self._state(device_id)
 
         async def run() -> None:
-            await self._paced(self.link.write_coil(st.poll.unit, address, value, st.poll.timeout_s))
+            await self._paced(
+                lambda: self.link.write_coil(st.poll.unit, address, value, st.poll.timeout_s)
+            )
 
         await self._submit(run)
 
@@ -257,10 +263,11 @@ class Line:
     # --- the owner loop ---------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self.alive = time.monotonic()
             try:
                 await self._step()
+                await asyncio.sleep(0)  # fairness: never hold the event loop for two polls
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug must not silence a fire panel: log it and keep polling
@@ -287,7 +294,8 @@ class Line:
         self._wakeup.clear()
         if self._commands.empty():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), seconds)
+                async with asyncio.timeout(seconds):  # not wait_for: it can eat a cancel (3.11)
+                    await self._wakeup.wait()
 
     async def _serve(self, cmd: _Command) -> None:
         if cmd.future.done():  # the caller gave up (cancelled) while queued
@@ -320,7 +328,10 @@ class Line:
 
     async def _poll(self, st: DeviceState, poll_class: PollClass) -> None:
         started = time.monotonic()
-        st.next_due[poll_class] = max(started, st.next_due[poll_class] + st.period(poll_class))
+        period = st.period(poll_class)
+        due = st.next_due[poll_class] + period
+        # a line that fell behind skips the missed slots instead of bursting to catch up
+        st.next_due[poll_class] = due if due > started else started + period
         try:
             blocks = [
                 await self._exchange_with_retries(st, req, st.poll.timeout_s)
@@ -340,7 +351,7 @@ class Line:
         attempts = 1 if st.lost else 1 + max(0, st.poll.retries)
         for attempt in range(attempts):
             try:
-                return await self._paced(self.link.read(req, timeout_s))
+                return await self._paced(lambda: self.link.read(req, timeout_s))
             except FieldError as exc:
                 st.failures[exc.reason] += 1
                 log.debug(
@@ -356,13 +367,20 @@ class Line:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _paced(self, exchange: Awaitable[T]) -> T:
+    async def _paced(self, exchange: Callable[[], Awaitable[T]]) -> T:
         """Run one exchange after the inter-frame gap since the previous one ended."""
-        gap_left = self._last_exchange_end + self._gap_s - time.monotonic()
-        if gap_left > 0:
-            await asyncio.sleep(gap_left)  # the gap is a wire-timing rule, not a synchronisation
+        ready_at = self._last_exchange_end + self._gap_s
+        if not self.link.is_open:
+            ready_at = max(ready_at, self._last_open_failure + REOPEN_DELAY_S)
+        wait = ready_at - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)  # wire timing / reopen pacing, not a synchronisation
         try:
-            return await exchange
+            return await exchange()
+        except Disconnected:
+            if not self.link.is_open:
+                self._last_open_failure = time.monotonic()
+            raise
         finally:
             self._last_exchange_end = time.monotonic()
 

@@ -206,7 +206,7 @@ def test_garbled_answers_are_counted_by_type_and_the_poller_survives(pty_pair: P
                 assert stats["good"]["polls_failed"] == 0
                 assert stats["bad"]["polls_failed"] >= 12
                 assert stats["bad"]["lost"] == 0
-                for result in out.polls("bad"):  # nothing damaged was passed on as data
+                for result in out.polls("bad", PollClass.FAST):  # nothing damaged passed on
                     assert result.blocks[0].values == (200, 201, 202, 203)
 
     run(bench())
@@ -223,8 +223,9 @@ async def _measure_live_polls(
     """Good-device polls completed in a fixed window (after the dead one is declared lost)."""
     plan.modes[3] = "silent" if dead else "ok"
     devices = [
-        device("a", 1, period_s=0.0),
-        device("b", 2, period_s=0.0),
+        # live devices on a 10 ms period: the healthy count is set by the period, not by CPU speed
+        device("a", 1, period_s=0.01),
+        device("b", 2, period_s=0.01),
         device(
             "c",
             3,
@@ -270,7 +271,7 @@ def test_a_dead_device_does_not_starve_the_line(pty_pair: PtyPair) -> None:
             f"mean fast cycle {cycle_healthy * 1000:.2f} / {cycle_dead * 1000:.2f} / "
             f"{cycle_nobackoff * 1000:.2f} ms"
         )
-        assert healthy > 200
+        assert healthy > 150  # ideal: 2 devices x 150 periods
         assert ratio >= 0.75
         assert ratio_without < 0.25  # the backoff is what keeps the line alive
 
@@ -341,5 +342,29 @@ def test_read_now_goes_through_the_owner(pty_pair: PtyPair) -> None:
             gaps = [nxt[0] - prev[1] for prev, nxt in zip(link.spans, link.spans[1:], strict=False)]
             print(f"\n{len(link.spans)} exchanges, smallest gap {min(gaps) * 1000:.2f} ms")
             assert min(gaps) >= gap * 0.95
+
+    run(bench())
+
+
+def test_a_missing_port_loses_its_devices_without_blocking_other_lines(pty_pair: PtyPair) -> None:
+    async def bench() -> None:
+        gone, live = Outputs(), Outputs()
+        async with rtu_server(pty_pair.b, [1]):
+            unplugged = Line(
+                "rs485-2",
+                RtuLink("/dev/alarmgw-unplugged-adapter"),
+                [device("x", 1, period_s=0.0, comm_fault_after=2)],
+                gone,
+            )
+            working = Line("rs485-1", RtuLink(pty_pair.a, 115200), [device("fap", 1)], live)
+            async with unplugged, working:
+                await wait_until(lambda: len(gone.changes("x")) == 1, timeout_s=15)
+                assert gone.changes("x")[0].reason == "disconnected"
+                polls = len(live.polls("fap"))
+                alive = unplugged.alive
+                await wait_until(lambda: len(live.polls("fap")) > polls + 20)
+                await wait_until(lambda: unplugged.alive > alive)
+                # the port is retried at a measured pace, not in a busy loop
+                assert unplugged.stats()["x"]["disconnected"] <= 4
 
     run(bench())
