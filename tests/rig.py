@@ -224,6 +224,7 @@ def running_rig(
     play_timeline: bool = True,
     agent: bool = True,
     client_id: str = "rig-feed",
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Rig]:
     """Bring the rig up under `tmp`; stop every part when the block ends.
 
@@ -235,7 +236,7 @@ def running_rig(
     (tmp / "agent").mkdir(exist_ok=True)
     scenario = write_scenario(tmp, timeline)
     agent_cfg = write_agent_config(tmp)
-    env = rig_env(tmp)
+    env = rig_env(tmp) | (extra_env or {})
     with ExitStack() as stack:
         feed = stack.enter_context(feed_subscriber(broker, client_id))
         sim = start_simulator(tmp, scenario, env, timeline=play_timeline)
