@@ -34,7 +34,7 @@ from agent.clock import clock_probe
 from agent.commands import CommandHandler
 from agent.config import GATEWAY_DEVICE_ID, Config, DeviceConfig, LineConfig, config_digest
 from agent.control import ControlServer, ControlSetupError, EventFanout, EventSubscription
-from agent.errors import AlarmgwError, FieldError, GpioError, UnknownPoint
+from agent.errors import AlarmgwError, FieldError, UnknownPoint
 from agent.events import Category, Event, Kind, Lane, Record, Severity, now_ms
 from agent.journal import setup_logging
 from agent.points import DevicePoints
@@ -130,6 +130,9 @@ class Gateway:
         self._clock_was_synced: bool | None = None
         self._closing = False
         self._uplink_since_ms: int | None = None  # when the uplink last connected or dropped
+        self._rules_lock = threading.Lock()
+        self._rules_ready = False
+        self._early_events: list[Event] = []
         self._input_cfg = {i.id: i for i in cfg.inputs}
         self.watchdog = sdnotify.Watchdog()
 
@@ -138,13 +141,30 @@ class Gateway:
     def emit(self, record: Record) -> Future[Record]:
         """Hand a record to local rules (at once) and to the buffer (durably). Thread-safe."""
         if isinstance(record, Event):
-            try:
-                self.rules.on_event(record)
-            except Exception:  # a broken output must not stop the event itself
-                log.exception("local rules failed on event %s", record.id)
+            self._to_rules(record)
         future = self.buffer.submit(record)
         future.add_done_callback(self._stored)
         return future
+
+    def _to_rules(self, event: Event) -> None:
+        with self._rules_lock:
+            if not self._rules_ready:
+                # GPIO reports its levels while the outputs' rules are still being built:
+                # keep those events and replay them, so an alarm held at boot sounds.
+                self._early_events.append(event)
+                return
+            try:
+                self.rules.on_event(event)
+            except Exception:  # a broken output must not stop the event itself
+                log.exception("local rules failed on event %s", event.id)
+
+    def _rules_built(self, rules: LocalRules) -> None:
+        with self._rules_lock:
+            self.rules = rules
+            self._rules_ready = True
+            early, self._early_events = self._early_events, []
+        for event in early:
+            self._to_rules(event)
 
     def _stored(self, future: Future[Record]) -> None:
         exc = future.exception()
@@ -257,11 +277,13 @@ class Gateway:
 
     def _start_gpio(self) -> None:
         if not self.cfg.inputs and not self.cfg.outputs:
+            self._rules_built(LocalRules([]))
             return
         try:
             self.gpio = GpioBank(self.cfg.inputs, self.cfg.outputs, self._contact_changed)
-        except (GpioError, AlarmgwError) as exc:
+        except AlarmgwError as exc:  # GpioError, or a ConfigError from a rule
             log.exception("GPIO unavailable")
+            self._rules_built(LocalRules([]))
             self.emit(
                 _system_event(
                     Kind.FAULT,
@@ -273,7 +295,9 @@ class Gateway:
                 )
             )
             return
-        self.rules = LocalRules((o.id, o.rule, self.gpio.outputs[o.id]) for o in self.cfg.outputs)
+        self._rules_built(
+            LocalRules((o.id, o.rule, self.gpio.outputs[o.id]) for o in self.cfg.outputs)
+        )
         self.rules.uplink_changed(self.uplink.connected)
 
     def _contact_changed(self, change: ContactChange) -> None:
@@ -282,7 +306,10 @@ class Gateway:
             return
         if change.initial and not change.active:
             return  # a contact at rest at boot is not news; an active one at boot is
-        self.emit(contact_event(cfg, change, self.clock_synced()))
+        try:  # runs in the GPIO settle thread: nothing may escape, or later edges die too
+            self.emit(contact_event(cfg, change, self.clock_synced()))
+        except Exception:
+            log.exception("contact %s: change could not be turned into an event", cfg.id)
 
     def _uplink_changed(self, connected: bool) -> None:
         self._uplink_since_ms = now_ms()
@@ -457,7 +484,9 @@ class Gateway:
             if chosen:
                 sub = dataclasses.replace(dev.profile, points={s.id: s for s in chosen})
                 line_cfg = next(ln for ln in self.cfg.lines if ln.id == dev.cfg.line)
-                requests += plan_device(sub, dev.cfg.unit_id, poll, line_cfg.max_gap)
+                requests += plan_device(
+                    sub, dev.cfg.unit_id, poll, line_cfg.max_gap, line_cfg.max_block
+                )
         async with asyncio.timeout(READ_TIMEOUT_S):  # wait_for can lose a cancel on 3.11
             blocks = await dev.line.read_now(device, requests)
         from drivers.codec import decode  # noqa: PLC0415 - keeps the import graph one-way

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gpiozero import DigitalInputDevice, DigitalOutputDevice, GPIOZeroError
+from gpiozero import DigitalInputDevice, DigitalOutputDevice
 
 from agent.errors import GpioError
 from agent.events import now_ms
@@ -274,7 +274,9 @@ def _open_input(cfg: InputSpec, pin_factory: Any) -> tuple[Any, bool]:
         device = DigitalInputDevice(
             cfg.pin, pull_up=pull_up, active_state=active_state, pin_factory=pin_factory
         )
-    except GPIOZeroError as exc:
+    # Pin factories raise their own types (lgpio.error('GPIO busy'), OSError...), not only
+    # GPIOZeroError: any failure to open a pin is a GpioError at this boundary.
+    except Exception as exc:
         raise GpioError(f"input {cfg.id!r} on GPIO{cfg.pin}: {exc}") from exc
     gpiozero_active_high = active_high if pull_up is None else not pull_up
     return device, gpiozero_active_high != active_high
@@ -299,7 +301,7 @@ class Output:
                 initial_value=False,
                 pin_factory=pin_factory,
             )
-        except GPIOZeroError as exc:
+        except Exception as exc:  # see _open_input: factories raise their own types
             raise GpioError(f"output {cfg.id!r} on GPIO{cfg.pin}: {exc}") from exc
 
     @property

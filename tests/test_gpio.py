@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from gpiozero.pins.mock import MockFactory
+from gpiozero.pins.mock import MockFactory, MockPin
 
 from agent.events import now_ms
 from drivers.gpio import ContactChange, ContactInput, GpioBank, GpioError, Output, SettleTimer
@@ -354,3 +354,23 @@ def test_default_factory_comes_from_gpiozero_env(
         bank.close()
         if Device.pin_factory is not None:
             Device.pin_factory.close()
+
+
+class _ClaimedPin(MockPin):
+    """A pin factory's own error type, as lgpio raises `lgpio.error('GPIO busy')`."""
+
+    def __init__(self, *_: object, **__: object) -> None:
+        raise OSError(16, "GPIO busy")
+
+
+@pytest.mark.parametrize("what", ["input", "output"])
+def test_a_factory_specific_error_becomes_gpio_error(what: str, rec: Recorder) -> None:
+    factory = MockFactory(pin_class=_ClaimedPin)
+    try:
+        with pytest.raises(GpioError, match="GPIO busy"):
+            if what == "input":
+                GpioBank([In("door", 17)], [], rec, pin_factory=factory)
+            else:
+                GpioBank([], [Out("buzzer", 24)], rec, pin_factory=factory)
+    finally:
+        factory.close()

@@ -1,0 +1,65 @@
+"""The gateway's wiring, on gpiozero's MockFactory (the only thing that cannot exist here)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gpiozero import Device
+from gpiozero.pins.mock import MockFactory, MockPin
+
+from agent.config import load_config
+from agent.runtime import Gateway
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class HeldLowPin(MockPin):
+    """A contact already closed to ground when the gateway boots: the pull-up cannot lift it."""
+
+    def _set_pull(self, value: str) -> None:
+        super()._set_pull(value)
+        self.drive_low()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    text = (ROOT / "config" / "example.toml").read_text(encoding="utf-8")
+    text = text.replace("/var/lib/alarmgw/buffer.db", str(tmp_path / "buffer.db"))
+    text = text.replace("/run/alarmgw/control.sock", str(tmp_path / "control.sock"))
+    path = tmp_path / "alarmgw.toml"
+    path.write_text(text, encoding="utf-8")
+    gw = Gateway(load_config(path))
+    gw.buffer.start()
+    try:
+        yield gw
+    finally:
+        if gw.gpio is not None:
+            gw.gpio.close()
+        gw.uplink.stop()  # never started here; this releases its wake-up socket pair
+        gw.buffer.close()
+
+
+def test_manual_alarm_held_at_boot_sounds_the_buzzer(gateway: Gateway) -> None:
+    factory = MockFactory()
+    factory.pin(22, pin_class=HeldLowPin)  # the manual alarm button, pressed at boot
+    factory.pin(23, pin_class=HeldLowPin)  # the tamper switch, held closed by the lid
+    Device.pin_factory = factory
+    try:
+        gateway._start_gpio()
+        assert gateway.gpio is not None
+        deadline = time.monotonic() + 5
+        while not gateway.rules.alarm.sounding and time.monotonic() < deadline:
+            threading.Event().wait(0.01)  # the contact settles after its 20 ms debounce
+        assert gateway.rules.alarm.sounding
+        assert [a.point for a in gateway.rules.active_alarms()] == ["manual-alarm"]
+        assert factory.pin(24).state  # the buzzer output is driven
+    finally:
+        if gateway.gpio is not None:
+            gateway.gpio.close()
+            gateway.gpio = None
+        Device.pin_factory = None
+        factory.close()
