@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import queue
 import signal
 import threading
 import time
@@ -49,6 +50,7 @@ from drivers.types import PollClass
 
 log = logging.getLogger("alarmgw")
 
+POINTS_IDLE_S = 1.0  # the points thread wakes at least this often (watchdog liveness)
 RECENT_EVENTS = 500  # kept in memory for `alarmgw events` (the buffer holds what is unsent)
 CLOCK_CHECK_S = 10.0
 LOOP_TICK_S = 1.0
@@ -131,6 +133,11 @@ class Gateway:
         self._closing = False
         self._uplink_since_ms: int | None = None  # when the uplink last connected or dropped
         self._rules_lock = threading.Lock()
+        self._field_queue: queue.SimpleQueue[PollResult | CommChange | None] = queue.SimpleQueue()
+        self._points_alive = time.monotonic()
+        self._points_thread = threading.Thread(
+            target=self._points_worker, name="points", daemon=True
+        )
         self._rules_ready = False
         self._early_events: list[Event] = []
         self._input_cfg = {i.id: i for i in cfg.inputs}
@@ -191,6 +198,26 @@ class Gateway:
     # --- field side ----------------------------------------------------------------------
 
     def _line_output(self, out: PollResult | CommChange) -> None:
+        """Called by a line's owner task: hand off at once, so a storm of point changes
+        is turned into events on the points thread while every line keeps polling."""
+        self._field_queue.put(out)
+
+    def _points_worker(self) -> None:
+        """The one owner of every device's point trackers (field results -> events)."""
+        while True:
+            self._points_alive = time.monotonic()
+            try:
+                out = self._field_queue.get(timeout=POINTS_IDLE_S)
+            except queue.Empty:
+                continue
+            if out is None:
+                return
+            try:
+                self._field_result(out)
+            except Exception:  # one bad result must not stop every later one
+                log.exception("device %s: result could not be processed", out.device_id)
+
+    def _field_result(self, out: PollResult | CommChange) -> None:
         dev = self.field_devices.get(out.device_id)
         if dev is None:
             return
@@ -258,6 +285,8 @@ class Gateway:
         )
 
     def _start_lines(self) -> None:
+        self._points_thread.start()
+        self.watchdog.register("points", lambda: self._points_alive, max_age_s=30.0)
         for line_cfg in self.cfg.lines:
             on_line = [d for d in self.field_devices.values() if d.cfg.line == line_cfg.id]
             line = Line(
@@ -396,10 +425,10 @@ class Gateway:
             "silenced": self.rules.alarm.silenced,
         }
 
-    @staticmethod
-    def _line_summary(line: LineConfig, devices: list[dict[str, Any]]) -> dict[str, Any]:
+    def _line_summary(self, line: LineConfig, devices: list[dict[str, Any]]) -> dict[str, Any]:
         """One line of `status`: where it is and how many of its devices answer."""
         on_line = [d for d in devices if d["line"] == line.id]
+        runner = self.lines.get(line.id)
         where = f"{line.host}:{line.tcp_port}" if line.type == "tcp" else (line.port or "")
         return {
             "id": line.id,
@@ -409,6 +438,8 @@ class Gateway:
             "devices": len(on_line),
             "online": sum(1 for d in on_line if d["comm"] == "ok"),
             "lost": sorted(d["id"] for d in on_line if d["comm"] == "lost"),
+            "cycle_s": round(runner.cycle_times.last_s, 4) if runner else None,
+            "cycle_mean_s": round(runner.cycle_times.mean_s, 4) if runner else None,
         }
 
     def devices_list(self) -> list[dict[str, Any]]:
@@ -610,6 +641,9 @@ class Gateway:
         for line in self.lines.values():
             with contextlib.suppress(Exception):
                 await line.close()
+        if self._points_thread.is_alive():
+            self._field_queue.put(None)  # after the lines: their last results are processed
+            self._points_thread.join(timeout=10)
         self._closing = True
         self.uplink.stop()  # says offline (retained) while the buffer is still open
         if self.gpio is not None:
