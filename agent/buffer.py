@@ -26,6 +26,7 @@ process lives, hand out a seq twice, or write when idle.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -37,8 +38,9 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from agent.errors import BufferError_
 from agent.events import (
@@ -49,15 +51,17 @@ from agent.events import (
     Lane,
     Record,
     Severity,
-    dumps,
     now_ms,
+    splice_seq,
 )
 
 log = logging.getLogger(__name__)
 
 SEQ_BLOCK: Final = 10_000  # seqs reserved in the sidecar per write (one small fsync per block)
+INSERT_CHUNK: Final = 512  # rows per INSERT statement (6 parameters a row; SQLite allows 32766)
 MAX_BATCH: Final = 2_000  # records per transaction; bounds the writer's latency under a storm
 MAX_HELD: Final = 20_000  # rows kept in RAM while the disk refuses writes (1 GB Pi)
+ALIVE_S: Final = 1.0  # the writer iterates at least this often (the watchdog reads `alive`)
 RETRY_S: Final = 5.0  # how often a degraded buffer tries the database again
 ANNOUNCE_S: Final = 1.0  # at most one drop announcement per second
 
@@ -82,9 +86,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 Key = tuple[Lane, int]  # (lane, seq) names one row
 
 
-@dataclass(frozen=True, slots=True)
-class StoredRow:
-    """One buffered record as the uplink publishes it: payload bytes are final."""
+class StoredRow(NamedTuple):
+    """One buffered record as the uplink publishes it: payload bytes are final.
+
+    A tuple in the column order of the INSERT, so a batch goes to executemany as is
+    (the writer makes one per stored record; a frozen dataclass costs several times more).
+    """
 
     lane: Lane
     seq: int
@@ -202,16 +209,29 @@ def _parse_slot(raw: bytes) -> tuple[int, dict[Lane, LaneMark]] | None:
 # --- the buffer ---------------------------------------------------------------
 
 
-@dataclass
-class _Submit:
+class _Submit(NamedTuple):
+    """A record on its way to the writer, already serialised by the submitter's thread
+    (only the seq is spliced in by the writer): the writer's time is the bottleneck."""
+
     record: Record
     future: Future[Record] | None  # None for the buffer's own announcements
+    body: bytes  # record.payload_without_seq()
+    drop_class: int
+    rank: int
 
 
-@dataclass(frozen=True)
-class _Ack:
+class _Acks(NamedTuple):
+    """PUBACKed seqs of one lane, handed over in one piece."""
+
     lane: Lane
-    seq: int
+    seqs: list[int]
+
+
+def _submission(record: Record, future: Future[Record] | None, ident: Identity) -> _Submit:
+    """Raises TypeError/ValueError for a record that is not JSON (a set, NaN in detail)."""
+    return _Submit(
+        record, future, record.payload_without_seq(ident), _drop_class(record), _rank(record)
+    )
 
 
 def _drop_class(record: Record) -> int:
@@ -251,7 +271,7 @@ class EventBuffer:
         self._retry_s = retry_s
         self._clock_synced = clock_synced
         self._cond = threading.Condition()
-        self._queue: deque[_Submit | _Ack] = deque()
+        self._queue: deque[_Submit | _Acks] = deque()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
@@ -273,6 +293,9 @@ class EventBuffer:
         self._startup_faults: list[Event] = []
         self._deferred: list[Key] = []  # deletes a failed transaction must retry
         self.commits = 0  # transactions committed (tests check "no writes when idle")
+        # time.monotonic() of the writer's last iteration; it wakes at least every ALIVE_S
+        # even when idle (without touching the disk) so the systemd watchdog can trust it
+        self.alive = time.monotonic()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -460,21 +483,32 @@ class EventBuffer:
         if record.seq is not None:
             future.set_exception(BufferError_("record already has a seq; submit it once"))
             return future
+        try:
+            item = _submission(record, future, self.identity)
+        except (TypeError, ValueError) as exc:  # refused before it could use up a seq
+            future.set_exception(BufferError_(f"record cannot be serialised: {exc}"))
+            return future
         with self._cond:
             if self._stopping or self._thread is None:
                 future.set_exception(BufferError_("buffer is not running"))
                 return future
-            self._queue.append(_Submit(record, future))
+            self._queue.append(item)
             self._cond.notify()
         return future
 
     def ack(self, lane: Lane, seq: int) -> None:
         """The broker has this row (PUBACK): delete it. Never blocks."""
-        with self._held_lock:
-            self._acked.add((lane, seq))
-        self._enqueue(_Ack(lane, seq))
+        self.ack_many(lane, [seq])
 
-    def _enqueue(self, item: _Submit | _Ack) -> None:
+    def ack_many(self, lane: Lane, seqs: list[int]) -> None:
+        """The broker has these rows of one lane (PUBACKs): delete them. Never blocks."""
+        if not seqs:
+            return
+        with self._held_lock:
+            self._acked.update((lane, seq) for seq in seqs)
+        self._enqueue(_Acks(lane, seqs))
+
+    def _enqueue(self, item: _Submit | _Acks) -> None:
         with self._cond:
             self._queue.append(item)
             self._cond.notify()
@@ -484,8 +518,12 @@ class EventBuffer:
         with self._held_lock:
             acked = self._acked
             held = [r for r in self._held[lane] if r.seq > after_seq and (lane, r.seq) not in acked]
-            rows = self._read_rows(lane, after_seq, limit + len(acked))
-            rows = [r for r in rows if (lane, r.seq) not in acked]
+            # acked rows still in the file: read that many more (the uplink's cursor is past
+            # them while draining, so this is usually zero)
+            hidden = sum(1 for a_lane, seq in acked if seq > after_seq and a_lane is lane)
+            rows = self._read_rows(lane, after_seq, limit + hidden)
+            if hidden:
+                rows = [r for r in rows if (lane, r.seq) not in acked]
         merged = sorted({r.seq: r for r in rows + held}.values(), key=lambda r: r.seq)
         return merged[:limit] if held else rows[:limit]
 
@@ -499,7 +537,7 @@ class EventBuffer:
                     "ORDER BY seq LIMIT ?",
                     (lane.value, after_seq, limit),
                 )
-                return [StoredRow(lane, s, t, bytes(p)) for s, t, p in cur.fetchall()]
+                return [StoredRow(lane, s, t, p) for s, t, p in cur.fetchall()]
             except sqlite3.Error as exc:
                 log.warning("buffer read failed: %s", exc)
                 return []
@@ -550,21 +588,24 @@ class EventBuffer:
                     if isinstance(item, _Submit) and item.future and not item.future.done():
                         item.future.set_exception(BufferError_("buffer writer failed"))
 
-    def _next_batch(self) -> list[_Submit | _Ack] | None:
+    def _next_batch(self) -> list[_Submit | _Acks] | None:
         with self._cond:
             while not self._queue and not self._stopping:
+                self.alive = time.monotonic()
                 timeout = self._wake_timeout()
-                if timeout is None:
-                    self._cond.wait()
-                elif timeout <= 0 or not self._cond.wait(timeout):
+                if timeout is not None and timeout <= 0:
                     return []  # time to retry the disk or announce drops
+                # an idle wake-up only refreshes `alive`: it writes nothing
+                self._cond.wait(ALIVE_S if timeout is None else min(timeout, ALIVE_S))
+            self.alive = time.monotonic()
             if not self._queue and self._stopping:
                 return None
-            n = min(len(self._queue), MAX_BATCH)
-            return [self._queue.popleft() for _ in range(n)]
+            queue = self._queue
+            n = min(len(queue), MAX_BATCH)
+            return [queue.popleft() for _ in range(n)]
 
     def _wake_timeout(self) -> float | None:
-        """None = sleep until work arrives (no timers when healthy and idle)."""
+        """None = no timer due (healthy and idle): only the ALIVE_S tick wakes the writer."""
         waits = []
         if self._degraded_reason is not None:
             waits.append(self._last_retry + self._retry_s - time.monotonic())
@@ -572,11 +613,11 @@ class EventBuffer:
             waits.append(self._last_announce + ANNOUNCE_S - time.monotonic())
         return min(waits) if waits else None
 
-    def _process(self, batch: list[_Submit | _Ack]) -> None:
-        submits = [i for i in batch if isinstance(i, _Submit)]
-        acks = [i for i in batch if isinstance(i, _Ack)]
+    def _process(self, batch: list[_Submit | _Acks]) -> None:
+        submits = [i for i in batch if type(i) is _Submit]
+        acks = [(i.lane, seq) for i in batch if type(i) is _Acks for seq in i.seqs]
         if self._tally and time.monotonic() - self._last_announce >= ANNOUNCE_S:
-            submits.append(_Submit(self._drop_announcement(), None))
+            submits.append(_submission(self._drop_announcement(), None, self.identity))
         stamped = self._stamp(submits)
         rows = [row for _, _, row in stamped]
         self._reserve(rows)
@@ -587,31 +628,29 @@ class EventBuffer:
             rows = [r for r in rows if (r.lane, r.seq) not in doomed]
             victims = [v for v in victims if v not in incoming]
         self._write(rows, acks, victims)
-        for future, record, _ in stamped:
+        # resolved only now: the rows are committed (or held, degraded, and said so)
+        for future, item, row in stamped:
             if future is not None and not future.done():
-                future.set_result(record)
+                future.set_result(item.record.with_seq(row.seq))
         if rows and self.on_stored is not None:
             self.on_stored()
 
     def _stamp(
         self, submits: list[_Submit]
-    ) -> list[tuple[Future[Record] | None, Record, StoredRow]]:
-        """Give each record its seq and its final payload bytes; a record that cannot be
-        serialised is refused without using up a seq (a false gap would alarm consumers)."""
+    ) -> list[tuple[Future[Record] | None, _Submit, StoredRow]]:
+        """Give each record its seq and its final payload bytes (the seq spliced into the
+        bytes the submitter serialised: a record that is not JSON never gets this far,
+        so no seq is used up by it and no false gap alarms a consumer)."""
         stamped = []
+        next_seq = self._next_seq
         for item in submits:
-            lane = item.record.lane
-            seq = self._next_seq[lane]
-            record = item.record.with_seq(seq)
-            try:
-                payload = dumps(record.to_payload(self.identity))
-            except (TypeError, ValueError) as exc:
-                if item.future is not None:
-                    item.future.set_exception(BufferError_(f"record cannot be serialised: {exc}"))
-                continue
-            self._next_seq[lane] = seq + 1
-            row = StoredRow(lane, seq, record.ts_ms, payload, _drop_class(record), _rank(record))
-            stamped.append((item.future, record, row))
+            record = item.record
+            lane = record.lane
+            seq = next_seq[lane]
+            next_seq[lane] = seq + 1
+            payload = splice_seq(item.body, seq)
+            row = StoredRow(lane, seq, record.ts_ms, payload, item.drop_class, item.rank)
+            stamped.append((item.future, item, row))
         return stamped
 
     def _reserve(self, rows: list[StoredRow]) -> None:
@@ -648,15 +687,15 @@ class EventBuffer:
 
     # -- writing: the one transaction per batch ------------------------------------
 
-    def _write(self, rows: list[StoredRow], acks: list[_Ack], victims: list[Key]) -> None:
+    def _write(self, rows: list[StoredRow], acks: list[Key], victims: list[Key]) -> None:
         """Commit rows, acks and drops in one transaction; on failure hold rows in RAM."""
-        victims = [v for v in victims if v not in self._remove_held(victims)]
-        acked_held = self._remove_held([(a.lane, a.seq) for a in acks])
-        with self._held_lock:
-            self._acked.difference_update(acked_held)
-        deletes = self._deferred + [
-            (a.lane, a.seq) for a in acks if (a.lane, a.seq) not in acked_held
-        ]
+        if self._holding():
+            victims = [v for v in victims if v not in self._remove_held(victims)]
+            acked_held = self._remove_held(acks)
+            with self._held_lock:
+                self._acked.difference_update(acked_held)
+            acks = [key for key in acks if key not in acked_held]
+        deletes = self._deferred + acks
         self._deferred = []
         if self._degraded_reason is None:
             if self._commit(rows, deletes, victims):
@@ -683,13 +722,9 @@ class EventBuffer:
             # only resends an acked row (at-least-once); the next insert's fsync covers it
             db.execute(f"PRAGMA synchronous={'FULL' if rows else 'NORMAL'}")
             db.execute("BEGIN IMMEDIATE")
-            gone = self._delete(db, deletes) + self._delete(db, victims)
+            gone = _delete(db, deletes + victims)
             if rows:
-                db.executemany(
-                    "INSERT INTO records (lane, seq, drop_class, rank, ts_ms, payload) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    [(r.lane.value, r.seq, r.drop_class, r.rank, r.ts_ms, r.payload) for r in rows],
-                )
+                _insert(db, rows)
                 self._store_next_seq(db, rows)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -704,14 +739,6 @@ class EventBuffer:
         self._after_commit(rows, gone, deletes)
         return True
 
-    def _delete(self, db: sqlite3.Connection, keys: list[Key]) -> list[Lane]:
-        gone = []
-        for lane, seq in keys:
-            cur = db.execute("DELETE FROM records WHERE lane = ? AND seq = ?", (lane.value, seq))
-            if cur.rowcount:
-                gone.append(lane)
-        return gone
-
     def _store_next_seq(
         self, db: sqlite3.Connection, rows: Iterable[StoredRow] | None = None
     ) -> None:
@@ -722,16 +749,22 @@ class EventBuffer:
             [(f"next_seq:{lane.value}", self._next_seq[lane]) for lane in lanes],
         )
 
-    def _after_commit(self, rows: list[StoredRow], gone: list[Lane], deletes: list[Key]) -> None:
+    def _after_commit(
+        self, rows: list[StoredRow], gone: dict[Lane, int], deletes: list[Key]
+    ) -> None:
         for row in rows:
             self._depth[row.lane] += 1
-        for lane in gone:
-            self._depth[lane] -= 1
+        for lane, count in gone.items():
+            self._depth[lane] -= count
         if deletes:
             with self._held_lock:
                 self._acked.difference_update(deletes)
 
     # -- degraded mode (full disk) ------------------------------------------------
+
+    def _holding(self) -> bool:
+        """Rows in RAM (degraded)? Read without the lock: only this thread adds them."""
+        return any(self._held[lane] for lane in _LANES)
 
     def _hold(self, rows: list[StoredRow]) -> None:
         if not rows:
@@ -783,7 +816,7 @@ class EventBuffer:
             f"buffer degraded: database refuses writes ({reason}); events held in memory",
             {"buffer": "degraded", "reason": reason},
         )
-        self._enqueue(_Submit(fault, None))
+        self._enqueue(_submission(fault, None, self.identity))
 
     def _retry(self, deletes: list[Key], victims: list[Key]) -> None:
         """Try to move every held row (and the deferred deletes) into the database."""
@@ -805,19 +838,20 @@ class EventBuffer:
             "buffer recovered: events are stored on disk again",
             {"buffer": "degraded", "restored": True},
         )
-        self._enqueue(_Submit(restore, None))
+        self._enqueue(_submission(restore, None, self.identity))
 
     # -- the bound -------------------------------------------------------------------
 
     def _choose_victims(self, incoming: list[StoredRow]) -> list[Key]:
         """Rows to drop (stored, held or incoming) so that everything fits max_events."""
         with self._held_lock:
+            held_count = sum(len(self._held[lane]) for lane in _LANES)
+            excess = sum(self._depth.values()) + held_count + len(incoming) - len(self._acked)
+            excess -= self.max_events
+            if excess <= 0:  # the usual case: no copies of anything
+                return []
             held = [r for lane in _LANES for r in self._held[lane]]
             acked = set(self._acked)
-        excess = sum(self._depth.values()) + len(held) + len(incoming) - len(acked)
-        excess -= self.max_events
-        if excess <= 0:
-            return []
         candidates = self._db_candidates(excess + len(acked), acked) + held + incoming
         victims = sorted(candidates, key=_drop_key)[:excess]
         for row in victims:
@@ -863,6 +897,50 @@ class EventBuffer:
             f"buffer full: {total} records dropped (max_events {self.max_events})",
             detail,
         )
+
+
+def _insert(db: sqlite3.Connection, rows: list[StoredRow]) -> None:
+    """Insert rows with multi-row INSERT statements of power-of-two sizes (each size a
+    cached prepared statement). One statement per chunk rather than executemany: one
+    sqlite3_step per chunk, so the writer gives up the GIL once per chunk, not once per
+    row (per row, a busy submitter thread made every row wait for a GIL switch)."""
+    start = 0
+    while start < len(rows):
+        size = min(INSERT_CHUNK, 1 << ((len(rows) - start).bit_length() - 1))
+        chunk = rows[start : start + size]
+        db.execute(_insert_sql(size), list(chain.from_iterable(chunk)))  # StoredRow: a tuple
+        start += size
+
+
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    values = ",".join(["(?, ?, ?, ?, ?, ?)"] * rows)
+    # only placeholders are joined in: no value ever enters the SQL text
+    return f"INSERT INTO records (lane, seq, ts_ms, payload, drop_class, rank) VALUES {values}"  # noqa: S608
+
+
+def _delete(db: sqlite3.Connection, keys: list[Key]) -> dict[Lane, int]:
+    """Delete rows by key, one statement per run of consecutive seqs (acks arrive in
+    order, so a drain deletes a whole window with one statement). Rows deleted per lane."""
+    gone: dict[Lane, int] = {}
+    for lane, first, last in _runs(keys):
+        cur = db.execute(
+            "DELETE FROM records WHERE lane = ? AND seq BETWEEN ? AND ?", (lane, first, last)
+        )
+        if cur.rowcount > 0:
+            gone[lane] = gone.get(lane, 0) + cur.rowcount
+    return gone
+
+
+def _runs(keys: list[Key]) -> list[tuple[Lane, int, int]]:
+    """Keys grouped into (lane, first seq, last seq) runs of consecutive seqs."""
+    runs: list[tuple[Lane, int, int]] = []
+    for lane, seq in sorted(set(keys)):
+        if runs and runs[-1][0] is lane and runs[-1][2] == seq - 1:
+            runs[-1] = (lane, runs[-1][1], seq)
+        else:
+            runs.append((lane, seq, seq))
+    return runs
 
 
 def _check_integrity(conn: sqlite3.Connection) -> None:

@@ -11,26 +11,27 @@ This module must never do I/O: it only describes and serialises.
 from __future__ import annotations
 
 import enum
-import json
 import math
 import time
 import uuid
-from dataclasses import dataclass, field, replace
-from typing import Any
+from _json import encode_basestring as _encode_basestring  # CPython's json accelerator
+from _json import make_encoder as _c_make_encoder
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, TypeVar
 
 FEED_VERSION = 1  # the "v1" in topics and the "v" field in payloads
 
 
 class Kind(enum.StrEnum):
-    ALARM = "alarm"            # a life-safety or hazard condition (fire, gas, leakage...)
-    FAULT = "fault"            # equipment trouble (detector fault, wire break, power fault)
+    ALARM = "alarm"  # a life-safety or hazard condition (fire, gas, leakage...)
+    FAULT = "fault"  # equipment trouble (detector fault, wire break, power fault)
     SUPERVISORY = "supervisory"  # supervisory / feedback states of a panel
-    RESTORE = "restore"        # an alarm/fault/supervisory condition returned to normal
-    STATE = "state"            # a non-alarm state change (door opened, pump running)
-    COMM_LOSS = "comm_loss"    # a field device stopped answering
+    RESTORE = "restore"  # an alarm/fault/supervisory condition returned to normal
+    STATE = "state"  # a non-alarm state change (door opened, pump running)
+    COMM_LOSS = "comm_loss"  # a field device stopped answering
     COMM_RESTORE = "comm_restore"
-    TEST = "test"              # a test alarm (always with test=true)
-    SYSTEM = "system"          # gateway-internal: buffer degraded, clock unsynced, overflow...
+    TEST = "test"  # a test alarm (always with test=true)
+    SYSTEM = "system"  # gateway-internal: buffer degraded, clock unsynced, overflow...
 
 
 class Category(enum.StrEnum):
@@ -51,18 +52,18 @@ class Severity(enum.StrEnum):
     """Ordered from most to least severe; `rank` is used for drop policy and sorting."""
 
     CRITICAL = "critical"  # fire alarm, manual alarm button
-    MAJOR = "major"        # gas / electrical-fire alarm, water pressure lost
-    MINOR = "minor"        # equipment faults, comm loss
-    WARNING = "warning"    # supervisory, tamper, degraded
-    INFO = "info"          # restores, state changes, tests
+    MAJOR = "major"  # gas / electrical-fire alarm, water pressure lost
+    MINOR = "minor"  # equipment faults, comm loss
+    WARNING = "warning"  # supervisory, tamper, degraded
+    INFO = "info"  # restores, state changes, tests
 
     @property
     def rank(self) -> int:
         """0 is most severe."""
-        return _SEVERITY_ORDER.index(self)
+        return _SEVERITY_RANK[self]
 
 
-_SEVERITY_ORDER = list(Severity)
+_SEVERITY_RANK = {severity: rank for rank, severity in enumerate(Severity)}
 
 # Alarms of these categories are dropped last of all when the buffer overflows.
 LIFE_SAFETY = frozenset({Category.FIRE, Category.GAS, Category.ELECTRICAL, Category.MANUAL})
@@ -80,10 +81,18 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_last_second: tuple[int, str] = (-1, "")  # a storm stamps many events in the same second
+
+
 def iso_ms(ts_ms: int) -> str:
     """UTC ISO-8601 with milliseconds and a Z, e.g. 2026-11-29T19:20:01.123Z."""
+    global _last_second  # noqa: PLW0603 - a one-entry cache; a tuple swap is thread-safe
     secs, ms = divmod(ts_ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
+    cached_secs, text = _last_second
+    if cached_secs != secs:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+        _last_second = (secs, text)
+    return f"{text}.{ms:03d}Z"
 
 
 def new_id() -> str:
@@ -132,14 +141,19 @@ class Event:
         return self.kind is Kind.ALARM and self.category in LIFE_SAFETY
 
     def with_seq(self, seq: int) -> Event:
-        return replace(self, seq=seq)
+        return _copy_with_seq(self, seq)
 
     def to_payload(self, ident: Identity) -> dict[str, Any]:
         if self.seq is None:
             raise ValueError("an event is serialised only after the buffer gave it a seq")
+        return {"v": FEED_VERSION, "seq": self.seq, **self._body(ident)}
+
+    def payload_without_seq(self, ident: Identity) -> bytes:
+        """The serialised payload minus "v" and "seq"; `splice_seq` completes it."""
+        return dumps(self._body(ident))
+
+    def _body(self, ident: Identity) -> dict[str, Any]:
         payload: dict[str, Any] = {
-            "v": FEED_VERSION,
-            "seq": self.seq,
             "id": self.id,
             "ts": iso_ms(self.ts_ms),
             "ts_ms": self.ts_ms,
@@ -183,14 +197,20 @@ class Reading:
         return Lane.TELEMETRY
 
     def with_seq(self, seq: int) -> Reading:
-        return replace(self, seq=seq)
+        return _copy_with_seq(self, seq)
 
     def to_payload(self, ident: Identity) -> dict[str, Any]:
         if self.seq is None:
             raise ValueError("a reading is serialised only after the buffer gave it a seq")
+        return {"v": FEED_VERSION, "seq": self.seq, **self._body(ident)}
+
+    def payload_without_seq(self, ident: Identity) -> bytes:
+        """The serialised payload minus "v" and "seq"; `splice_seq` completes it."""
+        return dumps(self._body(ident))
+
+    def _body(self, ident: Identity) -> dict[str, Any]:
+        value = finite_or_none(self.value)
         return {
-            "v": FEED_VERSION,
-            "seq": self.seq,
             "id": self.id,
             "ts": iso_ms(self.ts_ms),
             "ts_ms": self.ts_ms,
@@ -199,13 +219,36 @@ class Reading:
             "gateway": ident.gateway,
             "device": self.device,
             "point": self.point,
-            "value": finite_or_none(self.value),
+            "value": value,
             "unit": self.unit,
-            "quality": self.quality if finite_or_none(self.value) is not None else "bad",
+            "quality": self.quality if value is not None else "bad",
         }
 
 
 Record = Event | Reading
+_R = TypeVar("_R", Event, Reading)
+
+# The slot descriptors of each record class: copying through them skips the frozen
+# __setattr__ and __init__ that dataclasses.replace pays (the buffer stamps every record).
+_SLOTS: Final = {
+    cls: tuple((f.name, getattr(cls, f.name)) for f in fields(cls)) for cls in (Event, Reading)
+}
+_SEQ_HEAD: Final = b'{"v":%d,"seq":' % FEED_VERSION
+
+
+def _copy_with_seq(record: _R, seq: int) -> _R:
+    cls = type(record)
+    clone = object.__new__(cls)
+    for name, slot in _SLOTS[cls]:
+        slot.__set__(clone, seq if name == "seq" else slot.__get__(record, cls))
+    return clone
+
+
+def splice_seq(body: bytes, seq: int) -> bytes:
+    """The final payload of a record given its seq, from `payload_without_seq()` bytes:
+    byte for byte what dumps(record.with_seq(seq).to_payload(ident)) gives, without
+    serialising again (the buffer's writer does this for every record it stores)."""
+    return b"%s%d,%s" % (_SEQ_HEAD, seq, body[1:])
 
 
 def finite_or_none(value: Any) -> Any:
@@ -215,11 +258,21 @@ def finite_or_none(value: Any) -> Any:
     return value
 
 
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def dumps(payload: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON with non-ASCII kept as is; never emits NaN/Infinity."""
-    return json.dumps(
-        payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-    ).encode("utf-8")
+    """Compact UTF-8 JSON with non-ASCII kept as is; never emits NaN/Infinity.
+
+    The same bytes as json.dumps(payload, ensure_ascii=False, separators=(",", ":"),
+    allow_nan=False), through one C encoder made here per call: json.dumps builds a
+    JSONEncoder and then a C encoder on every call, which the buffer pays per record.
+    """
+    encode = _c_make_encoder(
+        {}, _not_json, _encode_basestring, None, ":", ",", False, False, False
+    )  # a fresh markers dict: it is what catches a circular `detail` (ValueError)
+    return "".join(encode(payload, 0)).encode("utf-8")
 
 
 def topic_root(prefix: str, ident: Identity) -> str:

@@ -53,6 +53,7 @@ COMMAND_QUEUE: Final = 8  # commands waiting for the worker; more are answered "
 RESULT_QUEUE: Final = 64  # results waiting for a connection; older ones are dropped
 CONTROL_INFLIGHT: Final = 16  # room in paho's window for status/cmd-result beside the rows
 OFFLINE_FLUSH_S: Final = 2.0  # how long a clean shutdown waits for the offline status PUBACK
+ALIVE_S: Final = 1.0  # the connection loop iterates at least this often
 
 HealthFn = Callable[[], Mapping[str, Any]]
 CommandFn = Callable[[str, bytes], Mapping[str, Any]]
@@ -122,6 +123,9 @@ class _Session:
     cursor: dict[Lane, int] = field(default_factory=lambda: dict.fromkeys(Lane, 0))
     next_heartbeat: float = 0.0
     offline_mid: int | None = None
+    # PUBACKed seqs not yet handed to the buffer: one buffer.ack_many per lane per pump,
+    # so a window of PUBACKs read in one go wakes the buffer's writer once, not 50 times
+    acked: dict[Lane, list[int]] = field(default_factory=lambda: {lane: [] for lane in Lane})
 
 
 class Uplink:
@@ -167,6 +171,9 @@ class Uplink:
         self._want_fill = True
         self._connected = False
         self._thread: threading.Thread | None = None
+        # time.monotonic() of the connection loop's last iteration (the loop turns at least
+        # every ALIVE_S, connected or not): the systemd watchdog reads it
+        self.alive = time.monotonic()
         self._cmd_queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(COMMAND_QUEUE)
         self._cmd_thread: threading.Thread | None = None
         self._results: deque[dict[str, Any]] = deque(maxlen=RESULT_QUEUE)
@@ -255,7 +262,16 @@ class Uplink:
             delay = backoff_delay(
                 attempt, self.settings.reconnect_min_s, self.settings.reconnect_max_s, self._rng
             )
-            self._stopping.wait(delay)
+            self._wait_alive(delay)
+
+    def _wait_alive(self, delay: float) -> None:
+        """Wait out a backoff delay (or until stopped), refreshing `alive` meanwhile."""
+        until = time.monotonic() + delay
+        while not self._stopping.is_set():
+            self.alive = now = time.monotonic()
+            if now >= until:
+                return
+            self._stopping.wait(min(ALIVE_S, until - now))
 
     def _session(self) -> bool:
         """One connection attempt, pumped until it ends. True if it got connected."""
@@ -275,7 +291,10 @@ class Uplink:
             return False
         deadline = time.monotonic() + self._endpoint.connect_timeout_s
         while not self._stopping.is_set():
-            if not session.conn.pump(self._pump_timeout(session), self._wake_r.fileno()):
+            self.alive = time.monotonic()
+            pumped = session.conn.pump(self._pump_timeout(session), self._wake_r.fileno())
+            self._hand_over_acks(session)  # PUBACKs read before a loss still count
+            if not pumped:
                 break
             self._drain_wake()
             if not session.connected:
@@ -287,8 +306,15 @@ class Uplink:
             self._serve(session)
         if self._stopping.is_set():
             self._say_offline(session)
+            self._hand_over_acks(session)
         session.conn.close()
         return session.connected
+
+    def _hand_over_acks(self, session: _Session) -> None:
+        for lane, seqs in session.acked.items():
+            if seqs:
+                session.acked[lane] = []
+                self.buffer.ack_many(lane, seqs)
 
     def _pump_timeout(self, session: _Session) -> float:
         if not session.connected:
@@ -312,17 +338,20 @@ class Uplink:
 
     def _fill(self, session: _Session) -> None:
         room = self.settings.inflight_window - len(session.inflight)
+        publish = session.conn.publish
+        inflight = session.inflight
         for lane in (Lane.EVENT, Lane.TELEMETRY):
             if room <= 0 or session.conn.closed:
                 return
+            topic = self._topics[feed.Leaf(lane.value)]
             rows = self.buffer.pending(lane, session.cursor[lane], room)
             for row in rows:
                 try:
-                    mid = session.conn.publish(self._topics[feed.Leaf(lane.value)], row.payload, 1)
+                    mid = publish(topic, row.payload, 1)
                 except UplinkError as exc:
                     log.warning("uplink: %s", str(exc))  # str: a record must not pin a socket
                     return
-                session.inflight[mid] = (lane, row.seq)
+                inflight[mid] = (lane, row.seq)
                 session.cursor[lane] = row.seq
                 self.counters.published += 1
             room -= len(rows)
@@ -379,7 +408,7 @@ class Uplink:
             log.warning("uplink: broker rejected %s seq %d; reconnecting", *row)
             session.conn.close()
             return
-        self.buffer.ack(*row)
+        session.acked[row[0]].append(row[1])
         self.counters.acked += 1
         self._want_fill = True
 

@@ -116,3 +116,26 @@ def test_submit_after_close_fails_the_future_instead_of_raising(tmp_path: Path) 
     buf = open_buffer(tmp_path / "b.db")
     buf.close()
     assert buf.submit(alarm()).exception(1) is not None
+
+
+def test_the_writer_stays_alive_when_idle_without_writing(tmp_path: Path) -> None:
+    with open_buffer(tmp_path / "b.db") as buf:
+        buf.submit(alarm()).result(5)
+        commits = buf.commits
+        before = buf.alive
+        assert wait_until(lambda: buf.alive > before + 1.0, timeout=5)  # >= 2 idle ticks
+        assert buf.commits == commits
+
+
+def test_stored_bytes_are_exactly_the_records_payload(tmp_path: Path) -> None:
+    """The writer splices the seq into bytes serialised by the submitter: the result must
+    be byte for byte the record's own payload."""
+    from agent.events import dumps
+
+    with open_buffer(tmp_path / "b.db") as buf:
+        stored = [buf.submit(r).result(5) for r in (alarm(), info_event(7), reading(3))]
+        rows = buf.pending(Lane.EVENT) + buf.pending(Lane.TELEMETRY)
+    by_key = {(r.lane, r.seq): r.payload for r in rows}
+    for record in stored:
+        assert record.seq is not None
+        assert by_key[(record.lane, record.seq)] == dumps(record.to_payload(IDENT))

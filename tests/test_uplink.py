@@ -327,3 +327,18 @@ def test_status_is_retained_and_heartbeat_reports_the_buffer(
             col.close()
     assert json.loads(json.dumps(buffer.stats()))["depth"] == 0
     assert Lane.EVENT.value == "event"
+
+
+def test_the_connection_loop_stays_alive_connected_idle_and_in_backoff(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    buffer, uplink = make(tmp_path, broker, reconnect_min_s=4.0, reconnect_max_s=4.0)
+    with running(buffer, uplink):
+        assert wait_until(lambda: uplink.connected)
+        before = uplink.alive
+        assert wait_until(lambda: uplink.alive > before + 1.0, timeout=5)  # idle, connected
+        broker.stop()
+        assert wait_until(lambda: not uplink.connected)
+        before = uplink.alive
+        # inside a 4 s backoff wait the loop still ticks about every second
+        assert wait_until(lambda: uplink.alive > before + 1.0, timeout=3)
