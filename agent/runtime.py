@@ -591,6 +591,8 @@ class Gateway:
             self._start_control()
             tick = asyncio.create_task(self._tick(), name="tick")
             self.watchdog.register("event loop", lambda: self._loop_alive, max_age_s=30.0)
+            self.watchdog.register("buffer writer", lambda: self.buffer.alive, max_age_s=30.0)
+            self.watchdog.register("uplink", lambda: self.uplink.alive, max_age_s=30.0)
             self.watchdog.start()
             sdnotify.ready(
                 f"watching {len(self.field_devices)} devices, {len(self.cfg.inputs)} inputs"
