@@ -1,0 +1,99 @@
+"""The benchmarks still work: `bench/run_all.py --smoke` runs every bench and prints every figure.
+
+Not a timed test: it checks that each figure is present and sane (counts
+complete, nothing lost, no duplicates, ratios positive), never a wall-clock
+threshold: a slow machine is not a failure, a lost event is.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.common import parse_figures
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXPECTED_FIGURES = {
+    "gpio_baseline_paho",
+    "gpio_alarm_latency",
+    "gpio_all_edges_latency",
+    "gpio_latency_goal",
+    "modbus_baseline_paho_P200ms",
+    "modbus_latency_P200ms",
+    "modbus_latency_goal_P200ms",
+    "storm_delivery",
+    "storm_timing",
+    "storm_other_line_idle_cycle",
+    "storm_other_line_storm_cycle",
+    "storm_other_line_goal",
+    "footprint_baseline_interpreter",
+    "footprint_agent",
+    "footprint_goal",
+    "bus_theory_9600",
+    "bus_measured_9600",
+    "bus_goal_9600",
+}
+
+
+def _positive(value: str) -> bool:
+    number = float(value)
+    return math.isfinite(number) and number > 0
+
+
+@pytest.fixture(scope="module")
+def smoke_output() -> str:
+    proc = subprocess.run(  # noqa: PLW1510 - the exit code is checked below
+        [sys.executable, str(ROOT / "bench" / "run_all.py"), "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+def test_smoke_run_prints_every_figure_and_loses_nothing(smoke_output: str) -> None:
+    figures = parse_figures(smoke_output)
+    assert set(figures) >= EXPECTED_FIGURES, EXPECTED_FIGURES - set(figures)
+
+    # latency: every alarm was matched to its event; percentiles ordered and positive
+    assert figures["gpio_alarm_latency"]["n"] == "50"
+    assert figures["gpio_all_edges_latency"]["n"] == "100"
+    assert figures["modbus_latency_P200ms"]["n"] == "30"
+    for name in ("gpio_alarm_latency", "modbus_latency_P200ms", "gpio_baseline_paho"):
+        f = figures[name]
+        assert _positive(f["p50_ms"]) and float(f["p50_ms"]) <= float(f["p99_ms"])
+        assert float(f["p99_ms"]) <= float(f["max_ms"])
+    # a Modbus change cannot be seen before it happened, nor (sanely) after several periods
+    assert 0 < float(figures["modbus_latency_P200ms"]["max_ms"]) < 5 * 200
+
+    # storm: all 10,000 events delivered exactly once each, no gap in seq
+    storm = figures["storm_delivery"]
+    assert storm["expected"] == "10000"
+    assert storm["delivered"] == "10000"
+    assert storm["duplicates"] == "0" and storm["gaps"] == "0"
+    assert storm["out_of_order_points"] == "0" and storm["complete"] == "yes"
+    assert _positive(figures["storm_other_line_goal"]["mean_ratio"])
+    assert int(figures["storm_other_line_idle_cycle"]["n"]) > 0
+
+    # footprint: the agent was measured while it polled
+    agent = figures["footprint_agent"]
+    assert agent["devices"] == "32" and int(agent["requests_served"]) > 32
+    assert _positive(agent["rss_mb"]) and float(agent["hwm_mb"]) >= float(agent["rss_mb"])
+    assert float(agent["cpu_pct"]) >= 0
+
+    # bus: measured against a real theoretical figure, and it cannot beat the wire
+    assert int(figures["bus_measured_9600"]["n"]) > 3
+    assert float(figures["bus_goal_9600"]["ratio"]) >= 1.0
+
+    # the two benches of the uplink/buffer work ran and reported a rate against a baseline
+    for name in ("drain", "ingest"):
+        assert name in figures and figures[name].get("parsed") != "NO", smoke_output[-3000:]
+        assert _positive(figures[name]["ours_per_s"])
+        assert _positive(figures[name]["baseline_per_s"])
