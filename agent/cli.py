@@ -44,7 +44,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from agent import __version__, cli_render
+from agent import __version__, buffer_file, cli_render
 from agent.config import Config, DeviceConfig, LineConfig, config_digest, load_config
 from agent.control import (
     DEFAULT_SOCKET,
@@ -53,9 +53,10 @@ from agent.control import (
     ControlClient,
     ControlError,
 )
-from agent.errors import ConfigError, ConfigProblem
+from agent.errors import BufferError_, ConfigError, ConfigProblem
 from agent.events import topic_root
 from agent.textwidth import fit, width
+from agent.watch import render
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -309,6 +310,43 @@ def _agent_command(
     return handler
 
 
+def _buffer_handler(
+    online: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        return online(args) if args.file is None else cmd_buffer_file(args)
+
+    return handler
+
+
+def cmd_buffer_file(args: argparse.Namespace) -> int:
+    """`alarmgw buffer --file DB`: what a buffer file holds, read-only, without the agent."""
+    try:
+        info = buffer_file.inspect(Path(args.file))
+    except BufferError_ as exc:
+        _error(str(exc))
+        return EXIT_PROBLEM
+    lines = [f"buffer file {info['file']}  (integrity: {info['integrity']})"]
+    for lane in ("event", "telemetry"):
+        row = info["lanes"].get(lane)
+        if row is None:
+            lines.append(f"  {lane:<9} empty")
+            continue
+        lines.append(
+            f"  {lane:<9} {row['depth']} queued, seq {row['first_seq']}..{row['last_seq']}, "
+            f"oldest {row['oldest_age_s']} s"
+        )
+    if info["meta"]:
+        lines.append("  next seq " + ", ".join(f"{k}={v}" for k, v in info["meta"].items()))
+    lines += [
+        "  " + render("event", json.dumps(event, ensure_ascii=False).encode())
+        for event in info["newest_events"]
+    ]
+    _emit(args, info, [cli_render.clip(text) for text in lines])
+    healthy = info["integrity"] == "ok"
+    return EXIT_OK if healthy else EXIT_PROBLEM
+
+
 def run_status(args: argparse.Namespace, client: ControlClient) -> int:
     status = client.call("status")
     _emit(args, status, cli_render.render_status(status))
@@ -560,6 +598,14 @@ def _add_agent_commands(sub: Any) -> None:
         parser = sub.add_parser(name, help=text, description=text)
         _agent_options(parser)
         parser.set_defaults(handler=_agent_command(run))
+        if name == "buffer":
+            parser.add_argument(
+                "--file",
+                metavar="DB",
+                help="read a buffer file offline instead (agent stopped, or a corrupt one "
+                "it moved aside); never writes to it",
+            )
+            parser.set_defaults(handler=_buffer_handler(_agent_command(run)))
     events = sub.add_parser("events", help="recent events; --follow streams new ones")
     _agent_options(events)
     events.add_argument("--since", type=int, metavar="SEQ", help="events after this seq")

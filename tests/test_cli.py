@@ -9,6 +9,8 @@ state it needs rather than assuming an order.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -377,3 +379,33 @@ def test_scan_refuses_the_line_the_running_agent_owns(
     # without the config, the agent's exclusive lock on the port says the same
     assert main(["scan", str(rig.line_path), "--units", "1"]) == EXIT_BUSY
     assert "is busy" in capsys.readouterr().err
+
+
+def test_buffer_file_reads_a_buffer_offline_and_flags_a_corrupt_one(tmp_path: Path) -> None:
+    from agent.buffer import EventBuffer
+    from agent.events import Category, Event, Identity, Kind, Severity
+
+    db = tmp_path / "buffer.db"
+    buf = EventBuffer(db, Identity("site", "gw"), 1000).start()
+    try:
+        alarm = Event(
+            Kind.ALARM, Category.FIRE, Severity.CRITICAL, "fire", "二楼 火警", "fap", "z2"
+        )
+        buf.submit(alarm).result(timeout=10)
+    finally:
+        buf.close()
+    before = db.read_bytes()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["buffer", "--file", str(db), "--json"])
+    assert code == 0
+    info = json.loads(out.getvalue())
+    assert info["integrity"] == "ok"
+    assert info["lanes"]["event"]["depth"] >= 1
+    assert info["newest_events"][-1]["text"] == "二楼 火警"
+    assert db.read_bytes() == before  # read-only: the file is untouched
+
+    broken = tmp_path / "buffer.db.corrupt"
+    broken.write_bytes(before[:4096] + b"\xff" * 8192)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["buffer", "--file", str(broken)]) == 1
