@@ -9,9 +9,17 @@ out as telemetry every `telemetry_s`, and sooner when they move more than the
 deadband. The first poll after start reports abnormal states (an alarm present
 at boot is not missed) but not normal ones.
 
-Time comes only from the `ts_ms` given to `update` (tests drive it; nothing
-here sleeps or reads a clock). The gateway has no RTC, so a clock step
-backwards restarts a confirmation timer instead of stalling it.
+Conditions: every raise names one condition (its `state`), every restore the
+one it ends (`detail.restores`); several thresholds of one point are separate
+conditions. Only a normal state ends the conditions of a state table: a fire
+that turns into a fault stays an active fire (a burnt detector reports fault)
+until the panel says normal, and then each condition gets its own restore.
+Conditions remembered from before a restart (agent.pointstate) seed a tracker:
+the first poll does not raise them again, and restores those that cleared.
+
+Detection times come from the `ts_ms` given to `update`; confirmation timers
+run on a monotonic clock (`mono_s`, default time.monotonic()) because the Pi
+has no RTC and NTP may step the wall clock by hours at any time.
 
 This module must never do I/O and never raise on a value: a state code the
 profile does not know is reported as a fault, not dropped.
@@ -19,12 +27,14 @@ profile does not know is reported as a fault, not dropped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from agent.errors import FieldError
 from agent.events import Category, Event, Kind, Reading, Record, Severity
+from agent.pointstate import ActiveCondition, PointKey
 from drivers.codec import Value, decode, engineering_to_raw_units
 from drivers.profile import Direction, PointSpec, Profile, StateSpec, ThresholdSpec
 from drivers.types import Block, PollClass
@@ -32,6 +42,7 @@ from drivers.types import Block, PollClass
 RESTORED = "恢复"  # appended to a threshold's or a wire break's label on restore
 WIRE_BREAK_STATE = "wire_break"
 WIRE_BREAK_LABEL = "断线"
+DECODE_ERROR_STATE = "decode_error"
 # A broken loop clears only 1 % of the raw span above fault_below, so a current
 # hovering at 3.8 mA cannot chatter between fault and restore.
 WIRE_BREAK_HYSTERESIS = 0.01
@@ -58,7 +69,7 @@ class _Meaning(NamedTuple):
 @dataclass(slots=True)
 class _ThresholdState:
     active: bool = False
-    pending_since: int | None = None
+    pending_since: float | None = None  # monotonic seconds, never the wall clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,23 +81,82 @@ class PointOwner:
     location: str | None = None
 
 
+def _orphan_restore(
+    owner: PointOwner, point: str, point_name: str, cond: ActiveCondition, ts: int, synced: bool
+) -> Event:
+    """The restore of a remembered condition the profile no longer has (a point or a
+    threshold removed while the agent was down): it cannot be observed any more."""
+    return Event(
+        kind=Kind.RESTORE,
+        category=cond.category,
+        severity=Severity.INFO,
+        state="normal",
+        text=f"{owner.device_name} {point_name} {cond.state}{RESTORED}",
+        device=owner.device_id,
+        point=point,
+        ts_ms=ts,
+        clock_synced=synced,
+        device_name=owner.device_name,
+        point_name=point_name,
+        location=owner.location,
+        detail={"restores": cond.condition, "reason": "no longer in the profile"},
+    )
+
+
 class PointTracker:
-    """Event rules of one point. Not thread-safe: one poller owns it."""
+    """Event rules of one point. Not thread-safe: one poller owns it.
+
+    `remembered`: the conditions of this point the platform was told are active
+    before a restart (agent.pointstate), by condition."""
 
     def __init__(
-        self, device_id: str, device_name: str, location: str | None, spec: PointSpec
+        self,
+        device_id: str,
+        device_name: str,
+        location: str | None,
+        spec: PointSpec,
+        remembered: Mapping[str, ActiveCondition] | None = None,
     ) -> None:
         self.owner = PointOwner(device_id, device_name, location)
         self.spec = spec
         self._started = False
         self._stale = False
         self._state: StateSpec | None = None  # state tables and flags: where we are now
+        # State tables and flags: the conditions raised and not yet ended by a normal
+        # state, in the order raised (a fire stays active through a fault).
+        self._held: dict[str, StateSpec] = {}
         self._thresholds = {tid: _ThresholdState() for tid in spec.thresholds}
         self._wire_broken = False
+        self._orphans: list[ActiveCondition] = []  # remembered, but unknown to this spec
         self._last_value: Value | None = None
         self._sent_ts: int | None = None
         self._sent_value: Value | None = None
         self._sent_quality: str | None = None
+        # in the order raised, as they would be held had the agent not restarted
+        for cond in sorted((remembered or {}).values(), key=lambda c: c.since_ms):
+            self._remember(cond)
+
+    def _remember(self, cond: ActiveCondition) -> None:
+        spec = self.spec
+        by_state = {thr.state: tid for tid, thr in spec.thresholds.items()}
+        if spec.states is not None or spec.flag is not None:
+            self._held[cond.condition] = self._state_spec_of(cond)
+        elif cond.condition == WIRE_BREAK_STATE and spec.fault_below is not None:
+            self._wire_broken = True
+        elif cond.condition in by_state:
+            self._thresholds[by_state[cond.condition]].active = True
+        else:
+            self._orphans.append(cond)
+
+    def _state_spec_of(self, cond: ActiveCondition) -> StateSpec:
+        known = list((self.spec.states or {}).values())
+        if self.spec.flag is not None:
+            known.append(self._flag_state(active=True))
+        for state in known:
+            if state.state == cond.condition and not state.normal:
+                return state
+        # e.g. unknown_77, or a code the profile lost: what the event said is enough
+        return StateSpec(cond.state, cond.state, False, cond.kind, cond.category, cond.severity)
 
     # --- what the status display asks -------------------------------------------------
 
@@ -100,31 +170,47 @@ class PointTracker:
 
     @property
     def state(self) -> str:
-        """A one-word summary: the state name, active threshold/wire break, or normal."""
+        """A one-word summary: the state name (and other held conditions), active
+        thresholds, wire break, or normal."""
         if self._stale:
             return "stale"
         if self._wire_broken:
             return WIRE_BREAK_STATE
         if self._state is not None:
-            return self._state.state
+            if self._state.normal:
+                return self._state.state
+            others = [c for c in self._held if c != self._state.state]
+            return ",".join([self._state.state, *others])
         active = [self.spec.thresholds[t].state for t, s in self._thresholds.items() if s.active]
         return ",".join(active) if active else "normal"
 
     # --- input ------------------------------------------------------------------------
 
-    def update(self, value: Value, ts_ms: int, clock_synced: bool = True) -> list[Record]:
-        """Feed one decoded value; returns the events and readings it causes."""
+    def update(
+        self, value: Value, ts_ms: int, clock_synced: bool = True, mono_s: float | None = None
+    ) -> list[Record]:
+        """Feed one decoded value; returns the events and readings it causes.
+        `ts_ms` is the reported detection time; `mono_s` (default time.monotonic())
+        times confirmations, so a wall-clock step can neither confirm nor stall one."""
+        mono = time.monotonic() if mono_s is None else mono_s
         first = not self._started
         self._started = True
         self._stale = False
         self._last_value = value
         out: list[Record] = []
+        if first:
+            owner, spec = self.owner, self.spec
+            out.extend(
+                _orphan_restore(owner, spec.id, spec.name, c, ts_ms, clock_synced)
+                for c in self._orphans
+            )
+            self._orphans = []
         if self.spec.states is not None:
             out.extend(self._update_states(int(value), first, ts_ms, clock_synced))
         elif self.spec.flag is not None:
             out.extend(self._update_flag(bool(value), first, ts_ms, clock_synced))
         elif not isinstance(value, bool):
-            out.extend(self._update_analog(value, ts_ms, clock_synced))
+            out.extend(self._update_analog(value, ts_ms, clock_synced, mono))
         reading = self._telemetry(value, ts_ms, clock_synced)
         if reading is not None:
             out.append(reading)
@@ -143,7 +229,7 @@ class PointTracker:
 
     def _event(
         self, what: _Meaning, value: Value, ts_ms: int, clock_synced: bool, *,
-        restores: str | None = None,
+        detail: dict[str, str] | None = None,
     ) -> Event:  # fmt: skip
         spec = self.spec
         text = f"{self.owner.device_name} {spec.name} {what.label}"
@@ -165,40 +251,51 @@ class PointTracker:
             device_name=self.owner.device_name,
             point_name=spec.name,
             location=self.owner.location,
-            detail={"restores": restores} if restores else None,
+            detail=detail,
         )
 
-    def _enter(self, state: StateSpec, value: Value, ts_ms: int, synced: bool) -> Event:
+    def _enter(
+        self, state: StateSpec, previous: StateSpec | None, value: Value, ts: int, synced: bool
+    ) -> Event:
         assert state.kind is not None
         what = _Meaning(state.kind, state.category, state.severity, state.state, state.label)
-        return self._event(what, value, ts_ms, synced)
+        detail = {"previous": previous.state} if previous is not None else None
+        return self._event(what, value, ts, synced, detail=detail)
 
-    def _leave(self, old: StateSpec, new: StateSpec, value: Value, ts: int, synced: bool) -> Event:
-        # A plain state change (kind "state", e.g. pump running) is not a restore.
-        kind = Kind.STATE if old.kind is Kind.STATE else Kind.RESTORE
-        # Into a normal state the text names it ("恢复", "清除"); into another abnormal
-        # state it says the old condition ended, the next event names the new one.
-        label = new.label if new.normal else old.label + RESTORED
-        what = _Meaning(kind, old.category, Severity.INFO, new.state, label)
-        return self._event(what, value, ts, synced, restores=old.state)
+    def _end_held(self, new: StateSpec, value: Value, ts: int, synced: bool) -> list[Record]:
+        """A normal state ends every held condition, each with its own restore. One
+        condition: the text names the new state ("恢复", "清除"); several: each says
+        which condition ended ("火警恢复", "故障恢复")."""
+        several = len(self._held) > 1
+        out: list[Record] = []
+        for cond in self._held.values():
+            label = cond.label + RESTORED if several else new.label
+            what = _Meaning(Kind.RESTORE, cond.category, Severity.INFO, new.state, label)
+            out.append(self._event(what, value, ts, synced, detail={"restores": cond.state}))
+        self._held.clear()
+        return out
 
     def _transition(
         self, new: StateSpec, first: bool, value: Value, ts: int, synced: bool
     ) -> list[Record]:
         old = self._state
         self._state = new
-        if first or old is None:
-            return [] if new.normal else [self._enter(new, value, ts, synced)]
-        if old == new:
+        if not first and old == new:
             return []
-        out: list[Record] = []
-        if not old.normal:
-            # Leaving an abnormal state always says so, even into another abnormal
-            # one (fire -> isolated): consumers clear the old condition on restore.
-            out.append(self._leave(old, new, value, ts, synced))
-        if not new.normal:
-            out.append(self._enter(new, value, ts, synced))
-        return out
+        if new.normal:
+            out = self._end_held(new, value, ts, synced)
+            if old is not None and old.kind is Kind.STATE:
+                # A plain state change (e.g. pump running -> stopped) is not a restore.
+                what = _Meaning(Kind.STATE, old.category, Severity.INFO, new.state, new.label)
+                out.append(self._event(what, value, ts, synced, detail={"restores": old.state}))
+            return out
+        if first and new.state in self._held:
+            return []  # reported before the restart, and still so: not again
+        if new.kind is not Kind.STATE:
+            self._held[new.state] = new
+        # Abnormal -> abnormal (fire -> fault) ends nothing: only a normal state does.
+        previous = old if old is not None and not old.normal else None
+        return [self._enter(new, previous, value, ts, synced)]
 
     def _update_states(self, code: int, first: bool, ts: int, synced: bool) -> list[Record]:
         assert self.spec.states is not None
@@ -212,22 +309,27 @@ class PointTracker:
         )
         return self._transition(state, first, code, ts, synced)
 
-    def _update_flag(self, active: bool, first: bool, ts: int, synced: bool) -> list[Record]:
+    def _flag_state(self, *, active: bool) -> StateSpec:
         flag = self.spec.flag
         assert flag is not None
         if active:
-            state = StateSpec(
+            return StateSpec(
                 flag.active_state, flag.active_label, False, flag.kind, flag.category,
                 flag.severity,
             )  # fmt: skip
-        else:
-            state = StateSpec(
-                flag.inactive_state, flag.inactive_label, True, None, flag.category,
-                Severity.INFO,
-            )  # fmt: skip
-        return self._transition(state, first, active, ts, synced)
+        return StateSpec(
+            flag.inactive_state, flag.inactive_label, True, None, flag.category, Severity.INFO
+        )
+
+    def _update_flag(self, active: bool, first: bool, ts: int, synced: bool) -> list[Record]:
+        return self._transition(self._flag_state(active=active), first, active, ts, synced)
 
     # --- analogs ----------------------------------------------------------------------
+
+    def _analog_state(self) -> str:
+        """Where an analog point rests: its most severe active threshold, or normal."""
+        active = [t for tid, t in self.spec.thresholds.items() if self._thresholds[tid].active]
+        return min(active, key=lambda t: t.severity.rank).state if active else "normal"
 
     def _wire_break(self, value: float | int, ts: int, synced: bool) -> list[Record]:
         spec = self.spec
@@ -247,12 +349,12 @@ class PointTracker:
                 Kind.FAULT, spec.category, Severity.MINOR, WIRE_BREAK_STATE, WIRE_BREAK_LABEL
             )
             return [self._event(what, value, ts, synced)]
-        what = _Meaning(
-            Kind.RESTORE, spec.category, Severity.INFO, "normal", WIRE_BREAK_LABEL + RESTORED
-        )
-        return [self._event(what, value, ts, synced, restores=WIRE_BREAK_STATE)]
+        label = WIRE_BREAK_LABEL + RESTORED
+        what = _Meaning(Kind.RESTORE, spec.category, Severity.INFO, self._analog_state(), label)
+        return [self._event(what, value, ts, synced, detail={"restores": WIRE_BREAK_STATE})]
 
-    def _threshold(self, thr: ThresholdSpec, value: float, ts: int, synced: bool) -> Event | None:
+    def _threshold_step(self, thr: ThresholdSpec, value: float, mono: float) -> bool | None:
+        """True when the threshold trips now, False when it clears now, else None."""
         st = self._thresholds[thr.id]
         above = thr.direction is Direction.ABOVE
         if st.active:
@@ -260,24 +362,22 @@ class PointTracker:
             if (value >= limit) if above else (value <= limit):
                 return None  # inside the hysteresis band: still active
             st.active = False
-            what = _Meaning(
-                Kind.RESTORE, thr.category, Severity.INFO, "normal", thr.label + RESTORED
-            )
-            return self._event(what, value, ts, synced, restores=thr.state)
+            return False
         tripped = value >= thr.value if above else value <= thr.value
         if not tripped:
             st.pending_since = None  # the condition dropped out: the timer restarts
             return None
-        if st.pending_since is None or ts < st.pending_since:
-            st.pending_since = ts  # a clock step backwards restarts, never stalls
-        if ts - st.pending_since < thr.confirm_s * 1000:
+        if st.pending_since is None or mono < st.pending_since:
+            st.pending_since = mono
+        if mono - st.pending_since < thr.confirm_s:
             return None
         st.active = True
         st.pending_since = None
-        what = _Meaning(thr.kind, thr.category, thr.severity, thr.state, thr.label)
-        return self._event(what, value, ts, synced)
+        return True
 
-    def _update_analog(self, value: float | int, ts: int, synced: bool) -> list[Record]:
+    def _update_analog(
+        self, value: float | int, ts: int, synced: bool, mono: float
+    ) -> list[Record]:
         out = self._wire_break(value, ts, synced)
         if self._wire_broken:
             # A broken loop reads as "0 MPa": thresholds hold their state until
@@ -285,10 +385,21 @@ class PointTracker:
             for st in self._thresholds.values():
                 st.pending_since = None
             return out
-        for thr in self.spec.thresholds.values():
-            event = self._threshold(thr, value, ts, synced)
-            if event is not None:
-                out.append(event)
+        # Decide every threshold first: a restore names the state the point rests in
+        # after this poll (high -> low restores "high" into "low_alarm", not "normal").
+        steps = [
+            (thr, self._threshold_step(thr, value, mono)) for thr in self.spec.thresholds.values()
+        ]
+        for thr, tripped in steps:
+            if tripped is True:
+                what = _Meaning(thr.kind, thr.category, thr.severity, thr.state, thr.label)
+                out.append(self._event(what, value, ts, synced))
+            elif tripped is False:
+                label = thr.label + RESTORED
+                what = _Meaning(
+                    Kind.RESTORE, thr.category, Severity.INFO, self._analog_state(), label
+                )
+                out.append(self._event(what, value, ts, synced, detail={"restores": thr.state}))
         return out
 
     # --- telemetry --------------------------------------------------------------------
@@ -327,23 +438,51 @@ class DevicePoints:
     """The trackers of every point of one device (its profile with overrides applied):
     decodes a poll's blocks and runs each point's rules. A point that cannot be
     decoded from the blocks raises one fault event, and a restore once it decodes
-    again; the other points carry on."""
+    again; the other points carry on.
+
+    `remembered`: PointStateStore.load() (every device's; this one picks its own)."""
 
     def __init__(
-        self, device_id: str, device_name: str, location: str | None, profile: Profile
+        self,
+        device_id: str,
+        device_name: str,
+        location: str | None,
+        profile: Profile,
+        remembered: Mapping[PointKey, Mapping[str, ActiveCondition]] | None = None,
     ) -> None:
         self.owner = PointOwner(device_id, device_name, location)
-        self.trackers = {
-            pid: PointTracker(device_id, device_name, location, spec)
-            for pid, spec in profile.points.items()
-        }
         self._undecodable: set[str] = set()
+        self.trackers: dict[str, PointTracker] = {}
+        mine = {p: c for (d, p), c in (remembered or {}).items() if d == device_id}
+        for pid, spec in profile.points.items():
+            conds = dict(mine.get(pid, {}))
+            if conds.pop(DECODE_ERROR_STATE, None) is not None:
+                self._undecodable.add(pid)  # reported before: restored when it decodes
+            self.trackers[pid] = PointTracker(device_id, device_name, location, spec, conds)
+        # Points removed from the profile (or disabled) while conditions were active:
+        # they will never be polled, so their restores go out with the first poll.
+        self._orphans = [
+            (pid, cond)
+            for pid, conds in mine.items()
+            if pid is not None and pid not in profile.points
+            for cond in conds.values()
+        ]
 
     def update(
-        self, poll: PollClass, blocks: Iterable[Block], ts_ms: int, clock_synced: bool = True
+        self,
+        poll: PollClass,
+        blocks: Iterable[Block],
+        ts_ms: int,
+        clock_synced: bool = True,
+        mono_s: float | None = None,
     ) -> list[Record]:
+        mono = time.monotonic() if mono_s is None else mono_s
         block_list = list(blocks)
-        out: list[Record] = []
+        out: list[Record] = [
+            _orphan_restore(self.owner, pid, pid, cond, ts_ms, clock_synced)
+            for pid, cond in self._orphans
+        ]
+        self._orphans = []
         for pid, tracker in self.trackers.items():
             if tracker.spec.poll is not poll:
                 continue
@@ -355,7 +494,7 @@ class DevicePoints:
             if pid in self._undecodable:
                 self._undecodable.discard(pid)
                 out.append(self._decode_event(tracker, ts_ms, clock_synced))
-            out.extend(tracker.update(value, ts_ms, clock_synced))
+            out.extend(tracker.update(value, ts_ms, clock_synced, mono))
         return out
 
     def mark_stale(self) -> None:
@@ -379,7 +518,7 @@ class DevicePoints:
             kind=Kind.FAULT if failed else Kind.RESTORE,
             category=Category.SYSTEM,
             severity=Severity.MINOR if failed else Severity.INFO,
-            state="decode_error" if failed else "normal",
+            state=DECODE_ERROR_STATE if failed else "normal",
             text=f"{self.owner.device_name} {tracker.spec.name} "
             + ("数据无法解析" if failed else "数据恢复"),
             device=self.owner.device_id,
@@ -389,5 +528,5 @@ class DevicePoints:
             device_name=self.owner.device_name,
             point_name=tracker.spec.name,
             location=self.owner.location,
-            detail={"reason": reason} if failed else {"restores": "decode_error"},
+            detail={"reason": reason} if failed else {"restores": DECODE_ERROR_STATE},
         )

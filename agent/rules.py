@@ -6,7 +6,10 @@ hears of it, and the status LED tells a passer-by that the uplink is down.
 
 - `AlarmRule`: any active (not yet restored) life-safety alarm sounds the
   buzzer until someone silences it or every such alarm is restored; a NEW
-  alarm after silencing sounds it again.
+  alarm after silencing sounds it again. Alarms are kept per condition
+  (device, point, condition — see agent.pointstate.condition_of): a gas
+  detector's high alarm restoring leaves its low alarm sounding, and a fire
+  that turns into a fault is still a fire until its own restore comes.
 - `UplinkLedRule`: LED steady while the uplink is connected, blinking while
   it is not (including before the first connection).
 - `contact_event`: a debounced contact change -> an Event for the buffer.
@@ -20,11 +23,12 @@ each holds a lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from agent.errors import ConfigError, ConfigProblem
 from agent.events import LIFE_SAFETY, Category, Event, Kind, Severity
+from agent.pointstate import ActiveCondition, PointKey, condition_of
 
 if TYPE_CHECKING:
     from drivers.gpio import ContactChange
@@ -36,7 +40,12 @@ RULE_UPLINK_DOWN_BLINK = "uplink-down-blink"
 RULE_NONE = "none"  # an output no rule drives (a relay driven by commands later)
 KNOWN_RULES = frozenset({RULE_ALARM, RULE_UPLINK_DOWN_BLINK, RULE_NONE})
 
-_KIND_WORD = {Kind.ALARM: "报警", Kind.FAULT: "故障", Kind.RESTORE: "恢复"}
+_KIND_WORD = {
+    Kind.ALARM: "报警",
+    Kind.FAULT: "故障",
+    Kind.SUPERVISORY: "监管",
+    Kind.RESTORE: "恢复",
+}
 
 
 class Switchable(Protocol):
@@ -57,7 +66,7 @@ class ContactSpec(Protocol):
     @property
     def pin(self) -> int: ...
     @property
-    def kind(self) -> str: ...  # "state" | "alarm" | "fault"
+    def kind(self) -> str: ...  # "state" | "alarm" | "fault" | "supervisory"
     @property
     def category(self) -> str: ...
     @property
@@ -68,7 +77,8 @@ class ContactSpec(Protocol):
     def inactive_state(self) -> str: ...
 
 
-AlarmKey = tuple[str, str | None]  # (device, point): a RESTORE clears the same key
+# (device, point, condition): a RESTORE clears the key of the condition it names
+AlarmKey = tuple[str, str | None, str | None]
 
 
 class AlarmRule:
@@ -85,7 +95,7 @@ class AlarmRule:
         """Feed every event; only alarms and restores change anything."""
         if event.test:
             return  # a test transmission must not sound an evacuation buzzer
-        key = (event.device, event.point)
+        key = (event.device, event.point, condition_of(event))
         with self._lock:
             if event.kind is Kind.ALARM:
                 is_new = key not in self._active
@@ -93,9 +103,31 @@ class AlarmRule:
                 if is_new and event.category in LIFE_SAFETY:
                     self._silenced = False  # a new alarm (also after all clear) sounds again
             elif event.kind is Kind.RESTORE:
-                self._active.pop(key, None)
+                self._restore_locked(key)
             else:
-                return
+                return  # a fault after a fire (fire -> fault) leaves the fire sounding
+            self._apply_locked()
+
+    def _restore_locked(self, key: AlarmKey) -> None:
+        device, point, condition = key
+        if condition is not None:
+            self._active.pop(key, None)
+            return
+        # A restore that does not say what it restores ends every alarm of its point.
+        for active in [k for k in self._active if k[:2] == (device, point)]:
+            del self._active[active]
+
+    def remember(self, remembered: Mapping[PointKey, Mapping[str, ActiveCondition]]) -> None:
+        """Alarms reported before a restart (PointStateStore.load()): the point rules
+        will not raise them again, so they must sound from here. A silence before
+        the restart is forgotten: an alarm still active after a power cut sounds."""
+        with self._lock:
+            for (device, point), conds in remembered.items():
+                for cond in conds.values():
+                    if cond.kind is not Kind.ALARM:
+                        continue
+                    key = (device, point, cond.condition)
+                    self._active.setdefault(key, _remembered_alarm(device, point, cond))
             self._apply_locked()
 
     def silence(self) -> bool:
@@ -135,6 +167,21 @@ class AlarmRule:
                 buzzer.on()
             else:
                 buzzer.off()
+
+
+def _remembered_alarm(device: str, point: str | None, cond: ActiveCondition) -> Event:
+    """Stands for the alarm event the agent sent before it restarted."""
+    return Event(
+        kind=Kind.ALARM,
+        category=cond.category,
+        severity=cond.severity,
+        state=cond.state,
+        text=f"{device} {point or ''} {cond.state}（重启前已报）",
+        device=device,
+        point=point,
+        ts_ms=cond.since_ms,
+        detail={"remembered": True},
+    )
 
 
 class UplinkLedRule:
@@ -190,6 +237,9 @@ class LocalRules:
     def uplink_changed(self, connected: bool) -> None:
         self.uplink_led.uplink_changed(connected)
 
+    def remember(self, remembered: Mapping[PointKey, Mapping[str, ActiveCondition]]) -> None:
+        self.alarm.remember(remembered)
+
     def silence(self) -> bool:
         return self.alarm.silence()
 
@@ -200,14 +250,21 @@ class LocalRules:
 def contact_event(cfg: ContactSpec, change: ContactChange, clock_synced: bool) -> Event:
     """The event a debounced contact change raises.
 
-    kind "alarm"/"fault" inputs raise ALARM/FAULT when active and RESTORE when
-    inactive; kind "state" inputs raise STATE both ways. The input's severity
-    applies to the active side; a restore or return to the inactive state is INFO.
+    kind "alarm"/"fault"/"supervisory" inputs (a sprinkler flow switch is
+    supervisory) raise ALARM/FAULT/SUPERVISORY when active and RESTORE (with
+    `detail.restores` = the active state) when inactive; kind "state" inputs
+    raise STATE both ways. The input's severity applies to the active side; a
+    restore or return to the inactive state is INFO.
     """
     kind = _contact_kind(Kind(cfg.kind), change.active)
     state = cfg.active_state if change.active else cfg.inactive_state
     severity = Severity(cfg.severity) if change.active else Severity.INFO
     word = _KIND_WORD.get(kind)
+    detail: dict[str, object] = {"pin": cfg.pin}
+    if change.initial:
+        detail["initial"] = True
+    if kind is Kind.RESTORE:
+        detail["restores"] = cfg.active_state
     text = f"{cfg.name}：{state}" + (f"（{word}）" if word else "")
     return Event(
         kind=kind,
@@ -221,12 +278,12 @@ def contact_event(cfg: ContactSpec, change: ContactChange, clock_synced: bool) -
         ts_ms=change.ts_ms,
         clock_synced=clock_synced,
         point_name=cfg.name,
-        detail={"pin": cfg.pin, "initial": True} if change.initial else {"pin": cfg.pin},
+        detail=detail,
     )
 
 
 def _contact_kind(configured: Kind, active: bool) -> Kind:
-    if configured in (Kind.ALARM, Kind.FAULT):
+    if configured in (Kind.ALARM, Kind.FAULT, Kind.SUPERVISORY):
         return configured if active else Kind.RESTORE
     if configured is Kind.STATE:
         return Kind.STATE

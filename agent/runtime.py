@@ -39,7 +39,8 @@ from agent.errors import AlarmgwError, FieldError, UnknownPoint
 from agent.events import Category, Event, Kind, Lane, Record, Severity, now_ms
 from agent.journal import setup_logging
 from agent.points import DevicePoints
-from agent.rules import LocalRules, contact_event
+from agent.pointstate import COMM, PointStateStore
+from agent.rules import GPIO_DEVICE, LocalRules, contact_event
 from agent.uplink import Uplink
 from drivers.gpio import ContactChange, GpioBank
 from drivers.line import CommChange, DevicePoll, Line, PollResult
@@ -69,6 +70,8 @@ class DeviceRuntime:
     lost: bool = False
     last_good_ms: int | None = None
     last_failure: str = ""
+    # reported lost before a restart and not restored yet: the first good poll restores it
+    remembered_lost: bool = False
 
 
 def _system_event(
@@ -114,11 +117,16 @@ class Gateway:
             commands=self.commands.handle,
             on_state=self._uplink_changed,
         )
+        # What the platform was told is active, across restarts (alarms, faults, comm loss).
+        self.pointstate = PointStateStore(cfg.buffer.path.with_name("pointstate.db"))
+        self._remembered = self.pointstate.load()
         self.field_devices: dict[str, DeviceRuntime] = {}
         for dev in cfg.devices:
             profile = apply_overrides(cfg.profiles[dev.profile], dev.points)
-            points = DevicePoints(dev.id, dev.name, dev.location, profile)
-            self.field_devices[dev.id] = DeviceRuntime(dev, profile, points)
+            points = DevicePoints(dev.id, dev.name, dev.location, profile, self._remembered)
+            runtime = DeviceRuntime(dev, profile, points)
+            runtime.remembered_lost = COMM in self._remembered.get((dev.id, None), {})
+            self.field_devices[dev.id] = runtime
         self.lines: dict[str, Line] = {}
         self.gpio: GpioBank | None = None
         self.rules = LocalRules([])
@@ -133,7 +141,9 @@ class Gateway:
         self._closing = False
         self._uplink_since_ms: int | None = None  # when the uplink last connected or dropped
         self._rules_lock = threading.Lock()
-        self._field_queue: queue.SimpleQueue[PollResult | CommChange | None] = queue.SimpleQueue()
+        self._field_queue: queue.SimpleQueue[PollResult | CommChange | Event | None] = (
+            queue.SimpleQueue()
+        )
         self._points_alive = time.monotonic()
         self._points_thread = threading.Thread(
             target=self._points_worker, name="points", daemon=True
@@ -166,6 +176,7 @@ class Gateway:
                 log.exception("local rules failed on event %s", event.id)
 
     def _rules_built(self, rules: LocalRules) -> None:
+        rules.remember(self._remembered)  # alarms still active from before a restart sound
         with self._rules_lock:
             self.rules = rules
             self._rules_ready = True
@@ -181,6 +192,10 @@ class Gateway:
         record = future.result()
         if not isinstance(record, Event):
             return
+        if not self.buffer.degraded:
+            # only what is durably queued counts as reported; a held (full-disk) event may
+            # be lost in a restart, so its condition must then be raised again
+            self._field_queue.put(record)
         payload = record.to_payload(self.cfg.identity)
         with self._recent_lock:
             self.recent.append(payload)
@@ -213,20 +228,58 @@ class Gateway:
             if out is None:
                 return
             try:
-                self._field_result(out)
+                if isinstance(out, Event):
+                    self._remember_reported(out)
+                else:
+                    self._field_result(out)
             except Exception:  # one bad result must not stop every later one
-                log.exception("device %s: result could not be processed", out.device_id)
+                log.exception("points thread: %r could not be processed", type(out).__name__)
+
+    def _remember_reported(self, first: Event) -> None:
+        """Record stored events in the point-state store, a burst in one transaction."""
+        batch = [first]
+        while True:
+            try:
+                more = self._field_queue.get_nowait()
+            except queue.Empty:
+                break
+            if not isinstance(more, Event):
+                self._field_queue.put(more)  # rare: keep it for the next round
+                break
+            batch.append(more)
+        self.pointstate.record(batch)
+
+    def _drain_reported(self) -> None:
+        """At shutdown: events stored after the points thread stopped are still recorded."""
+        left = []
+        while True:
+            try:
+                item = self._field_queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, Event):
+                left.append(item)
+        self.pointstate.record(left)
 
     def _field_result(self, out: PollResult | CommChange) -> None:
         dev = self.field_devices.get(out.device_id)
         if dev is None:
             return
         synced = self.clock_synced()
+        records: list[Record] = []
         if isinstance(out, PollResult):
             dev.last_good_ms = out.ts_ms
-            records = dev.points.update(out.poll_class, out.blocks, out.ts_ms, synced)
+            if dev.remembered_lost:  # lost before a restart, answering now
+                dev.remembered_lost = False
+                records.append(self._comm_event(dev, _answering(out), synced))
+            records += dev.points.update(out.poll_class, out.blocks, out.ts_ms, synced)
+        elif out.lost and dev.remembered_lost:
+            dev.remembered_lost = False  # still lost: the platform knows already
+            dev.lost = True
+            dev.last_failure = out.reason
+            dev.points.mark_stale()
         else:
-            records = [self._comm_event(dev, out, synced)]
+            records.append(self._comm_event(dev, out, synced))
         for record in records:
             self.emit(record)
 
@@ -282,6 +335,10 @@ class Gateway:
             retries=line.retries if cfg.retries is None else cfg.retries,
             comm_fault_after=cfg.comm_fault_after,
             backoff_max_s=cfg.backoff_max_s,
+            # writes stay off unless the site's config made a point writable
+            writable=frozenset(
+                (spec.table, spec.address) for spec in dev.profile.points.values() if spec.writable
+            ),
         )
 
     def _start_lines(self) -> None:
@@ -333,8 +390,11 @@ class Gateway:
         cfg = self._input_cfg.get(change.input_id)
         if cfg is None:
             return
-        if change.initial and not change.active:
-            return  # a contact at rest at boot is not news; an active one at boot is
+        reported = self._remembered.get((GPIO_DEVICE, cfg.id), {})
+        if change.initial and not change.active and not reported:
+            return  # a contact at rest at boot is not news (unless it was reported active)
+        if change.initial and change.active and cfg.active_state in reported:
+            return  # reported before a restart and still active: the platform knows
         try:  # runs in the GPIO settle thread: nothing may escape, or later edges die too
             self.emit(contact_event(cfg, change, self.clock_synced()))
         except Exception:
@@ -585,6 +645,7 @@ class Gateway:
             self._loop.add_signal_handler(sig, self._stop.set)
         self.buffer.start()
         try:
+            self._restore_gateway_conditions()
             self._start_gpio()
             self._start_lines()
             self.uplink.start()
@@ -612,6 +673,27 @@ class Gateway:
         finally:
             await self._shutdown()
         return 0
+
+    def _restore_gateway_conditions(self) -> None:
+        """A restart re-evaluates the gateway's own health (clock, GPIO, control socket):
+        what was reported before is restored now and raised again if it still holds."""
+        for (device, point), conds in self._remembered.items():
+            if device != GATEWAY_DEVICE_ID:
+                continue
+            for cond in conds.values():
+                self.emit(
+                    Event(
+                        kind=Kind.RESTORE,
+                        category=cond.category,
+                        severity=Severity.INFO,
+                        state="normal",
+                        text=f"网关重启，重新检测：{cond.state}",
+                        device=device,
+                        point=point,
+                        clock_synced=self.clock_synced(),
+                        detail={"restores": cond.condition, "reason": "restart"},
+                    )
+                )
 
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None:
@@ -651,9 +733,15 @@ class Gateway:
         if self.gpio is not None:
             self.gpio.close()
         self.buffer.close()
+        self._drain_reported()
+        self.pointstate.close()
         if self._loop is not None:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.remove_signal_handler(sig)
+
+
+def _answering(result: PollResult) -> CommChange:
+    return CommChange(result.device_id, lost=False, reason="", failures=0, ts_ms=result.ts_ms)
 
 
 def _alive_of(line: Line) -> Callable[[], float]:

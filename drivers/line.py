@@ -6,7 +6,16 @@ inter-frame gap between the end of one exchange and the next request, applies
 each device's timeout and retries, counts every failure by its typed reason,
 raises comm-loss after `comm_fault_after` consecutive failed polls and
 comm-restore on the first good one, and backs a lost device off exponentially
-so that a dead device cannot starve the live ones. Live reads and writes
+so that a dead device cannot starve the live ones.
+
+One failed request never throws away a poll: every request of a healthy
+device's poll is sent, the blocks that came back are handed on (with the
+failed requests listed, so their points can raise a decode fault). A Modbus
+exception answer proves the device is there: it never counts toward comm
+loss. A poll fails only when no request got any valid answer. A device that
+failed its last poll is probed more cheaply: the poll stops at its first
+unanswered request, and the request tried first rotates so that a device that
+stays silent on one block still shows it is back through the others. Live reads and writes
 (`read_now`, `write_register`, `write_coil`) go through the same owner queue:
 nothing else may open the port.
 
@@ -26,15 +35,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from agent.errors import Disconnected, FieldError, UnknownPoint
+from agent.errors import Disconnected, FieldError, ModbusException, UnknownPoint, WriteNotAllowed
 from drivers.modbus import ModbusLink
-from drivers.types import Block, PollClass, ReadRequest
+from drivers.types import Block, PollClass, ReadRequest, Table
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_IDLE_WAIT_S = 0.5  # the loop wakes at least this often so `alive` keeps moving
 REOPEN_DELAY_S = 1.0  # a port that failed to open is not retried sooner (no busy loop)
+# exception codes that mean "ask again later" (acknowledge, server busy): worth a retry;
+# any other exception (illegal address...) will not change on a retry
+RETRY_EXCEPTION_CODES = frozenset({5, 6})
 
 
 @dataclass(frozen=True)
@@ -51,16 +63,24 @@ class DevicePoll:
     retries: int
     comm_fault_after: int
     backoff_max_s: float
+    # (table, address) pairs that may be written; anything else raises WriteNotAllowed
+    writable: frozenset[tuple[Table, int]] = frozenset()
 
 
 @dataclass(frozen=True)
 class PollResult:
-    """Every block of one poll of one device, read successfully at `ts_ms` (UTC ms)."""
+    """One poll of one device at `ts_ms` (UTC ms): the blocks read, and what failed.
+
+    `failed` lists each request that got no usable block, with the failure
+    reason and message ("timeout: ...", "exception: Modbus exception code 2");
+    points in those blocks cannot be decoded this time.
+    """
 
     device_id: str
     poll_class: PollClass
     blocks: list[Block]
     ts_ms: int
+    failed: list[tuple[ReadRequest, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -109,6 +129,8 @@ class DeviceState:
     failures: Counter[str] = field(default_factory=Counter)
     polls_ok: int = 0
     polls_failed: int = 0
+    polls_partial: int = 0  # counted in polls_ok too: some request of the poll failed
+    probe_start: int = 0  # where a failing device's next probe starts (rotates)
 
     def requests(self, poll_class: PollClass) -> list[ReadRequest]:
         return self.poll.fast if poll_class is PollClass.FAST else self.poll.slow
@@ -125,6 +147,21 @@ class _Command:
 
     run: Callable[[], Awaitable[Any]]
     future: asyncio.Future[Any]
+
+
+@dataclass
+class _PollOutcome:
+    """What one poll's requests brought back."""
+
+    blocks: list[Block] = field(default_factory=list)
+    failed: list[tuple[ReadRequest, str]] = field(default_factory=list)
+    answered: bool = False  # some request got a block or a Modbus exception answer
+    last_error: FieldError | None = None
+
+
+def _worth_retrying(exc: FieldError) -> bool:
+    """Retry silence and damage; of exception answers only "busy, ask again"."""
+    return not isinstance(exc, ModbusException) or exc.code in RETRY_EXCEPTION_CODES
 
 
 def _wall_ms() -> int:
@@ -194,13 +231,17 @@ class Line:
     # --- public queries ---------------------------------------------------
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """Per device: failed attempts by reason, polls_ok, polls_failed, lost, backoff_ms."""
+        """Per device: failed attempts by reason, polls_ok/failed/partial, lost, backoff_ms.
+
+        "exception" counts Modbus exception answers: they are not comm failures.
+        """
         out: dict[str, dict[str, int]] = {}
         for device_id, st in self._devices.items():
             row = dict(st.failures)
             row.update(
                 polls_ok=st.polls_ok,
                 polls_failed=st.polls_failed,
+                polls_partial=st.polls_partial,
                 lost=int(st.lost),
                 backoff_ms=round(st.backoff_s * 1000),
             )
@@ -225,8 +266,8 @@ class Line:
         return await self._submit(run)
 
     async def write_register(self, device_id: str, address: int, value: int) -> None:
-        """FC06 through the owner; the caller has checked the point is writable."""
-        st = self._state(device_id)
+        """FC06 through the owner; WriteNotAllowed unless the register is declared writable."""
+        st = self._writable_state(device_id, Table.HOLDING, address)
 
         async def run() -> None:
             await self._paced(
@@ -236,8 +277,8 @@ class Line:
         await self._submit(run)
 
     async def write_coil(self, device_id: str, address: int, value: bool) -> None:
-        """FC05 through the owner; the caller has checked the point is writable."""
-        st = self._state(device_id)
+        """FC05 through the owner; WriteNotAllowed unless the coil is declared writable."""
+        st = self._writable_state(device_id, Table.COIL, address)
 
         async def run() -> None:
             await self._paced(
@@ -253,6 +294,16 @@ class Line:
         self._commands.put_nowait(_Command(run, future))
         self._wakeup.set()
         return await future
+
+    def _writable_state(self, device_id: str, table: Table, address: int) -> DeviceState:
+        """The device, if (table, address) is explicitly writable on it: a second line of
+        defence behind the point config, so no code path can write what nobody declared."""
+        st = self._state(device_id)
+        if (table, address) not in st.poll.writable:
+            raise WriteNotAllowed(
+                f"{table} {address} on device {device_id!r} is not declared writable"
+            )
+        return st
 
     def _state(self, device_id: str) -> DeviceState:
         try:
@@ -332,17 +383,38 @@ class Line:
         due = st.next_due[poll_class] + period
         # a line that fell behind skips the missed slots instead of bursting to catch up
         st.next_due[poll_class] = due if due > started else started + period
-        try:
-            blocks = [
-                await self._exchange_with_retries(st, req, st.poll.timeout_s)
-                for req in st.requests(poll_class)
-            ]
-        except FieldError as exc:
-            self._poll_failed(st, exc)
+        outcome = await self._read_all(st, st.requests(poll_class))
+        if outcome.answered:
+            self._poll_succeeded(st, poll_class, outcome.blocks, outcome.failed)
         else:
-            self._poll_succeeded(st, poll_class, blocks)
+            assert outcome.last_error is not None
+            self._poll_failed(st, outcome.last_error)
         if poll_class is PollClass.FAST:
             self._account_cycle(st.poll.device_id, time.monotonic() - started)
+
+    async def _read_all(self, st: DeviceState, requests: list[ReadRequest]) -> _PollOutcome:
+        """Send every request of a poll; a failing device's probe stops at its first silence."""
+        outcome = _PollOutcome()
+        probing = st.consecutive_failures > 0 or st.lost
+        start = st.probe_start % len(requests) if probing and requests else 0
+        if probing:  # the next probe starts one request further on
+            st.probe_start = start + 1
+        order = requests[start:] + requests[:start]
+        for i, req in enumerate(order):
+            try:
+                outcome.blocks.append(await self._exchange_with_retries(st, req, st.poll.timeout_s))
+                outcome.answered = True
+            except ModbusException as exc:  # an answer: the device is there
+                outcome.answered = True
+                outcome.failed.append((req, f"{exc.reason}: {exc}"))
+            except FieldError as exc:
+                outcome.failed.append((req, f"{exc.reason}: {exc}"))
+                outcome.last_error = exc
+                if isinstance(exc, Disconnected) or (probing and not outcome.answered):
+                    # port gone, or still silent: no timeout per request on it
+                    outcome.failed.extend((r, f"skipped: {exc.reason}") for r in order[i + 1 :])
+                    break
+        return outcome
 
     async def _exchange_with_retries(
         self, st: DeviceState, req: ReadRequest, timeout_s: float
@@ -363,7 +435,7 @@ class Line:
                     attempts,
                     exc,
                 )
-                if attempt + 1 == attempts:
+                if attempt + 1 == attempts or not _worth_retrying(exc):
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -384,8 +456,16 @@ class Line:
         finally:
             self._last_exchange_end = time.monotonic()
 
-    def _poll_succeeded(self, st: DeviceState, poll_class: PollClass, blocks: list[Block]) -> None:
+    def _poll_succeeded(
+        self,
+        st: DeviceState,
+        poll_class: PollClass,
+        blocks: list[Block],
+        failed: list[tuple[ReadRequest, str]],
+    ) -> None:
         st.polls_ok += 1
+        st.polls_partial += bool(failed)
+        st.probe_start = 0
         if st.lost:
             st.lost = False
             log.warning(
@@ -403,7 +483,7 @@ class Line:
             st.next_due = {PollClass.FAST: now, PollClass.SLOW: now}
         st.consecutive_failures = 0
         st.backoff_s = 0.0
-        self._sink(PollResult(st.poll.device_id, poll_class, blocks, self._wall_ms()))
+        self._sink(PollResult(st.poll.device_id, poll_class, blocks, self._wall_ms(), failed))
 
     def _poll_failed(self, st: DeviceState, exc: FieldError) -> None:
         st.polls_failed += 1

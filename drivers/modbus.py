@@ -22,6 +22,19 @@ pyserial port / asyncio stream that we drive, and classifies every answer
 itself. pymodbus API churn (it renamed `slave=` to `device_id=` in 3.10) thus
 touches this file only.
 
+Timing: an RTU answer's deadline is `timeout_s` counted from the moment the
+expected answer should have finished arriving, i.e. after our request's wire
+time plus the full expected answer's wire time (bytes x character time). So
+`timeout_s` is the device's think time plus slack, independent of the baud rate
+and block size: a 125-register answer at 2400 baud takes ~1.1 s on the wire and
+is still accepted with the default 0.5 s timeout. Writing the request is bounded
+too: a port that stops draining (flow control stuck, adapter hung) fails with
+Disconnected after `timeout_s` instead of hanging the line owner.
+
+A link that breaks (adapter unplugged, tty hung up, any unexpected error) is
+closed at once, so the next request reopens it; the caller paces reopening.
+A persistent failure is logged once, and once more when the link works again.
+
 This module must never retry, sleep between requests, or decide what a failure
 means for a device: that is the line owner's job (drivers/line.py). It must
 never block the event loop: all waits are asyncio waits with a deadline.
@@ -31,9 +44,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import struct
+import termios
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -78,6 +93,8 @@ _READ_PDU = {
     Table.INPUT: ReadInputRegistersRequest,
 }
 _DECODER = DecodePDU(is_server=False)
+# what a dead or unplugged port raises from the OS, termios or pyserial
+_PORT_ERRORS: tuple[type[Exception], ...] = (OSError, termios.error, serial.SerialException)
 
 
 # --- pure codec (bytes in, bytes or typed error out; testable with literal hex) ---
@@ -131,6 +148,22 @@ def _answer_length(buf: bytes, offset: int, fc: int) -> int | None:
     if len(buf) < offset + 3:
         return None
     return 3 + buf[offset + 2] + 2
+
+
+def expected_answer_length(pdu: bytes) -> int:
+    """RTU bytes of the normal answer to a request PDU (unit + PDU + CRC).
+
+    Reads answer unit, fc, byte count, data, CRC; single writes echo 8 bytes.
+    An unknown function code gets the longest possible frame (never too short a wait).
+    """
+    fc = pdu[0]
+    if fc in (FC_WRITE_COIL, FC_WRITE_REGISTER):
+        return 8
+    if len(pdu) >= 5 and fc in (1, 2, 3, 4):
+        count = int.from_bytes(pdu[3:5], "big")
+        data = (count + 7) // 8 if fc in (1, 2) else 2 * count
+        return 5 + data
+    return 256
 
 
 def scan_rtu_answer(buf: bytes, unit: int, fc: int) -> bytes | None:
@@ -251,17 +284,41 @@ class ModbusLink(ABC):
         check_write_answer(pdu, await self._guarded(unit, pdu, timeout_s))
 
     async def _guarded(self, unit: int, pdu: bytes, timeout_s: float) -> bytes:
-        await self.open()
+        """Open if needed and exchange; a broken link is closed and becomes Disconnected."""
         try:
-            return await self._exchange(unit, pdu, pdu[0], timeout_s)
-        except FieldError:
+            await self.open()
+            answer = await self._exchange(unit, pdu, pdu[0], timeout_s)
+        except Disconnected as exc:
+            await self._broken(exc, unexpected=False)
             raise
-        except OSError as exc:
-            await self.close()
-            raise Disconnected(f"{self.name}: {exc}") from exc
+        except FieldError:
+            self._works()  # the device answered, if badly: the link itself is fine
+            raise
+        except _PORT_ERRORS as exc:
+            raise await self._broken(Disconnected(f"{self.name}: {exc}"), unexpected=False) from exc
         except Exception as exc:  # a library surprise must become a typed error, not a crash
-            log.exception("%s: unexpected error in a Modbus exchange", self.name)
-            raise Garbage(f"{self.name}: unexpected {type(exc).__name__}: {exc}") from exc
+            error = Disconnected(f"{self.name}: unexpected {type(exc).__name__}: {exc}")
+            raise await self._broken(error, unexpected=True) from exc
+        self._works()
+        return answer
+
+    # a persistent failure is logged once and its end once: not a line per exchange
+    _failing: str | None = None
+
+    async def _broken(self, error: Disconnected, *, unexpected: bool) -> Disconnected:
+        """Close the link (the next request reopens it) and log the first failure of a run."""
+        await self.close()
+        if self._failing is None:
+            log.warning(
+                "%s: link failed, closed for reopening: %s", self.name, error, exc_info=unexpected
+            )
+        self._failing = str(error)
+        return error
+
+    def _works(self) -> None:
+        if self._failing is not None:
+            log.warning("%s: link works again (was: %s)", self.name, self._failing)
+            self._failing = None
 
 
 class RtuLink(ModbusLink):
@@ -337,22 +394,34 @@ class RtuLink(ModbusLink):
         except BlockingIOError:
             return
         except OSError as exc:  # adapter unplugged: stop listening, report on next wait
-            self._rx_error = exc
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._serial.fileno())
-            data = b""
+            self._lose_port(exc)
+            return
+        if not data:  # end of file: the tty was hung up (USB adapter gone); never spin on it
+            self._lose_port(OSError(errno.EIO, "port hung up (end of file)"))
+            return
         self._rx += data
         self._rx_event.set()
 
+    def _lose_port(self, error: OSError) -> None:
+        self._rx_error = error
+        if self._serial is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._serial.fileno())
+        self._rx_event.set()
+
     def _discard_stale_input(self) -> None:
-        """Bytes waiting before we ask are from an earlier, timed-out exchange or noise."""
+        """Bytes waiting before we ask are from an earlier, timed-out exchange or noise.
+
+        Raises what the port raises (termios.error on a hung-up tty): the caller
+        turns that into Disconnected and closes the link.
+        """
         assert self._serial is not None
         self.stale_bytes += len(self._rx)
         self._rx.clear()
-        with contextlib.suppress(OSError, serial.SerialException):
-            self._serial.reset_input_buffer()
+        self._serial.reset_input_buffer()
 
-    async def _write_all(self, data: bytes) -> None:
+    async def _write_all(self, data: bytes, deadline: float) -> None:
+        """Write the whole frame, or raise Disconnected at `deadline` if the port stops draining."""
         assert self._serial is not None
         view = memoryview(data)
         fd = self._serial.fileno()
@@ -362,15 +431,23 @@ class RtuLink(ModbusLink):
             except BlockingIOError:
                 sent = 0
             view = view[sent:]
-            if view:
-                await _wait_writable(fd)
+            if view and not await _wait_writable(fd, deadline - time.monotonic()):
+                raise Disconnected(
+                    f"{self.port}: port stopped draining ({len(view)} of {len(data)} bytes unsent)"
+                )
 
     async def _exchange(self, unit: int, pdu: bytes, fc: int, timeout_s: float) -> bytes:
+        if self._rx_error is not None:  # hung up while idle: report it before writing
+            raise self._rx_error
         self._discard_stale_input()
         frame = rtu_frame(unit, pdu)
-        await self._write_all(frame)
-        # the timeout counts from the end of our request on the wire, not from the write call
-        deadline = time.monotonic() + len(frame) * self.char_time_s + timeout_s
+        request_wire_s = len(frame) * self.char_time_s
+        await self._write_all(frame, time.monotonic() + request_wire_s + timeout_s)
+        # timeout_s counts from when the whole expected answer should have arrived:
+        # our request's wire time + the answer's wire time (a 125-register answer
+        # at 2400 baud alone takes ~1.1 s), so timeout_s is the device's think time
+        answer_wire_s = expected_answer_length(pdu) * self.char_time_s
+        deadline = time.monotonic() + request_wire_s + answer_wire_s + timeout_s
         while True:
             if self._rx_error is not None:
                 raise self._rx_error
@@ -400,7 +477,10 @@ class RtuLink(ModbusLink):
         return Garbage(f"unit {unit}: {len(self._rx)} unparseable bytes: {got}")
 
 
-async def _wait_writable(fd: int) -> None:
+async def _wait_writable(fd: int, within_s: float) -> bool:
+    """True once `fd` is writable, False if it is not within `within_s` seconds."""
+    if within_s <= 0:
+        return False
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
 
@@ -410,9 +490,13 @@ async def _wait_writable(fd: int) -> None:
 
     loop.add_writer(fd, wake)
     try:
-        await ready
+        async with asyncio.timeout(within_s):
+            await ready
+    except TimeoutError:
+        return False
     finally:
         loop.remove_writer(fd)
+    return True
 
 
 class TcpLink(ModbusLink):
@@ -456,7 +540,11 @@ class TcpLink(ModbusLink):
         assert self._writer is not None
         tid = self._next_tid()
         self._writer.write(_MBAP_HEADER.pack(tid, 0, len(pdu) + 1, unit) + pdu)
-        await self._writer.drain()
+        try:
+            async with asyncio.timeout(timeout_s):  # a peer that stops reading must not hang us
+                await self._writer.drain()
+        except TimeoutError:
+            raise Disconnected(f"{self.name}: connection stopped draining") from None
         try:
             async with asyncio.timeout(timeout_s):
                 return await self._answer_for(tid, unit)

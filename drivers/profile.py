@@ -13,6 +13,7 @@ reported at once as a ConfigError naming the file and the key (for example
 from __future__ import annotations
 
 import enum
+import math
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -215,6 +216,9 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.problem(name, f"must be a number, not {type(value).__name__}")
             return None
+        if not math.isfinite(value):
+            self.problem(name, f"must be a finite number, not {value}")
+            return None
         if minimum is not None and value < minimum:
             self.problem(name, f"must be >= {minimum:g}, not {value:g}")
             return None
@@ -260,9 +264,10 @@ class _Reader:
             isinstance(value, list)
             and len(value) == 2
             and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+            and all(math.isfinite(v) for v in value)
         )
         if not ok:
-            self.problem(name, "must be a list of two numbers [low, high]")
+            self.problem(name, "must be a list of two finite numbers [low, high]")
             return None
         low, high = float(value[0]), float(value[1])
         if low == high:
@@ -417,8 +422,74 @@ def _parse_thresholds(
         if spec.id in out:
             probs.add(f"{where}[{i}].id", f"duplicate threshold id {spec.id!r}")
             continue
+        # The state names the condition (alarms are kept and restored per condition).
+        taken = {t.state for t in out.values()} | _RESERVED_STATES
+        if spec.state in taken:
+            probs.add(f"{where}[{i}].state", f"state {spec.state!r} is already used on this point")
+            continue
         out[spec.id] = spec
     return out
+
+
+_RESERVED_STATES = frozenset({"normal", "wire_break", "decode_error"})  # agent.points' own
+
+# The raw integer range of each register type (f32: the largest finite single).
+_F32_MAX = 3.4028234663852886e38
+_TYPE_RANGE: dict[PointType, tuple[float, float]] = {
+    PointType.U8LO: (0, 255),
+    PointType.U8HI: (0, 255),
+    PointType.U16: (0, 65535),
+    PointType.S16: (-32768, 32767),
+    PointType.U32: (0, 2**32 - 1),
+    PointType.S32: (-(2**31), 2**31 - 1),
+    PointType.F32: (-_F32_MAX, _F32_MAX),
+}
+
+
+def value_range(spec: PointSpec) -> tuple[float, float] | None:
+    """The lowest and highest engineering value the point can read: its eng_range
+    when it has one (4-20 mA), else its type's range through scale and offset."""
+    if spec.eng_range is not None:
+        return (min(spec.eng_range), max(spec.eng_range))
+    limits = _TYPE_RANGE.get(spec.type)
+    if limits is None:
+        return None
+    ends = [limit * spec.scale + spec.offset for limit in limits]
+    return (min(ends), max(ends))
+
+
+def threshold_problem(spec: PointSpec, thr: ThresholdSpec) -> str | None:
+    """Why `thr` could never trip or never clear on this point, or None when it can."""
+    span = value_range(spec)
+    if span is None:
+        return None
+    if thr.direction is Direction.ABOVE:
+        return _above_problem(thr, *span)
+    return _below_problem(thr, *span)
+
+
+def _above_problem(thr: ThresholdSpec, lo: float, hi: float) -> str | None:
+    clear_at = thr.value - thr.hysteresis
+    if thr.value > hi:
+        return f"can never trip: above {thr.value:g}, but the point reads at most {hi:g}"
+    if clear_at <= lo:
+        return (
+            f"can never clear: it needs a value below {clear_at:g} ({thr.value:g} - hysteresis"
+            f" {thr.hysteresis:g}), but the point reads no lower than {lo:g}"
+        )
+    return None
+
+
+def _below_problem(thr: ThresholdSpec, lo: float, hi: float) -> str | None:
+    clear_at = thr.value + thr.hysteresis
+    if thr.value < lo:
+        return f"can never trip: below {thr.value:g}, but the point reads no lower than {lo:g}"
+    if clear_at >= hi:
+        return (
+            f"can never clear: it needs a value above {clear_at:g} ({thr.value:g} + hysteresis"
+            f" {thr.hysteresis:g}), but the point reads at most {hi:g}"
+        )
+    return None
 
 
 # --- one [[points]] entry ------------------------------------------------------------
@@ -559,9 +630,14 @@ def _parse_point(r: _Reader, profile_category: Category) -> PointSpec | None:
     meaning = _parse_meaning(r, ptype, category)
     if pid is None or name is None or poll is None or layout is None:
         return None
-    return PointSpec(
+    spec = PointSpec(
         id=pid, name=name, unit=unit, poll=poll, category=category, **layout, **analog, **meaning
     )
+    for j, thr in enumerate(spec.thresholds.values()):
+        reason = threshold_problem(spec, thr)
+        if reason is not None:
+            r.probs.add(f"{r.key('thresholds')}[{j}]", reason)
+    return spec
 
 
 def _expand(template: PointSpec, r: _Reader) -> list[PointSpec]:
@@ -715,6 +791,9 @@ def _override_point(spec: PointSpec, override: Any, key: str, probs: _Problems) 
     for attr in ("telemetry_s", "deadband"):
         value = _override_field(override, attr, None)
         if value is not None:
+            if not _finite(value):
+                probs.add(f"{key}.{attr}", f"must be a finite number, not {value!r}")
+                continue
             changes[attr] = float(value)
     if _override_field(override, "writable", False):
         if spec.table in (Table.DISCRETE, Table.INPUT):
@@ -726,9 +805,19 @@ def _override_point(spec: PointSpec, override: Any, key: str, probs: _Problems) 
             known = ", ".join(thresholds) or "none"
             probs.add(f"{key}.threshold.{tid}", f"no such threshold (known: {known})")
             continue
+        if not _finite(value):
+            probs.add(f"{key}.threshold.{tid}", f"must be a finite number, not {value!r}")
+            continue
         thresholds[tid] = replace(thresholds[tid], value=float(value))
+        reason = threshold_problem(spec, thresholds[tid])
+        if reason is not None:
+            probs.add(f"{key}.threshold.{tid}", reason)
     changes["thresholds"] = thresholds
     return replace(spec, **changes)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def apply_overrides(profile: Profile, overrides: Mapping[str, Any]) -> Profile:

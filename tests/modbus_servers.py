@@ -87,6 +87,7 @@ FAULTS = {
     "short": _short,
     "garbage": lambda f: bytes([0xFF, 0x00, 0xA5, 0x5A, 0xFF, 0x13]),
     "exception": lambda f: rtu_frame(f[0], bytes([f[1] | 0x80, 4])),  # server device failure
+    "busy": lambda f: rtu_frame(f[0], bytes([f[1] | 0x80, 6])),  # server busy (alarm storm)
 }
 
 
@@ -106,8 +107,8 @@ async def _delay_action(
     return None
 
 
-def sim_device(unit: int, plan: FaultPlan) -> SimDevice:
-    regs = [register_value(unit, a) for a in range(REGISTERS)]
+def sim_device(unit: int, plan: FaultPlan, registers: int = REGISTERS) -> SimDevice:
+    regs = [register_value(unit, a) for a in range(registers)]
     bits = [bool(bit_value(a)) for a in range(BITS)]
     return SimDevice(
         id=unit,
@@ -129,12 +130,12 @@ def free_tcp_port() -> int:
 
 @contextlib.asynccontextmanager
 async def rtu_server(
-    port: str, units: list[int], plan: FaultPlan | None = None
+    port: str, units: list[int], plan: FaultPlan | None = None, registers: int = REGISTERS
 ) -> AsyncIterator[tuple[ModbusSerialServer, FaultPlan]]:
-    """A pymodbus RTU server answering `units` on the serial path `port`."""
+    """A pymodbus RTU server answering `units` (with `registers` registers) on path `port`."""
     plan = plan or FaultPlan()
     server = ModbusSerialServer(
-        [sim_device(u, plan) for u in units],
+        [sim_device(u, plan, registers) for u in units],
         port=port,
         baudrate=115200,
         trace_packet=plan.rewrite,

@@ -101,6 +101,28 @@ class Rig:
             raise RigError(f"simulator refused {request}: {reply.get('error')}")
         return reply
 
+    def start_agent(self) -> None:
+        """`alarmgw run` on the rig's config and broker (its stderr appends to agent.log)."""
+        with (self.tmp / "agent.log").open("ab") as agent_log:
+            self.agent = subprocess.Popen(
+                [
+                    str(BIN / "alarmgw"),
+                    "run",
+                    str(self.agent_config),
+                    "--broker",
+                    f"127.0.0.1:{self.broker.port}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=agent_log,
+                env=self.env,
+            )
+
+    def stop_agent(self) -> int:
+        """SIGTERM, as systemd stops it; returns the exit status."""
+        stop_process(self.agent)
+        assert self.agent is not None
+        return self.agent.returncode
+
     def agent_log(self) -> str:
         path = self.tmp / "agent.log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -254,19 +276,7 @@ def running_rig(
             sim=sim,
         )
         if agent:
-            with (tmp / "agent.log").open("wb") as agent_log:
-                rig.agent = subprocess.Popen(
-                    [
-                        str(BIN / "alarmgw"),
-                        "run",
-                        str(agent_cfg),
-                        "--broker",
-                        f"127.0.0.1:{broker.port}",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=agent_log,
-                    env=env,
-                )
+            rig.start_agent()
             # the agent stops before the simulator (callbacks run last-in first-out)
-            stack.callback(stop_process, rig.agent)
+            stack.callback(lambda: stop_process(rig.agent))
         yield rig

@@ -10,6 +10,7 @@ measurement windows of the cycle benchmark.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ from typing import TypeVar
 
 import pytest
 
-from agent.errors import FieldTimeout, UnknownPoint
+from agent.errors import FieldTimeout, UnknownPoint, WriteNotAllowed
 from drivers.line import CommChange, DevicePoll, Line, LineOutput, PollResult
 from drivers.modbus import RtuLink, TcpLink
 from drivers.types import PollClass, ReadRequest, Table
@@ -181,33 +182,143 @@ def r_level(caplog: pytest.LogCaptureFixture, message: str) -> int:
     return next(r.levelno for r in caplog.records if r.getMessage() == message)
 
 
+def _snapshot(line: Line, device_id: str) -> tuple[int, int, int]:
+    row = line.stats()[device_id]
+    return row["polls_ok"], row["polls_failed"], row["polls_partial"]
+
+
+# mode -> (counter it bumps, what a poll of the device then is)
+GARBLE_MODES = [
+    ("crc", "crc", "failed"),
+    ("wrong_unit", "wrong_unit", "failed"),
+    ("short", "wrong_length", "partial"),  # the 8-bit discrete read is not shortened
+    ("exception", "exception", "partial"),  # an exception answer is no comm failure
+    ("garbage", "garbage", "failed"),
+    ("silent", "timeout", "failed"),
+]
+
+
 def test_garbled_answers_are_counted_by_type_and_the_poller_survives(pty_pair: PtyPair) -> None:
     async def bench() -> None:
         out = Outputs()
         async with rtu_server(pty_pair.b, [1, 2]) as (_, plan):
-            devices = [device("good", 1), device("bad", 2, comm_fault_after=1000)]
+            # "bad" has fast polls only: each poll is one holding + one discrete read
+            bad = dataclasses.replace(device("bad", 2, comm_fault_after=1000), slow=[])
+            devices = [device("good", 1), bad]
             async with Line("rs485-1", RtuLink(pty_pair.a, 115200), devices, out) as line:
-                for mode, reason in [
-                    ("crc", "crc"),
-                    ("wrong_unit", "wrong_unit"),
-                    ("short", "wrong_length"),
-                    ("exception", "exception"),
-                    ("garbage", "garbage"),
-                    ("silent", "timeout"),
-                ]:
+                for mode, reason, verdict in GARBLE_MODES:
                     plan.modes[2] = mode
                     good_before = len(out.polls("good"))
                     await wait_until(lambda r=reason: line.stats()["bad"].get(r, 0) >= 4)
+                    # the mode is in force now: what do the next polls count as?
+                    ok0, failed0, partial0 = _snapshot(line, "bad")
+                    seen = line.stats()["bad"][reason]
+                    await wait_until(lambda r=reason, n=seen: line.stats()["bad"][r] >= n + 6)
+                    ok1, failed1, partial1 = _snapshot(line, "bad")
+                    if verdict == "failed":
+                        assert (ok1 - ok0, failed1 > failed0) == (0, True), mode
+                    else:  # answered, some blocks missing: no comm failure
+                        assert (failed1 - failed0, ok1 > ok0) == (0, True), mode
+                        assert partial1 - partial0 == ok1 - ok0, mode
                     await wait_until(lambda n=good_before: len(out.polls("good")) > n + 3)
                 plan.modes[2] = "ok"
                 ok_before = line.stats()["bad"]["polls_ok"]
                 await wait_until(lambda: line.stats()["bad"]["polls_ok"] > ok_before)
                 stats = line.stats()
                 assert stats["good"]["polls_failed"] == 0
-                assert stats["bad"]["polls_failed"] >= 12
                 assert stats["bad"]["lost"] == 0
-                for result in out.polls("bad", PollClass.FAST):  # nothing damaged passed on
-                    assert result.blocks[0].values == (200, 201, 202, 203)
+                for result in out.polls("bad"):  # nothing damaged passed on
+                    for block in result.blocks:
+                        if block.request.table is Table.HOLDING:
+                            assert block.values == (200, 201, 202, 203)
+                        elif block.request.table is Table.DISCRETE:
+                            assert block.values == (1, 0, 1, 0, 1, 0, 1, 0)
+                    for req, why in result.failed:  # each failed block says why
+                        assert req.unit == 2 and why.split(":")[0] in {"wrong_length", "exception"}
+
+    run(bench())
+
+
+def test_a_failed_block_does_not_hide_a_fire_in_the_others(pty_pair: PtyPair) -> None:
+    """Review r6: register 1000 answers exception 2; the good block must still go out."""
+
+    async def bench() -> None:
+        out = Outputs()
+        fire_block = ReadRequest(1, Table.HOLDING, 0, 16)
+        missing = ReadRequest(1, Table.HOLDING, 1000, 1)  # not in the panel's map
+        panel = DevicePoll(
+            device_id="fap",
+            unit=1,
+            fast=[missing, fire_block],  # the bad block first: it must not stop the poll
+            slow=[],
+            fast_period_s=0.02,
+            slow_period_s=1.0,
+            timeout_s=0.1,
+            retries=2,
+            comm_fault_after=1,  # even one failed poll would raise comm loss
+            backoff_max_s=1.0,
+        )
+        link = RtuLink(pty_pair.a, 115200)
+        async with rtu_server(pty_pair.b, [1]), Line("rs485-1", link, [panel], out) as line:
+            await wait_until(lambda: len(out.polls("fap")) >= 5)
+        for result in out.polls("fap"):
+            assert [b.request for b in result.blocks] == [fire_block]
+            assert result.blocks[0].values == tuple(100 + a for a in range(16))
+            assert result.failed == [(missing, "exception: Modbus exception code 2")]
+        assert out.changes("fap") == []
+        stats = line.stats()["fap"]
+        assert stats["polls_failed"] == 0 and stats["lost"] == 0
+        # an illegal address is not retried: one exception answer per poll
+        assert 0 <= stats["exception"] - stats["polls_partial"] <= 1
+
+    run(bench())
+
+
+def test_a_busy_device_is_retried_and_never_declared_lost(pty_pair: PtyPair) -> None:
+    """Exception 6 (busy) during an alarm storm proves the device is there."""
+
+    async def bench() -> None:
+        out = Outputs()
+        async with rtu_server(pty_pair.b, [1]) as (_, plan):
+            plan.modes[1] = "busy"
+            fap = device("fap", 1, retries=1, comm_fault_after=1)
+            async with Line("rs485-1", RtuLink(pty_pair.a, 115200), [fap], out) as line:
+                await wait_until(lambda: len(out.polls("fap", PollClass.FAST)) >= 3)
+                for result in out.polls("fap"):
+                    assert result.blocks == []
+                    assert {why for _, why in result.failed} == {
+                        "exception: Modbus exception code 6"
+                    }
+                # busy is worth asking again: two attempts per request
+                stats = line.stats()["fap"]
+                assert stats["exception"] >= 2 * 3 * 2
+                plan.modes[1] = "ok"
+                await wait_until(lambda: bool(out.polls("fap")[-1].blocks))
+                assert out.polls("fap")[-1].failed == []
+            assert out.changes("fap") == []
+            assert line.stats()["fap"]["polls_failed"] == 0
+
+    run(bench())
+
+
+def test_a_dead_device_is_probed_with_one_request(pty_pair: PtyPair) -> None:
+    """A healthy poll reads every block; a failing device's probe stops at the first silence."""
+
+    async def bench() -> None:
+        out = Outputs()
+        async with rtu_server(pty_pair.b, [1]) as (_, plan):
+            plan.modes[1] = "silent"
+            dead = device("dead", 1, retries=0, comm_fault_after=3, backoff_max_s=0.05)
+            async with Line("rs485-1", RtuLink(pty_pair.a, 115200), [dead], out) as line:
+                await wait_until(lambda: len(out.changes("dead")) == 1)
+                stats = line.stats()["dead"]
+                # 3 failed polls: the first sends both fast requests, the others one each
+                assert stats["timeout"] <= 2 + 2 + 1  # (+ one slow probe)
+                plan.modes[1] = "ok"
+                await wait_until(lambda: len(out.changes("dead")) == 2)
+                await wait_until(lambda: len(out.polls("dead", PollClass.FAST)) >= 2)
+                assert out.polls("dead", PollClass.FAST)[-1].failed == []
+                assert len(out.polls("dead", PollClass.FAST)[-1].blocks) == 2
 
     run(bench())
 
@@ -319,7 +430,10 @@ def test_read_now_goes_through_the_owner(pty_pair: PtyPair) -> None:
         async with rtu_server(pty_pair.b, [1, 2, 3]) as (_, plan):
             plan.modes[3] = "silent"
             link = WatchedRtuLink(pty_pair.a)
-            devices = [device("fap", 1), device("efd", 2), device("dead", 3, backoff_max_s=0.2)]
+            efd = dataclasses.replace(
+                device("efd", 2), writable=frozenset({(Table.HOLDING, 7), (Table.COIL, 3)})
+            )
+            devices = [device("fap", 1), efd, device("dead", 3, backoff_max_s=0.2)]
             async with Line("rs485-1", link, devices, out, inter_frame_gap_s=gap) as line:
                 await wait_until(lambda: len(out.polls("fap")) >= 3)
                 reads = [
@@ -366,5 +480,47 @@ def test_a_missing_port_loses_its_devices_without_blocking_other_lines(pty_pair:
                 await wait_until(lambda: unplugged.alive > alive)
                 # the port is retried at a measured pace, not in a busy loop
                 assert unplugged.stats()["x"]["disconnected"] <= 4
+
+    run(bench())
+
+
+def test_writes_are_refused_unless_declared_writable(pty_pair: PtyPair) -> None:
+    async def bench() -> None:
+        out = Outputs()
+        async with rtu_server(pty_pair.b, [2]) as (_, plan):
+            efd = dataclasses.replace(  # not polled: every request on the wire is ours
+                device("efd", 2),
+                fast=[],
+                slow=[],
+                writable=frozenset({(Table.HOLDING, 7), (Table.COIL, 3)}),
+            )
+            async with Line("rs485-1", RtuLink(pty_pair.a, 115200), [efd], out) as line:
+                refused = [
+                    line.write_register("efd", 8, 1),  # not declared
+                    line.write_register("efd", 3, 1),  # declared as a coil, not a register
+                    line.write_coil("efd", 7, True),  # declared as a register, not a coil
+                    line.write_coil("efd", 4, False),
+                ]
+                for attempt in refused:
+                    with pytest.raises(WriteNotAllowed):
+                        await attempt
+                with pytest.raises(UnknownPoint):
+                    await line.write_register("nope", 7, 1)
+                before = plan.answered.get(2, 0)
+                reads = [ReadRequest(2, Table.HOLDING, 3, 6), ReadRequest(2, Table.COIL, 3, 2)]
+                assert (await line.read_now("efd", reads))[0].values == (
+                    203,
+                    204,
+                    205,
+                    206,
+                    207,
+                    208,
+                )
+                assert plan.answered[2] == before + 2  # the refused writes never reached the wire
+                await line.write_register("efd", 7, 4321)
+                await line.write_coil("efd", 3, True)
+                blocks = await line.read_now("efd", reads)
+                assert blocks[0].values == (203, 204, 205, 206, 4321, 208)
+                assert blocks[1].values == (1, 1)  # coil 3 was 0
 
     run(bench())

@@ -8,6 +8,10 @@ misbehave and we check the exact typed error, and that the next read works.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import logging
+import os
+import termios
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -299,4 +303,174 @@ def test_tcp_server_gone_then_back() -> None:
         finally:
             await link.close()
 
+    run(bench())
+
+
+# --- a broken port: unplugged adapter, stalled output, slow wire ------------------------
+
+TIOCVHANGUP = 0x5437  # what the kernel does to an open tty when its USB adapter goes away
+
+
+def _hang_up(path: str) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    try:
+        fcntl.ioctl(fd, TIOCVHANGUP)
+    finally:
+        os.close(fd)
+
+
+def _link_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r for r in caplog.records if r.name == "drivers.modbus" and r.levelno >= logging.WARNING
+    ]
+
+
+class CountingRtuLink(RtuLink):
+    """A real RtuLink that counts its readable callbacks (a hung-up tty must not spin)."""
+
+    readable_calls = 0
+
+    def _on_readable(self) -> None:
+        self.readable_calls += 1
+        super()._on_readable()
+
+
+@pytest.mark.parametrize("idle_first", [False, True])
+def test_rtu_hangup_closes_the_link_and_the_next_read_reopens_it(
+    pty_pair: PtyPair, caplog: pytest.LogCaptureFixture, idle_first: bool
+) -> None:
+    """Review r7/r7b. idle_first: the reader sees the hangup (end of file) before the next
+    request; otherwise the request meets it first (termios.error from the input flush)."""
+
+    async def bench() -> None:
+        async with rtu_server(pty_pair.b, [1]):
+            link = CountingRtuLink(pty_pair.a, 115200)
+            try:
+                assert (await link.read(ReadRequest(1, HOLD, 0, 2), 0.3)).values == (100, 101)
+                fd = link._serial.fileno() if link._serial else -1
+                _hang_up(pty_pair.a)
+                if idle_first:
+                    await wait_until(lambda: link._rx_error is not None)
+                    calls = link.readable_calls
+                    await asyncio.sleep(0.2)  # a measurement window: does the reader spin?
+                    assert link.readable_calls == calls
+                    assert not asyncio.get_running_loop().remove_reader(fd)  # it stopped
+                with pytest.raises(Disconnected):
+                    await link.read(ReadRequest(1, HOLD, 0, 2), 0.3)
+                assert not link.is_open  # closed, so the next request reopens it
+                assert (await link.read(ReadRequest(1, HOLD, 2, 2), 0.3)).values == (102, 103)
+                assert link.is_open
+            finally:
+                await link.close()
+        warnings = _link_warnings(caplog)
+        assert [("link failed" in r.getMessage(), bool(r.exc_info)) for r in warnings[:1]] == [
+            (True, False)  # one line, no traceback
+        ]
+        assert len(warnings) == 2 and "works again" in warnings[1].getMessage()
+
+    caplog.set_level(logging.INFO, logger="drivers.modbus")
+    run(bench())
+
+
+def test_rtu_port_that_stops_draining_fails_at_the_deadline(
+    pty_pair: PtyPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Output suspended (XOFF / stuck adapter): the write must not hang the line owner."""
+
+    async def bench() -> None:
+        async with rtu_server(pty_pair.b, [1]):
+            link = RtuLink(pty_pair.a, 115200)
+            try:
+                await link.open()
+                assert link._serial is not None
+                termios.tcflow(link._serial.fileno(), termios.TCOOFF)
+                for _ in range(3):  # a persistent failure: logged once, not per request
+                    started = time.monotonic()
+                    async with asyncio.timeout(5):  # before the fix: hangs forever
+                        with pytest.raises(Disconnected, match="stopped draining"):
+                            await link.read(ReadRequest(1, HOLD, 0, 2), 0.2)
+                    assert 0.2 <= time.monotonic() - started < 0.6
+                    assert not link.is_open
+                fd = os.open(pty_pair.a, os.O_RDWR | os.O_NOCTTY)
+                try:
+                    termios.tcflow(fd, termios.TCOON)  # the port drains again
+                finally:
+                    os.close(fd)
+                assert (await link.read(ReadRequest(1, HOLD, 0, 2), 0.3)).values == (100, 101)
+            finally:
+                await link.close()
+        messages = [r.getMessage() for r in _link_warnings(caplog)]
+        assert len(messages) == 2, messages
+        assert "link failed" in messages[0] and "works again" in messages[1]
+
+    caplog.set_level(logging.INFO, logger="drivers.modbus")
+    run(bench())
+
+
+def _wire_time_tap(char_time_s: float) -> Callable[[str, bytes], bytes]:
+    """Deliver each chunk only after its wire time: a pty alone ignores the baud rate."""
+
+    def tap(_direction: str, data: bytes) -> bytes:
+        time.sleep(len(data) * char_time_s)  # plays the wire in the relay thread
+        return data
+
+    return tap
+
+
+def test_rtu_timeout_counts_from_the_end_of_a_long_answer(pty_pair: PtyPair) -> None:
+    """125 registers at 2400 baud take ~1.1 s on the wire; timeout 0.5 s must still work."""
+
+    async def bench() -> None:
+        async with rtu_server(pty_pair.b, [1], registers=125) as (_, plan):
+            link = RtuLink(pty_pair.a, 2400)
+            pty_pair.tap = _wire_time_tap(link.char_time_s)
+            try:
+                started = time.monotonic()
+                block = await link.read(ReadRequest(1, HOLD, 0, 125), 0.5)
+                took = time.monotonic() - started
+                assert block.values == tuple(register_value(1, a) for a in range(125))
+                assert took > 1.0  # it really took the wire time
+                # silence: the deadline is request + full expected answer wire time + timeout
+                plan.modes[1] = "silent"
+                started = time.monotonic()
+                with pytest.raises(FieldTimeout):
+                    await link.read(ReadRequest(1, HOLD, 0, 125), 0.2)
+                expected = (8 + 255) * link.char_time_s + 0.2
+                assert expected <= time.monotonic() - started < expected + 0.3
+            finally:
+                pty_pair.tap = None
+                await link.close()
+
+    run(bench())
+
+
+class SurprisingRtuLink(RtuLink):
+    """A real RtuLink whose exchange hits a library bug once (not a FieldError, not OSError)."""
+
+    surprises = 1
+
+    def _discard_stale_input(self) -> None:
+        if self.surprises:
+            self.surprises -= 1
+            raise KeyError("a pymodbus surprise")
+        super()._discard_stale_input()
+
+
+def test_an_unexpected_error_closes_the_link_with_one_traceback(
+    pty_pair: PtyPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def bench() -> None:
+        async with rtu_server(pty_pair.b, [1]):
+            link = SurprisingRtuLink(pty_pair.a, 115200)
+            try:
+                with pytest.raises(Disconnected, match="unexpected KeyError"):
+                    await link.read(ReadRequest(1, HOLD, 0, 2), 0.3)
+                assert not link.is_open
+                assert (await link.read(ReadRequest(1, HOLD, 0, 2), 0.3)).values == (100, 101)
+            finally:
+                await link.close()
+        warnings = _link_warnings(caplog)
+        assert [bool(r.exc_info) for r in warnings] == [True, False]  # the bug, the recovery
+
+    caplog.set_level(logging.INFO, logger="drivers.modbus")
     run(bench())

@@ -1,4 +1,8 @@
-"""Point rules, driven by explicit timestamps (nothing here sleeps)."""
+"""Point rules, driven by explicit timestamps (nothing here sleeps).
+
+`ts_ms` is the wall clock (reported detection time); `mono_s` the monotonic
+clock that times confirmations. `feed()` and `at()` drive both together unless
+a test is about them drifting apart (an NTP step)."""
 
 from __future__ import annotations
 
@@ -54,10 +58,15 @@ def events(records: list[Record]) -> list[tuple[Kind, str]]:
     return [(r.kind, r.state) for r in records if isinstance(r, Event)]
 
 
+def at(t: PointTracker, value: float, ts_ms: int) -> list[Record]:
+    """One poll with the wall and monotonic clocks in step."""
+    return t.update(value, ts_ms, True, ts_ms / 1000)
+
+
 def feed(t: PointTracker, values: list[float], start: int = 0, step: int = 1000) -> list[Record]:
     out: list[Record] = []
     for i, value in enumerate(values):
-        out.extend(t.update(value, start + i * step, True))
+        out.extend(at(t, value, start + i * step))
     return out
 
 
@@ -95,10 +104,46 @@ def test_first_poll_reports_an_alarm_present_at_boot() -> None:
     assert t.update(1, 1000, True) == []
 
 
-def test_abnormal_to_abnormal_restores_the_old_condition_first() -> None:
+def test_abnormal_to_abnormal_names_the_previous_state_and_ends_nothing() -> None:
     t = tracker(LOOP_POINT)
     t.update(2, 0, True)
-    assert events(t.update(1, 1000, True)) == [(Kind.RESTORE, "fire"), (Kind.ALARM, "fire")]
+    [alarm] = t.update(1, 1000, True)
+    assert isinstance(alarm, Event)
+    assert (alarm.kind, alarm.state, alarm.detail) == (Kind.ALARM, "fire", {"previous": "fault"})
+    assert t.state == "fire,fault"  # the fault was never restored: still held
+
+
+def restores(records: list[Record]) -> list[tuple[str, str | None, str]]:
+    return [
+        (r.state, (r.detail or {}).get("restores"), r.text)
+        for r in records
+        if isinstance(r, Event) and r.kind is Kind.RESTORE
+    ]
+
+
+def test_fire_then_fault_then_normal_keeps_the_fire_until_normal() -> None:
+    t = tracker(LOOP_POINT)
+    assert events(t.update(1, 0, True)) == [(Kind.ALARM, "fire")]
+    [fault] = t.update(2, 1000, True)  # a burnt detector: the panel now says fault
+    assert isinstance(fault, Event)
+    assert (fault.kind, fault.state, fault.detail) == (Kind.FAULT, "fault", {"previous": "fire"})
+    assert t.update(2, 2000, True) == []
+    back = t.update(0, 3000, True)
+    assert events(back) == [(Kind.RESTORE, "normal"), (Kind.RESTORE, "normal")]
+    assert restores(back) == [
+        ("normal", "fire", "1号火灾报警控制器 点位3 火警恢复"),
+        ("normal", "fault", "1号火灾报警控制器 点位3 故障恢复"),
+    ]
+    assert {r.category for r in back if isinstance(r, Event)} == {Category.FIRE}
+
+
+def test_fire_then_fault_then_fire_again_is_one_fire_condition() -> None:
+    t = tracker(LOOP_POINT)
+    t.update(1, 0, True)
+    t.update(2, 1000, True)
+    [again] = t.update(1, 2000, True)  # the latest event of a point is its state
+    assert (again.kind, again.detail) == (Kind.ALARM, {"previous": "fault"})  # type: ignore[union-attr]
+    assert [d for _, d, _ in restores(t.update(9, 3000, True))] == ["fire", "fault"]
 
 
 def test_unknown_code_is_a_fault_not_silence() -> None:
@@ -153,21 +198,39 @@ def test_alarm_text_has_value_and_unit() -> None:
 def test_confirm_time_must_hold_and_restarts_when_the_condition_drops_out() -> None:
     spec = replace(LEAK, thresholds={"alarm": replace(LEAK_ALARM, confirm_s=2.0)})
     t = tracker(spec)
-    assert t.update(350, 10_000, True) == []  # pending from 10.0 s
-    assert t.update(350, 11_999, True) == []  # 1.999 s: not yet
-    assert t.update(290, 12_500, True) == []  # dropped out: the timer restarts
-    assert t.update(350, 13_000, True) == []  # pending from 13.0 s
-    assert t.update(350, 14_999, True) == []
-    assert events(t.update(350, 15_000, True)) == [(Kind.ALARM, "leakage_alarm")]
-    assert t.update(350, 16_000, True) == []
+    assert at(t, 350, 10_000) == []  # pending from 10.0 s
+    assert at(t, 350, 11_999) == []  # 1.999 s: not yet
+    assert at(t, 290, 12_500) == []  # dropped out: the timer restarts
+    assert at(t, 350, 13_000) == []  # pending from 13.0 s
+    assert at(t, 350, 14_999) == []
+    assert events(at(t, 350, 15_000)) == [(Kind.ALARM, "leakage_alarm")]
+    assert at(t, 350, 16_000) == []
 
 
-def test_confirm_time_restarts_when_the_clock_steps_back() -> None:
-    spec = replace(LEAK, thresholds={"alarm": replace(LEAK_ALARM, confirm_s=2.0)})
-    t = tracker(spec)
-    t.update(350, 1_000_000, True)
-    assert t.update(350, 5_000, True) == []  # NTP stepped back: restart, do not stall
-    assert events(t.update(350, 7_000, True)) == [(Kind.ALARM, "leakage_alarm")]
+CONFIRMED_LEAK = replace(LEAK, thresholds={"alarm": replace(LEAK_ALARM, confirm_s=2.0)})
+
+
+def test_an_ntp_step_forward_does_not_confirm_a_two_poll_spike() -> None:
+    t = tracker(CONFIRMED_LEAK)
+    assert t.update(350, 1_000, True, mono_s=50.0) == []
+    # NTP sets the clock (no RTC: it booted in 1970) between two polls 0.5 s apart
+    assert t.update(350, 1_800_000_000_000, True, mono_s=50.5) == []
+    assert t.update(100, 1_800_000_000_500, True, mono_s=51.0) == []  # the spike is over
+
+
+def test_an_ntp_step_back_neither_confirms_early_nor_stalls() -> None:
+    t = tracker(CONFIRMED_LEAK)
+    assert t.update(350, 1_800_000_000_000, True, mono_s=50.0) == []
+    assert t.update(350, 5_000, True, mono_s=51.0) == []  # wall clock stepped back
+    [alarm] = t.update(350, 6_000, True, mono_s=52.0)  # 2 s held on the monotonic clock
+    assert isinstance(alarm, Event)
+    assert (alarm.kind, alarm.ts_ms) == (Kind.ALARM, 6_000)  # reported at the wall-clock time
+
+
+def test_confirmation_defaults_to_the_monotonic_clock() -> None:
+    t = tracker(CONFIRMED_LEAK)
+    assert t.update(350, 0, True) == []
+    assert t.update(350, 10**12, True) == []  # a huge wall-clock jump, no real time passed
 
 
 def test_first_poll_over_threshold_alarms_at_once_without_confirm() -> None:

@@ -100,6 +100,7 @@ AS_BIT = ('type = "u16"', 'type = "bit"')
 STATE_FIRE = '[points.states.1]\nstate = "fire"\nkind = "alarm"\nseverity = "critical"\n'
 STATE_OK = '[points.states.0]\nstate = "ok"\nnormal = true\n'
 THRESHOLD = '[[points.thresholds]]\nid = "hi"\nabove = 3\n'
+THR0 = "points[0].thresholds[0]"
 
 BAD_PROFILES = [
     (point(replace=AS_BIT, extra="bit = 16\n"), "points[0].bit", "0..15"),
@@ -135,6 +136,68 @@ BAD_PROFILES = [
         ">= 0",
     ),
     (point(extra=THRESHOLD), "points[0].thresholds[0].severity", "missing"),
+    # non-finite numbers: confirm_s = inf never alarms, hysteresis = inf never restores
+    (point(extra="scale = nan\n"), "points[0].scale", "finite"),
+    (point(extra="offset = -inf\n"), "points[0].offset", "finite"),
+    (point(extra="deadband = inf\n"), "points[0].deadband", "finite"),
+    (
+        point(extra=THRESHOLD + 'confirm_s = inf\nseverity = "major"\n'),
+        THR0 + ".confirm_s",
+        "finite",
+    ),
+    (
+        point(extra=THRESHOLD + 'hysteresis = inf\nseverity = "major"\n'),
+        THR0 + ".hysteresis",
+        "finite",
+    ),
+    (
+        point(extra=THRESHOLD.replace("3", "nan") + 'severity = "major"\n'),
+        THR0 + ".above",
+        "finite",
+    ),
+    (
+        point(extra="raw_range = [4000, inf]\neng_range = [0, 1.6]\n"),
+        "points[0].raw_range",
+        "finite",
+    ),
+    # thresholds that can never clear (or never trip) within what the point can read
+    (point(extra=THRESHOLD + 'hysteresis = 3\nseverity = "major"\n'), THR0, "never clear"),
+    (
+        point(
+            extra=THRESHOLD.replace("above = 3", "below = 60000")
+            + 'hysteresis = 5535\nseverity = "major"\n'
+        ),
+        THR0,
+        "never clear",
+    ),
+    (point(extra=THRESHOLD.replace("3", "70000") + 'severity = "major"\n'), THR0, "never trip"),
+    (
+        point(
+            replace=("u16", "s16"),
+            extra=THRESHOLD.replace("above = 3", "below = -40000") + 'severity = "major"\n',
+        ),
+        THR0,
+        "never trip",
+    ),
+    (
+        point(
+            extra="raw_range = [4000, 20000]\neng_range = [0, 1.6]\n"
+            + THRESHOLD.replace("above = 3", "below = 0.1")
+            + 'hysteresis = 1.5\nseverity = "major"\n'
+        ),
+        THR0,
+        "never clear",
+    ),
+    (
+        point(
+            extra=THRESHOLD
+            + 'severity = "major"\n'
+            + THRESHOLD.replace('"hi"', '"hi2"').replace("3", "9")
+            + 'state = "hi"\nseverity = "major"\n'
+        ),
+        "points[0].thresholds[1].state",
+        "already used",
+    ),
     (
         point(replace=AS_BIT, extra='bit = 1\nflag = { kind = "alarm" }\n'),
         "points[0].flag.severity",
@@ -283,6 +346,28 @@ def test_apply_overrides_rejects_unknown_point_and_threshold() -> None:
     assert keys == ["points.ch1_leak.threshold.pre", "points.ch9_leak"]
 
 
+def test_apply_overrides_refuses_a_threshold_that_could_never_clear() -> None:
+    profile = load_profile(BUILTIN / "electrical-fire-4ch.toml")
+    # ch1_leak: u16 mA, hysteresis 30: at 20 it would clear only below -10 mA
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(profile, {"ch1_leak": {"threshold": {"alarm": 20}}})
+    [problem] = info.value.problems
+    assert problem.key == "points.ch1_leak.threshold.alarm"
+    assert "never clear" in problem.reason and "-10" in problem.reason
+    assert apply_overrides(profile, {"ch1_leak": {"threshold": {"alarm": 31}}})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "300", True])
+def test_apply_overrides_refuses_non_finite_or_non_numbers(bad: Any) -> None:
+    profile = load_profile(BUILTIN / "electrical-fire-4ch.toml")
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(
+            profile, {"ch1_leak": {"threshold": {"alarm": bad}}, "ch2_leak": {"deadband": bad}}
+        )
+    keys = sorted(p.key for p in info.value.problems)
+    assert keys == ["points.ch1_leak.threshold.alarm", "points.ch2_leak.deadband"]
+
+
 def test_example_config_loads_with_these_profiles() -> None:
     config_mod = pytest.importorskip("agent.config")
     config = config_mod.load_config(ROOT / "config" / "example.toml")
@@ -351,5 +436,7 @@ def test_golden(profile_id: str) -> None:
                 where,
                 pid,
             )
-        records = [_record(r) for r in points.update(poll, blocks, step["ts_ms"], True)]
+        # the golden timeline drives the monotonic clock too (confirmation timers)
+        mono_s = step["ts_ms"] / 1000
+        records = [_record(r) for r in points.update(poll, blocks, step["ts_ms"], True, mono_s)]
         assert records == step["records"], where

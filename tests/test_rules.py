@@ -20,6 +20,8 @@ from gpiozero.pins.mock import MockFactory
 
 from agent.errors import ConfigError
 from agent.events import Category, Event, Identity, Kind, Severity, dumps
+from agent.points import PointTracker
+from agent.pointstate import ActiveCondition
 from agent.rules import (
     GPIO_DEVICE,
     AlarmRule,
@@ -28,6 +30,8 @@ from agent.rules import (
     contact_event,
 )
 from drivers.gpio import ContactChange, GpioBank, Output
+from drivers.profile import Direction, PointSpec, PointType, ThresholdSpec, load_profile
+from drivers.types import Table
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.toml"
 DEADLINE_S = 5.0
@@ -352,3 +356,139 @@ def test_manual_alarm_button_end_to_end_sounds_buzzer(factory: MockFactory) -> N
         bank.close()
     # at boot every input reported its level once
     assert sorted(e.point or "" for e in initial) == sorted(cfgs)
+
+
+# --- review fixes: conditions are kept apart, and only a normal state ends a fire ----
+
+FIRE_PANEL = Path(__file__).resolve().parent.parent / "config" / "profiles" / "fire-panel-gst.toml"
+
+
+def fire_point() -> PointTracker:
+    spec = load_profile(FIRE_PANEL).points["point3"]
+    return PointTracker("fap", "1号火灾报警控制器", None, spec)
+
+
+def drive(rule: AlarmRule, tracker: PointTracker, value: float, ts_ms: int) -> list[Event]:
+    """One poll through the tracker; every event goes to the rule, as the runtime does."""
+    out = [e for e in tracker.update(value, ts_ms, True, ts_ms / 1000) if isinstance(e, Event)]
+    for event in out:
+        rule.on_event(event)
+    return out
+
+
+@pytest.mark.parametrize(("code", "kind"), [(2, Kind.FAULT), (7, Kind.FAULT)])
+def test_a_fire_that_turns_into_fault_or_isolated_keeps_sounding(
+    buzzer: Output, code: int, kind: Kind
+) -> None:
+    rule, point = AlarmRule([buzzer]), fire_point()
+    drive(rule, point, 0, 0)
+    drive(rule, point, 1, 1000)
+    assert buzzer.is_on
+    [event] = drive(rule, point, code, 2000)
+    assert (event.kind, event.detail) == (kind, {"previous": "fire"})
+    assert buzzer.is_on  # no restore came: the fire is still a fire
+    assert [e.state for e in rule.active_alarms()] == ["fire"]
+    back = drive(rule, point, 0, 3000)
+    assert [(e.kind, (e.detail or {}).get("restores")) for e in back] == [
+        (Kind.RESTORE, "fire"),
+        (Kind.RESTORE, "fault" if code == 2 else "isolated"),
+    ]
+    assert not buzzer.is_on and rule.active_alarms() == []
+
+
+GAS_POINT = PointSpec(
+    id="conc", name="浓度", table=Table.HOLDING, address=0, type=PointType.U16, scale=0.1,
+    unit="%LEL", category=Category.GAS,
+    thresholds={
+        "low": ThresholdSpec("low", Direction.ABOVE, 25.0, 2.0, 0.0, Kind.ALARM, Category.GAS,
+                             Severity.MAJOR, "low_alarm", "低报"),
+        "high": ThresholdSpec("high", Direction.ABOVE, 50.0, 2.0, 0.0, Kind.ALARM, Category.GAS,
+                              Severity.CRITICAL, "high_alarm", "高报"),
+    },
+)  # fmt: skip
+
+
+def test_high_gas_restoring_leaves_the_low_alarm_sounding(buzzer: Output) -> None:
+    rule, point = AlarmRule([buzzer]), PointTracker("gas-1", "厨房", None, GAS_POINT)
+    for ts, value in enumerate((10, 30, 60), start=1):
+        drive(rule, point, value, ts * 1000)
+    assert buzzer.is_on
+    [restore_high] = drive(rule, point, 45, 4000)
+    assert (restore_high.kind, restore_high.state, restore_high.detail) == (
+        Kind.RESTORE, "low_alarm", {"restores": "high_alarm"},
+    )  # fmt: skip
+    assert buzzer.is_on
+    assert [e.state for e in rule.active_alarms()] == ["low_alarm"]
+    assert drive(rule, point, 30, 5000) == []
+    assert buzzer.is_on
+    [restore_low] = drive(rule, point, 20, 6000)
+    assert (restore_low.state, restore_low.detail) == ("normal", {"restores": "low_alarm"})
+    assert not buzzer.is_on
+
+
+def test_a_rise_from_low_to_high_after_silencing_sounds_again(buzzer: Output) -> None:
+    rule, point = AlarmRule([buzzer]), PointTracker("gas-1", "厨房", None, GAS_POINT)
+    drive(rule, point, 30, 1000)
+    assert rule.silence() is True
+    assert not buzzer.is_on
+    drive(rule, point, 40, 2000)  # still only low: stays silent
+    assert not buzzer.is_on
+    drive(rule, point, 60, 3000)  # a new, more severe alarm
+    assert buzzer.is_on and not rule.silenced
+
+
+def test_a_restore_naming_another_condition_leaves_the_alarm(buzzer: Output) -> None:
+    rule = AlarmRule([buzzer])
+    rule.on_event(alarm("fap", "p3"))
+    other = Event(
+        Kind.RESTORE, Category.FIRE, Severity.INFO, "normal", "故障恢复", "fap", "p3",
+        detail={"restores": "fault"},
+    )  # fmt: skip
+    rule.on_event(other)
+    assert buzzer.is_on
+    rule.on_event(restore("fap", "p3"))  # says nothing of what it restores: ends them all
+    assert not buzzer.is_on
+
+
+def test_a_supervisory_contact_is_an_event_not_a_crash() -> None:
+    """A sprinkler flow switch: validates in config, must not kill GPIO at runtime."""
+    cfg = InputCfg(
+        "sprinkler-flow", "喷淋水流指示器", 17, "up", "low", 50, "water", "warning",
+        "flowing", "still", kind="supervisory",
+    )  # fmt: skip
+    on = contact_event(cfg, ContactChange(cfg.id, True, 1000), clock_synced=True)
+    off = contact_event(cfg, ContactChange(cfg.id, False, 2000), clock_synced=True)
+    assert (on.kind, on.severity, on.state) == (Kind.SUPERVISORY, Severity.WARNING, "flowing")
+    assert (off.kind, off.severity, off.state) == (Kind.RESTORE, Severity.INFO, "still")
+    assert off.detail == {"pin": 17, "restores": "flowing"}
+    assert "监管" in on.text and "恢复" in off.text
+
+
+def test_a_contact_restore_names_what_it_restores() -> None:
+    cfg = example_inputs()["manual-alarm"]
+    off = contact_event(cfg, ContactChange(cfg.id, False, 1000, initial=True), clock_synced=True)
+    assert off.detail == {"pin": cfg.pin, "initial": True, "restores": cfg.active_state}
+
+
+def test_alarms_remembered_across_a_restart_sound_until_restored(buzzer: Output) -> None:
+    """The first poll after a restart does not raise a remembered fire again: the
+    buzzer must learn of it from the store, and the restore must still clear it."""
+    fire_cond = ActiveCondition("fire", "fire", Kind.ALARM, Category.FIRE, Severity.CRITICAL, 5)
+    fault_cond = ActiveCondition("fault", "fault", Kind.FAULT, Category.FIRE, Severity.MINOR, 6)
+    rules = LocalRules([("buzzer", "alarm", buzzer)])
+    rules.remember({("fap", "point3"): {"fire": fire_cond, "fault": fault_cond}})
+    assert buzzer.is_on
+    assert [(e.point, e.state, e.ts_ms) for e in rules.active_alarms()] == [("point3", "fire", 5)]
+    rules.on_event(
+        Event(
+            Kind.RESTORE,
+            Category.FIRE,
+            Severity.INFO,
+            "normal",
+            "恢复",
+            "fap",
+            "point3",
+            detail={"restores": "fire"},
+        )
+    )
+    assert not buzzer.is_on and rules.active_alarms() == []
