@@ -35,12 +35,12 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, overload
 
 from agent.errors import BufferError_
 from agent.events import (
@@ -58,7 +58,7 @@ from agent.events import (
 log = logging.getLogger(__name__)
 
 SEQ_BLOCK: Final = 10_000  # seqs reserved in the sidecar per write (one small fsync per block)
-INSERT_CHUNK: Final = 512  # rows per INSERT statement (6 parameters a row; SQLite allows 32766)
+INSERT_CHUNK: Final = 2048  # rows per INSERT statement (6 parameters a row; SQLite allows 32766)
 MAX_BATCH: Final = 2_000  # records per transaction; bounds the writer's latency under a storm
 MAX_HELD: Final = 20_000  # rows kept in RAM while the disk refuses writes (1 GB Pi)
 ALIVE_S: Final = 1.0  # the writer iterates at least this often (the watchdog reads `alive`)
@@ -209,15 +209,69 @@ def _parse_slot(raw: bytes) -> tuple[int, dict[Lane, LaneMark]] | None:
 # --- the buffer ---------------------------------------------------------------
 
 
-class _Submit(NamedTuple):
-    """A record on its way to the writer, already serialised by the submitter's thread
-    (only the seq is spliced in by the writer): the writer's time is the bottleneck."""
+class StoredRecords(Sequence[Record]):
+    """What submit_many()'s future resolves to: the group's records as stored, in order,
+    each with its seq set. The seqs are plain ints (`seqs`, `lane_seqs()`); a record
+    copy with its seq is built only when it is read (each read builds one), because most
+    callers never read it and the copy costs several microseconds per record."""
 
-    record: Record
-    future: Future[Record] | None  # None for the buffer's own announcements
-    body: bytes  # record.payload_without_seq()
-    drop_class: int
-    rank: int
+    __slots__ = ("_records", "seqs")
+
+    def __init__(self, records: Sequence[Record], seqs: list[int]) -> None:
+        self._records = records
+        self.seqs = seqs  # seqs[i] is the seq of the i-th record of the group
+
+    def lane_seqs(self) -> list[Key]:
+        """(lane, seq) of every record, in group order: the names the uplink acks by."""
+        return [(r.lane, seq) for r, seq in zip(self._records, self.seqs, strict=True)]
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    @overload
+    def __getitem__(self, index: int) -> Record: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Record]: ...
+
+    def __getitem__(self, index: int | slice) -> Record | list[Record]:
+        if isinstance(index, slice):
+            pairs = zip(self._records[index], self.seqs[index], strict=True)
+            return [r.with_seq(seq) for r, seq in pairs]
+        return self._records[index].with_seq(self.seqs[index])
+
+    def __iter__(self) -> Iterator[Record]:
+        for record, seq in zip(self._records, self.seqs, strict=True):
+            yield record.with_seq(seq)
+
+    def __repr__(self) -> str:
+        return f"StoredRecords({len(self)} records, seqs {self.seqs[:3]}...)"
+
+
+class GroupRefused(BufferError_):
+    """submit_many() refused a whole group before it used a single seq: `bad` maps the
+    index of each record that cannot be stored to the reason. The other records were
+    not stored either (a group is stored whole or not at all); a caller that wants them
+    stored submits them again without the bad ones."""
+
+    def __init__(self, bad: dict[int, str]) -> None:
+        first = next(iter(bad.items()))
+        super().__init__(
+            f"group refused: {len(bad)} record(s) cannot be stored (record {first[0]}: {first[1]})"
+        )
+        self.bad = bad
+
+
+class _Group(NamedTuple):
+    """Records on their way to the writer, already serialised by the submitter's thread
+    (only the seqs are spliced in by the writer: the writer's time is the bottleneck).
+    One transaction stores a whole group; one future answers for it. submit() sends a
+    group of one whose future resolves to the record itself (`single`)."""
+
+    records: Sequence[Record]
+    prepared: list[tuple[bytes, int, int]]  # per record: payload_without_seq, class, rank
+    future: Future[Any] | None  # None for the buffer's own announcements
+    single: bool
 
 
 class _Acks(NamedTuple):
@@ -227,11 +281,32 @@ class _Acks(NamedTuple):
     seqs: list[int]
 
 
-def _submission(record: Record, future: Future[Record] | None, ident: Identity) -> _Submit:
-    """Raises TypeError/ValueError for a record that is not JSON (a set, NaN in detail)."""
-    return _Submit(
-        record, future, record.payload_without_seq(ident), _drop_class(record), _rank(record)
-    )
+_NOT_JSON: Final = (TypeError, ValueError, RecursionError)  # a set, a circular detail...
+
+
+def _prepare(record: Record, ident: Identity) -> tuple[bytes, int, int]:
+    """Serialise one record for the writer. Raises _NOT_JSON for a record that is not JSON."""
+    return record.payload_without_seq(ident), _drop_class(record), _rank(record)
+
+
+def _own(record: Record, ident: Identity) -> _Group:
+    """The buffer's own announcement (fault, restore, drops): built by us, always JSON."""
+    return _Group((record,), [_prepare(record, ident)], None, True)
+
+
+def _refusals(records: Sequence[Record], ident: Identity) -> dict[int, str]:
+    """Why each record of a refused group cannot be stored (the slow path: only after
+    the fast path failed)."""
+    bad: dict[int, str] = {}
+    for index, record in enumerate(records):
+        if getattr(record, "seq", None) is not None:
+            bad[index] = "record already has a seq; submit it once"
+            continue
+        try:
+            _prepare(record, ident)
+        except (*_NOT_JSON, AttributeError) as exc:
+            bad[index] = f"record cannot be serialised: {exc!r}"
+    return bad
 
 
 def _drop_class(record: Record) -> int:
@@ -271,7 +346,7 @@ class EventBuffer:
         self._retry_s = retry_s
         self._clock_synced = clock_synced
         self._cond = threading.Condition()
-        self._queue: deque[_Submit | _Acks] = deque()
+        self._queue: deque[_Group | _Acks] = deque()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
@@ -292,6 +367,7 @@ class EventBuffer:
         self._last_retry = 0.0
         self._startup_faults: list[Event] = []
         self._deferred: list[Key] = []  # deletes a failed transaction must retry
+        self._synchronous = "FULL"  # as _configure() leaves the write connection
         self.commits = 0  # transactions committed (tests check "no writes when idle")
         # time.monotonic() of the writer's last iteration; it wakes at least every ALIVE_S
         # even when idle (without touching the disk) so the systemd watchdog can trust it
@@ -484,17 +560,49 @@ class EventBuffer:
             future.set_exception(BufferError_("record already has a seq; submit it once"))
             return future
         try:
-            item = _submission(record, future, self.identity)
-        except (TypeError, ValueError) as exc:  # refused before it could use up a seq
+            prepared = [_prepare(record, self.identity)]
+        except _NOT_JSON as exc:  # refused before it could use up a seq
             future.set_exception(BufferError_(f"record cannot be serialised: {exc}"))
             return future
+        self._enqueue_group(_Group((record,), prepared, future, True))
+        return future
+
+    def submit_many(self, records: Sequence[Record]) -> Future[StoredRecords]:
+        """Queue a group of records (one poll's events, a storm): one future for all.
+
+        The future resolves once the transaction holding the whole group is committed
+        (synchronous=FULL; or, on a full disk, once the group is held in memory and the
+        buffer says it is degraded), to a StoredRecords: the records in order, each with
+        its seq. Seqs, lanes, overflow drops, degraded mode and the sidecar behave
+        exactly as for the same records submitted one by one at that point; a group is
+        never split across transactions. A group with a record that cannot be stored
+        (not JSON, a seq already set) is refused whole with GroupRefused, before any
+        seq is used: no seq gap for the consumer, and the caller learns which ones.
+        Thread-safe; never blocks.
+        """
+        future: Future[StoredRecords] = Future()
+        ident = self.identity
+        try:
+            prepared = [_prepare(r, ident) for r in records if r.seq is None]
+            if len(prepared) != len(records):
+                raise ValueError("a record already has a seq")
+        except (*_NOT_JSON, AttributeError):
+            future.set_exception(GroupRefused(_refusals(records, ident)))
+            return future
+        if not prepared:
+            future.set_result(StoredRecords((), []))
+            return future
+        self._enqueue_group(_Group(records, prepared, future, False))
+        return future
+
+    def _enqueue_group(self, group: _Group) -> None:
         with self._cond:
             if self._stopping or self._thread is None:
-                future.set_exception(BufferError_("buffer is not running"))
-                return future
-            self._queue.append(item)
+                assert group.future is not None
+                group.future.set_exception(BufferError_("buffer is not running"))
+                return
+            self._queue.append(group)
             self._cond.notify()
-        return future
 
     def ack(self, lane: Lane, seq: int) -> None:
         """The broker has this row (PUBACK): delete it. Never blocks."""
@@ -508,7 +616,7 @@ class EventBuffer:
             self._acked.update((lane, seq) for seq in seqs)
         self._enqueue(_Acks(lane, seqs))
 
-    def _enqueue(self, item: _Submit | _Acks) -> None:
+    def _enqueue(self, item: _Group | _Acks) -> None:
         with self._cond:
             self._queue.append(item)
             self._cond.notify()
@@ -585,10 +693,10 @@ class EventBuffer:
             except Exception:  # the writer must survive anything; a fault is logged
                 log.exception("buffer writer failed on a batch")
                 for item in batch:
-                    if isinstance(item, _Submit) and item.future and not item.future.done():
+                    if type(item) is _Group and item.future and not item.future.done():
                         item.future.set_exception(BufferError_("buffer writer failed"))
 
-    def _next_batch(self) -> list[_Submit | _Acks] | None:
+    def _next_batch(self) -> list[_Group | _Acks] | None:
         with self._cond:
             while not self._queue and not self._stopping:
                 self.alive = time.monotonic()
@@ -600,9 +708,19 @@ class EventBuffer:
             self.alive = time.monotonic()
             if not self._queue and self._stopping:
                 return None
-            queue = self._queue
-            n = min(len(queue), MAX_BATCH)
-            return [queue.popleft() for _ in range(n)]
+            return self._take(MAX_BATCH)
+
+    def _take(self, limit: int) -> list[_Group | _Acks]:
+        """Whole queue items up to about `limit` records (called with _cond held). A group
+        is never split: one larger than the limit is a transaction of its own."""
+        queue = self._queue
+        batch: list[_Group | _Acks] = []
+        size = 0
+        while queue and size < limit:
+            item = queue.popleft()
+            batch.append(item)
+            size += len(item.prepared) if type(item) is _Group else 1
+        return batch
 
     def _wake_timeout(self) -> float | None:
         """None = no timer due (healthy and idle): only the ALIVE_S tick wakes the writer."""
@@ -613,13 +731,12 @@ class EventBuffer:
             waits.append(self._last_announce + ANNOUNCE_S - time.monotonic())
         return min(waits) if waits else None
 
-    def _process(self, batch: list[_Submit | _Acks]) -> None:
-        submits = [i for i in batch if type(i) is _Submit]
+    def _process(self, batch: list[_Group | _Acks]) -> None:
+        groups = [i for i in batch if type(i) is _Group]
         acks = [(i.lane, seq) for i in batch if type(i) is _Acks for seq in i.seqs]
         if self._tally and time.monotonic() - self._last_announce >= ANNOUNCE_S:
-            submits.append(_submission(self._drop_announcement(), None, self.identity))
-        stamped = self._stamp(submits)
-        rows = [row for _, _, row in stamped]
+            groups.append(_own(self._drop_announcement(), self.identity))
+        rows, seqs = self._stamp(groups)
         self._reserve(rows)
         victims = self._choose_victims(rows)
         if victims:
@@ -629,29 +746,36 @@ class EventBuffer:
             victims = [v for v in victims if v not in incoming]
         self._write(rows, acks, victims)
         # resolved only now: the rows are committed (or held, degraded, and said so)
-        for future, item, row in stamped:
-            if future is not None and not future.done():
-                future.set_result(item.record.with_seq(row.seq))
+        for group, group_seqs in zip(groups, seqs, strict=True):
+            future = group.future
+            if future is None or future.done():
+                continue
+            if group.single:
+                future.set_result(group.records[0].with_seq(group_seqs[0]))
+            else:
+                future.set_result(StoredRecords(group.records, group_seqs))
         if rows and self.on_stored is not None:
             self.on_stored()
 
-    def _stamp(
-        self, submits: list[_Submit]
-    ) -> list[tuple[Future[Record] | None, _Submit, StoredRow]]:
+    def _stamp(self, groups: list[_Group]) -> tuple[list[StoredRow], list[list[int]]]:
         """Give each record its seq and its final payload bytes (the seq spliced into the
         bytes the submitter serialised: a record that is not JSON never gets this far,
-        so no seq is used up by it and no false gap alarms a consumer)."""
-        stamped = []
+        so no seq is used up by it and no false gap alarms a consumer). Returns the rows
+        and, per group, its records' seqs in group order."""
+        rows: list[StoredRow] = []
+        seqs: list[list[int]] = []
         next_seq = self._next_seq
-        for item in submits:
-            record = item.record
-            lane = record.lane
-            seq = next_seq[lane]
-            next_seq[lane] = seq + 1
-            payload = splice_seq(item.body, seq)
-            row = StoredRow(lane, seq, record.ts_ms, payload, item.drop_class, item.rank)
-            stamped.append((item.future, item, row))
-        return stamped
+        add = rows.append
+        for group in groups:
+            group_seqs = []
+            for record, (body, drop_class, rank) in zip(group.records, group.prepared, strict=True):
+                lane = record.lane
+                seq = next_seq[lane]
+                next_seq[lane] = seq + 1
+                add(StoredRow(lane, seq, record.ts_ms, splice_seq(body, seq), drop_class, rank))
+                group_seqs.append(seq)
+            seqs.append(group_seqs)
+        return rows, seqs
 
     def _reserve(self, rows: list[StoredRow]) -> None:
         """Raise the sidecar ceiling before any seq at or above it can reach the disk."""
@@ -720,7 +844,7 @@ class EventBuffer:
                 db.execute("ROLLBACK")
             # a delete-only commit need not reach the disk now: losing it to a power cut
             # only resends an acked row (at-least-once); the next insert's fsync covers it
-            db.execute(f"PRAGMA synchronous={'FULL' if rows else 'NORMAL'}")
+            self._set_synchronous(db, "FULL" if rows else "NORMAL")
             db.execute("BEGIN IMMEDIATE")
             gone = _delete(db, deletes + victims)
             if rows:
@@ -738,6 +862,13 @@ class EventBuffer:
         self.commits += 1
         self._after_commit(rows, gone, deletes)
         return True
+
+    def _set_synchronous(self, db: sqlite3.Connection, mode: str) -> None:
+        """Only when it changes: every statement is a GIL round trip for the writer, and
+        under a storm the submitting thread holds the GIL for up to the switch interval."""
+        if self._synchronous != mode:
+            db.execute(f"PRAGMA synchronous={mode}")
+            self._synchronous = mode
 
     def _store_next_seq(
         self, db: sqlite3.Connection, rows: Iterable[StoredRow] | None = None
@@ -816,7 +947,7 @@ class EventBuffer:
             f"buffer degraded: database refuses writes ({reason}); events held in memory",
             {"buffer": "degraded", "reason": reason},
         )
-        self._enqueue(_submission(fault, None, self.identity))
+        self._enqueue(_own(fault, self.identity))
 
     def _retry(self, deletes: list[Key], victims: list[Key]) -> None:
         """Try to move every held row (and the deferred deletes) into the database."""
@@ -838,7 +969,7 @@ class EventBuffer:
             "buffer recovered: events are stored on disk again",
             {"buffer": "degraded", "restored": True},
         )
-        self._enqueue(_submission(restore, None, self.identity))
+        self._enqueue(_own(restore, self.identity))
 
     # -- the bound -------------------------------------------------------------------
 
@@ -900,23 +1031,31 @@ class EventBuffer:
 
 
 def _insert(db: sqlite3.Connection, rows: list[StoredRow]) -> None:
-    """Insert rows with multi-row INSERT statements of power-of-two sizes (each size a
-    cached prepared statement). One statement per chunk rather than executemany: one
-    sqlite3_step per chunk, so the writer gives up the GIL once per chunk, not once per
-    row (per row, a busy submitter thread made every row wait for a GIL switch)."""
-    start = 0
-    while start < len(rows):
-        size = min(INSERT_CHUNK, 1 << ((len(rows) - start).bit_length() - 1))
-        chunk = rows[start : start + size]
-        db.execute(_insert_sql(size), list(chain.from_iterable(chunk)))  # StoredRow: a tuple
-        start += size
+    """Insert rows with one statement per INSERT_CHUNK rows, its VALUES list padded with
+    NULL rows (filtered out) up to a power of two, so that a dozen cached prepared
+    statements serve every batch size. One statement, not executemany and not one
+    statement per power-of-two piece: each statement is one sqlite3_step, after which
+    the writer must win the GIL back from a busy submitting thread (up to the switch
+    interval, 5 ms, each time); per row, that wait was most of the cost of a storm."""
+    for start in range(0, len(rows), INSERT_CHUNK):
+        chunk = rows[start : start + INSERT_CHUNK]
+        size = 1 << (len(chunk) - 1).bit_length()
+        params: list[Any] = list(chain.from_iterable(chunk))  # StoredRow: a tuple
+        params += _PAD * (size - len(chunk))
+        db.execute(_insert_sql(size), params)
+
+
+_PAD: Final = (None,) * 6  # one filtered-out row of the padded VALUES list
 
 
 @functools.cache
 def _insert_sql(rows: int) -> str:
     values = ",".join(["(?, ?, ?, ?, ?, ?)"] * rows)
     # only placeholders are joined in: no value ever enters the SQL text
-    return f"INSERT INTO records (lane, seq, ts_ms, payload, drop_class, rank) VALUES {values}"  # noqa: S608
+    return (
+        "INSERT INTO records (lane, seq, ts_ms, payload, drop_class, rank) "  # noqa: S608
+        f"SELECT * FROM (VALUES {values}) WHERE column1 IS NOT NULL"
+    )
 
 
 def _delete(db: sqlite3.Connection, keys: list[Key]) -> dict[Lane, int]:

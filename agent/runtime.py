@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent import __version__, sdnotify
-from agent.buffer import EventBuffer
+from agent.buffer import EventBuffer, GroupRefused, StoredRecords
 from agent.clock import clock_probe
 from agent.commands import CommandHandler
 from agent.config import GATEWAY_DEVICE_ID, Config, DeviceConfig, LineConfig, config_digest
@@ -163,6 +163,35 @@ class Gateway:
         future.add_done_callback(self._stored)
         return future
 
+    def emit_many(self, records: list[Record]) -> None:
+        """One poll's records: to local rules at once, to the buffer as one group (one
+        durable commit, consecutive seqs). Called from the points thread."""
+        if not records:
+            return
+        for record in records:
+            if isinstance(record, Event):
+                self._to_rules(record)
+        self.buffer.submit_many(records).add_done_callback(
+            lambda future: self._group_stored(records, future)
+        )
+
+    def _group_stored(self, records: list[Record], future: Future[StoredRecords]) -> None:
+        exc = future.exception()
+        if isinstance(exc, GroupRefused):
+            # one unstorable record must not cost the others of its poll
+            for i, record in enumerate(records):
+                if i not in exc.bad:
+                    self.buffer.submit(record).add_done_callback(self._stored)
+            log.error("records refused by the buffer: %s", exc)
+            return
+        if exc is not None:
+            log.error("a group of %d records could not be buffered: %s", len(records), exc)
+            return
+        stored = future.result()
+        for i, record in enumerate(records):
+            if isinstance(record, Event):
+                self._after_store(stored[i])
+
     def _to_rules(self, event: Event) -> None:
         with self._rules_lock:
             if not self._rules_ready:
@@ -189,7 +218,10 @@ class Gateway:
         if exc is not None:
             log.error("event could not be buffered: %s", exc)
             return
-        record = future.result()
+        self._after_store(future.result())
+
+    def _after_store(self, record: Record) -> None:
+        """A record is durably queued: remember its condition, show it locally, log it."""
         if not isinstance(record, Event):
             return
         if not self.buffer.degraded:
@@ -280,8 +312,7 @@ class Gateway:
             dev.points.mark_stale()
         else:
             records.append(self._comm_event(dev, out, synced))
-        for record in records:
-            self.emit(record)
+        self.emit_many(records)
 
     def _comm_event(self, dev: DeviceRuntime, change: CommChange, synced: bool) -> Event:
         dev.lost = change.lost

@@ -4,16 +4,23 @@ a corrupt or missing database, a full disk, a record that cannot be serialised."
 from __future__ import annotations
 
 import json
+import sqlite3
+import subprocess
+import sys
+import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
-from agent.buffer import EventBuffer
-from agent.events import Lane
+from agent.buffer import EventBuffer, GroupRefused, StoredRecords
+from agent.errors import BufferError_
+from agent.events import Lane, Record
 from tests.uplink_helpers import IDENT, alarm, info_event, reading, wait_until
 
 
-def open_buffer(path: Path, **kw: object) -> EventBuffer:
-    return EventBuffer(path, IDENT, 100_000, **kw).start()  # type: ignore[arg-type]
+def open_buffer(path: Path, max_events: int = 100_000, **kw: object) -> EventBuffer:
+    return EventBuffer(path, IDENT, max_events, **kw).start()  # type: ignore[arg-type]
 
 
 def test_seqs_continue_across_restarts_without_skipping(tmp_path: Path) -> None:
@@ -138,4 +145,216 @@ def test_stored_bytes_are_exactly_the_records_payload(tmp_path: Path) -> None:
     by_key = {(r.lane, r.seq): r.payload for r in rows}
     for record in stored:
         assert record.seq is not None
+        assert by_key[(record.lane, record.seq)] == dumps(record.to_payload(IDENT))
+
+
+# --- submit_many: one future per group -------------------------------------------------
+
+_KILL_CHILD = """
+import sys
+from pathlib import Path
+from agent.buffer import EventBuffer
+from tests.uplink_helpers import IDENT, alarm, info_event, reading
+
+buf = EventBuffer(Path(sys.argv[1]), IDENT, 1_000_000).start()
+n = 0
+while True:  # until killed: groups of mixed lanes, each printed once it is stored
+    group = [info_event(n + i) if i % 5 else reading(n + i) for i in range(49)] + [alarm()]
+    n += len(group)
+    stored = buf.submit_many(group).result(10)
+    print(" ".join(f"{r.lane.value}:{r.seq}:{r.id}" for r in stored), flush=True)
+"""
+
+
+def _stored_in_file(db: Path) -> dict[tuple[str, int], str]:
+    """(lane, seq) -> event id of every row in the file, read by a fresh connection."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT lane, seq, payload FROM records").fetchall()
+    finally:
+        conn.close()
+    return {(lane, seq): json.loads(payload)["id"] for lane, seq, payload in rows}
+
+
+def _run_child_until_killed(db: Path, groups: int) -> list[str]:
+    """Start the child, read `groups` 'stored' lines, SIGKILL it at once: the moment right
+    after a future resolved. Returns every line it printed."""
+    root = Path(__file__).resolve().parent.parent
+    with subprocess.Popen(
+        [sys.executable, "-c", _KILL_CHILD, str(db)],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        assert child.stdout is not None
+        lines = []
+        try:
+            for _ in range(groups):
+                line = child.stdout.readline()
+                if not line:
+                    break
+                lines.append(line)
+        finally:
+            child.kill()
+            child.wait(10)
+        lines += child.stdout.readlines()  # printed between the last read and the kill
+    assert len(lines) >= groups, "the child stopped before storing enough groups"
+    return lines
+
+
+def test_submit_many_is_durable_when_killed_right_after_the_future_resolves(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "b.db"
+    seen: dict[tuple[str, int], str] = {}
+    for cycle in range(3):  # killed and restarted: seqs continue, none reused
+        for line in _run_child_until_killed(db, groups=5 + 7 * cycle):
+            for item in line.split():
+                lane, seq, ident = item.split(":")
+                assert (lane, int(seq)) not in seen, "a seq was handed out twice"
+                seen[(lane, int(seq))] = ident
+        stored = _stored_in_file(db)
+        missing = {k: v for k, v in seen.items() if stored.get(k) != v}
+        assert not missing, f"resolved but not in the file after kill -9: {sorted(missing)[:5]}"
+    for lane in ("event", "telemetry"):
+        seqs = sorted(seq for (ln, seq) in seen if ln == lane)
+        assert seqs == sorted(set(seqs)) and seqs[0] == 1
+
+
+def test_groups_and_single_submits_from_threads_keep_lane_order(tmp_path: Path) -> None:
+    """Two threads submit groups (mixed lanes), two submit one by one, at once. Every
+    group gets consecutive seqs per lane, each thread's records keep their order, each
+    lane is 1..N without a gap, and a group's future resolves only when every one of
+    its rows is committed (checked from a fresh connection inside the callback)."""
+    db = tmp_path / "b.db"
+    invisible: list[int] = []
+    results: dict[str, list[Future[Any]]] = {}
+
+    def check_visible(future: Future[StoredRecords]) -> None:
+        keys = {(lane.value, seq) for lane, seq in future.result().lane_seqs()}
+        invisible.extend(seq for key in keys - _stored_in_file(db).keys() for seq in [key[1]])
+
+    def grouped(name: str) -> None:
+        futures: list[Future[Any]] = []
+        for g in range(20):
+            group = [info_event(g * 100 + i) if i % 3 else reading(i) for i in range(30)]
+            future = buf.submit_many(group)
+            future.add_done_callback(check_visible)
+            futures.append(future)
+        results[name] = futures
+
+    def single(name: str) -> None:
+        results[name] = [buf.submit(alarm() if i % 2 else reading(i)) for i in range(300)]
+
+    with open_buffer(db) as buf:
+        threads = [
+            threading.Thread(target=fn, args=(f"{fn.__name__}{k}",))
+            for k in range(2)
+            for fn in (grouped, single)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        big = buf.submit_many([info_event(i) for i in range(2500)])  # > MAX_BATCH: not split
+        big.add_done_callback(check_visible)
+        stored = {name: [f.result(20) for f in fs] for name, fs in results.items()}
+        big_seqs = big.result(20).seqs
+    assert not invisible, f"future resolved before its rows were committed: {invisible[:5]}"
+    assert big_seqs == list(range(big_seqs[0], big_seqs[0] + 2500))
+    per_lane: dict[Lane, list[int]] = {Lane.EVENT: [], Lane.TELEMETRY: []}
+    for name, outcomes in stored.items():
+        records = [r for o in outcomes for r in (o if isinstance(o, StoredRecords) else [o])]
+        for lane in per_lane:
+            mine = [r.seq or 0 for r in records if r.lane is lane]
+            assert mine == sorted(mine), f"{name}: {lane} out of submission order"
+            per_lane[lane] += mine
+        for group in (o for o in outcomes if isinstance(o, StoredRecords)):
+            for lane in per_lane:
+                seqs = [s for (ln, s) in group.lane_seqs() if ln is lane]
+                assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "group interleaved"
+    per_lane[Lane.EVENT] += big_seqs
+    for lane, seqs in per_lane.items():
+        assert sorted(seqs) == list(range(1, len(seqs) + 1)), f"{lane}: gap or duplicate"
+
+
+def test_a_group_overflowing_the_bound_drops_telemetry_first_and_says_so(
+    tmp_path: Path,
+) -> None:
+    with open_buffer(tmp_path / "b.db", max_events=100) as buf:
+        buf.submit_many([reading(i) for i in range(40)] + [info_event(i) for i in range(40)])
+        group = [alarm() for _ in range(30)] + [reading(i) for i in range(20)]
+        stored = buf.submit_many(group).result(10)
+        assert [r.id for r in stored] == [r.id for r in group]  # every record got its seq
+        assert wait_until(lambda: buf.stats()["drops"]["telemetry"] >= 30)
+        events = [json.loads(r.payload) for r in buf.pending(Lane.EVENT, 0, 1000)]
+        assert wait_until(lambda: any(e["state"] == "overflow" for e in _events(buf)))
+        stats = buf.stats()
+        telemetry = [r.seq for r in buf.pending(Lane.TELEMETRY, 0, 1000)]
+    alarms = [e for e in events if e["kind"] == "alarm"]
+    assert len(alarms) == 30, "a life-safety alarm was dropped while telemetry was left"
+    assert stats["drops"]["alarm"] == 0 and stats["drops"]["event"] == 0
+    # 40 + 40 + 50 records and the overflow announcement (each one makes room for itself:
+    # a second comes a second later if the test is slow), in room for 100
+    assert stats["drops"]["telemetry"] in (31, 32) and stats["depth"] == 100
+    assert telemetry == list(range(telemetry[0], 61)) and telemetry[0] in (32, 33)
+
+
+def _events(buf: EventBuffer) -> list[dict[str, Any]]:
+    return [json.loads(r.payload) for r in buf.pending(Lane.EVENT, 0, 1000)]
+
+
+def test_a_group_on_a_full_disk_is_held_and_resolves_in_order(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    big = "满" * 2000
+    with open_buffer(db, max_pages=30, retry_s=60) as buf:
+        first = buf.submit_many([alarm(big) for _ in range(5)]).result(5)
+        held = buf.submit_many([alarm(big) for _ in range(80)]).result(5)  # cannot fit
+        assert first.seqs == [1, 2, 3, 4, 5] and held.seqs == list(range(6, 86))
+        assert buf.degraded and buf.stats()["held"] >= 80
+        pend = [json.loads(r.payload) for r in buf.pending(Lane.EVENT, 0, 1000)]
+        assert [p["seq"] for p in pend] == list(range(1, 87))  # + the fault, one lane
+        assert pend[-1]["state"] == "degraded"
+        ids = {p["seq"]: p["id"] for p in pend}
+        assert all(ids[r.seq] == r.id for r in held)  # what resolved is what is pending
+    with open_buffer(db) as buf:  # the held group died with the process: said so
+        faults = [e for e in _events(buf) if e["kind"] == "fault"]
+        assert buf.submit_many([alarm()]).result(5).seqs[0] > 86
+    assert any(f["detail"].get("lost_range", [0, 0])[1] >= 85 for f in faults)
+
+
+def test_a_group_with_a_record_that_cannot_be_stored_is_refused_whole(
+    tmp_path: Path,
+) -> None:
+    with open_buffer(tmp_path / "b.db") as buf:
+        bad = info_event(1)
+        object.__setattr__(bad, "value", {1, 2})  # a set is not JSON
+        already = buf.submit(alarm()).result(5)  # seq 1, and it has its seq set
+        refused = buf.submit_many([info_event(0), bad, alarm(), already])
+        error = refused.exception(5)
+        assert isinstance(error, GroupRefused) and isinstance(error, BufferError_)
+        assert sorted(error.bad) == [1, 3] and "serialised" in error.bad[1]
+        assert buf.submit_many([]).result(5).seqs == []
+        ok = buf.submit_many([info_event(2), reading(1)]).result(5)
+        assert [r.seq for r in ok] == [2, 1]  # no seq was used up by the refused group
+        assert len(buf.pending(Lane.EVENT)) == 2
+    closed = buf.submit_many([alarm()])
+    assert isinstance(closed.exception(1), BufferError_)
+
+
+def test_submit_many_stores_the_records_own_bytes_and_reads_back_lazily(
+    tmp_path: Path,
+) -> None:
+    from agent.events import dumps
+
+    group: list[Record] = [alarm(), info_event(7), reading(3), info_event(8)]
+    with open_buffer(tmp_path / "b.db") as buf:
+        stored = buf.submit_many(group).result(5)
+        rows = buf.pending(Lane.EVENT) + buf.pending(Lane.TELEMETRY)
+    by_key = {(r.lane, r.seq): r.payload for r in rows}
+    assert len(stored) == 4 and stored.lane_seqs() == [(r.lane, r.seq) for r in stored]
+    assert [r.seq for r in stored[1:3]] == [2, 1] and stored[-1].seq == 3
+    for record, original in zip(stored, group, strict=True):
+        assert record.seq is not None and original.seq is None  # a copy, not a mutation
+        assert record.id == original.id
         assert by_key[(record.lane, record.seq)] == dumps(record.to_payload(IDENT))
