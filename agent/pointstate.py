@@ -199,6 +199,10 @@ class PointStateStore:
 
     def _open(self) -> sqlite3.Connection:
         self._active = {}
+        try:  # the state directory may not exist yet on a first start outside systemd
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise sqlite3.OperationalError(f"cannot create {self.path.parent}: {exc}") from exc
         # Nobody else opens this file: a lock means trouble, never wait long for it.
         conn = sqlite3.connect(
             self.path, timeout=1.0, isolation_level=None, check_same_thread=False

@@ -261,3 +261,10 @@ def test_remembered_decode_error_and_vanished_points_are_restored() -> None:
         (Kind.RESTORE, "normal", "point3", "decode_error"),
     ]
     assert points.update(PollClass.FAST, blocks({}), 1000, True, 1.0) == []
+
+
+def test_a_missing_state_directory_is_created(tmp_path: Path) -> None:
+    path = tmp_path / "not" / "yet" / "pointstate.db"
+    with PointStateStore(path) as store:
+        assert store.record([]) == 0
+    assert path.exists()
