@@ -44,7 +44,6 @@ from typing import Any, Final, NamedTuple, overload
 
 from agent.errors import BufferError_
 from agent.events import (
-    Category,
     Event,
     Identity,
     Kind,
@@ -53,6 +52,7 @@ from agent.events import (
     Severity,
     now_ms,
     splice_seq,
+    system_event,
 )
 
 log = logging.getLogger(__name__)
@@ -539,17 +539,10 @@ class EventBuffer:
     def _system_event(
         self, kind: Kind, severity: Severity, state: str, text: str, detail: dict[str, Any]
     ) -> Event:
-        return Event(
-            kind=kind,
-            category=Category.SYSTEM,
-            severity=severity,
-            state=state,
-            text=text,
-            device="gateway",
-            point="buffer",
+        return system_event(
+            kind, severity, state, text, point="buffer", clock_synced=self._clock_synced(),
             detail=detail,
-            clock_synced=self._clock_synced(),
-        )
+        )  # fmt: skip
 
     # -- the public, thread-safe surface -------------------------------------
 

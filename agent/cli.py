@@ -44,7 +44,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from agent import __version__, buffer_file, cli_render
+from agent import __version__, cli_render
 from agent.config import Config, DeviceConfig, LineConfig, config_digest, load_config
 from agent.control import (
     DEFAULT_SOCKET,
@@ -321,6 +321,10 @@ def _buffer_handler(
 
 def cmd_buffer_file(args: argparse.Namespace) -> int:
     """`alarmgw buffer --file DB`: what a buffer file holds, read-only, without the agent."""
+    # imported here: sqlite-utils (and click under it) costs ~14 MB that `alarmgw run`,
+    # which shares this entry point, must not carry on a 1 GB Pi
+    from agent import buffer_file  # noqa: PLC0415
+
     try:
         info = buffer_file.inspect(Path(args.file))
     except BufferError_ as exc:

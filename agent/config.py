@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError, ConfigProblem
-from agent.events import Category, Identity, Kind, Severity
+from agent.events import GATEWAY_DEVICE, Category, Identity, Kind, Severity
 from drivers.types import Table
 
 if TYPE_CHECKING:  # imported lazily at run time: see _profile_loader
@@ -176,7 +176,7 @@ OUTPUT_RULES = ("alarm", "uplink-down-blink", "none")
 INPUT_KINDS = (Kind.ALARM, Kind.FAULT, Kind.SUPERVISORY, Kind.STATE)
 # Reserved for the gateway's own events; a contact cannot be a comm or system fault.
 INPUT_CATEGORIES = tuple(c for c in Category if c not in (Category.COMM, Category.SYSTEM))
-GATEWAY_DEVICE_ID = "gateway"  # the `device` of gateway-internal events
+GATEWAY_DEVICE_ID = GATEWAY_DEVICE  # the `device` of gateway-internal events
 BUILTIN_PROFILE_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
 SYSTEM_PROFILE_DIR = Path("/usr/share/alarmgw/profiles")
 # The Pi's own UART pins: a line on the built-in serial port owns them.

@@ -225,6 +225,34 @@ class Reading:
         }
 
 
+GATEWAY_DEVICE = "gateway"  # the `device` of gateway-internal events
+
+
+def system_event(
+    kind: Kind,
+    severity: Severity,
+    state: str,
+    text: str,
+    *,
+    point: str,
+    clock_synced: bool,
+    category: Category = Category.SYSTEM,
+    detail: dict[str, Any] | None = None,
+) -> Event:
+    """An event about the gateway itself (buffer, clock, GPIO, control socket)."""
+    return Event(
+        kind=kind,
+        category=category,
+        severity=severity,
+        state=state,
+        text=text,
+        device=GATEWAY_DEVICE,
+        point=point,
+        clock_synced=clock_synced,
+        detail=detail or None,
+    )
+
+
 Record = Event | Reading
 _R = TypeVar("_R", Event, Reading)
 

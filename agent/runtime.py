@@ -36,7 +36,7 @@ from agent.commands import CommandHandler
 from agent.config import GATEWAY_DEVICE_ID, Config, DeviceConfig, LineConfig, config_digest
 from agent.control import ControlServer, ControlSetupError, EventFanout, EventSubscription
 from agent.errors import AlarmgwError, FieldError, UnknownPoint
-from agent.events import Category, Event, Kind, Lane, Record, Severity, now_ms
+from agent.events import Category, Event, Kind, Lane, Record, Severity, now_ms, system_event
 from agent.journal import setup_logging
 from agent.points import DevicePoints
 from agent.pointstate import COMM, PointStateStore
@@ -77,16 +77,8 @@ class DeviceRuntime:
 def _system_event(
     kind: Kind, severity: Severity, state: str, text: str, *, synced: bool, **detail: Any
 ) -> Event:
-    return Event(
-        kind=kind,
-        category=Category.SYSTEM,
-        severity=severity,
-        state=state,
-        text=text,
-        device=GATEWAY_DEVICE_ID,
-        point=state,
-        clock_synced=synced,
-        detail=detail or None,
+    return system_event(
+        kind, severity, state, text, point=state, clock_synced=synced, detail=detail
     )
 
 
@@ -713,15 +705,14 @@ class Gateway:
                 continue
             for cond in conds.values():
                 self.emit(
-                    Event(
-                        kind=Kind.RESTORE,
-                        category=cond.category,
-                        severity=Severity.INFO,
-                        state="normal",
-                        text=f"网关重启，重新检测：{cond.state}",
-                        device=device,
-                        point=point,
+                    system_event(
+                        Kind.RESTORE,
+                        Severity.INFO,
+                        "normal",
+                        f"网关重启，重新检测：{cond.state}",
+                        point=point or cond.condition,
                         clock_synced=self.clock_synced(),
+                        category=cond.category,
                         detail={"restores": cond.condition, "reason": "restart"},
                     )
                 )

@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from simulator.broker import Mosquitto  # noqa: E402
+from simulator.broker import Mosquitto, free_port  # noqa: E402
+from simulator.procs import stop_process  # noqa: E402
 
 BIN = Path(sys.executable).parent
 BENCH_PROFILES = ROOT / "bench" / "profiles"
@@ -462,25 +463,6 @@ class Control:
 # --- the rig -----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None:
-        return
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @dataclass
 class Rig:
     """What a running rig offers a bench."""
@@ -513,7 +495,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: Path) -> None:
 def rig(d: Path, setup: Setup, *, poll_log: bool = False) -> Iterator[Rig]:
     """Broker, subscriber, simulator and agent, all real; everything stopped on exit."""
     d.mkdir(parents=True, exist_ok=True)
-    tcp_ports = {t.id: _free_port() for t in setup.tcp}
+    tcp_ports = {t.id: free_port() for t in setup.tcp}
     scenario, agent_cfg = d / "scenario.toml", d / "agent.toml"
     scenario.write_text(setup.scenario(d, tcp_ports), encoding="utf-8")
     request_log = d / "requests.jsonl"
@@ -548,10 +530,10 @@ def rig(d: Path, setup: Setup, *, poll_log: bool = False) -> Iterator[Rig]:
                 )
             yield Rig(d, broker, feed, control, agent, setup, request_log)
         finally:
-            _stop(agent)
+            stop_process(agent)
             if control is not None:
                 control.close()
-            _stop(sim)
+            stop_process(sim)
             if sim is not None and sim.stdout is not None:
                 sim.stdout.close()
             feed.close()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ import paho.mqtt.client as mqtt
 
 from simulator.broker import Mosquitto
 from simulator.control import call as sim_call
+from simulator.procs import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "config" / "scenarios" / "care-home.toml"
@@ -196,20 +196,6 @@ def feed_subscriber(broker: Mosquitto, client_id: str) -> Iterator[Feed]:
     finally:
         sub.disconnect()
         sub.loop_stop()
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None:
-        return
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 def start_simulator(

@@ -41,6 +41,7 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
             gw.gpio.close()
         gw.uplink.stop()  # never started here; this releases its wake-up socket pair
         gw.buffer.close()
+        gw.pointstate.close()
 
 
 def test_manual_alarm_held_at_boot_sounds_the_buzzer(gateway: Gateway) -> None:
@@ -63,3 +64,14 @@ def test_manual_alarm_held_at_boot_sounds_the_buzzer(gateway: Gateway) -> None:
             gateway.gpio = None
         Device.pin_factory = None
         factory.close()
+
+
+def test_the_agent_does_not_load_the_offline_tools_dependencies() -> None:
+    """sqlite-utils (with click under it) is ~14 MB of RSS: only `alarmgw buffer --file`
+    may load it, never the long-running agent on a 1 GB Pi (the footprint bench caught it)."""
+    import subprocess
+    import sys
+
+    code = "import sys, agent.cli, agent.runtime; print('sqlite_utils' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
