@@ -146,7 +146,7 @@ class AlarmRule:
     @property
     def silenced(self) -> bool:
         with self._lock:
-            return self._silenced and bool(self._sounding_alarms_locked())
+            return self._silenced and self._any_sounding_locked()
 
     def active_alarms(self) -> list[Event]:
         """Every active alarm (any category), most severe first, then oldest first."""
@@ -154,11 +154,12 @@ class AlarmRule:
             alarms = list(self._active.values())
         return sorted(alarms, key=lambda e: (e.severity.rank, e.ts_ms))
 
-    def _sounding_alarms_locked(self) -> list[Event]:
-        return [e for e in self._active.values() if e.category in LIFE_SAFETY]
+    def _any_sounding_locked(self) -> bool:
+        # any(), not a list: in a storm this runs once per event over every active alarm
+        return any(e.category in LIFE_SAFETY for e in self._active.values())
 
     def _should_sound_locked(self) -> bool:
-        return not self._silenced and bool(self._sounding_alarms_locked())
+        return not self._silenced and self._any_sounding_locked()
 
     def _apply_locked(self) -> None:
         sound = self._should_sound_locked()

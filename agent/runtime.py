@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import queue
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -805,8 +806,15 @@ class _ControlAdapter:
         return self.gw.buffer_info()
 
 
+SWITCH_INTERVAL_S = 0.001
+
+
 def run(cfg: Config, *, broker: tuple[str, int] | None = None) -> int:
     setup_logging()
+    # The line owners wait on the bus, not on the CPU; during an event storm the points,
+    # buffer and uplink threads are busy, and at Python's default 5 ms switch interval each
+    # wake-up of a line could wait that long for the interpreter (bench_storm.py).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         gateway = Gateway(cfg, broker=broker)
     except AlarmgwError:
