@@ -36,7 +36,7 @@ from agent.clock import clock_probe
 from agent.commands import CommandHandler
 from agent.config import GATEWAY_DEVICE_ID, Config, DeviceConfig, LineConfig, config_digest
 from agent.control import ControlServer, ControlSetupError, EventFanout, EventSubscription
-from agent.errors import AlarmgwError, FieldError, UnknownPoint
+from agent.errors import AlarmgwError, FieldError, FieldTimeout, UnknownPoint
 from agent.events import Category, Event, Kind, Lane, Record, Severity, now_ms, system_event
 from agent.journal import setup_logging
 from agent.points import DevicePoints
@@ -97,7 +97,7 @@ class Gateway:
         uplink_cfg = cfg.uplink
         if broker is not None:
             uplink_cfg = dataclasses.replace(uplink_cfg, host=broker[0], port=broker[1])
-        self.commands = CommandHandler(self, cfg.identity, self.clock_synced)
+        self.commands = CommandHandler(_CommandAdapter(self), cfg.identity, self.clock_synced)
         self.uplink = Uplink(
             uplink_cfg,
             cfg.identity,
@@ -583,7 +583,11 @@ class Gateway:
         if self._loop is None:
             raise AlarmgwError("the agent is not running its field loop")
         fut = asyncio.run_coroutine_threadsafe(self._read(device, point), self._loop)
-        return fut.result(READ_TIMEOUT_S + 1)
+        try:
+            return fut.result(READ_TIMEOUT_S + 1)
+        except TimeoutError as exc:  # a field answer that never came, not an agent bug
+            fut.cancel()
+            raise FieldTimeout(f"device {device!r}: no answer within {READ_TIMEOUT_S} s") from exc
 
     async def _read(self, device: str, point: str | None) -> dict[str, Any]:
         dev = self.field_devices.get(device)
@@ -773,6 +777,42 @@ def _alive_of(line: Line) -> Callable[[], float]:
 
 def _unsent(event: Event) -> dict[str, Any]:
     return {"id": event.id, "device": event.device, "point": event.point, "text": event.text}
+
+
+class _CommandAdapter:
+    """The downlink's view of the gateway: results shaped as docs/schemas/cmd-result says."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    def status(self) -> dict[str, Any]:
+        return self.gw.status()
+
+    def read_point(self, device: str, point: str | None) -> dict[str, Any]:
+        local = self.gw.read_point(device, point)
+        points = []
+        for point_id, reading in local["points"].items():
+            failed = "error" in reading
+            points.append(
+                {
+                    "point": point_id,
+                    "name": reading.get("name", ""),
+                    "value": None if failed else reading["value"],
+                    "unit": reading.get("unit"),
+                    "quality": "bad" if failed else "good",
+                    "ts_ms": local["ts_ms"],
+                }
+            )
+        return {"device": local["device"], "points": points}
+
+    def test_alarm(self, requested_by: str) -> Event:
+        return self.gw.test_alarm(requested_by)
+
+    def silence(self) -> dict[str, Any]:
+        sounding = self.gw.rules.alarm.sounding
+        self.gw.silence()
+        buzzers = [o.id for o in self.gw.cfg.outputs if o.rule == "alarm"]
+        return {"silenced": buzzers if sounding else []}
 
 
 class _ControlAdapter:
