@@ -383,7 +383,7 @@ class EventBuffer:
         self._sidecar = Sidecar(self.path.with_name(self.path.name + ".seq"))
         try:
             self._open_or_recover()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:  # OSError: moving a corrupt file aside failed
             self._close_connections()
             raise BufferError_(f"{self.path}: cannot open the buffer database: {exc}") from exc
         self._thread = threading.Thread(target=self._run, name="buffer-writer", daemon=True)
@@ -443,7 +443,11 @@ class EventBuffer:
         existed = self.path.exists()
         try:
             self._db = self._open_checked()
-        except sqlite3.DatabaseError as exc:
+        except CorruptDatabase as exc:
+            # Only proven corruption is moved aside. Anything else (locked by another
+            # process, disk full, I/O error, read-only, cannot open) says nothing about
+            # the file's health: it propagates, start() raises BufferError_, the file
+            # is left as it is, and systemd retries with the accepted events intact.
             self._move_aside()
             self._db = self._fresh(known, f"corrupt buffer database moved aside: {exc}")
         else:
@@ -462,7 +466,12 @@ class EventBuffer:
             self._configure(conn)
             conn.executescript(_SCHEMA)
             _check_integrity(conn)
-        except sqlite3.DatabaseError:
+        except sqlite3.Error as exc:
+            conn.close()
+            if is_corruption(exc):
+                raise CorruptDatabase(str(exc)) from exc
+            raise
+        except CorruptDatabase:
             conn.close()
             raise
         return conn
@@ -1075,10 +1084,29 @@ def _runs(keys: list[Key]) -> list[tuple[Lane, int, int]]:
     return runs
 
 
+# Primary result codes (the low byte of an extended code) that prove the file itself
+# is damaged. Every other code (BUSY, LOCKED, FULL, IOERR, CANTOPEN, READONLY, ...)
+# is about the surroundings, and a healthy file must never be moved aside for it.
+SQLITE_CORRUPT: Final = 11
+SQLITE_NOTADB: Final = 26
+
+
+class CorruptDatabase(Exception):
+    """The buffer file is proven damaged (SQLITE_CORRUPT/NOTADB or a failed quick_check)."""
+
+
+def is_corruption(exc: sqlite3.Error) -> bool:
+    """True only when SQLite's own result code says the file is damaged."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in (SQLITE_CORRUPT, SQLITE_NOTADB)
+
+
 def _check_integrity(conn: sqlite3.Connection) -> None:
-    verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+    row = conn.execute("PRAGMA quick_check").fetchone()
+    verdict = row[0] if row else "no answer"
     if verdict != "ok":
-        raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+        # first lines only: the verdict lists every bad page and ends up in a fault event
+        raise CorruptDatabase(f"quick_check: {' | '.join(str(verdict).splitlines()[:3])}")
 
 
 def _drop_key(row: StoredRow) -> tuple[int, int, int]:

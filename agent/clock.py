@@ -11,10 +11,9 @@ It must never raise or block: any doubt answers False (unsynced).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +50,55 @@ class _Timex(ctypes.Structure):
     )
 
 
-def kernel_clock_synced() -> bool:
-    """Ask the kernel (read-only adjtimex: modes = 0). False on any doubt."""
+class KernelClock(NamedTuple):
+    """adjtimex(2)'s answer: the clock state it returned and timex.status."""
+
+    state: int
+    status: int
+
+
+def _load_adjtimex() -> Any | None:
+    """libc's adjtimex, looked up once at import. Never ctypes.util.find_library:
+    it runs `/sbin/ldconfig -p` (a fork+exec) each time, and the probe is called
+    for every poll result and every event. CDLL(None) is the running process,
+    which already has libc mapped. None when unavailable (never raises)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        tx = _Timex()
-        state = libc.adjtimex(ctypes.byref(tx))
+        func = ctypes.CDLL(None, use_errno=True).adjtimex
     except (OSError, AttributeError) as exc:
-        log.debug("adjtimex unavailable: %s", exc)
+        log.warning("adjtimex unavailable, the clock will count as unsynchronised: %s", exc)
+        return None
+    func.argtypes = (ctypes.POINTER(_Timex),)
+    func.restype = ctypes.c_int
+    return func
+
+
+_ADJTIMEX: Final = _load_adjtimex()
+
+
+def read_kernel_clock() -> KernelClock | None:
+    """One read-only adjtimex call (modes = 0); None when it cannot be asked."""
+    if _ADJTIMEX is None:
+        return None
+    tx = _Timex()  # zeroed: modes = 0 asks without changing anything
+    try:
+        state = int(_ADJTIMEX(ctypes.byref(tx)))
+    except (OSError, ctypes.ArgumentError) as exc:
+        log.debug("adjtimex failed: %s", exc)
+        return None
+    return KernelClock(state=state, status=int(tx.status))
+
+
+def is_synced(answer: KernelClock | None) -> bool:
+    """The kernel's verdict: synced unless the call failed, the state is TIME_ERROR
+    or STA_UNSYNC is set (a seccomp-denied call returns -1 with EPERM)."""
+    if answer is None or answer.state < 0 or answer.state == TIME_ERROR:
         return False
-    if state < 0 or state == TIME_ERROR:
-        return False
-    return not tx.status & STA_UNSYNC
+    return not answer.status & STA_UNSYNC
+
+
+def kernel_clock_synced() -> bool:
+    """Ask the kernel. False on any doubt; never raises, never forks."""
+    return is_synced(read_kernel_clock())
 
 
 def clock_synced(source: str = "kernel") -> bool:

@@ -36,7 +36,7 @@ from agent.clock import clock_probe
 from agent.commands import CommandHandler
 from agent.config import GATEWAY_DEVICE_ID, Config, DeviceConfig, LineConfig, config_digest
 from agent.control import ControlServer, ControlSetupError, EventFanout, EventSubscription
-from agent.errors import AlarmgwError, FieldError, FieldTimeout, UnknownPoint
+from agent.errors import AlarmgwError, BufferError_, FieldError, FieldTimeout, UnknownPoint
 from agent.events import Category, Event, Kind, Lane, Record, Severity, now_ms, system_event
 from agent.journal import setup_logging
 from agent.points import DevicePoints
@@ -671,7 +671,15 @@ class Gateway:
         self._stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._stop.set)
-        self.buffer.start()
+        try:
+            self.buffer.start()
+        except BufferError_ as exc:
+            # not corruption (that is handled inside): locked, disk full, unreadable. Nothing
+            # can be accepted durably; exit non-zero and let systemd try again.
+            log.critical("cannot open the event buffer: %s", exc)
+            self.pointstate.close()
+            self.uplink.stop()
+            return 1
         try:
             self._restore_gateway_conditions()
             self._start_gpio()

@@ -13,7 +13,9 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from agent.buffer import EventBuffer, GroupRefused, StoredRecords
+import pytest
+
+from agent.buffer import EventBuffer, GroupRefused, StoredRecords, is_corruption
 from agent.errors import BufferError_
 from agent.events import Lane, Record
 from tests.uplink_helpers import IDENT, alarm, info_event, reading, wait_until
@@ -70,6 +72,114 @@ def test_a_corrupt_database_is_moved_aside_and_no_seq_is_reused(tmp_path: Path) 
     low, high = fault["detail"]["lost_range"]
     assert low <= 1 and high >= last  # the range covers what the old file held
     assert fault["seq"] > last and new_seq > fault["seq"]  # above every seq handed out
+
+
+def test_a_damaged_page_behind_a_good_header_is_also_moved_aside(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    with open_buffer(db) as buf:
+        last = buf.submit_many([alarm(f"fire {i}" * 200) for i in range(200)]).result(10)[-1].seq
+    raw = bytearray(db.read_bytes())
+    assert len(raw) > 8 * 4096, "needs pages beyond the header to damage"
+    raw[4096:] = bytes([0xA5]) * (len(raw) - 4096)  # page 1 (header, schema) intact
+    db.write_bytes(bytes(raw))
+    with open_buffer(db) as buf:
+        fault = json.loads(buf.pending(Lane.EVENT)[0].payload)
+    assert [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert fault["kind"] == "fault" and fault["seq"] > last
+
+
+# --- a healthy file that cannot be opened right now is never moved aside ------------
+
+
+def _five_alarms(db: Path) -> list[int]:
+    with open_buffer(db) as buf:
+        return [buf.submit(alarm(f"fire {i}")).result(5).seq for i in range(5)]
+
+
+def _assert_untouched_and_resumes(db: Path, seqs: list[int]) -> None:
+    names = sorted(p.name for p in db.parent.iterdir())
+    assert not [n for n in names if ".corrupt-" in n], names
+    with open_buffer(db) as buf:  # once the obstacle is gone: every alarm, no loss fault
+        rows = buf.pending(Lane.EVENT)
+        assert [r.seq for r in rows] == seqs
+        assert [json.loads(r.payload)["kind"] for r in rows] == ["alarm"] * 5
+
+
+def _hold_exclusive_lock(db: Path) -> sqlite3.Connection:
+    # a technician's sqlite3 shell, or a stuck old agent, holding the write lock
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    return other
+
+
+def test_a_database_locked_at_start_is_an_error_not_corruption(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    seqs = _five_alarms(db)
+    other = _hold_exclusive_lock(db)
+    try:
+        with pytest.raises(BufferError_, match="locked"):
+            open_buffer(db)  # waits out busy_timeout (5 s), then refuses to start
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert not [n for n in names if ".corrupt-" in n], names
+    finally:
+        other.close()
+    _assert_untouched_and_resumes(db, seqs)
+
+
+_LOCK_HOLDER = """
+import sqlite3, sys
+other = sqlite3.connect(sys.argv[1], isolation_level=None)
+other.execute("PRAGMA locking_mode=EXCLUSIVE")
+other.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()  # hold the lock until the test closes our stdin
+"""
+
+
+def test_a_database_locked_by_another_process_is_left_untouched(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    seqs = _five_alarms(db)
+    with subprocess.Popen(
+        [sys.executable, "-c", _LOCK_HOLDER, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        assert holder.stdout is not None and holder.stdin is not None
+        try:
+            assert holder.stdout.readline() == "locked\n"
+            with pytest.raises(BufferError_, match="locked"):
+                open_buffer(db)
+        finally:
+            holder.stdin.close()
+            holder.wait(10)
+    _assert_untouched_and_resumes(db, seqs)
+
+
+def test_a_database_that_cannot_be_opened_is_an_error_and_not_moved(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    db.mkdir()  # SQLITE_CANTOPEN: says nothing about any file's health
+    with pytest.raises(BufferError_, match="unable to open"):
+        open_buffer(db)
+    assert db.is_dir()
+    assert not [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+
+
+def test_only_corrupt_and_notadb_result_codes_count_as_corruption(tmp_path: Path) -> None:
+    garbage = tmp_path / "g.db"
+    garbage.write_bytes(b"not a database" * 100)
+    conn = sqlite3.connect(garbage)
+    try:
+        with pytest.raises(sqlite3.DatabaseError) as notadb:
+            conn.execute("PRAGMA quick_check")
+    finally:
+        conn.close()
+    assert is_corruption(notadb.value)
+    busy = sqlite3.OperationalError("database is locked")
+    busy.sqlite_errorcode = 5  # type: ignore[attr-defined]
+    assert not is_corruption(busy)
+    assert not is_corruption(sqlite3.DatabaseError("no code at all"))
 
 
 def test_a_missing_database_with_a_sidecar_is_a_fault_not_a_silent_reset(tmp_path: Path) -> None:

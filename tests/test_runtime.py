@@ -75,3 +75,39 @@ def test_the_agent_does_not_load_the_offline_tools_dependencies() -> None:
     code = "import sys, agent.cli, agent.runtime; print('sqlite_utils' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_locked_buffer_stops_start_up_with_one_clear_line(tmp_path: Path) -> None:
+    """Not corruption: the file is left alone and the agent exits 1 for systemd to retry."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from agent.buffer import EventBuffer
+    from agent.events import Identity
+
+    text = (ROOT / "config" / "example.toml").read_text(encoding="utf-8")
+    db = tmp_path / "buffer.db"
+    text = text.replace("/var/lib/alarmgw/buffer.db", str(db))
+    text = text.replace("/run/alarmgw/control.sock", str(tmp_path / "control.sock"))
+    config = tmp_path / "alarmgw.toml"
+    config.write_text(text, encoding="utf-8")
+    EventBuffer(db, Identity("s", "g"), 1000).start().close()
+    holder = sqlite3.connect(db)
+    try:
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        proc = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "run", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,  # the exit status is the point of the test
+            env={"GPIOZERO_PIN_FACTORY": "mock", "PATH": "/usr/bin:/bin"},
+        )
+    finally:
+        holder.close()
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot open the event buffer" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("buffer.db.corrupt*"))

@@ -145,6 +145,22 @@ def test_clock_sync_can_still_be_read(unit: dict[str, list[str]]) -> None:
     assert unit.get("Service.ProtectClock", ["no"]) == ["no"]
 
 
+def _environment(unit: dict[str, list[str]]) -> dict[str, str]:
+    words = (word for line in unit["Service.Environment"] for word in line.split())
+    return dict(word.split("=", 1) for word in words)
+
+
+def test_cwd_and_lgpio_pipes_are_in_writable_directories(unit: dict[str, list[str]]) -> None:
+    # ProtectSystem=strict makes / read-only, and lgpio (Pi 5) creates its .lgd-nfy*
+    # pipes in $LG_WD or else the cwd (gpiozero#1106): both must be ours to write.
+    state = [f"/var/lib/{name}" for name in unit["Service.StateDirectory"][0].split()]
+    runtime = [f"/run/{name}" for name in unit["Service.RuntimeDirectory"][0].split()]
+    assert unit["Service.ProtectSystem"] == ["strict"]
+    assert unit.get("Service.WorkingDirectory") == ["/var/lib/alarmgw"]
+    assert unit["Service.WorkingDirectory"][0] in state
+    assert _environment(unit).get("LG_WD") in runtime + state
+
+
 def _expand(group: str, cache: dict[str, set[str]]) -> set[str]:
     """The syscalls in a systemd filter group, nested groups included."""
     if not group.startswith("@"):
@@ -191,6 +207,8 @@ def test_syscall_filter_allows_what_the_agent_needs(unit: dict[str, list[str]]) 
         # mqtt, modbus tcp, control socket
         "socket", "connect", "sendto", "recvfrom", "setsockopt", "accept4",
         "mmap", "mprotect", "futex", "clone", "clone3", "epoll_wait", "ppoll", "getrandom",
+        # `[control] group`: os.chown of the control socket (@privileged holds @chown)
+        "chown", "fchown", "fchownat", "lchown",
     }  # fmt: skip
     assert needed <= allowed, sorted(needed - allowed)
     denied = {"settimeofday", "clock_settime", "setuid", "mount", "init_module", "ptrace", "reboot"}
