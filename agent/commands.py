@@ -3,25 +3,33 @@
 Validation is agent.feed.parse_command's; this module dispatches to the
 gateway through the GatewayControl protocol (the runtime implements it) and
 wraps every outcome — malformed JSON, wrong types, unknown command, oversized,
-expired, a control method raising — into an error result with a code.
+expired, retained, a control method raising — into an error result with a code.
 
-It must never raise out of handle(), and never write to a field device:
-none of the commands reachable here asks GatewayControl for a write.
+QoS 1 may deliver a command twice: the results of the last RECENT_REQUESTS
+commands acted on are kept by (name, request id), and a repeat is answered from
+there without acting again (docs/feed.md section 9). A retained command is
+refused: the broker would replay it on every connect.
+
+It must never raise out of handle(), never act twice on one request id it
+still remembers, and never write to a field device: none of the commands
+reachable here asks GatewayControl for a write.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from agent import feed
 from agent.errors import AlarmgwError, FieldError, UnknownPoint
 from agent.events import Event, Identity, now_ms
 
 log = logging.getLogger(__name__)
+
+RECENT_REQUESTS: Final = 256  # results remembered for repeats (bounded: ~256 small dicts)
 
 
 class GatewayControl(Protocol):
@@ -51,22 +59,56 @@ class CommandHandler:
         self._lock = threading.Lock()
         self.errors: Counter[str] = Counter()  # by error code, for status and tests
         self.handled = 0
+        self.repeats = 0  # requests answered from memory, not acted on again
+        # (name, request id) -> the result given; oldest first. Callers are serialised by
+        # the uplink's one command worker, so a repeat never races its original.
+        self._recent: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
 
-    def handle(self, name: str, raw: bytes) -> dict[str, Any]:
-        """The cmd-result payload for one message on cmd/<name>. Never raises."""
+    def handle(self, name: str, raw: bytes, retained: bool = False) -> dict[str, Any]:
+        """The cmd-result payload for one message on cmd/<name>. Never raises.
+
+        `retained`: the message came with the retain flag (a replay by the broker); it
+        is refused, never acted on.
+        """
         with self._lock:
             self.handled += 1
         try:
-            return self._handle(name, raw)
+            return self._handle(name, raw, retained)
         except Exception as exc:  # last line of defence: a bug becomes an error result
             log.exception("command %r failed unexpectedly", name[:64])
             return self._error(None, name, feed.ErrorCode.INTERNAL, type(exc).__name__)
 
-    def _handle(self, name: str, raw: bytes) -> dict[str, Any]:
+    def _handle(self, name: str, raw: bytes, retained: bool) -> dict[str, Any]:
         try:
-            command = feed.parse_command(name, raw)
+            command = feed.parse_command(name, raw, retained=retained)
         except feed.BadCommand as bad:
             return self._error(bad.request_id, name, bad.code, bad.message)
+        key = (name, command.request_id)
+        earlier = self._recall(key)
+        if earlier is not None:
+            return earlier
+        result = self._act(command, name)
+        self._remember(key, result)
+        return result
+
+    def _recall(self, key: tuple[str, str]) -> dict[str, Any] | None:
+        with self._lock:
+            earlier = self._recent.get(key)
+            if earlier is None:
+                return None
+            self._recent.move_to_end(key)
+            self.repeats += 1
+        log.info("command %s %r repeated: answered from memory", key[0][:64], key[1])
+        return dict(earlier)
+
+    def _remember(self, key: tuple[str, str], result: dict[str, Any]) -> None:
+        with self._lock:
+            self._recent[key] = dict(result)
+            while len(self._recent) > RECENT_REQUESTS:
+                self._recent.popitem(last=False)
+
+    def _act(self, command: feed.Command, name: str) -> dict[str, Any]:
+        """Run a valid command once; its result (ok or error) is what repeats get."""
         if feed.is_expired(command, now_ms(), self._clock_synced()):
             return self._error(command.request_id, name, feed.ErrorCode.EXPIRED, "deadline passed")
         try:

@@ -20,14 +20,26 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.errors import UplinkError
+
+# MQTT 5: the largest packet we accept (CONNECT's Maximum-Packet-Size). Commands are at
+# most 4 KiB (agent.feed.MAX_COMMAND_BYTES); the broker drops anything bigger for us, so
+# a huge message never reaches the Pi's memory. MQTT 3.1.1 has no such property: the
+# broker's own limit must do it (docs/feed.md, section 9).
+MAX_INCOMING_PACKET: Final = 16 * 1024
+
+# Reason codes of a loss that the last packet we sent may have caused (the broker found
+# it malformed or too big, or we could not parse its answer to it). A plain network loss
+# is none of these, so it never counts against a row.
+MESSAGE_FAULTS: Final = frozenset({0x81, 0x82, 0x95, 0x99})
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +74,16 @@ class Endpoint:
     keepalive_s: int = 30
     tls: TlsFiles | None = None
     credentials: Credentials | None = None
-    connect_timeout_s: float = 10.0
+    # bounds TCP connect and the TLS handshake each (paho applies it to both): well
+    # under the 30 s systemd watchdog even when both run to the limit
+    connect_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
     topic: str
     payload: bytes
+    retain: bool = False  # a retained message replayed by the broker (on subscribe)
 
 
 @dataclass
@@ -77,7 +92,7 @@ class Callbacks:
 
     on_connect: Callable[[bool, str], None]  # (accepted, reason)
     on_disconnect: Callable[[str], None]
-    on_puback: Callable[[int, bool], None]  # (mid, accepted by the broker)
+    on_puback: Callable[[int, int], None]  # (mid, reason code: < 0x80 means accepted)
     on_message: Callable[[Message], None]
 
 
@@ -158,6 +173,9 @@ class MqttConnection:
         client.on_message = self._on_message
         self._client = client
         self.closed = False
+        # the loss was a protocol fault (MESSAGE_FAULTS), not the network: the uplink may
+        # blame the oldest row in flight for it
+        self.message_fault = False
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -167,6 +185,7 @@ class MqttConnection:
             kwargs: dict[str, Any] = {"keepalive": self.endpoint.keepalive_s}
             if self._v5:
                 kwargs["clean_start"] = True
+                kwargs["properties"] = _connect_properties()
             rc = self._client.connect(self.endpoint.host, self.endpoint.port, **kwargs)
         except (OSError, ssl.SSLError, ValueError) as exc:
             self.closed = True  # paho stored no socket; a half-made one dies with the traceback
@@ -225,6 +244,7 @@ class MqttConnection:
 
     def _check(self, rc: MQTTErrorCode) -> None:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not self.closed:
+            self.message_fault = rc == MQTTErrorCode.MQTT_ERR_PROTOCOL
             self._lost(paho.error_string(rc))
 
     def _lost(self, reason: str) -> None:
@@ -270,6 +290,7 @@ class MqttConnection:
     ) -> None:
         if not self.closed:
             self.closed = True
+            self.message_fault = reason.value in MESSAGE_FAULTS
             self._cb.on_disconnect(str(reason))
 
     def _on_publish(
@@ -280,14 +301,20 @@ class MqttConnection:
         reason: ReasonCode,
         _props: Properties | None,
     ) -> None:
-        self._cb.on_puback(mid, not reason.is_failure)
+        self._cb.on_puback(mid, int(reason.value))
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
         try:
             topic = msg.topic
         except UnicodeDecodeError:
             return  # not a topic we subscribed to in any meaningful way
-        self._cb.on_message(Message(topic, bytes(msg.payload)))
+        self._cb.on_message(Message(topic, bytes(msg.payload), bool(msg.retain)))
+
+
+def _connect_properties() -> Properties:
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.MaximumPacketSize = MAX_INCOMING_PACKET
+    return props
 
 
 def socket_pair() -> tuple[socket.socket, socket.socket]:

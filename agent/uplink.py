@@ -6,14 +6,24 @@ buffer after a reconnect, never from paho's memory. Pending rows leave events
 lane first, then telemetry, each lane in seq order, with at most
 `inflight_window` unacknowledged; each PUBACK deletes its row (buffer.ack).
 Reconnects back off exponentially with full jitter, so a thousand gateways do
-not all come back in the same second after a broker restart.
+not all come back in the same second after a broker restart; the backoff starts
+over only after a session proved itself (a row acknowledged, or up STABLE_S).
+
+A row the broker refuses (too big, malformed: it answers with a failure or drops
+the connection) would otherwise go first again on every reconnect and hold the
+lane forever. After the first refusal that row is sent alone (probe), so a later
+refusal is surely its own; after SET_ASIDE_AFTER refusals it is set aside: deleted
+from the buffer and announced by a small SYSTEM fault event naming its lane and
+seq (loss is never silent), and the lane moves on. A network loss never counts
+against a row.
 
 Also: the retained online status (and the offline last will), the periodic
 heartbeat, and downlink commands (run on a worker thread, answered on
 cmd-result).
 
-It must never: ack a row before the broker's PUBACK, reorder a lane, let a
-command or a broker fault stop the thread, or block the buffer's writer.
+It must never: ack a row before the broker's PUBACK (except a refused row set
+aside, which is announced), reorder a lane, let a command or a broker fault stop
+the thread, or block the buffer's writer.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -35,7 +46,7 @@ from typing import Any, Final, Protocol
 from agent import feed
 from agent.buffer import EventBuffer
 from agent.errors import UplinkError
-from agent.events import Identity, Lane, dumps, now_ms
+from agent.events import Identity, Kind, Lane, Severity, dumps, now_ms, system_event
 from agent.mqtt import (
     Callbacks,
     Endpoint,
@@ -54,9 +65,27 @@ RESULT_QUEUE: Final = 64  # results waiting for a connection; older ones are dro
 CONTROL_INFLIGHT: Final = 16  # room in paho's window for status/cmd-result beside the rows
 OFFLINE_FLUSH_S: Final = 2.0  # how long a clean shutdown waits for the offline status PUBACK
 ALIVE_S: Final = 1.0  # the connection loop iterates at least this often
+REFILL_S: Final = 1.0  # look at the buffer at least this often while connected
+STABLE_S: Final = 30.0  # a session up this long (or one PUBACKed row) resets the backoff
+BACKOFF_FLOOR_S: Final = 0.1  # no reconnect sooner than this (capped by reconnect_min_s)
+SET_ASIDE_AFTER: Final = 3  # refusals of one row before it is set aside
+MAX_STRIKES: Final = 64  # rows with refusals remembered (bounded: the Pi has 1 GB)
+# A row bigger than this is set aside without being sent: no broker we deliver to takes
+# it for sure (many cap messages at 64-128 KiB), and trying would stall the lane first.
+MAX_ROW_BYTES: Final = 64 * 1024
+# PUBACK reason codes that speak about the message itself, not the topic or the client
+# (0x87 not authorized would refuse every row alike: setting them aside would drain the
+# buffer, so such a refusal only reconnects, with a growing backoff)
+ROW_REFUSALS: Final = frozenset({0x95, 0x99})  # packet too large, payload format invalid
 
 HealthFn = Callable[[], Mapping[str, Any]]
-CommandFn = Callable[[str, bytes], Mapping[str, Any]]
+RowKey = tuple[Lane, int]
+
+
+class CommandFn(Protocol):
+    """Answers one downlink message (agent.commands.CommandHandler.handle); never raises."""
+
+    def __call__(self, name: str, raw: bytes, retained: bool = False) -> Mapping[str, Any]: ...
 
 
 class UplinkSettings(Protocol):
@@ -93,9 +122,15 @@ class UplinkSettings(Protocol):
 
 
 def backoff_delay(attempt: int, min_s: float, max_s: float, rng: Callable[[], float]) -> float:
-    """Exponential backoff with full jitter, never under min_s nor over max_s."""
-    ceiling = min(max_s, min_s * float(2 ** min(attempt, 30)))
-    return max(min_s, rng() * ceiling)
+    """Exponential backoff with full jitter: uniform below min(max_s, min_s * 2**attempt).
+
+    `attempt` is 1 for the first reconnect after a loss. The whole range is jittered
+    (no clamp to min_s, which would bring a fleet back in lockstep after a broker
+    restart); only a small floor keeps a broken broker from being hammered.
+    """
+    ceiling = min(max_s, min_s * float(2 ** min(max(attempt, 0), 30)))
+    floor = min(BACKOFF_FLOOR_S, min_s)
+    return max(floor, rng() * ceiling)
 
 
 @dataclass
@@ -106,6 +141,7 @@ class UplinkCounters:
     connects: int = 0
     reconnects: int = 0
     failed_attempts: int = 0
+    set_aside: int = 0  # rows deleted unsent after repeated refusals (each announced)
     commands: int = 0
     heartbeats: int = 0
 
@@ -119,13 +155,22 @@ class _Session:
 
     conn: MqttConnection = field(init=False)
     connected: bool = False
-    inflight: dict[int, tuple[Lane, int]] = field(default_factory=dict)
+    connected_at: float = 0.0
+    acked_any: bool = False  # a row PUBACKed: the link and the lane work
+    next_refill: float = 0.0
+    inflight: dict[int, RowKey] = field(default_factory=dict)  # in publish order
     cursor: dict[Lane, int] = field(default_factory=lambda: dict.fromkeys(Lane, 0))
     next_heartbeat: float = 0.0
     offline_mid: int | None = None
     # PUBACKed seqs not yet handed to the buffer: one buffer.ack_many per lane per pump,
     # so a window of PUBACKs read in one go wakes the buffer's writer once, not 50 times
     acked: dict[Lane, list[int]] = field(default_factory=lambda: {lane: [] for lane in Lane})
+
+    def proved(self) -> bool:
+        """Connected and useful: a row went through, or it stayed up STABLE_S."""
+        if not self.connected:
+            return False
+        return self.acked_any or time.monotonic() - self.connected_at >= STABLE_S
 
 
 class Uplink:
@@ -174,10 +219,14 @@ class Uplink:
         # time.monotonic() of the connection loop's last iteration (the loop turns at least
         # every ALIVE_S, connected or not): the systemd watchdog reads it
         self.alive = time.monotonic()
-        self._cmd_queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(COMMAND_QUEUE)
+        self._cmd_queue: queue.Queue[tuple[str, bytes, bool] | None] = queue.Queue(COMMAND_QUEUE)
         self._cmd_thread: threading.Thread | None = None
         self._results: deque[dict[str, Any]] = deque(maxlen=RESULT_QUEUE)
         self._results_lock = threading.Lock()
+        # refusals per row, and the row being probed (sent alone until it is acked);
+        # both only touched by the connection thread
+        self._strikes: dict[RowKey, int] = {}
+        self._probe: RowKey | None = None
         if buffer.on_stored is None:
             buffer.on_stored = self.wake
 
@@ -251,14 +300,17 @@ class Uplink:
         attempt = 0
         while not self._stopping.is_set():
             try:
-                reached = self._session()
+                proved = self._session()
             except Exception:  # the uplink thread must outlive any bug in one session
                 log.exception("uplink session failed")
-                reached = False
+                proved = False
             self._set_connected(False)
             if self._stopping.is_set():
                 return
-            attempt = 0 if reached else attempt + 1
+            # a session that reached CONNACK but did nothing useful (a refused row, a
+            # broker that drops us at once) must not reset the backoff: that was the
+            # 85-reconnects-in-6-s loop
+            attempt = 1 if proved else min(attempt + 1, 30)
             delay = backoff_delay(
                 attempt, self.settings.reconnect_min_s, self.settings.reconnect_max_s, self._rng
             )
@@ -283,12 +335,15 @@ class Uplink:
             self.settings.inflight_window + CONTROL_INFLIGHT,
             self._tls,
         )
+        self.alive = time.monotonic()  # open() blocks: DNS, TCP, TLS (each bounded)
         try:
             session.conn.open()
         except UplinkError as exc:
             self.counters.failed_attempts += 1
             log.warning("uplink: %s", str(exc))  # str: a record must not pin a socket
             return False
+        finally:
+            self.alive = time.monotonic()
         deadline = time.monotonic() + self._endpoint.connect_timeout_s
         while not self._stopping.is_set():
             self.alive = time.monotonic()
@@ -307,8 +362,10 @@ class Uplink:
         if self._stopping.is_set():
             self._say_offline(session)
             self._hand_over_acks(session)
+        elif session.connected and session.conn.message_fault:
+            self._blame_loss(session)
         session.conn.close()
-        return session.connected
+        return session.proved()
 
     def _hand_over_acks(self, session: _Session) -> None:
         for lane, seqs in session.acked.items():
@@ -329,6 +386,12 @@ class Uplink:
 
     def _serve(self, session: _Session) -> None:
         """Work while connected: rows into the window, heartbeat, command results."""
+        now = time.monotonic()
+        if now >= session.next_refill:
+            # a wake-up can be missed (a failed buffer read looks like "nothing
+            # pending"): a periodic look keeps a pending alarm from waiting for traffic
+            session.next_refill = now + REFILL_S
+            self._want_fill = True
         if self._want_fill:
             self._want_fill = False
             self._fill(session)
@@ -338,6 +401,8 @@ class Uplink:
 
     def _fill(self, session: _Session) -> None:
         room = self.settings.inflight_window - len(session.inflight)
+        if self._probe is not None:
+            room = min(room, 1 - len(session.inflight))  # the suspect row goes alone
         publish = session.conn.publish
         inflight = session.inflight
         for lane in (Lane.EVENT, Lane.TELEMETRY):
@@ -346,6 +411,10 @@ class Uplink:
             topic = self._topics[feed.Leaf(lane.value)]
             rows = self.buffer.pending(lane, session.cursor[lane], room)
             for row in rows:
+                if len(row.payload) > MAX_ROW_BYTES:
+                    session.cursor[lane] = row.seq
+                    self._set_aside((lane, row.seq), f"{len(row.payload)} bytes, too large")
+                    continue
                 try:
                     mid = publish(topic, row.payload, 1)
                 except UplinkError as exc:
@@ -373,6 +442,8 @@ class Uplink:
             session.conn.close()
             return
         session.connected = True
+        session.connected_at = time.monotonic()
+        self._check_probe()
         if self.counters.connects:
             self.counters.reconnects += 1
         self.counters.connects += 1
@@ -394,22 +465,86 @@ class Uplink:
         if session.connected and not self._stopping.is_set():
             log.warning("uplink: connection lost: %s", reason)
 
-    def _on_puback(self, session: _Session, mid: int, accepted: bool) -> None:
+    def _on_puback(self, session: _Session, mid: int, reason: int) -> None:
         if mid == session.offline_mid:
             session.offline_mid = None
             return
         row = session.inflight.pop(mid, None)
         if row is None:
             return  # status, cmd-result: nothing to delete
-        if not accepted:
+        if reason >= 0x80:
             # the broker refused it (MQTT 5): keep the row, resend from the buffer after a
-            # reconnect; the lane must not move on past it
+            # reconnect; the lane must not move on past it, unless the refusal is about
+            # the row itself and keeps coming (then it is set aside)
             self.counters.rejected += 1
-            log.warning("uplink: broker rejected %s seq %d; reconnecting", *row)
+            log.warning("uplink: broker refused %s seq %d (reason 0x%02x)", *row, reason)
+            if reason in ROW_REFUSALS and self._strike(row, f"refused, reason 0x{reason:02x}"):
+                return  # set aside: the lane goes on without a reconnect
             session.conn.close()
             return
         session.acked[row[0]].append(row[1])
+        session.acked_any = True
         self.counters.acked += 1
+        if self._strikes:
+            self._strikes.pop(row, None)  # it went through: its refusals are forgiven
+        if self._probe == row:
+            self._probe = None
+        self._want_fill = True
+
+    # -- rows the broker keeps refusing ----------------------------------------------
+
+    def _blame_loss(self, session: _Session) -> None:
+        """The broker dropped us over a protocol fault: blame the oldest row in flight,
+        but only once unless it was alone in flight (then it is surely the one)."""
+        if not session.inflight:
+            return
+        row = next(iter(session.inflight.values()))
+        if row in self._strikes and len(session.inflight) > 1:
+            return
+        self._strike(row, "the broker dropped the connection on it")
+
+    def _strike(self, row: RowKey, why: str) -> bool:
+        """Count one refusal of a row; set it aside at SET_ASIDE_AFTER. True if set aside."""
+        count = self._strikes.pop(row, 0) + 1
+        if count >= SET_ASIDE_AFTER:
+            self._set_aside(row, f"{why} ({count} times)")
+            return True
+        self._strikes[row] = count  # re-inserted last: the oldest entry goes first below
+        while len(self._strikes) > MAX_STRIKES:
+            del self._strikes[next(iter(self._strikes))]
+        self._probe = row
+        log.warning("uplink: %s seq %d: %s; sending it alone next", row[0].value, row[1], why)
+        return False
+
+    def _check_probe(self) -> None:
+        """Forget the probe if its row is no longer the head of its lane (acked, dropped)."""
+        if self._probe is None:
+            return
+        lane, seq = self._probe
+        head = self.buffer.pending(lane, 0, 1)
+        if not head or head[0].seq != seq:
+            self._strikes.pop(self._probe, None)
+            self._probe = None
+
+    def _set_aside(self, row: RowKey, why: str) -> None:
+        """Delete a row the broker will never take, and say so with a small fault event."""
+        lane, seq = row
+        self._strikes.pop(row, None)
+        if self._probe == row:
+            self._probe = None
+        self.counters.set_aside += 1
+        log.error("uplink: %s seq %d set aside unsent: %s", lane.value, seq, why)
+        self.buffer.ack_many(lane, [seq])
+        fault = system_event(
+            Kind.FAULT,
+            Severity.MAJOR,
+            "set_aside",
+            f"{lane.value} seq {seq} was refused by the broker and set aside unsent: {why}",
+            point="uplink",
+            clock_synced=self._clock_synced(),
+            detail={"uplink": "set_aside", "lane": lane.value, "seq": seq, "why": why},
+        )
+        self.buffer.submit(fault).add_done_callback(_log_refusal)
         self._want_fill = True
 
     def _on_message(self, message: Message) -> None:
@@ -418,9 +553,9 @@ class Uplink:
             return
         self.counters.commands += 1
         try:
-            self._cmd_queue.put_nowait((name, message.payload))
+            self._cmd_queue.put_nowait((name, message.payload, message.retain))
         except queue.Full:
-            self._queue_result(self._busy_result(name, message.payload))
+            self._queue_result(self._busy_result(name, message.payload, message.retain))
 
     # -- what the uplink publishes besides rows ------------------------------------
 
@@ -490,9 +625,9 @@ class Uplink:
             item = self._cmd_queue.get()
             if item is None:
                 return
-            name, raw = item
+            name, raw, retained = item
             try:
-                result = dict(self._commands(name, raw))
+                result = dict(self._commands(name, raw, retained=retained))
             except Exception as exc:  # the handler promises not to raise; belt and braces
                 log.exception("command handler raised")
                 result = self._error_result(name, feed.ErrorCode.INTERNAL, str(exc))
@@ -516,10 +651,10 @@ class Uplink:
                 log.warning("uplink: command result not sent: %s", exc)
                 return
 
-    def _busy_result(self, name: str, raw: bytes) -> dict[str, Any]:
+    def _busy_result(self, name: str, raw: bytes, retained: bool) -> dict[str, Any]:
         request_id = None
         with contextlib.suppress(feed.BadCommand):
-            request_id = feed.parse_command(name, raw).request_id
+            request_id = feed.parse_command(name, raw, retained=retained).request_id
         return self._error_result(name, feed.ErrorCode.BUSY, "too many commands queued", request_id)
 
     def _error_result(
@@ -544,3 +679,10 @@ class Uplink:
                 self.on_state(connected)
             except Exception:  # a broken LED rule must not take the uplink down
                 log.exception("uplink on_state callback raised")
+
+
+def _log_refusal(future: Future[Any]) -> None:
+    """The set-aside fault could not be stored: the log is the last place to say so."""
+    exc = future.exception()
+    if exc is not None:
+        log.error("uplink: set-aside fault event not stored: %s", exc)

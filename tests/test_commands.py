@@ -7,16 +7,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.buffer import EventBuffer
-from agent.commands import CommandHandler
+from agent.commands import RECENT_REQUESTS, CommandHandler
 from agent.errors import FieldTimeout, UnknownPoint
 from agent.events import Category, Event, Kind, Severity
+from agent.mqtt import MAX_INCOMING_PACKET
 from agent.uplink import Uplink
 from simulator.broker import Mosquitto
-from tests.uplink_helpers import IDENT, Collector, Settings, running
+from tests.uplink_helpers import IDENT, Collector, Settings, running, wait_until
 
 ROOT = "alarmgw/v1/site-t/gw-t"
 
@@ -27,6 +29,7 @@ class FakeGateway:
     def __init__(self, buffer: EventBuffer | None = None) -> None:
         self.buffer = buffer
         self.silenced = 0
+        self.test_alarms = 0
 
     def status(self) -> dict[str, Any]:
         return {"devices": {"efd-1": "online"}}
@@ -41,6 +44,7 @@ class FakeGateway:
         return {"device": device, "values": {"ch1_leak": 123.0, "nan": float("nan")}}
 
     def test_alarm(self, requested_by: str) -> Event:
+        self.test_alarms += 1
         event = Event(
             Kind.TEST,
             Category.MANUAL,
@@ -174,5 +178,108 @@ def test_test_alarm_goes_end_to_end_and_results_carry_the_request_id(
         event = col.payloads("event")[0]
         assert event["test"] is True and event["kind"] == "test"
         assert results["test-alarm"]["result"]["seq"] == event["seq"]
+    finally:
+        col.close()
+
+
+def test_a_repeated_request_id_is_answered_again_without_acting_again() -> None:
+    gateway = FakeGateway()
+    h = CommandHandler(gateway, IDENT)
+    first = h.handle("test-alarm", cmd(id="ta-1"))
+    again = h.handle("test-alarm", cmd(id="ta-1"))
+    assert first["ok"] and again == first
+    assert gateway.test_alarms == 1 and h.repeats == 1
+    assert h.handle("silence", cmd(id="ta-1"))["ok"]  # another command, another request
+    assert gateway.silenced == 1
+    for i in range(RECENT_REQUESTS):  # memory is bounded: the oldest is forgotten
+        h.handle("ping", cmd(id=f"p-{i}"))
+    assert h.handle("test-alarm", cmd(id="ta-1"))["ok"]
+    assert gateway.test_alarms == 2
+    bad = h.handle("read", cmd(id="rd-1", args={"device": 7}))
+    assert bad["error"]["code"] == "bad_args"  # refused unparsed: nothing remembered
+    assert h.handle("read", cmd(id="rd-1", args={"device": "efd-1"}))["ok"]
+
+
+def test_a_retained_command_is_refused_and_never_acts() -> None:
+    gateway = FakeGateway()
+    h = CommandHandler(gateway, IDENT)
+    result = h.handle("test-alarm", cmd(id="ta-9"), retained=True)
+    assert result["ok"] is False and result["error"]["code"] == "bad_request"
+    assert result["id"] == "ta-9" and gateway.test_alarms == 0
+    assert h.handle("test-alarm", cmd(id="ta-9"))["ok"]  # the refusal was not remembered
+    assert gateway.test_alarms == 1
+
+
+def _uplink(broker: Mosquitto, buffer: EventBuffer, handler: CommandHandler, **kw: Any) -> Uplink:
+    return Uplink(
+        Settings(broker.host, broker.port, **kw),
+        IDENT,
+        buffer,
+        version="t",
+        config_digest="d",
+        commands=handler.handle,
+    )
+
+
+def test_a_retained_command_does_not_fire_on_each_connect_nor_a_repeat_twice(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    buffer = EventBuffer(tmp_path / "b.db", IDENT, 1000)
+    gateway = FakeGateway(buffer)
+    handler = CommandHandler(gateway, IDENT)
+    col = Collector(broker.host, broker.port, f"{ROOT}/cmd-result")
+    sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sender.connect(broker.host, broker.port)
+    sender.loop_start()
+    try:
+        topic = f"{ROOT}/cmd/test-alarm"
+        sender.publish(topic, cmd(id="ta-r"), qos=1, retain=True).wait_for_publish(5)
+        buffer.start()
+        try:
+            for connects in (1, 2):  # the broker replays the retained command each time
+                uplink = _uplink(broker, buffer, handler).start()
+                try:
+                    assert col.wait_for(lambda n=connects: col.count("cmd-result") >= n)  # type: ignore[misc]
+                finally:
+                    uplink.stop()
+            uplink = _uplink(broker, buffer, handler).start()
+            try:
+                assert wait_until(lambda: uplink.connected)
+                for _ in range(2):  # QoS 1 redelivery: the same request id twice
+                    sender.publish(topic, cmd(id="ta-2"), qos=1).wait_for_publish(5)
+                assert col.wait_for(lambda: col.count("cmd-result") >= 5)
+            finally:
+                uplink.stop()
+        finally:
+            buffer.close()
+        results = col.payloads("cmd-result")
+        retained = [r for r in results if r["id"] == "ta-r"]
+        assert [r["error"]["code"] for r in retained] == ["bad_request"] * 3
+        repeated = [r for r in results if r["id"] == "ta-2"]
+        assert len(repeated) == 2 and repeated[0] == repeated[1] and repeated[0]["ok"]
+        assert gateway.test_alarms == 1  # the retained one never, the repeated one once
+    finally:
+        sender.publish(f"{ROOT}/cmd/test-alarm", b"", qos=1, retain=True).wait_for_publish(5)
+        sender.disconnect()
+        sender.loop_stop()
+        col.close()
+
+
+def test_mqtt5_the_broker_never_hands_the_gateway_a_huge_command(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    buffer = EventBuffer(tmp_path / "b.db", IDENT, 1000)
+    handler = CommandHandler(FakeGateway(buffer), IDENT)
+    uplink = _uplink(broker, buffer, handler, mqtt_version="5")
+    col = Collector(broker.host, broker.port, f"{ROOT}/#")
+    try:
+        with running(buffer, uplink):
+            assert col.wait_for(lambda: col.count("status") >= 1)
+            col.publish(f"{ROOT}/cmd/ping", cmd(id="huge", pad="x" * (MAX_INCOMING_PACKET + 1)))
+            col.publish(f"{ROOT}/cmd/ping", cmd(id="small"))
+            assert col.wait_for(lambda: col.count("cmd-result") >= 1)
+            assert wait_until(lambda: handler.handled >= 1)
+        assert [r["id"] for r in col.payloads("cmd-result")] == ["small"]
+        assert handler.handled == 1  # the huge one never reached the Pi
     finally:
         col.close()

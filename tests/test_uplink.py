@@ -4,16 +4,20 @@ in for the central server. Broker outages, restarts in flight, lanes, status, he
 from __future__ import annotations
 
 import json
+import random
 import stat
+import statistics
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from agent.buffer import EventBuffer
 from agent.errors import UplinkError
 from agent.events import Lane
-from agent.uplink import Uplink, backoff_delay
+from agent.uplink import MAX_ROW_BYTES, Uplink, backoff_delay
 from simulator.broker import Mosquitto
 from tests.uplink_helpers import (
     IDENT,
@@ -299,16 +303,150 @@ def test_credentials_readable_by_others_are_refused(tmp_path: Path) -> None:
     up.stop()
 
 
-def test_backoff_has_full_jitter_within_bounds() -> None:
-    values = [
-        backoff_delay(a, 1.0, 60.0, rng)
-        for a in range(12)
-        for rng in (lambda: 0.0, lambda: 0.5, lambda: 0.999)
-    ]
-    assert min(values) == 1.0
-    assert max(values) <= 60.0
-    assert backoff_delay(10, 1.0, 60.0, lambda: 0.5) == 30.0  # capped at 60, jittered
-    assert backoff_delay(2, 1.0, 60.0, lambda: 0.5) == 2.0
+def test_backoff_is_fully_jittered_from_the_first_reconnect() -> None:
+    rng = random.Random(7).random
+    first = [backoff_delay(1, 1.0, 60.0, rng) for _ in range(4000)]
+    # uniform below 2 * min_s: no clamp pinning half of a fleet to exactly min_s
+    assert 0.1 <= min(first) < 0.2 and 1.9 < max(first) <= 2.0
+    assert 0.45 < sum(d < 1.0 for d in first) / len(first) < 0.55
+    assert sum(d == 1.0 for d in first) == 0
+    assert 0.95 < statistics.fmean(first) < 1.05
+    assert len({round(d, 2) for d in first}) > 150  # spread, not a handful of values
+    late = [backoff_delay(12, 1.0, 60.0, rng) for _ in range(4000)]
+    assert max(late) <= 60.0 and 28.0 < statistics.fmean(late) < 32.0
+    assert backoff_delay(3, 1.0, 60.0, lambda: 0.0) == 0.1  # floor: never a busy loop
+    assert backoff_delay(3, 0.05, 60.0, lambda: 0.0) == 0.05  # a tiny min_s lowers it
+    assert backoff_delay(3, 1.0, 60.0, lambda: 0.5) == 4.0
+
+
+class SmallMosquitto(Mosquitto):
+    """Refuses messages over 900 bytes: MQTT 5 clients get a PUBACK with reason 0x95
+    (which paho cannot even parse: the connection dies on it)."""
+
+    def _write_conf(self) -> None:
+        super()._write_conf()
+        self.conf_path.write_text(self.conf_path.read_text() + "message_size_limit 900\n")
+
+
+class DenyEventsMosquitto(Mosquitto):
+    """Lets the gateway publish its status but not its events (a broker ACL mistake)."""
+
+    def _write_conf(self) -> None:
+        super()._write_conf()
+        acl = self.workdir / "acl"
+        acl.write_text(f"topic readwrite {ROOT}/status\ntopic read {ROOT}/#\n")
+        acl.chmod(0o644)
+        conf = self.conf_path.read_text() + f"acl_file {acl}\nuser root\n"  # root: tmp is 0700
+        self.conf_path.write_text(conf)
+
+
+def test_a_row_the_broker_refuses_is_set_aside_announced_and_alarms_behind_it_go(
+    tmp_path: Path,
+) -> None:
+    with SmallMosquitto(tmp_path / "broker") as b:
+        col = Collector(b.host, b.port, f"{ROOT}/event")
+        buffer, uplink = make(tmp_path, b, mqtt_version="5")
+        try:
+            buffer.start()
+            buffer.submit(alarm("火警 " * 300)).result(5)  # seq 1: ~2 kB, over the limit
+            for i in range(3):
+                buffer.submit(alarm(f"fire {i}")).result(5)
+            uplink.start()
+            try:
+                assert col.wait_for(lambda: {2, 3, 4, 5} <= set(col.seqs("event")), timeout=15)
+                assert wait_until(lambda: buffer.stats()["depth"] == 0)
+            finally:
+                uplink.stop()
+        finally:
+            buffer.close()
+            col.close()
+    got = col.payloads("event")
+    assert 1 not in col.seqs("event")
+    assert [p["text"] for p in got if p["kind"] == "alarm"][:3] == ["fire 0", "fire 1", "fire 2"]
+    fault = next(p for p in got if p["state"] == "set_aside")
+    assert fault["kind"] == "fault" and fault["severity"] == "major"
+    assert fault["detail"]["lane"] == "event" and fault["detail"]["seq"] == 1  # never silent
+    assert len(json.dumps(fault).encode()) < 900  # the announcement itself gets through
+    _validate("event", fault)
+    counters = uplink.stats()
+    assert counters["set_aside"] == 1
+    # one connect per refusal (the first in a window, then alone), then one that works;
+    # not 85 reconnects in 6 s
+    assert counters["connects"] <= 5
+
+
+def test_a_row_over_the_size_limit_is_set_aside_without_sending_it(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    col = Collector(broker.host, broker.port, f"{ROOT}/event")
+    buffer, uplink = make(tmp_path, broker)
+    try:
+        with running(buffer, uplink):
+            buffer.submit(alarm("x" * (MAX_ROW_BYTES + 10))).result(5)
+            buffer.submit(alarm("fire after it")).result(5)
+            assert col.wait_for(lambda: {2, 3} <= set(col.seqs("event")))
+            assert wait_until(lambda: buffer.stats()["depth"] == 0)
+        assert col.seqs("event") == [2, 3]
+        fault = col.payloads("event")[1]
+        assert fault["state"] == "set_aside" and fault["detail"]["seq"] == 1
+        assert uplink.counters.set_aside == 1
+    finally:
+        col.close()
+
+
+def test_a_broker_refusing_every_row_gets_a_growing_backoff_and_nothing_is_set_aside(
+    tmp_path: Path,
+) -> None:
+    with DenyEventsMosquitto(tmp_path / "broker") as b:
+        buffer = EventBuffer(tmp_path / "buffer.db", IDENT, 1000)
+        settings = Settings(b.host, b.port, mqtt_version="5", reconnect_max_s=5.0)
+        uplink = Uplink(
+            settings, IDENT, buffer, version="t", config_digest="d", rng=random.Random(3).random
+        )
+        with running(buffer, uplink):
+            buffer.submit(alarm()).result(5)
+            assert wait_until(lambda: uplink.counters.rejected >= 1)
+            started = time.monotonic()
+            connects = uplink.counters.connects
+            assert wait_until(lambda: time.monotonic() - started > 3.0, timeout=4)
+            reconnects = uplink.counters.connects - connects
+            assert buffer.stats()["event_depth"] == 1  # not authorized: kept, not set aside
+        # a CONNACK is no proof the session works: without growth this is ~40 in 3 s
+        assert 1 <= reconnects <= 10
+        assert uplink.counters.set_aside == 0
+
+
+def test_pending_rows_go_out_even_when_the_buffer_never_wakes_the_uplink(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    col = Collector(broker.host, broker.port, f"{ROOT}/event")
+    buffer = EventBuffer(tmp_path / "buffer.db", IDENT, 1000)
+    buffer.on_stored = lambda: None  # a wake-up that never comes (or a read that failed)
+    uplink = Uplink(
+        Settings(broker.host, broker.port), IDENT, buffer, version="t", config_digest="d"
+    )
+    try:
+        with running(buffer, uplink):
+            assert wait_until(lambda: uplink.connected)
+            assert wait_until(lambda: uplink.counters.heartbeats >= 1)
+            buffer.submit(alarm()).result(5)
+            assert col.wait_for(lambda: col.seqs("event") == [1], timeout=5)
+    finally:
+        col.close()
+
+
+def test_connect_attempts_are_bounded_well_under_the_watchdog(tmp_path: Path) -> None:
+    buffer = EventBuffer(tmp_path / "b.db", IDENT, 10)
+    uplink = Uplink(Settings("127.0.0.1", 1), IDENT, buffer, version="t", config_digest="d")
+    # TCP connect and TLS handshake are each bounded by it: twice is still far from 30 s
+    assert uplink._endpoint.connect_timeout_s * 2 <= 10.0
+    uplink.stop()
+
+
+def _validate(schema: str, payload: dict[str, object]) -> None:
+    root = Path(__file__).resolve().parent.parent / "docs" / "schemas"
+    doc = json.loads((root / f"{schema}.schema.json").read_text())
+    jsonschema.validate(payload, doc)
 
 
 def test_status_is_retained_and_heartbeat_reports_the_buffer(
