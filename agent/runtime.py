@@ -125,7 +125,7 @@ class Gateway:
         self.rules = LocalRules([])
         self.control: ControlServer | None = None
         self.fanout = EventFanout()
-        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
+        self.recent: deque[Event] = deque(maxlen=RECENT_EVENTS)  # serialised on demand
         self._recent_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -221,10 +221,10 @@ class Gateway:
             # only what is durably queued counts as reported; a held (full-disk) event may
             # be lost in a restart, so its condition must then be raised again
             self._field_queue.put(record)
-        payload = record.to_payload(self.cfg.identity)
         with self._recent_lock:
-            self.recent.append(payload)
-        self.fanout.publish(payload)
+            self.recent.append(record)
+        if self.fanout.subscriber_count():  # serialised only for a technician following
+            self.fanout.publish(record.to_payload(self.cfg.identity))
         log.info(
             "event seq=%s %s %s/%s %s",
             record.seq,
@@ -243,48 +243,53 @@ class Gateway:
         self._field_queue.put(out)
 
     def _points_worker(self) -> None:
-        """The one owner of every device's point trackers (field results -> events)."""
+        """The one owner of every device's point trackers (field results -> events) and of
+        the point-state store (stored events -> what the platform was told)."""
         while True:
             self._points_alive = time.monotonic()
             try:
-                out = self._field_queue.get(timeout=POINTS_IDLE_S)
+                item = self._field_queue.get(timeout=POINTS_IDLE_S)
             except queue.Empty:
                 continue
-            if out is None:
+            if not self._process_queued(item):
                 return
-            try:
-                if isinstance(out, Event):
-                    self._remember_reported(out)
-                else:
-                    self._field_result(out)
-            except Exception:  # one bad result must not stop every later one
-                log.exception("points thread: %r could not be processed", type(out).__name__)
 
-    def _remember_reported(self, first: Event) -> None:
-        """Record stored events in the point-state store, a burst in one transaction."""
-        batch = [first]
+    def _process_queued(self, first: PollResult | CommChange | Event | None) -> bool:
+        """Handle `first` and everything queued behind it, strictly in queue order; stored
+        events that come together are recorded in one transaction. False: told to stop."""
+        reported: list[Event] = []
+        item = first
         while True:
-            try:
-                more = self._field_queue.get_nowait()
-            except queue.Empty:
-                break
-            if not isinstance(more, Event):
-                self._field_queue.put(more)  # rare: keep it for the next round
-                break
-            batch.append(more)
-        self.pointstate.record(batch)
-
-    def _drain_reported(self) -> None:
-        """At shutdown: events stored after the points thread stopped are still recorded."""
-        left = []
-        while True:
+            self._points_alive = time.monotonic()
+            if isinstance(item, Event):
+                reported.append(item)
+            else:
+                self._record_reported(reported)
+                reported = []
+                if item is None:
+                    return False
+                try:
+                    self._field_result(item)
+                except Exception:  # one bad result must not stop every later one
+                    log.exception("device %s: result could not be processed", item.device_id)
             try:
                 item = self._field_queue.get_nowait()
             except queue.Empty:
-                break
-            if isinstance(item, Event):
-                left.append(item)
-        self.pointstate.record(left)
+                self._record_reported(reported)
+                return True
+
+    def _record_reported(self, events: list[Event]) -> None:
+        if not events:
+            return
+        try:
+            self.pointstate.record(events)
+        except Exception:  # the store logs its own trouble; it must never stop the points
+            log.exception("point state could not record %d events", len(events))
+
+    def _drain_reported(self) -> None:
+        """At shutdown: events stored after the points thread stopped are still recorded."""
+        with contextlib.suppress(queue.Empty):
+            self._process_queued(self._field_queue.get_nowait())
 
     def _field_result(self, out: PollResult | CommChange) -> None:
         dev = self.field_devices.get(out.device_id)
@@ -573,8 +578,9 @@ class Gateway:
         with self._recent_lock:
             items = list(self.recent)
         if since_seq is not None:
-            items = [e for e in items if e["seq"] > since_seq]
-        return items[-limit:] if limit > 0 else items
+            items = [e for e in items if (e.seq or 0) > since_seq]
+        items = items[-limit:] if limit > 0 else items
+        return [e.to_payload(self.cfg.identity) for e in items]
 
     def subscribe_events(self) -> EventSubscription:
         return self.fanout.subscribe()
@@ -817,8 +823,7 @@ class _CommandAdapter:
         return self.gw.test_alarm(requested_by)
 
     def silence(self) -> dict[str, Any]:
-        sounding = self.gw.rules.alarm.sounding
-        self.gw.silence()
+        sounding = self.gw.silence()["was_sounding"]
         buzzers = [o.id for o in self.gw.cfg.outputs if o.rule == "alarm"]
         return {"silenced": buzzers if sounding else []}
 

@@ -6,6 +6,8 @@ open file descriptors — a gateway that runs for years cannot leak any of them.
 
 from __future__ import annotations
 
+import asyncio
+import asyncio.runners
 import gc
 import os
 import threading
@@ -49,11 +51,25 @@ def _children() -> set[int]:
 
 @pytest.fixture(autouse=True)
 def leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail the test if it leaves threads, child processes or file descriptors behind."""
+    """Fail the test if it leaves threads, asyncio tasks, child processes or file
+    descriptors behind."""
     threads_before = set(threading.enumerate())
     fds_before = _open_fds()
     kids_before = _children()
-    yield
+    leaked_tasks: list[str] = []
+    cancel_all = asyncio.runners._cancel_all_tasks
+
+    def cancel_all_noting_leaks(loop: asyncio.AbstractEventLoop) -> None:
+        # asyncio.run() cancels whatever is still pending when the main coroutine returns,
+        # silently: a task still running then is a task the code under test forgot.
+        leaked_tasks.extend(t.get_name() for t in asyncio.all_tasks(loop) if not t.done())
+        cancel_all(loop)
+
+    asyncio.runners._cancel_all_tasks = cancel_all_noting_leaks
+    try:
+        yield
+    finally:
+        asyncio.runners._cancel_all_tasks = cancel_all
     if request.node.get_closest_marker("leaks_ok"):
         return
     leaked_threads = [t for t in threading.enumerate() if t not in threads_before]
@@ -69,6 +85,8 @@ def leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
             continue
     leaked_kids = _children() - kids_before
     problems = []
+    if leaked_tasks:
+        problems.append(f"asyncio tasks left pending: {leaked_tasks}")
     if leaked_threads:
         problems.append(f"threads left running: {leaked_threads}")
     if leaked_kids:

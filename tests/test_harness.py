@@ -94,3 +94,18 @@ def test_leak_check_sees_a_leaked_thread(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.stdout.fnmatch_lines(["*resource leak: threads left running*"])
+
+
+def test_leak_check_sees_a_leaked_asyncio_task(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("from tests.conftest import leak_check  # noqa: F401\n")
+    pytester.makepyfile(
+        """
+        import asyncio
+        def test_forgets_a_task():
+            async def main():
+                asyncio.get_running_loop().create_task(asyncio.sleep(60), name="forgotten")
+            asyncio.run(main())
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["*resource leak: asyncio tasks left pending: ['forgotten']*"])

@@ -111,3 +111,26 @@ def test_a_locked_buffer_stops_start_up_with_one_clear_line(tmp_path: Path) -> N
     assert "cannot open the event buffer" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("buffer.db.corrupt*"))
+
+
+def test_field_results_queued_behind_stored_events_keep_their_order(gateway: Gateway) -> None:
+    """The points thread records stored events in batches; a comm change queued behind
+    them must still be handled before the one queued after it (loss, then restore)."""
+    import json
+
+    from agent.events import Category, Event, Kind, Lane, Severity, now_ms
+    from drivers.line import CommChange
+
+    stored = Event(Kind.STATE, Category.DOOR, Severity.INFO, "open", "门开", "gpio", "door")
+    lost = CommChange("gas-1", lost=True, reason="timeout", failures=3, ts_ms=now_ms())
+    back = CommChange("gas-1", lost=False, reason="", failures=0, ts_ms=now_ms())
+    gateway._field_queue.put(lost)
+    gateway._field_queue.put(back)
+    assert gateway._process_queued(stored.with_seq(1)) is True
+    assert gateway.field_devices["gas-1"].lost is False
+    deadline = time.monotonic() + 10
+    rows = gateway.buffer.pending(Lane.EVENT, 0, 100)
+    while len(rows) < 2 and time.monotonic() < deadline:
+        threading.Event().wait(0.01)  # the group commit happens on the writer thread
+        rows = gateway.buffer.pending(Lane.EVENT, 0, 100)
+    assert [json.loads(bytes(r.payload))["kind"] for r in rows] == ["comm_loss", "comm_restore"]
