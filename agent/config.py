@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError, ConfigProblem
 from agent.events import GATEWAY_DEVICE, Category, Identity, Kind, Severity
-from drivers.types import Table
+from drivers.types import Table, inter_frame_gap_ms
 
 if TYPE_CHECKING:  # imported lazily at run time: see _profile_loader
     from drivers.profile import PointSpec, Profile
@@ -993,12 +993,6 @@ def _defaults(schema: Schema, clean: Mapping[str, Any]) -> dict[str, Any]:
 def _path(value: str | None, base: Path) -> Path | None:
     # Relative paths are relative to the config file, not to wherever the CLI was started.
     return None if value is None else base / value
-
-
-def inter_frame_gap_ms(baudrate: int, bytesize: int, parity: str, stopbits: int) -> float:
-    """Modbus RTU's 3.5 character times, at least 1.75 ms (the spec's figure above 19200 baud)."""
-    bits_per_char = 1 + bytesize + (0 if parity == "N" else 1) + stopbits
-    return max(1.75, 3.5 * bits_per_char * 1000 / baudrate)
 
 
 def _build_identity(clean: Mapping[str, Any]) -> Identity:

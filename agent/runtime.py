@@ -46,7 +46,7 @@ from agent.uplink import Uplink
 from drivers.gpio import ContactChange, GpioBank
 from drivers.line import CommChange, DevicePoll, Line, PollResult
 from drivers.modbus import ModbusLink, RtuLink, TcpLink
-from drivers.plan import plan_device
+from drivers.plan import plan_device, plan_polls
 from drivers.profile import Profile, apply_overrides
 from drivers.types import PollClass
 
@@ -349,15 +349,12 @@ class Gateway:
 
     def _device_poll(self, dev: DeviceRuntime, line: LineConfig) -> DevicePoll:
         cfg = dev.cfg
+        polls = plan_polls(dev.profile, cfg.unit_id, line.max_gap, line.max_block)
         return DevicePoll(
             device_id=cfg.id,
             unit=cfg.unit_id,
-            fast=plan_device(
-                dev.profile, cfg.unit_id, PollClass.FAST, line.max_gap, line.max_block
-            ),
-            slow=plan_device(
-                dev.profile, cfg.unit_id, PollClass.SLOW, line.max_gap, line.max_block
-            ),
+            fast=polls[PollClass.FAST],
+            slow=polls[PollClass.SLOW],
             fast_period_s=cfg.fast_poll_s,
             slow_period_s=cfg.slow_poll_s,
             timeout_s=cfg.timeout_s or line.timeout_s,

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from agent.errors import Disconnected, FieldError, ModbusException, UnknownPoint, WriteNotAllowed
+from agent.events import now_ms
 from drivers.modbus import ModbusLink
 from drivers.types import Block, PollClass, ReadRequest, Table
 
@@ -125,7 +126,6 @@ class DeviceState:
     consecutive_failures: int = 0
     lost: bool = False
     backoff_s: float = 0.0
-    last_reason: str = ""
     failures: Counter[str] = field(default_factory=Counter)
     polls_ok: int = 0
     polls_failed: int = 0
@@ -164,10 +164,6 @@ def _worth_retrying(exc: FieldError) -> bool:
     return not isinstance(exc, ModbusException) or exc.code in RETRY_EXCEPTION_CODES
 
 
-def _wall_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class Line:
     """The single owner of one Modbus link; start() it, then close() it."""
 
@@ -179,13 +175,11 @@ class Line:
         sink: Sink,
         *,
         inter_frame_gap_s: float = 0.0,
-        wall_ms: Callable[[], int] = _wall_ms,
     ) -> None:
         self.line_id = line_id
         self.link = link
         self._sink = sink
         self._gap_s = inter_frame_gap_s
-        self._wall_ms = wall_ms
         now = time.monotonic()
         self._devices = {
             d.device_id: DeviceState(d, {PollClass.FAST: now, PollClass.SLOW: now}) for d in devices
@@ -267,23 +261,34 @@ class Line:
 
     async def write_register(self, device_id: str, address: int, value: int) -> None:
         """FC06 through the owner; WriteNotAllowed unless the register is declared writable."""
-        st = self._writable_state(device_id, Table.HOLDING, address)
-
-        async def run() -> None:
-            await self._paced(
-                lambda: self.link.write_register(st.poll.unit, address, value, st.poll.timeout_s)
-            )
-
-        await self._submit(run)
+        await self._write(
+            device_id,
+            Table.HOLDING,
+            address,
+            lambda unit, timeout_s: self.link.write_register(unit, address, value, timeout_s),
+        )
 
     async def write_coil(self, device_id: str, address: int, value: bool) -> None:
         """FC05 through the owner; WriteNotAllowed unless the coil is declared writable."""
-        st = self._writable_state(device_id, Table.COIL, address)
+        await self._write(
+            device_id,
+            Table.COIL,
+            address,
+            lambda unit, timeout_s: self.link.write_coil(unit, address, value, timeout_s),
+        )
+
+    async def _write(
+        self,
+        device_id: str,
+        table: Table,
+        address: int,
+        call: Callable[[int, float], Awaitable[None]],
+    ) -> None:
+        """Run `call(unit, timeout_s)` through the owner, if (table, address) is writable."""
+        st = self._writable_state(device_id, table, address)
 
         async def run() -> None:
-            await self._paced(
-                lambda: self.link.write_coil(st.poll.unit, address, value, st.poll.timeout_s)
-            )
+            await self._paced(lambda: call(st.poll.unit, st.poll.timeout_s))
 
         await self._submit(run)
 
@@ -353,13 +358,11 @@ class Line:
             return
         try:
             result = await cmd.run()
-        except FieldError as exc:
-            if not cmd.future.done():
-                cmd.future.set_exception(exc)
         except Exception as exc:
             if not cmd.future.done():
                 cmd.future.set_exception(exc)
-            raise  # the loop logs it; the caller has its answer
+            if not isinstance(exc, FieldError):
+                raise  # a bug, not a field failure: the loop logs it; the caller has its answer
         else:
             if not cmd.future.done():
                 cmd.future.set_result(result)
@@ -475,20 +478,17 @@ class Line:
                 st.consecutive_failures,
             )
             self._sink(
-                CommChange(
-                    st.poll.device_id, False, "restored", st.consecutive_failures, self._wall_ms()
-                )
+                CommChange(st.poll.device_id, False, "restored", st.consecutive_failures, now_ms())
             )
             now = time.monotonic()
             st.next_due = {PollClass.FAST: now, PollClass.SLOW: now}
         st.consecutive_failures = 0
         st.backoff_s = 0.0
-        self._sink(PollResult(st.poll.device_id, poll_class, blocks, self._wall_ms(), failed))
+        self._sink(PollResult(st.poll.device_id, poll_class, blocks, now_ms(), failed))
 
     def _poll_failed(self, st: DeviceState, exc: FieldError) -> None:
         st.polls_failed += 1
         st.consecutive_failures += 1
-        st.last_reason = exc.reason
         if not st.lost and st.consecutive_failures >= st.poll.comm_fault_after:
             st.lost = True
             log.warning(
@@ -500,9 +500,7 @@ class Line:
                 exc,
             )
             self._sink(
-                CommChange(
-                    st.poll.device_id, True, exc.reason, st.consecutive_failures, self._wall_ms()
-                )
+                CommChange(st.poll.device_id, True, exc.reason, st.consecutive_failures, now_ms())
             )
         if st.lost:
             self._back_off(st)

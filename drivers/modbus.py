@@ -51,7 +51,6 @@ import struct
 import termios
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 
 import serial
 from pymodbus.framer.rtu import FramerRTU
@@ -77,14 +76,12 @@ from agent.errors import (
     WrongLength,
     WrongUnit,
 )
-from drivers.types import Block, ReadRequest, Table
+from drivers.types import MAX_BITS, MAX_REGISTERS, Block, ReadRequest, Table, char_time_s
 
 log = logging.getLogger(__name__)
 
 FC_WRITE_COIL = 5
 FC_WRITE_REGISTER = 6
-MAX_REGISTERS = 125  # Modbus limit for FC03/FC04 in one request
-MAX_BITS = 2000  # Modbus limit for FC01/FC02
 _MBAP_HEADER = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id
 _READ_PDU = {
     Table.COIL: ReadCoilsRequest,
@@ -338,6 +335,8 @@ class RtuLink(ModbusLink):
         self.parity = parity
         self.stopbits = stopbits
         self.bytesize = bytesize
+        # time one character takes on the wire (start + data + parity + stop bits)
+        self.char_time_s = char_time_s(baudrate, bytesize, parity, stopbits)
         self._serial: serial.Serial | None = None
         self._rx = bytearray()
         self._rx_event = asyncio.Event()
@@ -347,12 +346,6 @@ class RtuLink(ModbusLink):
     @property
     def is_open(self) -> bool:
         return self._serial is not None
-
-    @property
-    def char_time_s(self) -> float:
-        """Time one character takes on the wire (start + data + parity + stop bits)."""
-        bits = 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
-        return bits / self.baudrate
 
     async def open(self) -> None:
         if self._serial is not None:
@@ -573,16 +566,3 @@ class TcpLink(ModbusLink):
             if got_unit != unit:
                 raise WrongUnit(f"{self.name}: answer from unit {got_unit}, asked unit {unit}")
             return pdu
-
-
-def iter_errors() -> Iterator[type[FieldError]]:
-    """Every error type a link may raise (for counters and docs)."""
-    yield from (
-        FieldTimeout,
-        CrcError,
-        ModbusException,
-        WrongLength,
-        WrongUnit,
-        Garbage,
-        Disconnected,
-    )

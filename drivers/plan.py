@@ -21,10 +21,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.profile import Profile, apply_overrides
-from drivers.types import PollClass, ReadRequest, Table
+from drivers.types import (
+    MAX_BITS,
+    MAX_REGISTERS,
+    PollClass,
+    ReadRequest,
+    Table,
+    bits_per_char,
+    inter_frame_gap_ms,
+)
 
-MAX_REGISTERS = 125  # Modbus limit for FC03/FC04 in one request
-MAX_BITS = 2000  # Modbus limit for FC01/FC02 in one request
 BITS_PER_REGISTER = 16  # a bit-table gap is counted in bits: 16 bits cost what 1 register does
 
 REQUEST_BYTES = 8  # unit, fc, address(2), count(2), crc(2)
@@ -87,19 +93,17 @@ def plan_device(
     return requests
 
 
+def plan_polls(
+    profile: Profile, unit: int, max_gap: int, max_block: int = MAX_REGISTERS
+) -> dict[PollClass, list[ReadRequest]]:
+    """The reads of both poll classes of one device (see `plan_device`)."""
+    return {
+        poll: plan_device(profile, unit, poll, max_gap, max_block)
+        for poll in (PollClass.FAST, PollClass.SLOW)
+    }
+
+
 # --- wire time ---------------------------------------------------------------------------
-
-
-def bits_per_char(bytesize: int = 8, parity: str = "N", stopbits: int = 1) -> int:
-    """Start bit + data bits + parity bit (if any) + stop bits."""
-    return 1 + bytesize + (0 if parity.upper() == "N" else 1) + stopbits
-
-
-def default_gap_ms(baudrate: int, bytesize: int = 8, parity: str = "N", stopbits: int = 1) -> float:
-    """Modbus RTU's 3.5 character times, and never below 1.75 ms (the spec's
-    fixed value above 19200 baud)."""
-    char_ms = bits_per_char(bytesize, parity, stopbits) * 1000.0 / baudrate
-    return max(1.75, 3.5 * char_ms)
 
 
 def response_bytes(request: ReadRequest) -> int:
@@ -121,7 +125,7 @@ def wire_time_s(
     baud rate, plus two inter-frame gaps (before the answer, and before the next
     request). The device's own processing time is not included."""
     if gap_ms is None:
-        gap_ms = default_gap_ms(baudrate, bytesize, parity, stopbits)
+        gap_ms = inter_frame_gap_ms(baudrate, bytesize, parity, stopbits)
     chars = REQUEST_BYTES + response_bytes(request)
     return chars * bits_per_char(bytesize, parity, stopbits) / baudrate + 2 * gap_ms / 1000.0
 
@@ -172,17 +176,14 @@ def plan_line(config: Any, line: Any) -> LinePlan:
         if device.line != line.id:
             continue
         profile = apply_overrides(config.profiles[device.profile], device.points)
+        polls = plan_polls(profile, device.unit_id, line.max_gap, line.max_block)
         devices.append(
             DevicePlan(
                 device_id=device.id,
                 unit=device.unit_id,
                 profile_id=device.profile,
-                fast=plan_device(
-                    profile, device.unit_id, PollClass.FAST, line.max_gap, line.max_block
-                ),
-                slow=plan_device(
-                    profile, device.unit_id, PollClass.SLOW, line.max_gap, line.max_block
-                ),
+                fast=polls[PollClass.FAST],
+                slow=polls[PollClass.SLOW],
                 fast_poll_s=device.fast_poll_s,
                 slow_poll_s=device.slow_poll_s,
             )

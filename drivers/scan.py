@@ -32,10 +32,10 @@ from agent.errors import (
     WrongUnit,
 )
 from drivers import codec
-from drivers.modbus import RtuLink
-from drivers.plan import default_gap_ms, plan_device
+from drivers.modbus import RtuLink, function_code
+from drivers.plan import plan_polls
 from drivers.profile import PointSpec, PointType, Profile
-from drivers.types import Block, PollClass, ReadRequest, Table
+from drivers.types import Block, ReadRequest, Table, inter_frame_gap_ms
 
 PROBE_TABLES = (Table.HOLDING, Table.INPUT)  # FC03 first, then FC04
 _BUSY_ERRNOS = {errno.EAGAIN, errno.EBUSY, errno.EWOULDBLOCK}
@@ -192,11 +192,7 @@ def judge(profile: Profile, blocks: list[Block]) -> ProfileMatch:
 
 
 def profile_reads(profile: Profile, unit: int) -> list[ReadRequest]:
-    return [
-        req
-        for poll in (PollClass.FAST, PollClass.SLOW)
-        for req in plan_device(profile, unit, poll, _MAX_GAP)
-    ]
+    return [req for requests in plan_polls(profile, unit, _MAX_GAP).values() for req in requests]
 
 
 # --- the bus -----------------------------------------------------------------------------
@@ -215,7 +211,7 @@ class _Bus:
             stopbits=settings.stopbits,
             bytesize=settings.bytesize,
         )
-        gap_ms = default_gap_ms(baudrate, settings.bytesize, settings.parity, settings.stopbits)
+        gap_ms = inter_frame_gap_ms(baudrate, settings.bytesize, settings.parity, settings.stopbits)
         self.gap_s = gap_ms / 1000
 
     async def open(self) -> None:
@@ -237,7 +233,7 @@ class _Bus:
         """Evidence that `unit` exists, Noise for a garbled answer, or None for silence."""
         noise: Noise | None = None
         for table in PROBE_TABLES:
-            fc = 3 if table is Table.HOLDING else 4
+            fc = function_code(table)
             try:
                 await self.read(ReadRequest(unit, table, 0, 1), self.settings.timeout_s)
             except ModbusException as exc:

@@ -1,18 +1,27 @@
-"""Plain values passed between the field-side layers (plan -> line -> codec)."""
+"""Plain values passed between the field-side layers (plan -> line -> codec), and the
+Modbus limits and RTU character timing every layer must agree on.
+
+It must never import anything heavier than the standard library: agent/config.py
+and the simulator import it without pulling in pymodbus or pyserial.
+"""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
 
+MAX_REGISTERS = 125  # Modbus limit for FC03/FC04 in one request
+MAX_BITS = 2000  # Modbus limit for FC01/FC02 in one request
+MIN_GAP_MS = 1.75  # the spec's fixed inter-frame gap above 19200 baud
+
 
 class Table(enum.StrEnum):
     """The four Modbus data tables."""
 
-    COIL = "coil"          # FC01, read/write bits
+    COIL = "coil"  # FC01, read/write bits
     DISCRETE = "discrete"  # FC02, read-only bits
-    HOLDING = "holding"    # FC03, read/write 16-bit registers
-    INPUT = "input"        # FC04, read-only 16-bit registers
+    HOLDING = "holding"  # FC03, read/write 16-bit registers
+    INPUT = "input"  # FC04, read-only 16-bit registers
 
     @property
     def is_bits(self) -> bool:
@@ -47,3 +56,24 @@ class Block:
     def covers(self, address: int, count: int = 1) -> bool:
         start = self.request.address
         return start <= address and address + count <= start + len(self.values)
+
+
+# --- RTU character timing ----------------------------------------------------------------
+
+
+def bits_per_char(bytesize: int = 8, parity: str = "N", stopbits: int = 1) -> int:
+    """Start bit + data bits + parity bit (if any) + stop bits."""
+    return 1 + bytesize + (0 if parity.upper() == "N" else 1) + stopbits
+
+
+def char_time_s(baudrate: int, bytesize: int = 8, parity: str = "N", stopbits: int = 1) -> float:
+    """Seconds one character takes on the wire."""
+    return bits_per_char(bytesize, parity, stopbits) / baudrate
+
+
+def inter_frame_gap_ms(
+    baudrate: int, bytesize: int = 8, parity: str = "N", stopbits: int = 1
+) -> float:
+    """Modbus RTU's 3.5 character times, and never below 1.75 ms (the spec's
+    fixed value above 19200 baud)."""
+    return max(MIN_GAP_MS, 3.5 * char_time_s(baudrate, bytesize, parity, stopbits) * 1000.0)

@@ -24,6 +24,7 @@ from typing import Protocol
 
 import serial
 
+from drivers.types import char_time_s, inter_frame_gap_ms
 from simulator.faults import Answer, FaultSet, apply_rtu, merge_rolls
 from simulator.rtu import RegisterBank, crc_ok, execute, rtu_request_length
 
@@ -52,16 +53,12 @@ class SerialSettings:
     stopbits: int = 1
     bytesize: int = 8
 
-    @property
-    def bits_per_char(self) -> int:
-        return 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
-
     def char_time(self) -> float:
-        return self.bits_per_char / self.baudrate
+        return char_time_s(self.baudrate, self.bytesize, self.parity, self.stopbits)
 
     def silence_s(self) -> float:
         """The 3.5-character inter-frame gap (1.75 ms floor above 19200 baud, as the spec says)."""
-        return max(3.5 * self.char_time(), 0.00175)
+        return inter_frame_gap_ms(self.baudrate, self.bytesize, self.parity, self.stopbits) / 1000
 
 
 @dataclass

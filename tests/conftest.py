@@ -62,7 +62,11 @@ def leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
     def cancel_all_noting_leaks(loop: asyncio.AbstractEventLoop) -> None:
         # asyncio.run() cancels whatever is still pending when the main coroutine returns,
         # silently: a task still running then is a task the code under test forgot.
-        leaked_tasks.extend(t.get_name() for t in asyncio.all_tasks(loop) if not t.done())
+        leaked_tasks.extend(
+            f"{t.get_name()} ({getattr(t.get_coro(), '__qualname__', '?')})"
+            for t in asyncio.all_tasks(loop)
+            if not t.done()
+        )
         cancel_all(loop)
 
     asyncio.runners._cancel_all_tasks = cancel_all_noting_leaks

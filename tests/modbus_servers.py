@@ -44,6 +44,9 @@ class FaultPlan:
     modes: dict[int, str] = field(default_factory=dict)  # unit -> a key of FAULTS
     delay_s: dict[int, float] = field(default_factory=dict)  # unit -> answer delay
     answered: dict[int, int] = field(default_factory=dict)  # unit -> requests the server handled
+    # set when the server shuts down: a slow answer still waiting gives up at once (pymodbus
+    # does not cancel request handlers on shutdown, so they would outlive the test)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     def rewrite(self, sending: bool, data: bytes) -> bytes:
         """pymodbus trace_packet hook: what the server really puts on the wire."""
@@ -91,6 +94,18 @@ FAULTS = {
 }
 
 
+async def _request_handlers_done() -> None:
+    """pymodbus starts each request's handler as a fire-and-forget task and does not wait
+    for them on shutdown: wait for the ones still running, so none outlives the server."""
+    me = asyncio.current_task()
+    handlers = [
+        t
+        for t in asyncio.all_tasks()
+        if t is not me and getattr(t.get_coro(), "__qualname__", "").endswith("handle_request")
+    ]
+    await asyncio.gather(*handlers, return_exceptions=True)
+
+
 async def _delay_action(
     plan: FaultPlan,
     unit: int,
@@ -102,8 +117,9 @@ async def _delay_action(
     _set: list[int] | list[bool] | None,
 ) -> ExcCodes | None:
     delay = plan.delay_s.get(unit, 0.0)
-    if delay:
-        await asyncio.sleep(delay)  # plays a slow device, not a synchronisation
+    if delay:  # plays a slow device, not a synchronisation
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(plan.closing.wait(), delay)
     return None
 
 
@@ -144,7 +160,9 @@ async def rtu_server(
     try:
         yield server, plan
     finally:
+        plan.closing.set()
         await server.shutdown()
+        await _request_handlers_done()
 
 
 @contextlib.asynccontextmanager
@@ -163,4 +181,6 @@ async def tcp_server(
     try:
         yield server, plan, port
     finally:
+        plan.closing.set()
         await server.shutdown()
+        await _request_handlers_done()

@@ -23,12 +23,12 @@ from agent.cli import EXIT_BAD_CONFIG, EXIT_OK, EXIT_USAGE, main
 from agent.config import (
     BUILTIN_PROFILE_DIR,
     config_digest,
-    inter_frame_gap_ms,
     load_config,
 )
 from agent.errors import ConfigError, ConfigProblem
 from agent.events import Category, Kind, Severity
 from agent.textwidth import width
+from drivers.types import inter_frame_gap_ms
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config" / "example.toml"

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from agent.events import Category
-from drivers.plan import default_gap_ms, plan_device, render_plan, wire_time_s
+from drivers.plan import plan_device, render_plan, wire_time_s
 from drivers.profile import PointSpec, PointType, Profile, load_profile
-from drivers.types import PollClass, ReadRequest, Table
+from drivers.types import PollClass, ReadRequest, Table, inter_frame_gap_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN = ROOT / "config" / "profiles"
@@ -104,7 +104,7 @@ def test_wire_time_ten_registers_at_9600_8n1() -> None:
     # request 8 bytes + response 5 + 2*10 = 33 characters of 10 bits at 9600 baud
     # = 34.375 ms, plus two gaps of 3.5 chars (3.6458 ms each) = 41.667 ms
     req = ReadRequest(1, H, 0, 10)
-    assert default_gap_ms(9600) == pytest.approx(3.5 * 10 / 9600 * 1000)
+    assert inter_frame_gap_ms(9600) == pytest.approx(3.5 * 10 / 9600 * 1000)
     assert wire_time_s(req, 9600) == pytest.approx(0.041667, abs=1e-6)
     # an explicit gap replaces the 3.5-character default
     assert wire_time_s(req, 9600, gap_ms=5.0) == pytest.approx(0.034375 + 0.010)
@@ -118,7 +118,7 @@ def test_wire_time_bits_parity_and_stop_bits() -> None:
     assert wire_time_s(req, 19200, parity="E") == pytest.approx(expected)
     assert expected == pytest.approx(0.013177, abs=1e-6)
     # 8N2 at 115200: 3.5 chars = 0.334 ms, so the 1.75 ms floor applies
-    assert default_gap_ms(115200, stopbits=2) == 1.75
+    assert inter_frame_gap_ms(115200, stopbits=2) == 1.75
     fast = wire_time_s(ReadRequest(1, H, 0, 1), 115200, stopbits=2)
     assert fast == pytest.approx(15 * 11 / 115200 + 0.0035)
 
