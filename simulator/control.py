@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import threading
 from pathlib import Path
 from typing import Any
 
 from simulator.devices import SimulatorError
+from simulator.listener import SocketServer
 from simulator.world import Simulator
 
 
@@ -23,10 +23,7 @@ class ControlServer:
     def __init__(self, sim: Simulator, path: Path) -> None:
         self.sim = sim
         self.path = Path(path)
-        self._sock: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._clients: list[tuple[socket.socket, threading.Thread]] = []
-        self._lock = threading.Lock()
+        self._server: SocketServer | None = None
 
     def start(self) -> ControlServer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,43 +32,15 @@ class ControlServer:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(str(self.path))
         sock.listen(4)
-        self._sock = sock
-        self._thread = threading.Thread(target=self._accept, name="sim-control", daemon=True)
-        self._thread.start()
+        self._server = SocketServer(sock, self._serve, "sim-control")
         return self
 
     def close(self) -> None:
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-            self._sock.close()
-            self._sock = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        with self._lock:
-            clients, self._clients = self._clients, []
-        for conn, thread in clients:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            thread.join(timeout=5)
-            conn.close()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-
-    def _accept(self) -> None:
-        assert self._sock is not None
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            thread = threading.Thread(
-                target=self._serve, args=(conn,), name="sim-control-c", daemon=True
-            )
-            with self._lock:
-                self._clients.append((conn, thread))
-            thread.start()
 
     def _serve(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError), conn.makefile("r", encoding="utf-8") as lines:

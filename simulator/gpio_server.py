@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from simulator.devices import SimulatorError, unknown
+from simulator.listener import SocketServer
 
 DEFAULT_GPIO_SOCKET = "/tmp/alarmgw-sim/gpio.sock"  # noqa: S108 - a rig path, overridable
 
@@ -171,10 +172,8 @@ class GpioServer:
     def __init__(self, board: GpioBoard, path: str | Path) -> None:
         self.board = board
         self.path = Path(path)
-        self._stop = threading.Event()
-        self._sock: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._clients: list[tuple[socket.socket, threading.Thread, threading.Lock]] = []
+        self._server: SocketServer | None = None
+        self._send_locks: dict[socket.socket, threading.Lock] = {}  # one writer per client
         self._lock = threading.Lock()
         board.on_edge = self._push_edge
 
@@ -186,56 +185,35 @@ class GpioServer:
         sock.bind(str(self.path))
         os.chmod(self.path, 0o660)  # noqa: PTH101 - the socket, not a Path-like file
         sock.listen(8)
-        self._sock = sock
-        self._thread = threading.Thread(target=self._accept, name="sim-gpio", daemon=True)
-        self._thread.start()
+        self._server = SocketServer(sock, self._serve, "sim-gpio", on_accept=self._accepted)
         return self
 
     def close(self) -> None:
-        self._stop.set()
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-            self._sock.close()
-            self._sock = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         with self._lock:
-            clients = list(self._clients)
-            self._clients.clear()
-        for conn, thread, _ in clients:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            thread.join(timeout=5)
-            conn.close()
+            self._send_locks.clear()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
-    def _accept(self) -> None:
-        assert self._sock is not None
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            send_lock = threading.Lock()
-            thread = threading.Thread(
-                target=self._serve, args=(conn, send_lock), name="sim-gpio-client", daemon=True
-            )
-            with self._lock:
-                self._clients.append((conn, thread, send_lock))
-            thread.start()
+    def _accepted(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._send_locks[conn] = threading.Lock()
+
+    def _send_lock(self, conn: socket.socket) -> threading.Lock:
+        with self._lock:
+            return self._send_locks.setdefault(conn, threading.Lock())
 
     def _push_edge(self, pin: int, level: int, mono: float) -> None:
         line = json.dumps({"ev": "edge", "pin": pin, "state": level, "ticks": mono}) + "\n"
-        with self._lock:
-            clients = list(self._clients)
-        for conn, _, send_lock in clients:
-            with send_lock, contextlib.suppress(OSError):
+        clients = self._server.clients() if self._server is not None else []
+        for conn in clients:
+            with self._send_lock(conn), contextlib.suppress(OSError):
                 conn.sendall(line.encode())
 
-    def _serve(self, conn: socket.socket, send_lock: threading.Lock) -> None:
+    def _serve(self, conn: socket.socket) -> None:
+        send_lock = self._send_lock(conn)
         claimed: set[int] = set()
         with contextlib.suppress(OSError), conn.makefile("r", encoding="utf-8") as lines:
             for line in lines:
@@ -244,6 +222,8 @@ class GpioServer:
                     conn.sendall((json.dumps(reply) + "\n").encode())
         for pin in claimed:  # a client that went away no longer drives its pins
             self.board.release(pin)
+        with self._lock:
+            self._send_locks.pop(conn, None)
 
     def _answer(self, line: str, claimed: set[int]) -> dict[str, Any]:
         try:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from simulator.faults import FaultKind
+from simulator.listener import SocketServer
 from simulator.rtu import exception_pdu, execute, mbap_frame, parse_mbap
 from simulator.wire import ServedUnit
 
@@ -29,6 +30,10 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
     return data
 
 
+def _no_delay(conn: socket.socket) -> None:
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # answers go out at once
+
+
 @dataclass
 class TcpDeviceServer:
     """Serve one device (`bank`) for `unit_id` on 127.0.0.1:`port` (0 picks a free port)."""
@@ -38,13 +43,10 @@ class TcpDeviceServer:
     unit_id: int = 1
     port: int = 0
     requests: int = 0
-    _clients: list[tuple[socket.socket, threading.Thread]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._sock: socket.socket | None = None
-        self._accept_thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._stop = threading.Event()  # also cuts a DELAY fault short on close
+        self._server: SocketServer | None = None
 
     def start(self) -> TcpDeviceServer:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -52,55 +54,22 @@ class TcpDeviceServer:
         sock.bind((LOOPBACK, self.port))
         sock.listen(8)
         self.port = sock.getsockname()[1]
-        self._sock = sock
-        self._accept_thread = threading.Thread(
-            target=self._accept, name=f"sim-tcp-{self.device_id}", daemon=True
+        self._server = SocketServer(
+            sock, self._serve_client, f"sim-tcp-{self.device_id}", on_accept=_no_delay
         )
-        self._accept_thread.start()
         return self
 
     def __enter__(self) -> TcpDeviceServer:
-        return self if self._sock is not None else self.start()
+        return self if self._server is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
         self._stop.set()
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-            self._sock.close()
-        if self._accept_thread is not None:
-            self._accept_thread.join(timeout=5)
-        with self._lock:
-            clients = list(self._clients)
-            self._clients.clear()
-        for conn, _ in clients:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        for conn, thread in clients:
-            thread.join(timeout=5)
-            conn.close()
-        self._sock = None
-
-    def _accept(self) -> None:
-        assert self._sock is not None
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            thread = threading.Thread(
-                target=self._serve_client,
-                args=(conn,),
-                name=f"sim-tcp-{self.device_id}-c",
-                daemon=True,
-            )
-            with self._lock:
-                self._clients.append((conn, thread))
-            thread.start()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
     def _serve_client(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError):
