@@ -43,10 +43,11 @@ from agent.points import DevicePoints
 from agent.pointstate import COMM, PointStateStore
 from agent.rules import GPIO_DEVICE, LocalRules, contact_event
 from agent.uplink import Uplink
+from drivers.codec import decode
 from drivers.gpio import ContactChange, GpioBank
 from drivers.line import CommChange, DevicePoll, Line, PollResult
 from drivers.modbus import ModbusLink, RtuLink, TcpLink
-from drivers.plan import plan_device, plan_polls
+from drivers.plan import plan_polls
 from drivers.profile import Profile, apply_overrides
 from drivers.types import PollClass
 
@@ -600,18 +601,12 @@ class Gateway:
         if point is not None and point not in specs:
             raise UnknownPoint(f"device {device!r} has no point {point!r}; points: {sorted(specs)}")
         wanted = [specs[point]] if point is not None else list(specs.values())
-        requests = []
-        for poll in (PollClass.FAST, PollClass.SLOW):
-            chosen = [s for s in wanted if s.poll is poll]
-            if chosen:
-                sub = dataclasses.replace(dev.profile, points={s.id: s for s in chosen})
-                line_cfg = next(ln for ln in self.cfg.lines if ln.id == dev.cfg.line)
-                requests += plan_device(
-                    sub, dev.cfg.unit_id, poll, line_cfg.max_gap, line_cfg.max_block
-                )
+        line_cfg = next(ln for ln in self.cfg.lines if ln.id == dev.cfg.line)
+        sub = dataclasses.replace(dev.profile, points={s.id: s for s in wanted})
+        polls = plan_polls(sub, dev.cfg.unit_id, line_cfg.max_gap, line_cfg.max_block)
+        requests = polls[PollClass.FAST] + polls[PollClass.SLOW]
         async with asyncio.timeout(READ_TIMEOUT_S):  # wait_for can lose a cancel on 3.11
             blocks = await dev.line.read_now(device, requests)
-        from drivers.codec import decode  # noqa: PLC0415 - keeps the import graph one-way
 
         values: dict[str, Any] = {}
         for spec in wanted:

@@ -37,7 +37,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -85,35 +88,31 @@ def baseline(db: Path, records: list[Event]) -> float:
     return count / elapsed
 
 
-def per_event(db: Path, records: list[Event]) -> tuple[float, int]:
-    """submit() per event; returns events/s and the transactions used."""
+def _timed(
+    db: Path, records: list[Event], submit_all: Callable[[EventBuffer], list[Future[Any]]]
+) -> tuple[float, int]:
+    """Events/s from the first submit to the last durable commit, and the transactions used."""
     buffer = EventBuffer(db, IDENT, len(records) + 10).start()
     try:
         t0 = time.perf_counter()
-        futures = [buffer.submit(r) for r in records]
-        for f in futures:
+        for f in submit_all(buffer):
             f.result(600)
         elapsed = time.perf_counter() - t0
         _check_stored(buffer, len(records))
         return len(records) / elapsed, buffer.commits
     finally:
         buffer.close()
+
+
+def per_event(db: Path, records: list[Event]) -> tuple[float, int]:
+    """submit() per event; returns events/s and the transactions used."""
+    return _timed(db, records, lambda buffer: [buffer.submit(r) for r in records])
 
 
 def grouped(db: Path, records: list[Event], group: int) -> tuple[float, int]:
     """submit_many() per group of `group` events; returns events/s and transactions."""
     groups = [records[i : i + group] for i in range(0, len(records), group)]
-    buffer = EventBuffer(db, IDENT, len(records) + 10).start()
-    try:
-        t0 = time.perf_counter()
-        futures = [buffer.submit_many(g) for g in groups]
-        for f in futures:
-            f.result(600)
-        elapsed = time.perf_counter() - t0
-        _check_stored(buffer, len(records))
-        return len(records) / elapsed, buffer.commits
-    finally:
-        buffer.close()
+    return _timed(db, records, lambda buffer: [buffer.submit_many(g) for g in groups])
 
 
 def _check_stored(buffer: EventBuffer, count: int) -> None:
