@@ -768,13 +768,15 @@ class EventBuffer:
         seqs: list[list[int]] = []
         next_seq = self._next_seq
         add = rows.append
+        new_row = tuple.__new__  # StoredRow(...) without its Python-level __new__: per record
         for group in groups:
             group_seqs = []
             for record, (body, drop_class, rank) in zip(group.records, group.prepared, strict=True):
                 lane = record.lane
                 seq = next_seq[lane]
                 next_seq[lane] = seq + 1
-                add(StoredRow(lane, seq, record.ts_ms, splice_seq(body, seq), drop_class, rank))
+                payload = splice_seq(body, seq)
+                add(new_row(StoredRow, (lane, seq, record.ts_ms, payload, drop_class, rank)))
                 group_seqs.append(seq)
             seqs.append(group_seqs)
         return rows, seqs

@@ -11,6 +11,7 @@ This module must never do I/O: it only describes and serialises.
 from __future__ import annotations
 
 import enum
+import json
 import math
 import time
 import uuid
@@ -18,6 +19,8 @@ from _json import encode_basestring as _encode_basestring  # CPython's json acce
 from _json import make_encoder as _c_make_encoder
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, TypeVar
+
+_R = TypeVar("_R", bound="_RecordMethods")
 
 FEED_VERSION = 1  # the "v1" in topics and the "v" field in payloads
 
@@ -107,10 +110,49 @@ class Identity:
     gateway: str
     site_name: str = ""
     gateway_name: str = ""
+    # '"site":...,"gateway":...': the same on every payload, so serialised once
+    json_fields: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        site, gateway = _str(self.site), _str(self.gateway)
+        object.__setattr__(self, "json_fields", f'"site":{site},"gateway":{gateway}')
+
+
+class _RecordMethods:
+    """What Event and Reading share: stamping a seq and serialising.
+
+    The payload is built as text straight from a format per class (`json_body`): the
+    buffer serialises every record it stores, and building a dict for the C JSON
+    encoder cost three times as much. It is byte for byte what json.dumps(...,
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False) gives for the payload
+    in docs/feed.md (tests/test_events.py checks that for generated records); a field of
+    the wrong type raises TypeError, as json.dumps does for what it cannot encode.
+    """
+
+    __slots__ = ()
+    seq: int | None
+
+    def json_body(self, ident: Identity) -> str:
+        raise NotImplementedError
+
+    def with_seq(self: _R, seq: int) -> _R:
+        return _copy_with_seq(self, seq)
+
+    def payload_without_seq(self, ident: Identity) -> bytes:
+        """The serialised payload minus "v" and "seq"; `splice_seq` completes it."""
+        return self.json_body(ident).encode()
+
+    def to_payload(self, ident: Identity) -> dict[str, Any]:
+        """The payload as a dict (the control socket, tests): parsed from the same bytes
+        the buffer stores, so there is one serialisation, not two that could drift."""
+        if self.seq is None:
+            raise ValueError("a record is serialised only after the buffer gave it a seq")
+        payload: dict[str, Any] = json.loads(splice_seq(self.payload_without_seq(ident), self.seq))
+        return payload
 
 
 @dataclass(frozen=True, slots=True)
-class Event:
+class Event(_RecordMethods):
     """One discrete event. `seq` is None until the buffer has stored it durably."""
 
     kind: Kind
@@ -140,46 +182,39 @@ class Event:
     def is_life_safety_alarm(self) -> bool:
         return self.kind is Kind.ALARM and self.category in LIFE_SAFETY
 
-    def with_seq(self, seq: int) -> Event:
-        return _copy_with_seq(self, seq)
-
-    def to_payload(self, ident: Identity) -> dict[str, Any]:
-        if self.seq is None:
-            raise ValueError("an event is serialised only after the buffer gave it a seq")
-        return {"v": FEED_VERSION, "seq": self.seq, **self._body(ident)}
-
-    def payload_without_seq(self, ident: Identity) -> bytes:
-        """The serialised payload minus "v" and "seq"; `splice_seq` completes it."""
-        return dumps(self._body(ident))
-
-    def _body(self, ident: Identity) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "id": self.id,
-            "ts": iso_ms(self.ts_ms),
-            "ts_ms": self.ts_ms,
-            "clock_synced": self.clock_synced,
-            "site": ident.site,
-            "gateway": ident.gateway,
-            "device": self.device,
-            "point": self.point,
-            "kind": self.kind.value,
-            "category": self.category.value,
-            "severity": self.severity.value,
-            "state": self.state,
-            "value": finite_or_none(self.value),
-            "unit": self.unit,
-            "text": self.text,
-            "test": self.test,
-        }
-        for key in ("device_name", "point_name", "location", "detail"):
-            extra = getattr(self, key)
-            if extra is not None:
-                payload[key] = extra
-        return payload
+    def json_body(self, ident: Identity) -> str:
+        """The payload as JSON text, minus "v" and "seq" (see _RecordMethods)."""
+        extras = ""
+        if self.device_name is not None:
+            extras += ',"device_name":' + _str(self.device_name)
+        if self.point_name is not None:
+            extras += ',"point_name":' + _str(self.point_name)
+        if self.location is not None:
+            extras += ',"location":' + _str(self.location)
+        if self.detail is not None:
+            extras += ',"detail":' + dumps_text(self.detail)
+        return _EVENT_JSON % (
+            _str(self.id),
+            iso_ms(self.ts_ms),
+            self.ts_ms,
+            "true" if self.clock_synced else "false",
+            ident.json_fields,
+            _str(self.device),
+            _opt_str(self.point),
+            _str(self.kind),
+            _str(self.category),
+            _str(self.severity),
+            _str(self.state),
+            _json_value(self.value),
+            _opt_str(self.unit),
+            _str(self.text),
+            "true" if self.test else "false",
+            extras,
+        )
 
 
 @dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(_RecordMethods):
     """One periodic analog value for the telemetry lane."""
 
     device: str
@@ -196,33 +231,21 @@ class Reading:
     def lane(self) -> Lane:
         return Lane.TELEMETRY
 
-    def with_seq(self, seq: int) -> Reading:
-        return _copy_with_seq(self, seq)
-
-    def to_payload(self, ident: Identity) -> dict[str, Any]:
-        if self.seq is None:
-            raise ValueError("a reading is serialised only after the buffer gave it a seq")
-        return {"v": FEED_VERSION, "seq": self.seq, **self._body(ident)}
-
-    def payload_without_seq(self, ident: Identity) -> bytes:
-        """The serialised payload minus "v" and "seq"; `splice_seq` completes it."""
-        return dumps(self._body(ident))
-
-    def _body(self, ident: Identity) -> dict[str, Any]:
-        value = finite_or_none(self.value)
-        return {
-            "id": self.id,
-            "ts": iso_ms(self.ts_ms),
-            "ts_ms": self.ts_ms,
-            "clock_synced": self.clock_synced,
-            "site": ident.site,
-            "gateway": ident.gateway,
-            "device": self.device,
-            "point": self.point,
-            "value": value,
-            "unit": self.unit,
-            "quality": self.quality if value is not None else "bad",
-        }
+    def json_body(self, ident: Identity) -> str:
+        """The payload as JSON text, minus "v" and "seq" (see _RecordMethods)."""
+        value = _json_value(self.value)
+        return _READING_JSON % (
+            _str(self.id),
+            iso_ms(self.ts_ms),
+            self.ts_ms,
+            "true" if self.clock_synced else "false",
+            ident.json_fields,
+            _str(self.device),
+            _str(self.point),
+            value,
+            _opt_str(self.unit),
+            _str(self.quality if value != "null" else "bad"),
+        )
 
 
 GATEWAY_DEVICE = "gateway"  # the `device` of gateway-internal events
@@ -254,11 +277,10 @@ def system_event(
 
 
 Record = Event | Reading
-_R = TypeVar("_R", Event, Reading)
 
 # The slot descriptors of each record class: copying through them skips the frozen
 # __setattr__ and __init__ that dataclasses.replace pays (the buffer stamps every record).
-_SLOTS: Final = {
+_SLOTS: Final[dict[type, tuple[tuple[str, Any], ...]]] = {
     cls: tuple((f.name, getattr(cls, f.name)) for f in fields(cls)) for cls in (Event, Reading)
 }
 _SEQ_HEAD: Final = b'{"v":%d,"seq":' % FEED_VERSION
@@ -279,11 +301,33 @@ def splice_seq(body: bytes, seq: int) -> bytes:
     return b"%s%d,%s" % (_SEQ_HEAD, seq, body[1:])
 
 
-def finite_or_none(value: Any) -> Any:
-    """NaN and infinities (a float32 register can hold them) are not JSON: they become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+_EVENT_JSON: Final = (
+    '{"id":%s,"ts":"%s","ts_ms":%d,"clock_synced":%s,%s,"device":%s,"point":%s,'
+    '"kind":%s,"category":%s,"severity":%s,"state":%s,"value":%s,"unit":%s,"text":%s,'
+    '"test":%s%s}'
+)  # the last %s: the optional fields (device_name, point_name, location, detail)
+_READING_JSON: Final = (
+    '{"id":%s,"ts":"%s","ts_ms":%d,"clock_synced":%s,%s,"device":%s,"point":%s,'
+    '"value":%s,"unit":%s,"quality":%s}'
+)
+_str: Final = _encode_basestring  # a JSON string; TypeError for anything but a str
+
+
+def _opt_str(text: str | None) -> str:
+    return "null" if text is None else _str(text)
+
+
+def _json_value(value: Any) -> str:
+    """A point value as JSON, as the C encoder writes it; NaN and infinities are null."""
+    if value is None or value is True or value is False:
+        return "null" if value is None else "true" if value else "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        return float.__repr__(value) if math.isfinite(value) else "null"
+    if isinstance(value, str):
+        return _str(value)
+    return _not_json(value)  # type: ignore[no-any-return]
 
 
 def _not_json(value: Any) -> Any:
@@ -291,16 +335,18 @@ def _not_json(value: Any) -> Any:
 
 
 def dumps(payload: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON with non-ASCII kept as is; never emits NaN/Infinity.
+    """Compact UTF-8 JSON with non-ASCII kept as is; never emits NaN/Infinity."""
+    return dumps_text(payload).encode("utf-8")
 
-    The same bytes as json.dumps(payload, ensure_ascii=False, separators=(",", ":"),
+
+def dumps_text(payload: dict[str, Any]) -> str:
+    """The same text as json.dumps(payload, ensure_ascii=False, separators=(",", ":"),
     allow_nan=False), through one C encoder made here per call: json.dumps builds a
-    JSONEncoder and then a C encoder on every call, which the buffer pays per record.
-    """
+    JSONEncoder and then a C encoder on every call."""
     encode = _c_make_encoder(
         {}, _not_json, _encode_basestring, None, ":", ",", False, False, False
     )  # a fresh markers dict: it is what catches a circular `detail` (ValueError)
-    return "".join(encode(payload, 0)).encode("utf-8")
+    return "".join(encode(payload, 0))
 
 
 def topic_root(prefix: str, ident: Identity) -> str:

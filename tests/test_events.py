@@ -1,0 +1,190 @@
+"""The record serialisation the buffer stores: byte for byte the payload of docs/feed.md
+as the standard library's json.dumps writes it.
+
+Event and Reading build their JSON text from a format (agent/events.py), not from a
+dict; the oracle here builds the dict the feed contract describes, field by field, and
+hands it to json.dumps, for generated records of every shape."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.events import (
+    FEED_VERSION,
+    Category,
+    Event,
+    Identity,
+    Kind,
+    Reading,
+    Severity,
+    splice_seq,
+)
+
+texts = st.text(max_size=40)  # quotes, backslashes, control characters, CJK, emoji
+opt_texts = st.none() | texts
+numbers = st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True)
+values = st.none() | st.booleans() | numbers | texts
+json_leaves = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | texts
+details = st.none() | st.dictionaries(
+    texts,
+    st.recursive(json_leaves, lambda inner: st.lists(inner, max_size=3), max_leaves=6),
+    max_size=4,
+)
+identities = st.builds(Identity, texts, texts, texts, texts)
+timestamps = st.integers(0, 2**42)
+
+events = st.builds(
+    Event,
+    kind=st.sampled_from(Kind),
+    category=st.sampled_from(Category),
+    severity=st.sampled_from(Severity),
+    state=texts,
+    text=texts,
+    device=texts,
+    point=opt_texts,
+    value=values,
+    unit=opt_texts,
+    test=st.booleans(),
+    ts_ms=timestamps,
+    clock_synced=st.booleans(),
+    device_name=opt_texts,
+    point_name=opt_texts,
+    location=opt_texts,
+    detail=details,
+    id=texts,
+)
+readings = st.builds(
+    Reading,
+    device=texts,
+    point=texts,
+    value=numbers,
+    unit=opt_texts,
+    ts_ms=timestamps,
+    clock_synced=st.booleans(),
+    quality=st.sampled_from(["good", "stale", "bad"]),
+    id=texts,
+)
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _iso(ts_ms: int) -> str:
+    import datetime as dt
+
+    moment = dt.datetime.fromtimestamp(ts_ms / 1000, dt.UTC).replace(
+        microsecond=(ts_ms % 1000) * 1000
+    )
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+
+
+def _common(record: Event | Reading, seq: int, ident: Identity) -> dict[str, Any]:
+    return {
+        "v": FEED_VERSION,
+        "seq": seq,
+        "id": record.id,
+        "ts": _iso(record.ts_ms),
+        "ts_ms": record.ts_ms,
+        "clock_synced": record.clock_synced,
+        "site": ident.site,
+        "gateway": ident.gateway,
+        "device": record.device,
+        "point": record.point,
+    }
+
+
+def event_oracle(event: Event, seq: int, ident: Identity) -> dict[str, Any]:
+    """The event payload of docs/feed.md, in its field order."""
+    payload = _common(event, seq, ident) | {
+        "kind": event.kind.value,
+        "category": event.category.value,
+        "severity": event.severity.value,
+        "state": event.state,
+        "value": _finite(event.value),
+        "unit": event.unit,
+        "text": event.text,
+        "test": event.test,
+    }
+    for key in ("device_name", "point_name", "location", "detail"):
+        if getattr(event, key) is not None:
+            payload[key] = getattr(event, key)
+    return payload
+
+
+def reading_oracle(reading: Reading, seq: int, ident: Identity) -> dict[str, Any]:
+    """The telemetry payload of docs/feed.md: a value that is not finite is null, bad."""
+    value = _finite(reading.value)
+    return _common(reading, seq, ident) | {
+        "value": value,
+        "unit": reading.unit,
+        "quality": reading.quality if value is not None else "bad",
+    }
+
+
+def _dumps(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+@settings(max_examples=600, deadline=None)
+@given(events, st.integers(1, 2**53), identities)
+def test_event_bytes_are_those_of_json_dumps(event: Event, seq: int, ident: Identity) -> None:
+    expected = event_oracle(event, seq, ident)
+    assert splice_seq(event.payload_without_seq(ident), seq) == _dumps(expected)
+    assert event.with_seq(seq).to_payload(ident) == json.loads(_dumps(expected))
+
+
+@settings(max_examples=400, deadline=None)
+@given(readings, st.integers(1, 2**53), identities)
+def test_reading_bytes_are_those_of_json_dumps(reading: Reading, seq: int, ident: Identity) -> None:
+    expected = reading_oracle(reading, seq, ident)
+    assert splice_seq(reading.payload_without_seq(ident), seq) == _dumps(expected)
+    assert reading.with_seq(seq).to_payload(ident) == json.loads(_dumps(expected))
+
+
+def _door(**changes: Any) -> Event:
+    fields: dict[str, Any] = {
+        "kind": Kind.STATE,
+        "category": Category.DOOR,
+        "severity": Severity.INFO,
+        "state": "open",
+        "text": "门",
+        "device": "door",
+    }
+    return Event(**(fields | changes))
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"device": 5}, TypeError),  # a str field that is not a str
+        ({"point": b"d1"}, TypeError),
+        ({"value": {1, 2}}, TypeError),  # a value that is not JSON
+        ({"value": 1j}, TypeError),
+        ({"detail": {"x": object()}}, TypeError),
+    ],
+)
+def test_what_json_dumps_refuses_is_refused(changes: dict[str, Any], error: type) -> None:
+    """The buffer refuses such a record before it uses a seq (it catches these errors)."""
+    with pytest.raises(error):
+        _door(**changes).payload_without_seq(Identity("s", "g"))
+
+
+def test_a_circular_detail_is_refused_not_looped_on() -> None:
+    detail: dict[str, Any] = {}
+    detail["self"] = detail
+    with pytest.raises(ValueError, match="Circular"):
+        _door(detail=detail).payload_without_seq(Identity("s", "g"))
+
+
+def test_to_payload_needs_a_seq() -> None:
+    with pytest.raises(ValueError, match="seq"):
+        _door().to_payload(Identity("s", "g"))
