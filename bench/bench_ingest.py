@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.buffer import _SCHEMA, EventBuffer
 from agent.events import Event, Lane, dumps
-from agent.runtime import SWITCH_INTERVAL_S
+from agent.runtime import tune_interpreter
 from tests.uplink_helpers import IDENT, info_event
 
 BATCH = 1000
@@ -130,8 +130,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
     args = parser.parse_args()
-    # as `alarmgw run` sets it (agent/runtime.py): the whole process, baseline included
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    # as `alarmgw run` sets up CPython (agent/runtime.py): the whole process, baseline included
+    tune_interpreter()
     count, rounds = (5000, 1) if args.quick else (args.count, args.rounds)
     records = [info_event(i) for i in range(count)]
     base, many, single = [], [], []
