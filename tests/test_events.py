@@ -30,7 +30,8 @@ texts = st.text(max_size=40)  # quotes, backslashes, control characters, CJK, em
 opt_texts = st.none() | texts
 numbers = st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True)
 values = st.none() | st.booleans() | numbers | texts
-json_leaves = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | texts
+finite = st.floats(allow_nan=False, allow_infinity=False)
+json_leaves = st.none() | st.booleans() | st.integers() | finite | texts  # inf: refused below
 details = st.none() | st.dictionaries(
     texts,
     st.recursive(json_leaves, lambda inner: st.lists(inner, max_size=3), max_leaves=6),
@@ -170,6 +171,7 @@ def _door(**changes: Any) -> Event:
         ({"value": {1, 2}}, TypeError),  # a value that is not JSON
         ({"value": 1j}, TypeError),
         ({"detail": {"x": object()}}, TypeError),
+        ({"detail": {"x": float("inf")}}, ValueError),  # allow_nan=False, as json.dumps
     ],
 )
 def test_what_json_dumps_refuses_is_refused(changes: dict[str, Any], error: type) -> None:
