@@ -172,6 +172,9 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
         + ("synced" if _get(status, "clock_synced", False) else "NOT SYNCED (no NTP yet)"),
         _uplink_line(status),
     ]
+    last_error = _get(_get(status, "uplink", {}), "last_error")
+    if last_error and not _get(_get(status, "uplink", {}), "connected", False):
+        out.append(f"         last error: {last_error}")  # clipped to the screen below
     buffer = _get(status, "buffer", {})
     out.append(_buffer_line(buffer))
     drops = _drops_line(buffer)

@@ -13,11 +13,14 @@ let a paho exception escape untranslated (UplinkError is ours).
 
 from __future__ import annotations
 
+import ipaddress
 import select
 import socket
 import ssl
 import stat
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -40,6 +43,13 @@ MAX_INCOMING_PACKET: Final = 16 * 1024
 # it malformed or too big, or we could not parse its answer to it). A plain network loss
 # is none of these, so it never counts against a row.
 MESSAGE_FAULTS: Final = frozenset({0x81, 0x82, 0x95, 0x99})
+
+# How long one attempt waits for the broker's name to resolve. glibc cannot be told to
+# give up sooner: with a router whose DNS is down it tries each name server for 5 s,
+# twice, for A and AAAA, which is 30 s and more (the lookup then runs on beside us).
+RESOLVE_TIMEOUT_S: Final = 10.0
+
+GetAddrInfo = Callable[..., list[tuple[Any, ...]]]  # socket.getaddrinfo's shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +126,25 @@ def load_credentials(path: Path) -> Credentials:
     return Credentials(lines[0], lines[1])
 
 
-def tls_context(files: TlsFiles) -> ssl.SSLContext:
-    """A client context that always verifies the broker's certificate and host name."""
+class _ServerNameContext(ssl.SSLContext):
+    """Verifies the broker's certificate against the configured broker name although paho
+    connects to an address we resolved (paho hands wrap_socket its own host: that
+    address). The name is also the SNI sent to the broker."""
+
+    server_name: str
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["server_hostname"] = self.server_name
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+def tls_context(files: TlsFiles, server_name: str) -> ssl.SSLContext:
+    """A client context that always verifies the broker's certificate and that it names
+    `server_name` (the host in the config, whatever address it resolved to)."""
     try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(files.ca_file))
+        ctx = _ServerNameContext(ssl.PROTOCOL_TLS_CLIENT)  # as ssl.create_default_context
+        ctx.server_name = server_name
+        ctx.load_verify_locations(cafile=str(files.ca_file))
         if files.cert_file is not None:
             key = str(files.key_file) if files.key_file is not None else None
             ctx.load_cert_chain(str(files.cert_file), key)
@@ -129,6 +154,56 @@ def tls_context(files: TlsFiles) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
+
+
+class Resolver:
+    """The broker's host name to addresses, with a bound the caller chooses.
+
+    getaddrinfo cannot be interrupted, so it runs on a short-lived daemon thread and the
+    caller waits on its future in slices (the uplink refreshes its watchdog liveness
+    meanwhile). A lookup that outlives one attempt is not started again beside itself:
+    the next attempt waits for the same one. An address literal needs no lookup.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        getaddrinfo: GetAddrInfo = socket.getaddrinfo,
+        timeout_s: float = RESOLVE_TIMEOUT_S,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.timeout_s = timeout_s  # how long one connection attempt waits for an answer
+        self._getaddrinfo = getaddrinfo
+        self._lookup: Future[list[str]] | None = None
+        try:
+            self._literal: str | None = str(ipaddress.ip_address(host))
+        except ValueError:
+            self._literal = None
+
+    def lookup(self) -> Future[list[str]]:
+        """The addresses to try, in the resolver's order; fails with UplinkError."""
+        if self._literal is not None:
+            done: Future[list[str]] = Future()
+            done.set_result([self._literal])
+            return done
+        if self._lookup is None or self._lookup.done():
+            self._lookup = Future()
+            threading.Thread(
+                target=self._resolve, args=(self._lookup,), name="uplink-dns", daemon=True
+            ).start()
+        return self._lookup
+
+    def _resolve(self, future: Future[list[str]]) -> None:
+        try:
+            infos = self._getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+            addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+            if not addresses:
+                raise OSError("no address")  # noqa: TRY301 - one message for every failure
+            future.set_result(addresses)
+        except Exception as exc:  # noqa: BLE001 - the waiter must get every failure
+            future.set_exception(UplinkError(f"cannot resolve {self.host}: {exc}"))
 
 
 def _protocol(version: str) -> MQTTProtocolVersion:
@@ -179,19 +254,22 @@ class MqttConnection:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def open(self) -> None:
-        """TCP (+TLS) connect and send CONNECT; CONNACK arrives through pump()."""
+    def open(self, address: str | None = None) -> None:
+        """TCP (+TLS) connect to `address` (one the broker's name resolved to; default the
+        name itself) and send CONNECT; CONNACK arrives through pump()."""
+        host = self.endpoint.host
+        where = f"{host}:{self.endpoint.port}"
+        if address is not None and address != host:
+            where = f"{host} ({address}) port {self.endpoint.port}"
         try:
             kwargs: dict[str, Any] = {"keepalive": self.endpoint.keepalive_s}
             if self._v5:
                 kwargs["clean_start"] = True
                 kwargs["properties"] = _connect_properties()
-            rc = self._client.connect(self.endpoint.host, self.endpoint.port, **kwargs)
+            rc = self._client.connect(address or host, self.endpoint.port, **kwargs)
         except (OSError, ssl.SSLError, ValueError) as exc:
             self.closed = True  # paho stored no socket; a half-made one dies with the traceback
-            raise UplinkError(
-                f"connect to {self.endpoint.host}:{self.endpoint.port}: {exc}"
-            ) from exc
+            raise UplinkError(f"connect to {where}: {exc}") from exc
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self.close()
             raise UplinkError(f"connect: {paho.error_string(rc)}")

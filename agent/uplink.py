@@ -52,6 +52,7 @@ from agent.mqtt import (
     Endpoint,
     Message,
     MqttConnection,
+    Resolver,
     TlsFiles,
     Will,
     load_credentials,
@@ -190,6 +191,7 @@ class Uplink:
         commands: CommandFn | None = None,
         on_state: Callable[[bool], None] | None = None,
         rng: Callable[[], float] = random.random,
+        resolver: Resolver | None = None,
     ) -> None:
         self.settings = settings
         self.identity = identity
@@ -204,7 +206,10 @@ class Uplink:
         self._rng = rng
         self.counters = UplinkCounters()
         self._endpoint = self._make_endpoint(settings)  # raises UplinkError: refuse to start
-        self._tls = tls_context(self._endpoint.tls) if self._endpoint.tls else None
+        endpoint = self._endpoint
+        self._tls = tls_context(endpoint.tls, endpoint.host) if endpoint.tls else None
+        self._resolver = resolver or Resolver(endpoint.host, endpoint.port)
+        self.last_error: str | None = None  # why the last attempt failed (cleared on connect)
         self._topics = {
             leaf: feed.topic(settings.topic_prefix, identity, leaf) for leaf in feed.Leaf
         }
@@ -292,7 +297,11 @@ class Uplink:
         self._wake_w.close()
 
     def stats(self) -> dict[str, Any]:
-        return {"connected": self._connected, **self.counters.as_dict()}
+        return {
+            "connected": self._connected,
+            "last_error": self.last_error,
+            **self.counters.as_dict(),
+        }
 
     # -- the connection thread -------------------------------------------------
 
@@ -328,22 +337,17 @@ class Uplink:
     def _session(self) -> bool:
         """One connection attempt, pumped until it ends. True if it got connected."""
         session = _Session()
-        session.conn = MqttConnection(
-            self._endpoint,
-            self._callbacks(session),
-            self._will(),
-            self.settings.inflight_window + CONTROL_INFLIGHT,
-            self._tls,
-        )
-        self.alive = time.monotonic()  # open() blocks: DNS, TCP, TLS (each bounded)
         try:
-            session.conn.open()
+            conn = self._open(session)
         except UplinkError as exc:
             self.counters.failed_attempts += 1
-            log.warning("uplink: %s", str(exc))  # str: a record must not pin a socket
+            self._trouble(str(exc))  # str: a record must not pin a socket
             return False
         finally:
             self.alive = time.monotonic()
+        if conn is None:  # stopping
+            return False
+        session.conn = conn
         deadline = time.monotonic() + self._endpoint.connect_timeout_s
         while not self._stopping.is_set():
             self.alive = time.monotonic()
@@ -354,7 +358,7 @@ class Uplink:
             self._drain_wake()
             if not session.connected:
                 if time.monotonic() > deadline:
-                    log.warning("uplink: no CONNACK within %.0fs", self._endpoint.connect_timeout_s)
+                    self._trouble(f"no CONNACK within {self._endpoint.connect_timeout_s:.0f} s")
                     session.conn.close()
                     break
                 continue
@@ -366,6 +370,51 @@ class Uplink:
             self._blame_loss(session)
         session.conn.close()
         return session.proved()
+
+    def _open(self, session: _Session) -> MqttConnection | None:
+        """Resolve the broker's name (bounded), then connect to its addresses in turn, each
+        with a fresh client, until one takes (TCP and TLS are bounded by the endpoint's
+        connect_timeout_s each). None if stopped meanwhile; UplinkError if all failed."""
+        addresses = self._resolve()
+        failures = []
+        for address in addresses or ():
+            if self._stopping.is_set():
+                return None
+            conn = MqttConnection(
+                self._endpoint,
+                self._callbacks(session),
+                self._will(),
+                self.settings.inflight_window + CONTROL_INFLIGHT,
+                self._tls,
+            )
+            self.alive = time.monotonic()  # open() blocks: TCP, TLS (each bounded)
+            try:
+                conn.open(address)
+            except UplinkError as exc:
+                failures.append(str(exc))
+                continue
+            return conn
+        if addresses is None:
+            return None
+        raise UplinkError("; ".join(failures))
+
+    def _resolve(self) -> list[str] | None:
+        """The broker's addresses; waits at most the resolver's timeout_s, refreshing
+        `alive` (a dead name server must not look like a hung agent to the watchdog).
+        None if stopped meanwhile."""
+        lookup = self._resolver.lookup()
+        timeout_s = self._resolver.timeout_s
+        deadline = time.monotonic() + timeout_s
+        while not self._stopping.is_set():
+            self.alive = now = time.monotonic()
+            if now >= deadline:
+                raise UplinkError(
+                    f"cannot resolve {self._endpoint.host}: no answer within "
+                    f"{timeout_s:g} s (is the DNS server reachable?)"
+                )
+            with contextlib.suppress(TimeoutError):
+                return lookup.result(min(ALIVE_S, deadline - now))
+        return None
 
     def _hand_over_acks(self, session: _Session) -> None:
         for lane, seqs in session.acked.items():
@@ -437,12 +486,13 @@ class Uplink:
 
     def _on_connect(self, session: _Session, accepted: bool, reason: str) -> None:
         if not accepted:
-            log.warning("uplink: broker refused the connection: %s", reason)
+            self._trouble(f"broker refused the connection: {reason}")
             self.counters.failed_attempts += 1
             session.conn.close()
             return
         session.connected = True
         session.connected_at = time.monotonic()
+        self.last_error = None
         self._check_probe()
         if self.counters.connects:
             self.counters.reconnects += 1
@@ -463,7 +513,7 @@ class Uplink:
 
     def _on_disconnect(self, session: _Session, reason: str) -> None:
         if session.connected and not self._stopping.is_set():
-            log.warning("uplink: connection lost: %s", reason)
+            self._trouble(f"connection lost: {reason}")
 
     def _on_puback(self, session: _Session, mid: int, reason: int) -> None:
         if mid == session.offline_mid:
@@ -669,6 +719,11 @@ class Uplink:
             {"code": code, "message": message},
             now_ms(),
         )
+
+    def _trouble(self, why: str) -> None:
+        """Log why the link is down and keep it for `alarmgw status` (last_error)."""
+        log.warning("uplink: %s", why)
+        self.last_error = why
 
     def _set_connected(self, connected: bool) -> None:
         if connected == self._connected:

@@ -4,14 +4,17 @@ connects and verifies; it refuses a server certificate from another CA and a wro
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.buffer import EventBuffer
+from agent.mqtt import Resolver
 from agent.uplink import Uplink
 from simulator.broker import BrokerTls, Mosquitto
 from tests.uplink_helpers import IDENT, Settings, alarm, running, wait_until
@@ -115,7 +118,12 @@ def tls_broker(tmp_path: Path, pki: dict[str, Path]) -> Iterator[Mosquitto]:
 
 
 def _uplink(
-    tmp_path: Path, b: Mosquitto, host: str, ca: Path, pki: dict[str, Path]
+    tmp_path: Path,
+    b: Mosquitto,
+    host: str,
+    ca: Path,
+    pki: dict[str, Path],
+    resolver: Resolver | None = None,
 ) -> tuple[EventBuffer, Uplink]:
     buffer = EventBuffer(tmp_path / "b.db", IDENT, 100)
     settings = Settings(
@@ -127,17 +135,49 @@ def _uplink(
         reconnect_min_s=0.1,
         reconnect_max_s=0.2,
     )
-    return buffer, Uplink(settings, IDENT, buffer, version="t", config_digest="d")
+    uplink = Uplink(settings, IDENT, buffer, version="t", config_digest="d", resolver=resolver)
+    return buffer, uplink
 
 
 def test_tls_connects_verifies_and_delivers(
     tmp_path: Path, tls_broker: Mosquitto, pki: dict[str, Path]
 ) -> None:
-    buffer, uplink = _uplink(tmp_path, tls_broker, "localhost", pki["ca"], pki)
+    """The uplink resolves "localhost" itself and connects to the address; the certificate
+    (it names localhost only, not 127.0.0.1) must still be checked against the name."""
+    asked: list[str] = []
+
+    def recording(host: str, port: int, **kw: Any) -> list[tuple[Any, ...]]:
+        asked.append(host)
+        return socket.getaddrinfo(host, port, **kw)
+
+    resolver = Resolver("localhost", tls_broker.port, recording)
+    buffer, uplink = _uplink(tmp_path, tls_broker, "localhost", pki["ca"], pki, resolver)
     with running(buffer, uplink):
         buffer.submit(alarm()).result(5)
         assert wait_until(lambda: uplink.counters.acked == 1, timeout=15)
         assert uplink.connected
+    assert asked == ["localhost"]
+
+
+def test_tls_checks_the_configured_name_not_what_it_resolved_to(
+    tmp_path: Path, tls_broker: Mosquitto, pki: dict[str, Path]
+) -> None:
+    """A name that resolves to the broker's address but that its certificate does not
+    name (a hijacked DNS answer, a wrong host in the config) is refused."""
+
+    def to_localhost(host: str, port: int, **kw: Any) -> list[tuple[Any, ...]]:
+        return socket.getaddrinfo("127.0.0.1", port, **kw)
+
+    resolver = Resolver("broker.elsewhere.test", tls_broker.port, to_localhost)
+    buffer, uplink = _uplink(
+        tmp_path, tls_broker, "broker.elsewhere.test", pki["ca"], pki, resolver
+    )
+    with running(buffer, uplink):
+        buffer.submit(alarm()).result(5)
+        assert wait_until(lambda: uplink.counters.failed_attempts >= 2, timeout=15)
+        assert uplink.counters.connects == 0
+        assert "broker.elsewhere.test" in (uplink.last_error or "")
+        assert "certificate" in (uplink.last_error or "").lower()
 
 
 @pytest.mark.parametrize("case", ["other-ca", "wrong-host"])
