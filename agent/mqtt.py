@@ -14,11 +14,13 @@ let a paho exception escape untranslated (UplinkError is ours).
 from __future__ import annotations
 
 import ipaddress
+import logging
 import select
 import socket
 import ssl
 import stat
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.errors import UplinkError
+
+log = logging.getLogger(__name__)
 
 # MQTT 5: the largest packet we accept (CONNECT's Maximum-Packet-Size). Commands are at
 # most 4 KiB (agent.feed.MAX_COMMAND_BYTES); the broker drops anything bigger for us, so
@@ -48,6 +52,10 @@ MESSAGE_FAULTS: Final = frozenset({0x81, 0x82, 0x95, 0x99})
 # give up sooner: with a router whose DNS is down it tries each name server for 5 s,
 # twice, for A and AAAA, which is 30 s and more (the lookup then runs on beside us).
 RESOLVE_TIMEOUT_S: Final = 10.0
+# A lookup running this long is stuck for good (glibc's own worst case is about a
+# minute); another one may start beside it, up to MAX_LOOKUPS threads.
+HUNG_LOOKUP_S: Final = 120.0
+MAX_LOOKUPS: Final = 3
 
 GetAddrInfo = Callable[..., list[tuple[Any, ...]]]  # socket.getaddrinfo's shape
 
@@ -142,7 +150,12 @@ def tls_context(files: TlsFiles, server_name: str) -> ssl.SSLContext:
     """A client context that always verifies the broker's certificate and that it names
     `server_name` (the host in the config, whatever address it resolved to)."""
     try:
-        ctx = _ServerNameContext(ssl.PROTOCOL_TLS_CLIENT)  # as ssl.create_default_context
+        # what this Python's create_default_context sets (3.13 adds VERIFY_X509_STRICT
+        # and PARTIAL_CHAIN to verify_flags), on a context that keeps the name
+        default = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(files.ca_file))
+        ctx = _ServerNameContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.options = default.options
+        ctx.verify_flags = default.verify_flags
         ctx.server_name = server_name
         ctx.load_verify_locations(cafile=str(files.ca_file))
         if files.cert_file is not None:
@@ -157,12 +170,16 @@ def tls_context(files: TlsFiles, server_name: str) -> ssl.SSLContext:
 
 
 class Resolver:
-    """The broker's host name to addresses, with a bound the caller chooses.
+    """The broker's host name to addresses, each wait bounded, the lookup itself not.
 
     getaddrinfo cannot be interrupted, so it runs on a short-lived daemon thread and the
-    caller waits on its future in slices (the uplink refreshes its watchdog liveness
-    meanwhile). A lookup that outlives one attempt is not started again beside itself:
-    the next attempt waits for the same one. An address literal needs no lookup.
+    caller waits on its answer in slices, calling back between them (the uplink keeps
+    its watchdog liveness fresh there). An answer is used once: by the attempt that
+    waited for it, or, when it came after that attempt gave up, by the next one, so a
+    name server slower than the bound still gets us connected. A lookup still running
+    is waited for again, not started again beside itself, until it is HUNG_LOOKUP_S
+    old: then another one starts beside it (a name-service module can hang for good),
+    at most MAX_LOOKUPS threads at once. An address literal needs no lookup.
     """
 
     def __init__(
@@ -171,29 +188,71 @@ class Resolver:
         port: int,
         getaddrinfo: GetAddrInfo = socket.getaddrinfo,
         timeout_s: float = RESOLVE_TIMEOUT_S,
+        hung_after_s: float = HUNG_LOOKUP_S,
     ) -> None:
         self.host = host
         self.port = port
         self.timeout_s = timeout_s  # how long one connection attempt waits for an answer
+        self.hung_after_s = hung_after_s
         self._getaddrinfo = getaddrinfo
-        self._lookup: Future[list[str]] | None = None
+        self._lookup: Future[list[str]] | None = None  # the answer not used yet
+        self._started = 0.0
+        self._threads = 0  # lookups running (their threads decrement it)
+        self._threads_lock = threading.Lock()
         try:
             self._literal: str | None = str(ipaddress.ip_address(host))
         except ValueError:
             self._literal = None
 
-    def lookup(self) -> Future[list[str]]:
-        """The addresses to try, in the resolver's order; fails with UplinkError."""
+    def addresses(self, tick: Callable[[], bool], tick_s: float = 1.0) -> list[str] | None:
+        """The addresses to try, in the resolver's order. Waits at most timeout_s, calling
+        tick() at least every tick_s; tick() returning False stops the wait (-> None).
+        Raises UplinkError for a name that does not resolve or no answer in time."""
         if self._literal is not None:
-            done: Future[list[str]] = Future()
-            done.set_result([self._literal])
-            return done
-        if self._lookup is None or self._lookup.done():
-            self._lookup = Future()
-            threading.Thread(
-                target=self._resolve, args=(self._lookup,), name="uplink-dns", daemon=True
-            ).start()
-        return self._lookup
+            return [self._literal]
+        lookup = self._current()
+        deadline = time.monotonic() + self.timeout_s
+        while tick():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise UplinkError(
+                    f"cannot resolve {self.host}: no answer within {self.timeout_s:g} s "
+                    "(is the DNS server reachable?)"
+                )
+            try:
+                addresses = lookup.result(min(tick_s, left))
+            except TimeoutError:
+                continue
+            except UplinkError:
+                self._lookup = None  # used: the next attempt asks again
+                raise
+            self._lookup = None
+            return addresses
+        return None
+
+    def _current(self) -> Future[list[str]]:
+        """The lookup whose answer is still to be used, or a new one."""
+        lookup = self._lookup
+        now = time.monotonic()
+        if lookup is not None:
+            if lookup.done() or now - self._started < self.hung_after_s:
+                return lookup
+            with self._threads_lock:
+                if self._threads >= MAX_LOOKUPS:
+                    return lookup
+            log.warning(
+                "DNS lookup of %s has not returned in %.0f s; starting another beside it",
+                self.host,
+                now - self._started,
+            )
+        lookup = self._lookup = Future()
+        self._started = now
+        with self._threads_lock:
+            self._threads += 1
+        threading.Thread(
+            target=self._resolve, args=(lookup,), name="uplink-dns", daemon=True
+        ).start()
+        return lookup
 
     def _resolve(self, future: Future[list[str]]) -> None:
         try:
@@ -204,6 +263,9 @@ class Resolver:
             future.set_result(addresses)
         except Exception as exc:  # noqa: BLE001 - the waiter must get every failure
             future.set_exception(UplinkError(f"cannot resolve {self.host}: {exc}"))
+        finally:
+            with self._threads_lock:
+                self._threads -= 1
 
 
 def _protocol(version: str) -> MQTTProtocolVersion:

@@ -340,8 +340,7 @@ class Uplink:
         try:
             conn = self._open(session)
         except UplinkError as exc:
-            self.counters.failed_attempts += 1
-            self._trouble(str(exc))  # str: a record must not pin a socket
+            self._attempt_failed(str(exc))  # str: a record must not pin a socket
             return False
         finally:
             self.alive = time.monotonic()
@@ -358,7 +357,9 @@ class Uplink:
             self._drain_wake()
             if not session.connected:
                 if time.monotonic() > deadline:
-                    self._trouble(f"no CONNACK within {self._endpoint.connect_timeout_s:.0f} s")
+                    self._attempt_failed(
+                        f"no CONNACK within {self._endpoint.connect_timeout_s:.0f} s"
+                    )
                     session.conn.close()
                     break
                 continue
@@ -399,22 +400,13 @@ class Uplink:
         raise UplinkError("; ".join(failures))
 
     def _resolve(self) -> list[str] | None:
-        """The broker's addresses; waits at most the resolver's timeout_s, refreshing
-        `alive` (a dead name server must not look like a hung agent to the watchdog).
-        None if stopped meanwhile."""
-        lookup = self._resolver.lookup()
-        timeout_s = self._resolver.timeout_s
-        deadline = time.monotonic() + timeout_s
-        while not self._stopping.is_set():
-            self.alive = now = time.monotonic()
-            if now >= deadline:
-                raise UplinkError(
-                    f"cannot resolve {self._endpoint.host}: no answer within "
-                    f"{timeout_s:g} s (is the DNS server reachable?)"
-                )
-            with contextlib.suppress(TimeoutError):
-                return lookup.result(min(ALIVE_S, deadline - now))
-        return None
+        """The broker's addresses (the wait is bounded and keeps `alive` fresh: a dead
+        name server must not look like a hung agent to the watchdog). None if stopped."""
+        return self._resolver.addresses(self._tick, ALIVE_S)
+
+    def _tick(self) -> bool:
+        self.alive = time.monotonic()
+        return not self._stopping.is_set()
 
     def _hand_over_acks(self, session: _Session) -> None:
         for lane, seqs in session.acked.items():
@@ -486,8 +478,7 @@ class Uplink:
 
     def _on_connect(self, session: _Session, accepted: bool, reason: str) -> None:
         if not accepted:
-            self._trouble(f"broker refused the connection: {reason}")
-            self.counters.failed_attempts += 1
+            self._attempt_failed(f"broker refused the connection: {reason}")
             session.conn.close()
             return
         session.connected = True
@@ -512,8 +503,12 @@ class Uplink:
         self._set_connected(True)
 
     def _on_disconnect(self, session: _Session, reason: str) -> None:
-        if session.connected and not self._stopping.is_set():
+        if self._stopping.is_set():
+            return
+        if session.connected:
             self._trouble(f"connection lost: {reason}")
+        else:  # TCP (and TLS) went through, then the broker or a proxy hung up
+            self._attempt_failed(f"connection closed before CONNACK: {reason}")
 
     def _on_puback(self, session: _Session, mid: int, reason: int) -> None:
         if mid == session.offline_mid:
@@ -719,6 +714,12 @@ class Uplink:
             {"code": code, "message": message},
             now_ms(),
         )
+
+    def _attempt_failed(self, why: str) -> None:
+        """A connection attempt ended before the broker accepted us (each path ends the
+        attempt, so it is counted once)."""
+        self.counters.failed_attempts += 1
+        self._trouble(why)
 
     def _trouble(self, why: str) -> None:
         """Log why the link is down and keep it for `alarmgw status` (last_error)."""

@@ -193,3 +193,19 @@ def test_tls_refuses_a_foreign_certificate_or_a_wrong_host_name(
         assert uplink.counters.connects == 0
         assert uplink.counters.published == 0
         assert buffer.stats()["event_depth"] == 1  # kept for a broker we can trust
+
+
+def test_the_context_verifies_as_strictly_as_this_pythons_default(pki: dict[str, Path]) -> None:
+    """The context is our own class (it keeps the configured name for paho); it must not
+    lose what ssl.create_default_context sets on this Python (3.13 adds strict X.509
+    checks to verify_flags), nor host-name checking."""
+    import ssl
+
+    from agent.mqtt import TlsFiles, tls_context
+
+    ours = tls_context(TlsFiles(pki["ca"]), "localhost")
+    default = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki["ca"]))
+    assert ours.verify_flags == default.verify_flags
+    assert ours.options == default.options
+    assert ours.verify_mode == ssl.CERT_REQUIRED and ours.check_hostname
+    assert ours.minimum_version >= ssl.TLSVersion.TLSv1_2

@@ -3,10 +3,13 @@ in for the central server. Broker outages, restarts in flight, lanes, status, he
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import socket
 import stat
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -441,6 +444,36 @@ def test_connect_attempts_are_bounded_well_under_the_watchdog(tmp_path: Path) ->
     # TCP connect and TLS handshake are each bounded by it: twice is still far from 30 s
     assert uplink._endpoint.connect_timeout_s * 2 <= 10.0
     uplink.stop()
+
+
+def test_a_peer_that_hangs_up_before_connack_is_a_failed_attempt_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    """A port-forward or proxy with nothing behind it accepts TCP, then closes: each such
+    attempt is counted and `status` says what happened (it used to say nothing)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        stop = threading.Event()
+
+        def hang_up() -> None:
+            server.settimeout(0.1)
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    conn, _ = server.accept()
+                    conn.close()
+
+        acceptor = threading.Thread(target=hang_up)
+        acceptor.start()
+        buffer = EventBuffer(tmp_path / "b.db", IDENT, 10)
+        uplink = Uplink(Settings("127.0.0.1", port), IDENT, buffer, version="t", config_digest="d")
+        try:
+            with running(buffer, uplink):
+                assert wait_until(lambda: uplink.counters.failed_attempts >= 3)
+                assert (uplink.last_error or "").startswith("connection closed before CONNACK")
+                assert uplink.counters.connects == 0
+        finally:
+            stop.set()
+            acceptor.join()
 
 
 def _validate(schema: str, payload: dict[str, object]) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from agent.buffer import EventBuffer
 from agent.cli_render import render_status
-from agent.mqtt import Resolver
+from agent.mqtt import MAX_LOOKUPS, Resolver
 from agent.uplink import ALIVE_S, Uplink
 from simulator.broker import Mosquitto
 from tests.uplink_helpers import IDENT, Collector, Settings, alarm, running, wait_until
@@ -86,6 +86,55 @@ def test_a_name_server_that_never_answers_neither_hangs_the_uplink_nor_loses_eve
             assert uplink.last_error is None
     finally:
         col.close()
+
+
+class SlowNameServer:
+    """getaddrinfo that answers, correctly, but only after `delay_s`."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.asked = 0
+        self._never = threading.Event()
+
+    def __call__(self, host: str, port: int, **kw: Any) -> list[tuple[Any, ...]]:
+        self.asked += 1
+        self._never.wait(self.delay_s)
+        return socket.getaddrinfo("127.0.0.1", port, **kw)
+
+
+def test_an_answer_slower_than_the_bound_is_used_by_the_next_attempt(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """The answer comes 0.3 s after the attempt gave up, inside the 1 s backoff: the next
+    attempt takes it instead of asking again (and giving up again, forever)."""
+    slow = SlowNameServer(delay_s=0.8)
+    resolver = Resolver(NAME, broker.port, slow, timeout_s=0.5)
+    buffer = EventBuffer(tmp_path / "b.db", IDENT, 100)
+    settings = Settings(NAME, broker.port, reconnect_min_s=1.0, reconnect_max_s=1.0)
+    uplink = Uplink(
+        settings, IDENT, buffer, version="t", config_digest="d", resolver=resolver,
+        rng=lambda: 1.0,  # backoff exactly 1 s: the late answer always lands inside it
+    )  # fmt: skip
+    with running(buffer, uplink):
+        buffer.submit(alarm()).result(5)
+        assert wait_until(lambda: uplink.counters.acked == 1)
+        assert uplink.counters.failed_attempts == 1
+        assert slow.asked == 1
+
+
+def test_a_lookup_that_never_returns_is_tried_beside_a_bounded_number_of_times(
+    tmp_path: Path, broker: Mosquitto, silent: SilentNameServer
+) -> None:
+    resolver = Resolver(NAME, broker.port, silent, timeout_s=0.1, hung_after_s=0.3)
+    buffer, uplink = _uplink(tmp_path, broker, resolver)
+    with running(buffer, uplink):
+        assert wait_until(lambda: len(silent.asked) == MAX_LOOKUPS)
+        # many more attempts, each past hung_after_s: still no fourth thread
+        attempts = uplink.counters.failed_attempts
+        assert wait_until(lambda: uplink.counters.failed_attempts >= attempts + 10)
+        assert len(silent.asked) == MAX_LOOKUPS
+        silent.answer()
+        assert wait_until(lambda: uplink.connected)
 
 
 def test_a_name_that_does_not_resolve_is_reported_and_tried_again(
