@@ -281,11 +281,15 @@ class _Acks(NamedTuple):
     seqs: list[int]
 
 
-_NOT_JSON: Final = (TypeError, ValueError, RecursionError)  # a set, a circular detail...
+# What serialising a record that breaks the contract raises: a set as a value, a circular
+# detail, a number in a text field (TypeError, ValueError, RecursionError), a plain string
+# where an enum belongs (AttributeError), a timestamp no calendar holds (OverflowError).
+# Refused before it uses a seq; never raised out of submit().
+_UNSTORABLE: Final = (TypeError, ValueError, RecursionError, AttributeError, OverflowError)
 
 
 def _prepare(record: Record, ident: Identity) -> tuple[bytes, int, int]:
-    """Serialise one record for the writer. Raises _NOT_JSON for a record that is not JSON."""
+    """Serialise one record for the writer. Raises _UNSTORABLE for a record that cannot be."""
     return record.payload_without_seq(ident), _drop_class(record), _rank(record)
 
 
@@ -304,7 +308,7 @@ def _refusals(records: Sequence[Record], ident: Identity) -> dict[int, str]:
             continue
         try:
             _prepare(record, ident)
-        except (*_NOT_JSON, AttributeError) as exc:
+        except _UNSTORABLE as exc:
             bad[index] = f"record cannot be serialised: {exc!r}"
     return bad
 
@@ -563,7 +567,7 @@ class EventBuffer:
             return future
         try:
             prepared = [_prepare(record, self.identity)]
-        except _NOT_JSON as exc:  # refused before it could use up a seq
+        except _UNSTORABLE as exc:  # refused before it could use up a seq
             future.set_exception(BufferError_(f"record cannot be serialised: {exc}"))
             return future
         self._enqueue_group(_Group((record,), prepared, future, True))
@@ -588,7 +592,7 @@ class EventBuffer:
             prepared = [_prepare(r, ident) for r in records if r.seq is None]
             if len(prepared) != len(records):
                 raise ValueError("a record already has a seq")
-        except (*_NOT_JSON, AttributeError):
+        except _UNSTORABLE:
             future.set_exception(GroupRefused(_refusals(records, ident)))
             return future
         if not prepared:

@@ -10,7 +10,9 @@ This module must never do I/O: it only describes and serialises.
 
 from __future__ import annotations
 
+import datetime
 import enum
+import functools
 import json
 import math
 import time
@@ -84,6 +86,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_EPOCH: Final = datetime.datetime(1970, 1, 1)  # naive, UTC by convention
 _last_second: tuple[int, str] = (-1, "")  # a storm stamps many events in the same second
 
 
@@ -93,7 +96,9 @@ def iso_ms(ts_ms: int) -> str:
     secs, ms = divmod(ts_ms, 1000)
     cached_secs, text = _last_second
     if cached_secs != secs:
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+        # datetime arithmetic, not time.gmtime: a 32-bit time_t (32-bit Raspberry Pi OS)
+        # cannot hold a second past 2038-01-19, and gmtime would refuse every event then
+        text = (_EPOCH + datetime.timedelta(seconds=secs)).isoformat()
         _last_second = (secs, text)
     return f"{text}.{ms:03d}Z"
 
@@ -102,7 +107,7 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: one per gateway, and json_fields caches in __dict__
 class Identity:
     """Who is speaking: fixed per gateway, stamped on every payload."""
 
@@ -110,12 +115,11 @@ class Identity:
     gateway: str
     site_name: str = ""
     gateway_name: str = ""
-    # '"site":...,"gateway":...': the same on every payload, so serialised once
-    json_fields: str = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        site, gateway = _str(self.site), _str(self.gateway)
-        object.__setattr__(self, "json_fields", f'"site":{site},"gateway":{gateway}')
+    @functools.cached_property
+    def json_fields(self) -> str:
+        """'"site":...,"gateway":...': the same on every payload, so serialised once."""
+        return f'"site":{_str(self.site)},"gateway":{_str(self.gateway)}'
 
 
 class _RecordMethods:
@@ -123,10 +127,14 @@ class _RecordMethods:
 
     The payload is built as text straight from a format per class (`json_body`): the
     buffer serialises every record it stores, and building a dict for the C JSON
-    encoder cost three times as much. It is byte for byte what json.dumps(...,
-    ensure_ascii=False, separators=(",", ":"), allow_nan=False) gives for the payload
-    in docs/feed.md (tests/test_events.py checks that for generated records); a field of
-    the wrong type raises TypeError, as json.dumps does for what it cannot encode.
+    encoder cost three times as much. For a record whose fields have their declared
+    types it is byte for byte what json.dumps(..., ensure_ascii=False,
+    separators=(",", ":"), allow_nan=False) gives for the payload in docs/feed.md
+    (tests/test_events.py checks that for generated records). It is stricter than
+    json.dumps: a field of another type (a number in a text field, a string in a
+    flag, a list as a value) raises TypeError instead of reaching the platform in a
+    shape the contract does not allow; the buffer refuses such a record before it
+    uses a seq.
     """
 
     __slots__ = ()
@@ -197,7 +205,7 @@ class Event(_RecordMethods):
             _str(self.id),
             iso_ms(self.ts_ms),
             self.ts_ms,
-            "true" if self.clock_synced else "false",
+            _flag(self.clock_synced),
             ident.json_fields,
             _str(self.device),
             _opt_str(self.point),
@@ -208,7 +216,7 @@ class Event(_RecordMethods):
             _json_value(self.value),
             _opt_str(self.unit),
             _str(self.text),
-            "true" if self.test else "false",
+            _flag(self.test),
             extras,
         )
 
@@ -238,7 +246,7 @@ class Reading(_RecordMethods):
             _str(self.id),
             iso_ms(self.ts_ms),
             self.ts_ms,
-            "true" if self.clock_synced else "false",
+            _flag(self.clock_synced),
             ident.json_fields,
             _str(self.device),
             _str(self.point),
@@ -311,6 +319,15 @@ _READING_JSON: Final = (
     '"value":%s,"unit":%s,"quality":%s}'
 )
 _str: Final = _encode_basestring  # a JSON string; TypeError for anything but a str
+
+
+def _flag(value: bool) -> str:
+    """A bool field: only True and False (a truthy "false" must not become true)."""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    raise TypeError(f"a flag must be true or false, not {value!r}")
 
 
 def _opt_str(text: str | None) -> str:

@@ -217,15 +217,28 @@ def test_full_disk_holds_in_memory_and_a_restart_then_skips_to_the_ceiling(
     assert new > max(pend)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("value", {1, 2}),  # a set is not JSON
+        ("severity", "critical"),  # a plain string where the enum belongs
+        ("ts_ms", 10**20),  # no calendar holds that second
+        ("test", "false"),  # a truthy string must not become a test flag
+        ("device", 7),  # a number in a text field
+    ],
+)
 def test_a_record_that_cannot_be_serialised_is_refused_without_using_a_seq(
-    tmp_path: Path,
+    tmp_path: Path, field: str, value: object
 ) -> None:
     with open_buffer(tmp_path / "b.db") as buf:
         bad = info_event(1)
-        object.__setattr__(bad, "value", {1, 2})  # a set is not JSON
-        failed = buf.submit(bad)
+        object.__setattr__(bad, field, value)
+        failed = buf.submit(bad)  # never raises: the future says it
+        group = buf.submit_many([alarm(), bad])
         ok = buf.submit(info_event(2)).result(5)
-        assert failed.exception(5) is not None
+        assert isinstance(failed.exception(5), BufferError_)
+        error = group.exception(5)
+        assert isinstance(error, GroupRefused) and list(error.bad) == [1]
         assert ok.seq == 1
 
 

@@ -166,16 +166,20 @@ def _door(**changes: Any) -> Event:
 @pytest.mark.parametrize(
     ("changes", "error"),
     [
-        ({"device": 5}, TypeError),  # a str field that is not a str
+        ({"device": 5}, TypeError),  # a str field that is not a str (stricter than json)
         ({"point": b"d1"}, TypeError),
+        ({"test": "false"}, TypeError),  # a flag that is not a bool (stricter than json)
+        ({"clock_synced": None}, TypeError),
         ({"value": {1, 2}}, TypeError),  # a value that is not JSON
         ({"value": 1j}, TypeError),
         ({"detail": {"x": object()}}, TypeError),
         ({"detail": {"x": float("inf")}}, ValueError),  # allow_nan=False, as json.dumps
     ],
 )
-def test_what_json_dumps_refuses_is_refused(changes: dict[str, Any], error: type) -> None:
-    """The buffer refuses such a record before it uses a seq (it catches these errors)."""
+def test_a_record_outside_the_contract_is_refused(changes: dict[str, Any], error: type) -> None:
+    """What json.dumps refuses, and fields of the wrong type, which it would write in a
+    shape the contract does not allow. The buffer refuses such a record before it uses a
+    seq (it catches these errors)."""
     with pytest.raises(error):
         _door(**changes).payload_without_seq(Identity("s", "g"))
 
@@ -190,3 +194,40 @@ def test_a_circular_detail_is_refused_not_looped_on() -> None:
 def test_to_payload_needs_a_seq() -> None:
     with pytest.raises(ValueError, match="seq"):
         _door().to_payload(Identity("s", "g"))
+
+
+def test_timestamps_after_2038_serialise_whatever_time_t_the_platform_has(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """32-bit Raspberry Pi OS has a 32-bit time_t: time.gmtime refuses 2038-01-19T03:14:08
+    and later there, so the timestamp text must not come from it. This machine's time_t
+    is 64-bit; its gmtime is made to refuse as the 32-bit one does."""
+    import time
+
+    real_gmtime = time.gmtime
+
+    def gmtime_32(secs: float | None = None) -> time.struct_time:
+        if secs is not None and secs >= 2**31:
+            raise OverflowError("timestamp out of range for platform time_t")
+        return real_gmtime(secs)
+
+    monkeypatch.setattr(time, "gmtime", gmtime_32)
+    ts = (2**31 + 1) * 1000 + 5
+    body = json.loads(splice_seq(_door(ts_ms=ts).payload_without_seq(Identity("s", "g")), 1))
+    assert body["ts"] == "2038-01-19T03:14:09.005Z"
+
+
+def test_identity_is_still_a_plain_four_field_value() -> None:
+    """Its cached JSON fragment is not a field: asdict/replace/equality see only the four."""
+    import dataclasses
+
+    ident = Identity("s", "g", "养老院", "网关")
+    assert ident.json_fields == '"site":"s","gateway":"g"'
+    assert dataclasses.asdict(ident) == {
+        "site": "s",
+        "gateway": "g",
+        "site_name": "养老院",
+        "gateway_name": "网关",
+    }
+    assert Identity(**dataclasses.asdict(ident)) == ident
+    assert dataclasses.replace(ident, site="t").json_fields.startswith('"site":"t"')
