@@ -16,11 +16,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from simulator.broker import Mosquitto
 from simulator.pty import PtyPair
 
 SHARED_BROKER = ("127.0.0.1", 1883)
+
+# CI replays the same examples every run (a red CI is then always the code's doing, and
+# reproducible); a developer's run draws new ones, which is where new failures are
+# found, and prints the blob to replay one with @reproduce_failure.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 def _open_fds() -> set[int]:
