@@ -138,10 +138,25 @@ class _RecordMethods:
     """
 
     __slots__ = ()
+    id: str
+    ts_ms: int
+    clock_synced: bool
+    device: str
     seq: int | None
 
     def json_body(self, ident: Identity) -> str:
         raise NotImplementedError
+
+    def _json_head(self, ident: Identity) -> str:
+        """The fields every payload starts with, up to and including "device"."""
+        return _HEAD_JSON % (
+            _str(self.id),
+            iso_ms(self.ts_ms),
+            self.ts_ms,
+            _flag(self.clock_synced),
+            ident.json_fields,
+            _str(self.device),
+        )
 
     def with_seq(self: _R, seq: int) -> _R:
         return _copy_with_seq(self, seq)
@@ -202,12 +217,7 @@ class Event(_RecordMethods):
         if self.detail is not None:
             extras += ',"detail":' + dumps_text(self.detail)
         return _EVENT_JSON % (
-            _str(self.id),
-            iso_ms(self.ts_ms),
-            self.ts_ms,
-            _flag(self.clock_synced),
-            ident.json_fields,
-            _str(self.device),
+            self._json_head(ident),
             _opt_str(self.point),
             _str(self.kind),
             _str(self.category),
@@ -243,12 +253,7 @@ class Reading(_RecordMethods):
         """The payload as JSON text, minus "v" and "seq" (see _RecordMethods)."""
         value = _json_value(self.value)
         return _READING_JSON % (
-            _str(self.id),
-            iso_ms(self.ts_ms),
-            self.ts_ms,
-            _flag(self.clock_synced),
-            ident.json_fields,
-            _str(self.device),
+            self._json_head(ident),
             _str(self.point),
             value,
             _opt_str(self.unit),
@@ -309,15 +314,12 @@ def splice_seq(body: bytes, seq: int) -> bytes:
     return b"%s%d,%s" % (_SEQ_HEAD, seq, body[1:])
 
 
+_HEAD_JSON: Final = '{"id":%s,"ts":"%s","ts_ms":%d,"clock_synced":%s,%s,"device":%s'
 _EVENT_JSON: Final = (
-    '{"id":%s,"ts":"%s","ts_ms":%d,"clock_synced":%s,%s,"device":%s,"point":%s,'
-    '"kind":%s,"category":%s,"severity":%s,"state":%s,"value":%s,"unit":%s,"text":%s,'
-    '"test":%s%s}'
-)  # the last %s: the optional fields (device_name, point_name, location, detail)
-_READING_JSON: Final = (
-    '{"id":%s,"ts":"%s","ts_ms":%d,"clock_synced":%s,%s,"device":%s,"point":%s,'
-    '"value":%s,"unit":%s,"quality":%s}'
-)
+    '%s,"point":%s,"kind":%s,"category":%s,"severity":%s,"state":%s,"value":%s,"unit":%s,'
+    '"text":%s,"test":%s%s}'
+)  # the first %s: _HEAD_JSON; the last: the optional fields (device_name ... detail)
+_READING_JSON: Final = '%s,"point":%s,"value":%s,"unit":%s,"quality":%s}'  # %s: _HEAD_JSON
 _str: Final = _encode_basestring  # a JSON string; TypeError for anything but a str
 
 

@@ -13,7 +13,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from agent.control import (
     FanoutSubscription,
 )
 from agent.errors import FieldTimeout, UnknownPoint
+from tests.waiting import wait_until
 
 
 class FakeAgent:
@@ -106,15 +107,6 @@ class FakeAgent:
 
     def buffer(self) -> dict[str, Any]:
         return {"depth": len(self.stored), "oldest_age_s": 12.5, "degraded": False}
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 @pytest.fixture

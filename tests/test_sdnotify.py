@@ -10,13 +10,14 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent import sdnotify
 from agent.sdnotify import Watchdog
+from tests.waiting import wait_until
 
 
 class NotifySocket:
@@ -52,15 +53,6 @@ def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
         yield sock
     finally:
         sock.close()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 # --- messages -------------------------------------------------------------------

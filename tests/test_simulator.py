@@ -33,6 +33,7 @@ from simulator.scenario import load_scenario
 from simulator.tcp import TcpDeviceServer
 from simulator.wire import RtuLineServer, SerialSettings
 from simulator.world import Simulator
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "config" / "profiles"
@@ -561,15 +562,6 @@ period = 0.1
         assert wait_until(lambda: log.exists() and log.read_text().count('"timeline"') >= 3)
     ats = [json.loads(x)["mono"] for x in log.read_text().splitlines()[1:4]]
     assert 0.08 < ats[1] - ats[0] < 0.2 and 0.08 < ats[2] - ats[1] < 0.2
-
-
-def wait_until(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 # --- the CLI drives a running simulator --------------------------------------------------------

@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 
 from agent.events import Category, Event, Identity, Kind, Reading, Severity
 from simulator.broker import Mosquitto
+from tests.waiting import wait_until
 
 IDENT = Identity("site-t", "gw-t", "测试养老院", "测试网关")
 
@@ -152,16 +153,6 @@ def running(buffer: Any, uplink: Any) -> Iterator[None]:
             uplink.stop()
     finally:
         buffer.close()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, step: float = 0.02) -> bool:
-    """Poll a condition with a deadline (for state that has no event to await)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 # --- the agent-like child process of the kill -9 test ---------------------------------
