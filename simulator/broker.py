@@ -132,6 +132,18 @@ class Mosquitto:
         self.stop()
         self.start()
 
+    def freeze(self) -> None:
+        """Stop answering (SIGSTOP) with every socket left open: a black-holed link, as
+        when a 4G modem stalls. No FIN, no RST: only keepalive can notice. kill() and
+        close() still work on a frozen broker."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Answer again (SIGCONT) after freeze()."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
+
     def _signal(self, sig: signal.Signals) -> None:
         if self._proc is None:
             return

@@ -446,6 +446,37 @@ def test_connect_attempts_are_bounded_well_under_the_watchdog(tmp_path: Path) ->
     uplink.stop()
 
 
+def test_a_broker_gone_silent_is_noticed_within_two_keepalives_and_nothing_is_lost(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """A black-holed link (the broker stops answering, no FIN, no RST) must be noticed by
+    the gateway itself: GB 26875.1 wants a local link fault within 100 s, and at the
+    default keepalive_s = 30 paho gives up after at most 2 x 30 s without a byte from
+    the broker (a PINGREQ after one silent keepalive, the close after the next). What
+    was published into the silence is resent after the reconnect."""
+    keepalive = 5
+    buffer, uplink = make(tmp_path, broker, keepalive_s=keepalive)
+    col = Collector(broker.host, broker.port, f"{ROOT}/event")
+    try:
+        with running(buffer, uplink):
+            first = buffer.submit(alarm("before")).result(5)
+            assert col.wait_for(lambda: col.seqs("event") == [first.seq])
+            broker.freeze()
+            try:
+                into_the_void = buffer.submit(alarm("during")).result(5)
+                # the deadline is the behaviour under test: 100 s at keepalive 30 is 3.3
+                # keepalives; paho needs 2 (measured here: 10.0 s at keepalive 5)
+                noticed = wait_until(lambda: not uplink.connected, timeout=3 * keepalive)
+                assert noticed, "a silent broker was not noticed within three keepalives"
+                assert "connection lost" in (uplink.last_error or "")
+            finally:
+                broker.thaw()
+            assert col.wait_for(lambda: into_the_void.seq in col.seqs("event"), timeout=30)
+            assert wait_until(lambda: uplink.connected)
+    finally:
+        col.close()
+
+
 def test_a_peer_that_hangs_up_before_connack_is_a_failed_attempt_with_its_reason(
     tmp_path: Path,
 ) -> None:
