@@ -33,13 +33,17 @@ RECENT_REQUESTS: Final = 256  # results remembered for repeats (bounded: ~256 sm
 
 
 class GatewayControl(Protocol):
-    """What commands may ask of the running gateway (implemented by the runtime)."""
+    """What commands may ask of the running gateway (implemented by the runtime).
+    Results are shaped as docs/schemas/cmd-result.schema.json says per command."""
 
-    def status(self) -> dict[str, Any]: ...
+    def uptime_s(self) -> float: ...
+
+    def status(self) -> dict[str, Any]: ...  # the heartbeat's health summary, taken now
 
     def read_point(self, device: str, point: str | None) -> dict[str, Any]: ...
 
-    def test_alarm(self, requested_by: str) -> Event: ...  # returns once the event is stored
+    # returns once the event is stored; `note` travels in the event's detail
+    def test_alarm(self, requested_by: str, note: str | None = None) -> Event: ...
 
     def silence(self) -> dict[str, Any]: ...
 
@@ -131,13 +135,14 @@ class CommandHandler:
     def _dispatch(self, command: feed.Command) -> dict[str, Any]:
         name = command.name
         if name is feed.CommandName.PING:
-            return {"pong": True}
+            return {"pong": True, "uptime_s": round(self.control.uptime_s(), 3)}
         if name is feed.CommandName.STATUS:
             return dict(self.control.status())
         if name is feed.CommandName.READ:
             return dict(self.control.read_point(command.args["device"], command.args.get("point")))
         if name is feed.CommandName.TEST_ALARM:
-            event = self.control.test_alarm(f"cmd:{command.request_id}")
+            note = command.args.get("note")
+            event = self.control.test_alarm(f"cmd:{command.request_id}", note)
             return {"event_id": event.id, "seq": event.seq}
         return dict(self.control.silence())
 

@@ -167,6 +167,10 @@ def _add_names(payload: dict[str, Any], ident: Identity) -> None:
 # --- heartbeat ---------------------------------------------------------------
 
 
+# The health summary inside a heartbeat; the `status` command answers with these keys.
+HEALTH_KEYS: Final = ("version", "uptime_s", "clock_synced", "buffer", "devices", "drops", "uplink")
+
+
 def heartbeat_payload(
     ident: Identity,
     ts_ms: int,

@@ -103,6 +103,29 @@ def _orphan_restore(
     )
 
 
+def state_of_code(spec: PointSpec, code: int) -> StateSpec:
+    """The state-table entry for a code; a code the profile does not list is a fault."""
+    assert spec.states is not None
+    return spec.states.get(code) or StateSpec(
+        state=f"unknown_{code}",
+        label=f"未知状态码{code}",
+        normal=False,
+        kind=Kind.FAULT,
+        category=spec.category,
+        severity=Severity.MINOR,
+    )
+
+
+def value_state(spec: PointSpec, value: Value) -> str | None:
+    """The state the profile gives a value read now (state tables and flags), for a live
+    read; None for analog points, whose state depends on hysteresis and confirm time."""
+    if spec.states is not None and isinstance(value, int):
+        return state_of_code(spec, value).state
+    if spec.flag is not None:
+        return spec.flag.active_state if value else spec.flag.inactive_state
+    return None
+
+
 class PointTracker:
     """Event rules of one point. Not thread-safe: one poller owns it.
 
@@ -298,16 +321,7 @@ class PointTracker:
         return [self._enter(new, previous, value, ts, synced)]
 
     def _update_states(self, code: int, first: bool, ts: int, synced: bool) -> list[Record]:
-        assert self.spec.states is not None
-        state = self.spec.states.get(code) or StateSpec(
-            state=f"unknown_{code}",
-            label=f"未知状态码{code}",
-            normal=False,
-            kind=Kind.FAULT,
-            category=self.spec.category,
-            severity=Severity.MINOR,
-        )
-        return self._transition(state, first, code, ts, synced)
+        return self._transition(state_of_code(self.spec, code), first, code, ts, synced)
 
     def _flag_state(self, *, active: bool) -> StateSpec:
         flag = self.spec.flag

@@ -40,7 +40,7 @@ from agent.control import ControlServer, ControlSetupError, EventFanout, EventSu
 from agent.errors import AlarmgwError, BufferError_, FieldError, FieldTimeout, UnknownPoint
 from agent.events import Category, Event, Kind, Lane, Record, Severity, now_ms, system_event
 from agent.journal import setup_logging
-from agent.points import DevicePoints
+from agent.points import DevicePoints, value_state
 from agent.pointstate import COMM, PointStateStore
 from agent.rules import GPIO_DEVICE, LocalRules, contact_event
 from agent.uplink import Uplink
@@ -612,17 +612,19 @@ class Gateway:
         values: dict[str, Any] = {}
         for spec in wanted:
             try:
-                values[spec.id] = {
-                    "value": decode(spec, blocks),
-                    "unit": spec.unit,
-                    "name": spec.name,
-                }
+                value = decode(spec, blocks)
             except FieldError as exc:
                 values[spec.id] = {"error": str(exc), "name": spec.name}
+                continue
+            values[spec.id] = {"value": value, "unit": spec.unit, "name": spec.name}
+            state = value_state(spec, value)
+            if state is not None:
+                values[spec.id]["state"] = state
         return {"device": device, "ts_ms": now_ms(), "points": values}
 
-    def test_alarm(self, requested_by: str) -> Event:
-        """A test-flagged alarm end to end; returns once it is stored durably."""
+    def test_alarm(self, requested_by: str, note: str | None = None) -> Event:
+        """A test-flagged alarm end to end; returns once it is stored durably. `note` (the
+        platform's, e.g. "monthly transmission test") is carried in the event's detail."""
         who = self.cfg.identity.gateway_name or self.cfg.identity.gateway
         # A simulated fire transmission (GB 26875: at least two a month): category fire so
         # the platform routes it like the real thing, test=true so nobody is dispatched.
@@ -636,7 +638,7 @@ class Gateway:
             point="test_alarm",
             test=True,
             clock_synced=self.clock_synced(),
-            detail={"requested_by": requested_by},
+            detail={"requested_by": requested_by} | ({"note": note} if note else {}),
         )
         stored = self.emit(event).result(timeout=10)
         if not isinstance(stored, Event):
@@ -734,10 +736,12 @@ class Gateway:
             self._loop.call_soon_threadsafe(self._stop.set)
 
     def _start_control(self) -> None:
-        self.control = ControlServer(
-            self.cfg.control.socket, _ControlAdapter(self), self.cfg.control.group
-        )
+        """The local control socket; without it the gateway still watches and reports (a
+        fault event says so), only the technician's CLI cannot reach it."""
         try:
+            self.control = ControlServer(
+                self.cfg.control.socket, _ControlAdapter(self), self.cfg.control.group
+            )
             self.control.start()
         except (ControlSetupError, OSError) as exc:
             log.exception("control socket unavailable")
@@ -792,8 +796,12 @@ class _CommandAdapter:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
 
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.gw._boot_mono
+
     def status(self) -> dict[str, Any]:
-        return self.gw.status()
+        """The heartbeat's health summary, taken now (not the local CLI's status)."""
+        return self.gw.uplink.health()
 
     def read_point(self, device: str, point: str | None) -> dict[str, Any]:
         local = self.gw.read_point(device, point)
@@ -806,14 +814,15 @@ class _CommandAdapter:
                     "name": reading.get("name", ""),
                     "value": None if failed else reading["value"],
                     "unit": reading.get("unit"),
+                    "state": reading.get("state"),
                     "quality": "bad" if failed else "good",
                     "ts_ms": local["ts_ms"],
                 }
             )
         return {"device": local["device"], "points": points}
 
-    def test_alarm(self, requested_by: str) -> Event:
-        return self.gw.test_alarm(requested_by)
+    def test_alarm(self, requested_by: str, note: str | None = None) -> Event:
+        return self.gw.test_alarm(requested_by, note)
 
     def silence(self) -> dict[str, Any]:
         sounding = self.gw.silence()["was_sounding"]

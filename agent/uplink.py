@@ -644,6 +644,11 @@ class Uplink:
             return
         self.counters.heartbeats += 1
 
+    def health(self) -> dict[str, Any]:
+        """The heartbeat's health summary taken now (the `status` command's answer)."""
+        payload = self._heartbeat_payload()
+        return {key: payload[key] for key in feed.HEALTH_KEYS}
+
     def _heartbeat_payload(self) -> dict[str, Any]:
         stats = self.buffer.stats()
         devices = dict(self._health()) if self._health else {}

@@ -18,6 +18,7 @@ from agent.events import Category, Event, Kind, Severity
 from agent.mqtt import MAX_INCOMING_PACKET
 from agent.uplink import Uplink
 from simulator.broker import Mosquitto
+from tests.test_schemas import validator
 from tests.uplink_helpers import IDENT, Collector, Settings, running, wait_until
 
 ROOT = "alarmgw/v1/site-t/gw-t"
@@ -31,8 +32,19 @@ class FakeGateway:
         self.silenced = 0
         self.test_alarms = 0
 
-    def status(self) -> dict[str, Any]:
-        return {"devices": {"efd-1": "online"}}
+    def uptime_s(self) -> float:
+        return 12.5
+
+    def status(self) -> dict[str, Any]:  # the heartbeat's health summary, as the runtime's
+        return {
+            "version": "t",
+            "uptime_s": 12.5,
+            "clock_synced": True,
+            "buffer": {"event_depth": 0, "telemetry_depth": 0, "oldest_age_s": None},
+            "devices": {"total": 1, "online": 1, "comm_fault": []},
+            "drops": {"event": 0, "telemetry": 0},
+            "uplink": {"reconnects": 0, "published": 0, "acked": 0},
+        }
 
     def read_point(self, device: str, point: str | None) -> dict[str, Any]:
         if device == "slow":
@@ -41,9 +53,13 @@ class FakeGateway:
             raise UnknownPoint(f"no device {device!r}")
         if point not in (None, "ch1_leak"):
             raise UnknownPoint(f"no point {point!r} on {device}")
-        return {"device": device, "values": {"ch1_leak": 123.0, "nan": float("nan")}}
+        points = [
+            {"point": "ch1_leak", "value": 123.0, "unit": "mA", "quality": "good"},
+            {"point": "nan", "value": float("nan"), "quality": "good"},  # not JSON: null
+        ]
+        return {"device": device, "points": points}
 
-    def test_alarm(self, requested_by: str) -> Event:
+    def test_alarm(self, requested_by: str, note: str | None = None) -> Event:
         self.test_alarms += 1
         event = Event(
             Kind.TEST,
@@ -53,6 +69,7 @@ class FakeGateway:
             f"测试报警 {requested_by}",
             "gateway",
             test=True,
+            detail={"requested_by": requested_by} | ({"note": note} if note else {}),
         )
         if self.buffer is None:
             return event.with_seq(1)
@@ -69,10 +86,16 @@ def cmd(**body: Any) -> bytes:
 
 def test_each_command_and_each_kind_of_bad_input_gets_a_result() -> None:
     h = CommandHandler(FakeGateway(), IDENT)
+    check = validator("cmd-result")
     ok = h.handle("ping", cmd(id="r1"))
-    assert ok["ok"] and ok["id"] == "r1" and ok["result"] == {"pong": True}
+    check.validate(ok)
+    assert ok["ok"] and ok["id"] == "r1" and ok["result"] == {"pong": True, "uptime_s": 12.5}
     read = h.handle("read", cmd(id="r2", args={"device": "efd-1", "point": "ch1_leak"}))
-    assert read["ok"] and read["result"]["values"]["nan"] is None
+    check.validate(read)
+    assert read["ok"] and read["result"]["points"][1]["value"] is None
+    status = h.handle("status", cmd(id="r9"))
+    check.validate(status)
+    assert status["ok"] and status["result"]["devices"]["total"] == 1
     cases = {
         ("read", cmd(id="r3", args={"device": "nope"})): "unknown_device",
         ("read", cmd(id="r4", args={"device": "efd-1", "point": "x"})): "unknown_point",
@@ -87,6 +110,7 @@ def test_each_command_and_each_kind_of_bad_input_gets_a_result() -> None:
     }
     for (name, raw), code in cases.items():
         result = h.handle(name, raw)
+        check.validate(result)
         assert result["ok"] is False and result["error"]["code"] == code, (name, raw, result)
     assert h.errors["bad_json"] == 2
     assert h.handle("silence", cmd(id="s"))["ok"]
@@ -177,6 +201,7 @@ def test_test_alarm_goes_end_to_end_and_results_carry_the_request_id(
         assert results["silence"]["ok"] and gateway.silenced == 1
         event = col.payloads("event")[0]
         assert event["test"] is True and event["kind"] == "test"
+        assert event["detail"] == {"requested_by": "cmd:t-1", "note": "月度测试"}
         assert results["test-alarm"]["result"]["seq"] == event["seq"]
     finally:
         col.close()

@@ -81,6 +81,10 @@ def test_read_silence_and_errors_answer_by_the_schema(
 
     rig.sim_do(do="state", device="fap", point="point3", state="fire")
     assert rig.feed.wait_event(lambda e: e["point"] == "point3" and e["kind"] == "alarm", 20)
+    panel = platform.call("read", device="fap", point="point3")
+    check.validate(panel)
+    [point3] = panel["result"]["points"]
+    assert point3["state"] == "fire"  # the profile's name for the code read now
     silence = platform.call("silence")
     check.validate(silence)
     assert silence["result"]["silenced"] == ["buzzer"]
@@ -88,3 +92,19 @@ def test_read_silence_and_errors_answer_by_the_schema(
     unknown = platform.call("read", device="no-such-device")
     check.validate(unknown)
     assert unknown["ok"] is False and unknown["error"]["code"] == "unknown_device"
+
+    ping = platform.call("ping")
+    check.validate(ping)
+    assert ping["result"]["pong"] is True and ping["result"]["uptime_s"] > 0
+
+    status = platform.call("status")  # the heartbeat's health summary, by its schema
+    check.validate(status)
+    heartbeat = validator("heartbeat")
+    assert set(status["result"]) <= set(heartbeat.schema["properties"])
+    assert status["result"]["devices"]["total"] >= 1
+
+    test = platform.call("test-alarm", note="月度模拟火警传输测试")
+    check.validate(test)
+    event = rig.feed.wait_event(lambda e: e.get("id") == test["result"]["event_id"], 20)
+    assert event is not None and event["test"] is True
+    assert event["detail"]["note"] == "月度模拟火警传输测试"
