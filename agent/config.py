@@ -21,11 +21,14 @@ safe on a running gateway. Key paths look like `lines[0].baudrate` and
 from __future__ import annotations
 
 import difflib
+import grp
 import hashlib
 import importlib
 import math
 import os
+import pwd
 import re
+import stat
 import tomllib
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
@@ -1126,12 +1129,83 @@ def build(path: Path, checked: Checked, profiles: dict[str, Profile]) -> Config:
 
 # --- the public entry points ---------------------------------------------------------------
 
+
+def check_control_group(checked: Checked, out: Problems) -> None:
+    """The control socket's group must exist on this machine (the agent would start
+    without its socket otherwise: the CLI could not reach it)."""
+    group = checked.sections["control"].get("group")
+    if group is None:
+        return
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        out.add("control.group", f"group {group!r} does not exist on this machine")
+
+
+SERVICE_USER = "alarmgw"  # systemd/alarmgw.service: User=
+
+
+def check_uplink_files(checked: Checked, base: Path, out: Problems) -> None:
+    """The credentials file and TLS files, opened as the uplink opens them at start (mode,
+    format, a CA and key that load), and readable by the service user: a file only root
+    can read passes a check run with sudo and then stops the service with exit 78."""
+    from agent.errors import UplinkError  # noqa: PLC0415 - paho only when there are files
+    from agent.mqtt import TlsFiles, load_credentials, tls_context  # noqa: PLC0415
+
+    u = checked.sections["uplink"]
+    files = {key: _path(u.get(key), base) for key in _UPLINK_FILES}
+    creds = files["credentials_file"]
+    if creds is not None:
+        try:
+            load_credentials(creds)
+        except UplinkError as exc:
+            out.add("uplink.credentials_file", str(exc))
+    ca = files["ca_file"]
+    if ca is not None:
+        try:
+            tls_context(TlsFiles(ca, files["cert_file"], files["key_file"]), "check-config")
+        except UplinkError as exc:
+            out.add("uplink.ca_file", str(exc))
+    for key, path in files.items():
+        reason = _service_cannot_read(path) if path is not None else None
+        if reason:
+            out.add(f"uplink.{key}", reason)
+
+
+_UPLINK_FILES = ("credentials_file", "ca_file", "cert_file", "key_file")
+
+
+def _service_cannot_read(path: Path) -> str | None:
+    """Why the service user could not read `path` (None if it can, or if this machine has
+    no such user: a config checked away from the gateway)."""
+    try:
+        user = pwd.getpwnam(SERVICE_USER)
+        st = path.stat()
+    except (KeyError, OSError):
+        return None  # no service user here; a missing file is reported by the loaders
+    if os.geteuid() == user.pw_uid:
+        return None  # we are the service: the loaders above opened it or said why not
+    groups = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if SERVICE_USER in g.gr_mem}
+    mode = st.st_mode
+    if (
+        (st.st_uid == user.pw_uid and mode & stat.S_IRUSR)
+        or (st.st_gid in groups and mode & stat.S_IRGRP)
+        or mode & stat.S_IROTH
+    ):
+        return None
+    return (
+        f"the service runs as {SERVICE_USER} and cannot read {path} (mode "
+        f"{stat.S_IMODE(mode):04o}): sudo chown {SERVICE_USER}: {path} && sudo chmod 600 {path}"
+    )
+
+
 WHOLE_CONFIG_CHECKS: tuple[Callable[[Checked, Problems], None], ...] = (
     check_duplicate_ids,
     check_lines,
     check_devices,
     check_pins,
     check_something_to_watch,
+    check_control_group,
 )
 
 
@@ -1146,6 +1220,8 @@ def load_config(path: str | Path) -> Config:
     check_rules(checked, out)
     for check in WHOLE_CONFIG_CHECKS:
         check(checked, out)
+    if not out.items:  # files last: one mistake in the config gives one problem
+        check_uplink_files(checked, path.parent, out)
     profiles = load_profiles(checked, path.parent, out)
     check_overrides(checked, profiles, out)
     if out.items:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import agent.config as config_module
 from agent.cli import EXIT_BAD_CONFIG, EXIT_OK, EXIT_USAGE, main
 from agent.config import (
     BUILTIN_PROFILE_DIR,
@@ -29,6 +31,7 @@ from agent.errors import ConfigError, ConfigProblem
 from agent.events import Category, Kind, Severity
 from agent.textwidth import width
 from drivers.types import inter_frame_gap_ms
+from tests.test_tls import make_ca
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config" / "example.toml"
@@ -163,10 +166,57 @@ def test_defaults_are_applied_and_relative_paths_follow_the_config_file(tmp_path
 
 
 def test_tls_changes_the_default_port(tmp_path: Path) -> None:
+    (tmp_path / "tls").mkdir()
+    make_ca(tmp_path / "tls", "ca")  # a real CA: check-config loads it as the uplink does
     text = mutate(good_text(), 'host = "127.0.0.1"', 'host = "127.0.0.1"\nca_file = "tls/ca.pem"')
     config = load_config(write(tmp_path, text))
     assert config.uplink.port == 8883
     assert config.uplink.ca_file == tmp_path / "tls" / "ca.pem"
+
+
+def _with_uplink(tmp_path: Path, line: str) -> Path:
+    return write(tmp_path, mutate(good_text(), 'host = "127.0.0.1"', f'host = "127.0.0.1"\n{line}'))
+
+
+def test_files_the_uplink_opens_at_start_are_checked_as_it_opens_them(tmp_path: Path) -> None:
+    """A config that checks OK must not stop the service with exit 78 at start."""
+    creds = tmp_path / "credentials"
+    creds.write_text("gw1\nsecret\n")
+    creds.chmod(0o644)
+    problems = problems_of(_with_uplink(tmp_path, 'credentials_file = "credentials"'))
+    assert [p.key for p in problems] == ["uplink.credentials_file"]
+    assert "chmod 600" in problems[0].reason
+    creds.chmod(0o600)
+    config = load_config(_with_uplink(tmp_path, 'credentials_file = "credentials"'))
+    assert config.uplink.credentials_file == creds
+
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    problems = problems_of(_with_uplink(tmp_path, 'ca_file = "ca.pem"'))
+    assert [p.key for p in problems] == ["uplink.ca_file"]
+    missing = problems_of(_with_uplink(tmp_path, 'ca_file = "no-such-ca.pem"'))
+    assert [p.key for p in missing] == ["uplink.ca_file"]
+
+
+def test_a_file_the_service_user_cannot_read_is_a_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked with sudo, a root-only 0600 file reads fine; the service would not read it.
+    The service user is stood in for by `nobody`, which exists on every Linux."""
+    monkeypatch.setattr(config_module, "SERVICE_USER", "nobody")
+    creds = tmp_path / "credentials"
+    creds.write_text("gw1\nsecret\n")
+    creds.chmod(0o600)  # owned by whoever runs the test, not by nobody
+    if os.geteuid() == pwd.getpwnam("nobody").pw_uid:
+        pytest.skip("running as nobody")
+    problems = problems_of(_with_uplink(tmp_path, 'credentials_file = "credentials"'))
+    assert [p.key for p in problems] == ["uplink.credentials_file"]
+    assert "cannot read" in problems[0].reason and "chown nobody:" in problems[0].reason
+
+
+def test_a_control_group_that_does_not_exist_is_a_problem(tmp_path: Path) -> None:
+    text = good_text() + '\n[control]\ngroup = "no-such-group-x"\n'
+    problems = problems_of(write(tmp_path, text))
+    assert [p.key for p in problems] == ["control.group"]
 
 
 @pytest.mark.parametrize(
