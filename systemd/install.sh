@@ -22,6 +22,8 @@ readonly STATE_DIR=/var/lib/alarmgw
 readonly SHARE_DIR=/usr/share/alarmgw
 readonly DOC_DIR=/usr/share/doc/alarmgw
 readonly UNIT_PATH=/etc/systemd/system/alarmgw.service
+# the technician's command on the PATH (also sudo's secure_path on Debian/Raspberry Pi OS)
+readonly BIN_LINK=/usr/local/bin/alarmgw
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly REPO_DIR
 
@@ -137,6 +139,11 @@ install_config() {
     run install -m 0644 "$REPO_DIR/docs/operations.md" "$DOC_DIR/operations.md"
 }
 
+install_command() {
+    say "linking $BIN_LINK -> $VENV/bin/alarmgw"
+    run ln -sfn "$VENV/bin/alarmgw" "$BIN_LINK"
+}
+
 install_unit() {
     say "installing $UNIT_PATH"
     run install -m 0644 "$REPO_DIR/systemd/alarmgw.service" "$UNIT_PATH"
@@ -162,6 +169,10 @@ uninstall() {
         run systemctl disable --now "$SERVICE" || true
     fi
     run rm -f "$UNIT_PATH"
+    # only our own link: a file of that name put there by someone else stays
+    if [[ -L $BIN_LINK && $(readlink "$BIN_LINK") == "$VENV/bin/alarmgw" ]]; then
+        run rm -f "$BIN_LINK"
+    fi
     run systemctl daemon-reload
     run rm -rf "$PREFIX" "$SHARE_DIR" "$DOC_DIR"
     say "kept: $ETC_DIR (config), $STATE_DIR (event buffer) and the user $SERVICE_USER."
@@ -180,6 +191,7 @@ main() {
     ensure_user
     install_package
     install_config
+    install_command
     install_unit
     start_service
 }

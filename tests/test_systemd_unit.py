@@ -284,6 +284,8 @@ def test_dry_run_install_changes_nothing_and_shows_each_step(script: Path, tmp_p
     assert "+ systemctl daemon-reload" in planned
     assert "+ systemctl enable alarmgw" in planned
     assert "+ systemctl restart alarmgw" in planned
+    # the docs' `alarmgw status` must work on the Pi: the command is put on the PATH
+    assert "+ ln -sfn /opt/alarmgw/venv/bin/alarmgw /usr/local/bin/alarmgw" in planned
     if not Path("/etc/alarmgw/alarmgw.toml").exists():
         assert "install -m 0640 -o root -g alarmgw" in joined
     assert planned.index("+ systemctl daemon-reload") < planned.index("+ systemctl restart alarmgw")
