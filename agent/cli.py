@@ -394,7 +394,9 @@ def _follow(args: argparse.Namespace, stream: Iterable[dict[str, Any]]) -> None:
         else:
             items = []
             notice = message.get("notice", {})
-            text = f"(missed {notice.get('missed')} events: use --since to fetch them)"
+            # 80 columns: the events are buffered and delivered; only this screen missed them
+            missed = notice.get("missed")
+            text = f"(missed {missed} here; all buffered and sent; `events` shows last 500)"
             print(json.dumps(message, ensure_ascii=False) if args.json else text, flush=True)
         for event in items:
             text = (
