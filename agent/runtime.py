@@ -574,11 +574,14 @@ class Gateway:
         return out
 
     def events(self, since_seq: int | None, limit: int) -> list[dict[str, Any]]:
+        """Oldest first: after since_seq the next `limit` (so a reader can page forward),
+        else the latest `limit`; limit 0 gives none (follow without a backlog)."""
         with self._recent_lock:
             items = list(self.recent)
         if since_seq is not None:
-            items = [e for e in items if (e.seq or 0) > since_seq]
-        items = items[-limit:] if limit > 0 else items
+            items = [e for e in items if (e.seq or 0) > since_seq][:limit]
+        else:
+            items = items[-limit:] if limit > 0 else []
         return [e.to_payload(self.cfg.identity) for e in items]
 
     def subscribe_events(self) -> EventSubscription:

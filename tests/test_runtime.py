@@ -134,3 +134,28 @@ def test_field_results_queued_behind_stored_events_keep_their_order(gateway: Gat
         threading.Event().wait(0.01)  # the group commit happens on the writer thread
         rows = gateway.buffer.pending(Lane.EVENT, 0, 100)
     assert [json.loads(bytes(r.payload))["kind"] for r in rows] == ["comm_loss", "comm_restore"]
+
+
+def test_recent_events_page_forward_from_a_seq_and_limit_zero_gives_none(
+    gateway: Gateway,
+) -> None:
+    """`alarmgw events --since SEQ --limit N` pages forward: the N after SEQ, oldest first
+    (not the newest N, which would skip the ones between); limit 0 is a follow with no
+    backlog."""
+    from agent.events import Category, Event, Kind, Severity
+
+    futures = [
+        gateway.emit(Event(Kind.STATE, Category.DOOR, Severity.INFO, "open", f"门 {i}", "door"))
+        for i in range(10)
+    ]
+    seqs = [f.result(5).seq for f in futures]
+    deadline = time.monotonic() + 5
+    while len(gateway.recent) < 10 and time.monotonic() < deadline:
+        threading.Event().wait(0.01)  # the stored callback runs on the buffer's thread
+    first = seqs[0]
+    assert first is not None
+    page = gateway.events(first, 3)
+    assert [e["seq"] for e in page] == seqs[1:4]
+    assert [e["seq"] for e in gateway.events(None, 3)] == seqs[-3:]
+    assert gateway.events(None, 0) == []
+    assert gateway.events(first, 0) == []
