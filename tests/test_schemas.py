@@ -272,6 +272,16 @@ def test_reading_matches_schema(quality: str, value: float, unit: str | None) ->
     assert_valid("telemetry", reading.to_payload(IDENT))
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_reading_that_is_not_a_number_goes_out_as_null_and_bad_by_the_schema(
+    value: float,
+) -> None:
+    """A float32 register can hold NaN or infinity; JSON cannot: null, quality bad."""
+    payload = Reading("ai-1", "pressure", value, "MPa", ts_ms=TS).with_seq(7).to_payload(IDENT)
+    assert (payload["value"], payload["quality"]) == (None, "bad")
+    assert_valid("telemetry", payload)
+
+
 TELEMETRY_BREAKERS = [
     lambda p: p.pop("seq"),
     lambda p: p.update(quality="ok"),
