@@ -96,6 +96,7 @@ class Mosquitto:
             stdout=self._log,
             stderr=self._log,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C meant for its owner must not stop it first
         )
         self._wait_listening(timeout)
         return self

@@ -8,7 +8,6 @@ stops everything and leaves nothing running.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import subprocess
@@ -22,6 +21,7 @@ import paho.mqtt.client as mqtt
 
 from agent.watch import render
 from simulator.broker import Mosquitto
+from simulator.procs import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "config" / "scenarios" / "care-home.toml"
@@ -29,8 +29,12 @@ AGENT_CONFIG = ROOT / "config" / "scenarios" / "care-home-agent.toml"
 
 
 def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # its own session: Ctrl-C goes to the terminal's process group, and the demo, not the
+    # keyboard, stops the parts in order (agent first, so it says offline cleanly)
     with log.open("ab") as out:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
 
 
 def _subscribe(port: int, printed: list[str], telemetry: bool) -> mqtt.Client:
@@ -102,15 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"a component exited (status {dead[0].returncode}); see logs in {work}")
                     return 1
         finally:
-            for p in reversed(procs):
-                with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            for p in reversed(procs):  # the agent, then the simulator; the broker last
+                stop_process(p, timeout=10)
             client.disconnect()
             client.loop_stop()
     print("-" * 79 + f"\nstopped; {len(printed)} messages shown; logs in {work}")
