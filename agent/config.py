@@ -452,7 +452,9 @@ LINE: Schema = {
     "parity": Key(one_of("N", "E", "O"), default="N"),
     "stopbits": Key(one_of(1, 2), default=1),
     "bytesize": Key(one_of(7, 8), default=8),
-    "timeout_s": Key(number(gt=0, le=60), default=0.5),
+    # <= 10 s: one exchange must stay well inside the 30 s systemd watchdog (a device
+    # answers in milliseconds; seconds only help a slow gateway behind Modbus TCP)
+    "timeout_s": Key(number(gt=0, le=10), default=0.5),
     "retries": Key(integer(0, 10), default=1),
     "inter_frame_gap_ms": Key(number(gt=0, le=1000)),  # default: 3.5 character times
     "max_gap": Key(integer(0, 125), default=8),
@@ -469,7 +471,7 @@ DEVICE: Schema = {
     "fast_poll_s": Key(number(gt=0, le=3600), default=1.0),
     "slow_poll_s": Key(number(gt=0, le=3600), default=5.0),
     "comm_fault_after": Key(integer(1, 100), default=3),
-    "timeout_s": Key(number(gt=0, le=60)),
+    "timeout_s": Key(number(gt=0, le=10)),
     "retries": Key(integer(0, 10)),
     "backoff_max_s": Key(number(gt=0, le=3600), default=30.0),
     "points": Key(lambda v: None if isinstance(v, dict) else "must be a table", default={}),

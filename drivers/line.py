@@ -450,6 +450,10 @@ class Line:
         wait = ready_at - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)  # wire timing / reopen pacing, not a synchronisation
+        # `alive` moves with every exchange, not only with every poll step: a silent device
+        # with long timeouts and retries makes one step last far longer than the watchdog
+        # allows, and the loop is not hung for that (an exchange is bounded by timeout_s)
+        self.alive = time.monotonic()
         try:
             return await exchange()
         except Disconnected:
@@ -457,7 +461,7 @@ class Line:
                 self._last_open_failure = time.monotonic()
             raise
         finally:
-            self._last_exchange_end = time.monotonic()
+            self._last_exchange_end = self.alive = time.monotonic()
 
     def _poll_succeeded(
         self,

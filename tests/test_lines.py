@@ -323,6 +323,33 @@ def test_a_dead_device_is_probed_with_one_request(pty_pair: PtyPair) -> None:
     run(bench())
 
 
+def test_the_owner_stays_alive_through_a_long_step_of_timeouts_and_retries(
+    pty_pair: PtyPair,
+) -> None:
+    """A silent device's first poll runs every request with every retry in one step (here
+    2 x 6 x 0.2 s = 2.4 s; on site up to minutes with slow settings). The watchdog reads
+    `alive`: it must move with each exchange, or a healthy agent is killed for a silent
+    panel and restarts before it can ever report the comm loss."""
+
+    async def bench() -> None:
+        out = Outputs()
+        async with rtu_server(pty_pair.b, [1]) as (_, plan):
+            plan.modes[1] = "silent"
+            slow = device("slow", 1, timeout_s=0.2, retries=5, period_s=5.0)
+            async with Line("rs485-1", RtuLink(pty_pair.a, 115200), [slow], out) as line:
+                stalest = 0.0
+                start = time.monotonic()
+                # the first step ends after its 2 x 6 timeouts
+                while line.stats()["slow"].get("timeout", 0) < 12 and time.monotonic() - start < 10:
+                    stalest = max(stalest, time.monotonic() - line.alive)
+                    await asyncio.sleep(0.01)  # sampling the watchdog's view, not a sync
+                assert line.stats()["slow"].get("timeout", 0) >= 12, "the first poll did not end"
+                assert time.monotonic() - start >= 2.0, "the step was not long: test is moot"
+                assert stalest < 3 * 0.2, f"alive was {stalest:.2f} s old during one step"
+
+    run(bench())
+
+
 def _live_polls(line: Line) -> int:
     stats = line.stats()
     return stats["a"]["polls_ok"] + stats["b"]["polls_ok"]
