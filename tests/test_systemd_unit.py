@@ -136,8 +136,17 @@ def test_service_contract(unit: dict[str, list[str]]) -> None:
 def test_devices_allowed_are_the_serial_ports_and_gpio_chips(unit: dict[str, list[str]]) -> None:
     allowed = set(unit["Service.DeviceAllow"])
     assert {"char-ttyUSB rw", "char-ttyAMA rw", "char-ttyS rw", "char-gpiochip rw"} <= allowed
+    assert "char-ttySC rw" in allowed  # SPI-UART RS-485 HATs
     assert all(entry.endswith(" rw") for entry in allowed)
     assert "Service.PrivateDevices" not in unit  # it would hide /dev/ttyUSB0
+
+
+def test_boot_waits_for_neither_the_network_nor_ntp(unit: dict[str, list[str]]) -> None:
+    """The agent watches and buffers offline: waiting for network-online (or for NTP, which
+    systemd-time-wait-sync would make forever) only leaves the site unwatched at boot."""
+    ordering = " ".join(unit.get("Unit.Wants", []) + unit.get("Unit.After", []))
+    assert "network-online.target" not in ordering
+    assert "time-sync.target" not in ordering
 
 
 def test_clock_sync_can_still_be_read(unit: dict[str, list[str]]) -> None:
