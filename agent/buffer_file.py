@@ -44,7 +44,7 @@ def inspect(path: Path, tail: int = 10) -> dict[str, Any]:
             lanes[row.pop("lane")] = row
         meta = {r["key"]: r["value"] for r in db["meta"].rows} if "meta" in db.table_names() else {}
         newest = [
-            json.loads(bytes(r["payload"]).decode("utf-8"))
+            _payload(bytes(r["payload"]))
             for r in db.query(
                 "SELECT payload FROM records WHERE lane = 'event' ORDER BY seq DESC LIMIT ?",
                 [tail],
@@ -62,3 +62,15 @@ def inspect(path: Path, tail: int = 10) -> dict[str, Any]:
         "meta": meta,
         "newest_events": list(reversed(newest)),
     }
+
+
+def _payload(raw: bytes) -> dict[str, Any]:
+    """A stored payload; a damaged one (this tool is for files set aside as corrupt) is
+    shown as what could be read of it, never a traceback."""
+    try:
+        payload = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return {"damaged": f"{exc!s:.120}", "raw": raw[:200].decode("utf-8", "replace")}
+    return (
+        payload if isinstance(payload, dict) else {"damaged": "not an object", "raw": str(payload)}
+    )

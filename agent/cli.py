@@ -58,6 +58,8 @@ from agent.events import topic_root
 from agent.textwidth import fit, width
 from agent.watch import render
 
+TEST_ALARM_TIMEOUT_S = 30.0  # > the agent's 10 s to store + 10 s to see the PUBACK
+
 EXIT_OK = 0
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
@@ -343,7 +345,12 @@ def cmd_buffer_file(args: argparse.Namespace) -> int:
     if info["meta"]:
         lines.append("  next seq " + ", ".join(f"{k}={v}" for k, v in info["meta"].items()))
     lines += [
-        "  " + render("event", json.dumps(event, ensure_ascii=False).encode())
+        "  "
+        + (
+            f"DAMAGED payload ({event['damaged']}): {event.get('raw', '')}"
+            if "damaged" in event
+            else render("event", json.dumps(event, ensure_ascii=False).encode())
+        )
         for event in info["newest_events"]
     ]
     _emit(args, info, [cli_render.clip(text) for text in lines])
@@ -396,7 +403,7 @@ def _follow(args: argparse.Namespace, stream: Iterable[dict[str, Any]]) -> None:
             notice = message.get("notice", {})
             # 80 columns: the events are buffered and delivered; only this screen missed them
             missed = notice.get("missed")
-            text = f"(missed {missed} here; all buffered and sent; `events` shows last 500)"
+            text = f"(missed {missed} here; all are buffered for the platform; see `events`)"
             print(json.dumps(message, ensure_ascii=False) if args.json else text, flush=True)
         for event in items:
             text = (
@@ -416,6 +423,9 @@ def run_read(args: argparse.Namespace, client: ControlClient) -> int:
 
 
 def run_test_alarm(args: argparse.Namespace, client: ControlClient) -> int:
+    # the agent may take 10 s to store it and 10 s more to hear the broker's PUBACK; giving
+    # up sooner would report a failure for an alarm that went, and invite a second one
+    client.timeout_s = max(client.timeout_s, TEST_ALARM_TIMEOUT_S)
     result = client.call("test_alarm", requested_by="cli")
     _emit(args, result, cli_render.render_test_alarm(result))
     return EXIT_OK if result.get("acked") else EXIT_PROBLEM

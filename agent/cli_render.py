@@ -231,7 +231,8 @@ def _value_text(reading: Mapping[str, Any]) -> str:
     value = reading.get("value")
     unit = reading.get("unit") or ""
     shown = f"{value:g}" if isinstance(value, float) else str(value)
-    return f"{shown} {unit}".rstrip()
+    state = reading.get("state")  # the profile's name for a state code or flag: fire (1)
+    return f"{state} ({shown})" if state else f"{shown} {unit}".rstrip()
 
 
 def render_read(result: Mapping[str, Any]) -> list[str]:

@@ -243,8 +243,8 @@ def _parse_request(line: bytes) -> tuple[Any, str, dict[str, Any]]:
     """-> (id, cmd, args); raises _RequestError. The id is echoed only if it is sane."""
     try:
         request = json.loads(line)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _RequestError("bad_json", f"not a JSON object: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # Recursion: [[[[...
+        raise _RequestError("bad_json", f"not a JSON object: {exc!s:.200}") from None
     if not isinstance(request, dict):
         raise _RequestError("bad_request", "a request is a JSON object")
     request_id = request.get("id")
@@ -604,8 +604,17 @@ class _ClientSession:
         # events seen in both are skipped by seq.
         subscription = self.target.subscribe_events()
         try:
-            backlog = self.target.events(since_seq, limit)
+            if since_seq is None:
+                backlog, skipped = self.target.events(None, limit), 0
+            else:  # every event since since_seq, or the newest `limit` and say how many not
+                after = self.target.events(since_seq, MAX_EVENTS_LIMIT)
+                backlog = after[len(after) - limit :] if limit else []
+                skipped = len(after) - len(backlog)
             if not self._send({"id": request_id, "ok": True, "result": {"events": backlog}}):
+                return False
+            if skipped and not self._send(
+                {"id": request_id, "notice": {"code": "lagged", "missed": skipped}}
+            ):
                 return False
             last_seq = max((_seq_of(e) for e in backlog), default=-1)
             return self._stream(request_id, subscription, last_seq)
@@ -687,6 +696,13 @@ def _group_id(group: str | None) -> int | None:
 # --- the client ---------------------------------------------------------------
 
 
+def _send_request(sock: socket.socket, cmd: str, args: dict[str, Any]) -> None:
+    """A full agent answers `busy` and hangs up at once: the request may then meet a
+    closed socket, but the answer is already waiting to be read, so read it."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        sock.sendall(encode_line({"id": 1, "cmd": cmd, "args": args}))
+
+
 class ControlClient:
     """The CLI's end: one connection per call. `timeout_s` bounds each answer; a test
     alarm waits for the buffer and perhaps the broker, so keep it above that wait."""
@@ -699,7 +715,7 @@ class ControlClient:
         """Send one command; its result, or ControlError for an error answer."""
         with self._connect() as sock:
             reader = _LineReader(sock)
-            sock.sendall(encode_line({"id": 1, "cmd": cmd, "args": args}))
+            _send_request(sock, cmd, args)
             answer = reader.next_message()
             if answer is None:
                 raise ControlError("no_answer", "the agent closed the connection without answering")
@@ -711,7 +727,7 @@ class ControlClient:
         {"notice": ...} lines until the agent ends the stream or the caller stops."""
         with self._connect() as sock:
             reader = _LineReader(sock)
-            sock.sendall(encode_line({"id": 1, "cmd": cmd, "args": args}))
+            _send_request(sock, cmd, args)
             first = reader.next_message()
             if first is None:
                 raise ControlError("no_answer", "the agent closed the connection without answering")
@@ -719,8 +735,11 @@ class ControlClient:
             sock.settimeout(None)  # a quiet site may send no event for hours
             while (message := reader.next_message()) is not None:
                 if "end" in message:
-                    return
+                    reason = (message.get("end") or {}).get("reason", "?")
+                    raise AgentNotRunning(f"the agent ended the stream ({reason})")
                 yield {k: v for k, v in message.items() if k != "id"}
+            # not Ctrl-C, not an end message: the agent died or was killed (watchdog?)
+            raise AgentNotRunning("the agent closed the stream without a word")
 
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

@@ -76,7 +76,7 @@ def _render_event(p: dict[str, Any]) -> str:
     value = p.get("value")
     unit = p.get("unit") or ""
     shown = f" ({value}{unit})" if value is not None and not isinstance(value, bool) else ""
-    head = f"{_clock(p)} #{p.get('seq'):<5} {fit(mark, 9)} {fit(str(p.get('category')), 10)} "
+    head = f"{_clock(p)} #{p.get('seq')!s:<5} {fit(mark, 9)} {fit(str(p.get('category')), 10)} "
     return head + fit(f"{p.get('text', '')}{shown}", 80 - len(head) - 1).rstrip()
 
 

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -404,6 +405,19 @@ def test_buffer_file_reads_a_buffer_offline_and_flags_a_corrupt_one(tmp_path: Pa
     assert info["lanes"]["event"]["depth"] >= 1
     assert info["newest_events"][-1]["text"] == "二楼 火警"
     assert db.read_bytes() == before  # read-only: the file is untouched
+
+    # a payload damaged on disk (what a file set aside as corrupt may hold): shown, no traceback
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(before)
+    with sqlite3.connect(damaged) as conn:
+        conn.execute("UPDATE records SET payload = x'ff7b2261'")
+    conn.close()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["buffer", "--file", str(damaged), "--json"]) == 0
+    assert "damaged" in json.loads(out.getvalue())["newest_events"][-1]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["buffer", "--file", str(damaged)]) == 0
 
     broken = tmp_path / "buffer.db.corrupt"
     broken.write_bytes(before[:4096] + b"\xff" * 8192)

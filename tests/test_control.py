@@ -28,6 +28,10 @@ from agent.control import (
     ControlSetupError,
     EventFanout,
     FanoutSubscription,
+    _error,
+    _LineReader,
+    _send_request,
+    encode_line,
 )
 from agent.errors import FieldTimeout, UnknownPoint
 from tests.waiting import wait_until
@@ -268,6 +272,7 @@ def test_results_are_strict_json(client: ControlClient, raw: RawConn) -> None:
         (b'{"id": 1, "cmd": "events", "args": {"follow": "yes"}}', "bad_argument"),
         (b'{"id": 1, "cmd": "read", "args": {}}', "bad_argument"),
         (b'{"id": 1, "cmd": "read", "args": {"device": 5}}', "bad_argument"),
+        (b"[" * 50_000, "bad_json"),  # nested past Python's recursion limit
     ],
 )
 def test_malformed_request_gets_an_error_and_the_connection_survives(
@@ -361,12 +366,55 @@ def test_follow_gets_end_when_server_closes(sock_path: Path, agent: FakeAgent) -
         next(stream)
         closer = threading.Thread(target=srv.close)
         closer.start()
-        assert list(stream) == []  # the stream ends cleanly on the server's "end"
+        # the server's "end" says why; the CLI exits 69 with it instead of a silent 0
+        with pytest.raises(AgentNotRunning, match="shutdown"):
+            next(stream)
         closer.join()
     finally:
         stream.close()
         srv.close()
     assert not sock_path.exists()
+
+
+def test_follow_from_an_old_seq_says_how_many_it_left_out(
+    client: ControlClient, agent: FakeAgent
+) -> None:
+    """--follow --since 0 --limit 2 with 5 stored: the 2 newest, and a notice for the 3
+    between since_seq and them (they used to vanish without a word)."""
+    stream = client.stream("events", follow=True, since_seq=0, limit=2)
+    try:
+        first = next(stream)
+        assert [e["seq"] for e in first["result"]["events"]] == [4, 5]
+        assert next(stream) == {"notice": {"code": "lagged", "missed": 3}}
+        agent.store({"kind": "alarm", "device": "efd-1", "text": "剩余电流报警"})
+        assert next(stream)["event"]["seq"] == 6
+    finally:
+        stream.close()
+
+
+def test_an_agent_that_dies_mid_follow_is_not_a_quiet_end(sock_path: Path) -> None:
+    """The peer closes without an "end" (the agent was killed): not a clean finish."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(sock_path))
+        listener.listen(1)
+        sock_path.chmod(0o660)
+
+        def agent_that_dies() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b'{"id": 1, "ok": true, "result": {"events": []}}\n')
+
+        dying = threading.Thread(target=agent_that_dies)
+        dying.start()
+        stream = ControlClient(sock_path, timeout_s=5).stream("events", follow=True)
+        try:
+            assert next(stream) == {"result": {"events": []}}
+            with pytest.raises(AgentNotRunning, match="without a word"):
+                next(stream)
+        finally:
+            stream.close()
+            dying.join()
 
 
 def test_slow_follower_is_told_how_many_it_missed() -> None:
@@ -474,6 +522,19 @@ def test_too_many_clients_get_busy(sock_path: Path, agent: FakeAgent) -> None:
                 conn.close()
         assert wait_until(lambda: srv.client_count() == 0)
         assert ControlClient(srv.path).call("ping")["pong"] is True
+
+
+def test_a_request_that_meets_a_busy_agent_already_gone_still_reads_its_answer() -> None:
+    """The busy agent answers and hangs up at once; when the CLI's request comes after
+    that, sending it fails (EPIPE). That was a BrokenPipeError traceback; the answer is
+    waiting to be read, and it says busy."""
+    agent_end, cli_end = socket.socketpair()
+    agent_end.sendall(encode_line(_error(None, "busy", "too many control clients")))
+    agent_end.close()
+    with cli_end:
+        _send_request(cli_end, "ping", {})
+        answer = _LineReader(cli_end).next_message()
+    assert answer is not None and answer["error"]["code"] == "busy"
 
 
 # --- the socket file ----------------------------------------------------------------
