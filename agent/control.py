@@ -27,6 +27,7 @@ import socket
 import stat
 import struct
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -42,6 +43,7 @@ DEFAULT_SOCKET = Path("/run/alarmgw/control.sock")
 MAX_LINE_BYTES = 64 * 1024  # a request is a few hundred bytes; anything near this is abuse
 MAX_CLIENTS = 8  # the Pi has 1 GB; a technician needs two or three at most
 MAX_EVENTS_LIMIT = 1000
+CLOSE_GRACE_S = 1.0  # how long close() lets client threads finish before cutting them off
 _IDLE_TIMEOUT_S = 300.0  # a client that says nothing for this long is dropped
 _SEND_TIMEOUT_S = 10.0  # a client that stops reading is dropped, not waited on
 _FOLLOW_POLL_S = 0.25  # how often a follow stream checks for disconnect and shutdown
@@ -366,6 +368,16 @@ class ControlServer:
         for _, conn in clients:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RD)  # wakes a recv(); a stream sees _stopping
+        # a follower gets its "end" line; a client that does not read its answers (its
+        # thread stuck in sendall) is cut off after CLOSE_GRACE_S, not after its timeout:
+        # the agent's shutdown must fit systemd's TimeoutStopSec
+        deadline = time.monotonic() + CLOSE_GRACE_S
+        for thread, _ in clients:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for thread, conn in clients:
+            if thread.is_alive():
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
         for thread, _ in clients:
             thread.join()
 

@@ -585,3 +585,35 @@ def test_a_regular_file_is_never_removed(sock_path: Path, agent: FakeAgent) -> N
     with pytest.raises(ControlSetupError, match="not a socket"):
         ControlServer(sock_path, agent).start()
     assert sock_path.read_text() == "precious"
+
+
+def test_close_does_not_wait_for_a_client_that_never_reads(
+    sock_path: Path, agent: FakeAgent
+) -> None:
+    """Its answers fill the socket and its thread blocks in sendall; close() must cut it off
+    after a short grace, not after the client's 10 s timeout (shutdown has 20 s in all)."""
+    srv = ControlServer(sock_path, agent)
+    srv.start()
+    hog = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    hog.connect(str(sock_path))
+    hog.setblocking(False)
+    sent = 0
+    try:
+        # requests until the server stops taking them: its answers, never read, fill the
+        # socket and its thread blocks in sendall (a full send buffer is the event)
+        request = b'{"id": 1, "cmd": "status"}\n'
+        progress = time.monotonic()
+        while time.monotonic() - progress < 0.5:  # half a second without taking a byte
+            try:
+                sent += hog.send(request)
+                progress = time.monotonic()
+            except BlockingIOError:
+                time.sleep(0.01)  # the server may still be answering: let it fill up
+        assert sent > 0 and srv.client_count() == 1
+        closer = threading.Thread(target=srv.close)
+        closer.start()
+        closer.join(timeout=5.0)
+        assert not closer.is_alive(), "close() waited for a client that does not read"
+    finally:
+        hog.close()
+        srv.close()
