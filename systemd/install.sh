@@ -118,7 +118,22 @@ install_package() {
         aarch64 | armv7l) extras="[pi]" ;; # lgpio, the GPIO backend on a Pi 5
     esac
     run "$VENV/bin/pip" install --quiet --upgrade pip
-    run "$VENV/bin/pip" install --quiet --upgrade "$REPO_DIR$extras"
+    # pip builds a local directory in place: run as root on the checkout, it would leave
+    # root-owned build/ and *.egg-info there (and a stale build/lib in later wheels).
+    # Build from a copy of the sources instead, removed afterwards.
+    local staging="$PREFIX/src"
+    run rm -rf "$staging"
+    run install -d -m 0755 "$staging"
+    run stage_sources "$staging"
+    run "$VENV/bin/pip" install --quiet --upgrade "$staging$extras"
+    run rm -rf "$staging"
+}
+
+# The package's sources, without the checkout's own venv, caches and git history.
+stage_sources() {
+    tar -C "$REPO_DIR" --exclude=.git --exclude=.venv --exclude=__pycache__ \
+        --exclude='.*_cache' --exclude=.hypothesis --exclude=build --exclude='*.egg-info' \
+        -cf - . | tar -C "$1" -xf -
 }
 
 install_config() {

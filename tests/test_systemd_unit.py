@@ -288,7 +288,12 @@ def test_dry_run_install_changes_nothing_and_shows_each_step(script: Path, tmp_p
     planned = [line for line in out.splitlines() if line.startswith("+ ")]
     joined = "\n".join(planned)
     assert "python3 -m venv /opt/alarmgw/venv" in joined or "upgrading" in out
-    assert "/opt/alarmgw/venv/bin/pip install --quiet --upgrade " in joined
+    # built from a staged copy, so root leaves no build/ or *.egg-info in the checkout
+    assert "+ stage_sources /opt/alarmgw/src" in planned
+    assert "/opt/alarmgw/venv/bin/pip install --quiet --upgrade /opt/alarmgw/src" in joined
+    assert planned.index("+ stage_sources /opt/alarmgw/src") < planned.index(
+        "+ rm -rf /opt/alarmgw/src", planned.index("+ stage_sources /opt/alarmgw/src")
+    )
     assert "install -m 0644 " in joined and "/etc/systemd/system/alarmgw.service" in joined
     assert "+ systemctl daemon-reload" in planned
     assert "+ systemctl enable alarmgw" in planned
