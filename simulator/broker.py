@@ -14,6 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 
 class BrokerError(RuntimeError):
@@ -62,7 +63,7 @@ class Mosquitto:
         self.conf_path = self.workdir / f"mosquitto-{self.port}.conf"
         self.log_path = self.workdir / f"mosquitto-{self.port}.log"
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log = None
+        self._log: BinaryIO | None = None
 
     # -- lifecycle ---------------------------------------------------------
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.watch import render
 from simulator.broker import Mosquitto
@@ -38,7 +39,7 @@ def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[
 
 
 def _subscribe(port: int, printed: list[str], telemetry: bool) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="alarmgw-demo-feed")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="alarmgw-demo-feed")
 
     def on_connect(c: mqtt.Client, *_: object) -> None:
         c.subscribe("alarmgw/v1/#", qos=1)
@@ -47,7 +48,7 @@ def _subscribe(port: int, printed: list[str], telemetry: bool) -> mqtt.Client:
         leaf = msg.topic.split("/", 4)[-1]
         if leaf == "telemetry" and not telemetry:
             return
-        line = render(leaf, msg.payload)
+        line = render(leaf, bytes(msg.payload))
         printed.append(line)
         print(line, flush=True)
 
