@@ -747,7 +747,8 @@ class ControlClient:
             sock.settimeout(None)  # a quiet site may send no event for hours
             while (message := reader.next_message()) is not None:
                 if "end" in message:
-                    reason = (message.get("end") or {}).get("reason", "?")
+                    end = message["end"]
+                    reason = end.get("reason", "?") if isinstance(end, dict) else end
                     raise AgentNotRunning(f"the agent ended the stream ({reason})")
                 yield {k: v for k, v in message.items() if k != "id"}
             # not Ctrl-C, not an end message: the agent died or was killed (watchdog?)
