@@ -715,6 +715,16 @@ def _send_request(sock: socket.socket, cmd: str, args: dict[str, Any]) -> None:
         sock.sendall(encode_line({"id": 1, "cmd": cmd, "args": args}))
 
 
+def _ask(sock: socket.socket, cmd: str, args: dict[str, Any]) -> tuple[_LineReader, dict[str, Any]]:
+    """Send one request and read its first answer; the reader goes on for a stream."""
+    reader = _LineReader(sock)
+    _send_request(sock, cmd, args)
+    answer = reader.next_message()
+    if answer is None:
+        raise ControlError("no_answer", "the agent closed the connection without answering")
+    return reader, answer
+
+
 class ControlClient:
     """The CLI's end: one connection per call. `timeout_s` bounds each answer; a test
     alarm waits for the buffer and perhaps the broker, so keep it above that wait."""
@@ -726,11 +736,7 @@ class ControlClient:
     def call(self, cmd: str, **args: Any) -> dict[str, Any]:
         """Send one command; its result, or ControlError for an error answer."""
         with self._connect() as sock:
-            reader = _LineReader(sock)
-            _send_request(sock, cmd, args)
-            answer = reader.next_message()
-            if answer is None:
-                raise ControlError("no_answer", "the agent closed the connection without answering")
+            _, answer = _ask(sock, cmd, args)
             return _result_of(answer)
 
     def stream(self, cmd: str, **args: Any) -> Iterator[dict[str, Any]]:
@@ -738,11 +744,7 @@ class ControlClient:
         yield each message: first {"result": ...}, then {"event": ...} or
         {"notice": ...} lines until the agent ends the stream or the caller stops."""
         with self._connect() as sock:
-            reader = _LineReader(sock)
-            _send_request(sock, cmd, args)
-            first = reader.next_message()
-            if first is None:
-                raise ControlError("no_answer", "the agent closed the connection without answering")
+            reader, first = _ask(sock, cmd, args)
             yield {"result": _result_of(first)}
             sock.settimeout(None)  # a quiet site may send no event for hours
             while (message := reader.next_message()) is not None:

@@ -483,6 +483,9 @@ class Gateway:
             "comm_fault": lost,
         }
 
+    def uptime_s(self) -> float:
+        return time.monotonic() - self._boot_mono
+
     def status(self) -> dict[str, Any]:
         """Everything `alarmgw status` shows on one screen (docs/control-protocol.md)."""
         ident = self.cfg.identity
@@ -495,7 +498,7 @@ class Gateway:
             "version": __version__,
             "now_ms": now_ms(),
             "boot_ms": self.boot_ms,
-            "uptime_s": round(time.monotonic() - self._boot_mono, 1),
+            "uptime_s": round(self.uptime_s(), 1),
             "clock_synced": self.clock_synced(),
             # since_ms: when the uplink last changed state (None until it first did)
             "uplink": {
@@ -800,7 +803,7 @@ class _CommandAdapter:
         self.gw = gw
 
     def uptime_s(self) -> float:
-        return time.monotonic() - self.gw._boot_mono
+        return self.gw.uptime_s()
 
     def status(self) -> dict[str, Any]:
         """The heartbeat's health summary, taken now (not the local CLI's status)."""
