@@ -35,13 +35,11 @@ or an agent that is not running.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from agent import __version__, cli_render
@@ -56,7 +54,7 @@ from agent.control import (
 from agent.errors import BufferError_, ConfigError, ConfigProblem
 from agent.events import topic_root
 from agent.textwidth import fit, width
-from agent.watch import render
+from agent.watch import render_payload
 
 TEST_ALARM_TIMEOUT_S = 30.0  # > the agent's 10 s to store + 10 s to see the PUBACK
 
@@ -69,16 +67,6 @@ EXIT_NO_PERMISSION = 77
 EXIT_BAD_CONFIG = 78
 
 COLUMNS = 80
-
-
-def _optional_module(name: str) -> ModuleType | None:
-    """A module written by another part of the project, or None while it does not exist."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise  # the module exists but lacks a dependency: a real bug, show it
-        return None
 
 
 def _line(text: str) -> str:
@@ -197,11 +185,9 @@ def summary_json(config: Config) -> dict[str, Any]:
 
 
 def _plan_text(config: Config) -> str:
-    plan = _optional_module("drivers.plan")
-    render: Callable[[Config], str] | None = getattr(plan, "render_plan", None)
-    if render is None:
-        return "request plan not available yet"
-    return render(config)
+    from drivers.plan import render_plan  # noqa: PLC0415 - only --plan needs the planner
+
+    return render_plan(config)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -349,7 +335,7 @@ def cmd_buffer_file(args: argparse.Namespace) -> int:
         + (
             f"DAMAGED payload ({event['damaged']}): {event.get('raw', '')}"
             if "damaged" in event
-            else render("event", json.dumps(event, ensure_ascii=False).encode())
+            else render_payload("event", event)
         )
         for event in info["newest_events"]
     ]

@@ -38,6 +38,11 @@ def render(leaf: str, raw: bytes) -> str:
         return f"{leaf}: (not JSON, {len(raw)} bytes)"
     if not isinstance(payload, dict):
         return f"{leaf}: {payload!r}"
+    return render_payload(leaf, payload)
+
+
+def render_payload(leaf: str, payload: dict[str, Any]) -> str:
+    """`render` for a payload already parsed (a buffer file's rows)."""
     renderer = _RENDERERS.get(leaf)
     if renderer is None:
         return f"{leaf}: {json.dumps(payload, ensure_ascii=False)}"
