@@ -1168,8 +1168,9 @@ def check_uplink_files(checked: Checked, base: Path, out: Problems) -> None:
             tls_context(TlsFiles(ca, files["cert_file"], files["key_file"]), "check-config")
         except UplinkError as exc:
             out.add("uplink.ca_file", str(exc))
+    service = _service_account()
     for key, path in files.items():
-        reason = _service_cannot_read(path) if path is not None else None
+        reason = _service_cannot_read(path, service) if path and service else None
         if reason:
             out.add(f"uplink.{key}", reason)
 
@@ -1177,20 +1178,30 @@ def check_uplink_files(checked: Checked, base: Path, out: Problems) -> None:
 _UPLINK_FILES = ("credentials_file", "ca_file", "cert_file", "key_file")
 
 
-def _service_cannot_read(path: Path) -> str | None:
-    """Why the service user could not read `path` (None if it can, or if this machine has
-    no such user: a config checked away from the gateway)."""
+def _service_account() -> tuple[int, set[int]] | None:
+    """The service user's uid and groups, or None when this machine has no such user (a
+    config checked away from the gateway) or we are that user (the loaders above then
+    opened each file as the service will, or said why not)."""
     try:
         user = pwd.getpwnam(SERVICE_USER)
-        st = path.stat()
-    except (KeyError, OSError):
-        return None  # no service user here; a missing file is reported by the loaders
+    except KeyError:
+        return None
     if os.geteuid() == user.pw_uid:
-        return None  # we are the service: the loaders above opened it or said why not
+        return None
     groups = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if SERVICE_USER in g.gr_mem}
+    return user.pw_uid, groups
+
+
+def _service_cannot_read(path: Path, service: tuple[int, set[int]]) -> str | None:
+    """Why the service user could not read `path`, or None if it can."""
+    uid, groups = service
+    try:
+        st = path.stat()
+    except OSError:
+        return None  # a missing file is reported by the loaders
     mode = st.st_mode
     if (
-        (st.st_uid == user.pw_uid and mode & stat.S_IRUSR)
+        (st.st_uid == uid and mode & stat.S_IRUSR)
         or (st.st_gid in groups and mode & stat.S_IRGRP)
         or mode & stat.S_IROTH
     ):
