@@ -34,7 +34,7 @@ def render(leaf: str, raw: bytes) -> str:
     """One line (at most 80 columns for events) for a message on topic leaf `leaf`."""
     try:
         payload = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # [[[[... too
         return f"{leaf}: (not JSON, {len(raw)} bytes)"
     if not isinstance(payload, dict):
         return f"{leaf}: {payload!r}"

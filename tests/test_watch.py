@@ -41,3 +41,8 @@ def test_an_event_without_a_seq_prints() -> None:
     """A payload with no seq (a damaged buffer row, a stranger's message) used to raise
     TypeError in the seq column's format."""
     assert "fire" in render("event", b'{"kind": "alarm", "category": "fire"}')
+
+
+def test_json_nested_past_the_recursion_limit_prints_a_line() -> None:
+    """A stranger on the broker can send it; the demo and watch tools must not die of it."""
+    assert render("event", b"[" * 100_000) == "event: (not JSON, 100000 bytes)"
