@@ -497,8 +497,11 @@ def decode_adu(data: bytes) -> Adu | RawAdu:
     kind, count, at = OBJECT_TYPES[data[0]], data[1], 2
     objects = []
     for _ in range(count):
-        obj, at = kind.decode_from(data, at)
+        obj, after = kind.decode_from(data, at)
+        if after == at and count > 1:  # a reserved byte left out: only alone is that clear
+            raise AduError(f"typeflag {data[0]}: {count} objects in {len(data) - 2} byte(s)")
         objects.append(obj)
+        at = after
     if at != len(data):
         raise AduError(f"typeflag {data[0]}: {len(data) - at} bytes left after {count} object(s)")
     return Adu(data[0], tuple(objects))
