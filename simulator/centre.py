@@ -45,7 +45,6 @@ from agent.gb26875.adu import (
 from agent.gb26875.codec import (
     BEIJING_UTC_OFFSET_S,
     BadFrame,
-    CodecError,
     Command,
     Frame,
     FrameStream,
@@ -192,7 +191,7 @@ class Centre:
             if not isinstance(request, dict):
                 raise CentreError("a request is a JSON object")
             return {"ok": True} | self._do(request)
-        except (ValueError, TypeError, CodecError) as exc:
+        except (ValueError, TypeError, LookupError) as exc:  # CodecError is a ValueError
             return {"ok": False, "error": str(exc)}
 
     def _do(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -230,23 +229,27 @@ class Centre:
         return Frame(serial, command, self.address, to, self._now(), adu, (1, 0))
 
     def _serve(self, conn: socket.socket) -> None:
-        peer_name = "{}:{}".format(*conn.getpeername()[:2])
         with contextlib.suppress(OSError, ssl.SSLError):
-            if self.tls is not None:
-                conn.settimeout(5.0)
-                conn = self.tls.wrap_socket(conn, server_side=True)
-            peer = _Peer(conn, peer_name)
+            name = "{}:{}".format(*conn.getpeername()[:2])
+            if self.tls is None:
+                self._session(_Peer(conn, name))
+                return
+            conn.settimeout(5.0)  # for the handshake
+            with self.tls.wrap_socket(conn, server_side=True) as wrapped:
+                self._session(_Peer(wrapped, name))
+
+    def _session(self, peer: _Peer) -> None:
+        with self._lock:
+            self._peers.append(peer)
+            self.counts["connections"] += 1
+        self._line(f"{peer.name} connected")
+        try:
+            self._read_loop(peer)
+        finally:
             with self._lock:
-                self._peers.append(peer)
-                self.counts["connections"] += 1
-            self._line(f"{peer_name} connected")
-            try:
-                self._read_loop(peer)
-            finally:
-                with self._lock:
-                    self._peers.remove(peer)
-                    self._lock.notify_all()
-                self._line(f"{peer_name} disconnected")
+                self._peers.remove(peer)
+                self._lock.notify_all()
+            self._line(f"{peer.name} disconnected")
 
     def _read_loop(self, peer: _Peer) -> None:
         stream = FrameStream()

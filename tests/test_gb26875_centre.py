@@ -243,6 +243,7 @@ def test_control_socket_drives_the_centre_and_survives_bad_requests(
         assert request(path, {"do": "duty-check"}) == {"ok": False, "error": "no UITD is connected"}
         assert not request(path, {"do": "mode", "mode": "ignore"})["ok"]
         assert not request(path, {"do": "read", "typeflag": "x"})["ok"]
+        assert not request(path, {"do": "read"})["ok"]
         assert not request(path, {"do": "fly"})["ok"]
         with socket.socket(socket.AF_UNIX) as raw:
             raw.settimeout(10)

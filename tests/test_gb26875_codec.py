@@ -558,6 +558,26 @@ def test_stream_is_not_stalled_by_a_false_start_announcing_a_long_adu() -> None:
     assert stream.feed(good) == [decode_frame(good)]
 
 
+def test_a_corrupted_length_does_not_make_a_frame_swallow_the_next_one() -> None:
+    # the length of the first frame grew by exactly the second frame: its extent now ends at
+    # the second frame's end marker, so only the checksum can tell
+    good = DESC_FRAMES[3][1]
+    damaged = bytearray(DESC_FRAMES[1][1])
+    damaged[24:26] = len(good).to_bytes(2, "little")
+    items = FrameStream().feed(bytes(damaged) + good)
+    assert [i.reason if isinstance(i, BadFrame) else i for i in items] == [
+        "checksum", decode_frame(good),
+    ]  # fmt: skip
+
+
+def test_garbage_running_into_a_real_start_is_not_reported_as_a_bad_frame() -> None:
+    # "@@" + "@@..." reads as a header at first; a second start inside it means garbage,
+    # so no deny goes out for it
+    good = DESC_FRAMES[1][1]
+    assert FrameStream().feed(b"@@" + good) == [decode_frame(good)]
+    assert FrameStream().feed(b"\x00@" + good) == [decode_frame(good)]
+
+
 def test_stream_keeps_a_lone_at_sign_that_may_start_a_frame() -> None:
     good = DESC_FRAMES[1][1]
     stream = FrameStream()
