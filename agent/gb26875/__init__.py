@@ -6,7 +6,8 @@ city fire remote-monitoring centre, as pure, sans-IO building blocks.
     adu.py     application data units: one typed dataclass per typeflag the gateway sends
                (1, 2, 3, 4, 21, 24, 25, 26, 28; also 5-8) or must handle (61-68, 81-91),
                GB18030 descriptions, and `pack`, which batches objects within the limits
-    tables.py  the standard's names for system, component and analog types (for logs and docs)
+    tables.py  the standard's names for system, component and analog types, and its bits
+    describe.py  one readable line per frame and JSON-ready objects, for logs and the centre
     link.py    Link: send/confirm with serial numbers, resends, heartbeat, link-fault
                detection, priority, answers to the centre's requests; no sockets, no threads,
                an injectable clock

@@ -30,9 +30,8 @@ from agent.errors import AlarmgwError
 
 START = b"@@"
 END = b"##"
-HEADER_SIZE = (
-    27  # start(2) + serial(2) + version(2) + time(6) + src(6) + dst(6) + length(2) + command(1)
-)
+# start(2) + serial(2) + version(2) + time(6) + source(6) + destination(6) + length(2) + command(1)
+HEADER_SIZE = 27
 TRAILER_SIZE = 3  # checksum(1) + end(2)
 MAX_ADU = 1024
 MAX_FRAME = HEADER_SIZE + MAX_ADU + TRAILER_SIZE
