@@ -5,6 +5,7 @@
     alarmgw-sim press INPUT | release INPUT     alarmgw-sim silence DEVICE | revive DEVICE
     alarmgw-sim fault TARGET KIND [--rate R] [--delay S] [--code C]
     alarmgw-sim fault --clear TARGET [KIND]     alarmgw-sim state [--json]
+    alarmgw-sim centre serve|mode|duty-check|clock-sync|initialise|read|disconnect|state
 
 Exit codes: 0 done; 1 the simulator refused (unknown device, point, state...);
 2 usage; 3 no simulator running; 78 the scenario file is invalid.
@@ -18,12 +19,14 @@ import dataclasses
 import json
 import os
 import signal
+import ssl
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
+from simulator.centre import DEFAULT_ADDRESS, MODES, Centre, CentreControl, request
 from simulator.scenario import RUN_DIR
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_CONFIG = 1, 2, 3, 78
@@ -68,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     fault.add_argument("--code", type=int, default=4)
     state = sub.add_parser("state", help="print the whole simulated state")
     state.add_argument("--json", action="store_true")
+    _centre_parser(sub)
     return p
 
 
@@ -183,6 +187,114 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- `alarmgw-sim centre`: the GB/T 26875.3 monitoring-centre stand-in (simulator/centre.py) ---
+
+
+def _centre_parser(sub: Any) -> None:
+    p = sub.add_parser("centre", help="a GB/T 26875.3 monitoring-centre stand-in")
+    p.add_argument(
+        "--socket",
+        type=Path,
+        help="its control socket (default $ALARMGW_CENTRE_CONTROL or /tmp/alarmgw-sim/centre.sock)",
+    )
+    csub = p.add_subparsers(dest="centre_cmd", required=True)
+    serve = csub.add_parser("serve", help="listen for UITDs until SIGINT/SIGTERM")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=7533)
+    serve.add_argument("--address", type=lambda v: int(v, 0), default=DEFAULT_ADDRESS)
+    serve.add_argument("--log", type=Path, help="append every packet as a JSON line")
+    serve.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate chain")
+    serve.add_argument("--tls-key", type=Path)
+    serve.add_argument("--quiet", action="store_true", help="no readable line per packet")
+    mode = csub.add_parser("mode", help="how to answer the next data packets")
+    mode.add_argument("mode", choices=MODES)
+    mode.add_argument("--count", type=int, help="only the next N packets, then confirm again")
+    mode.add_argument("--delay", type=float, default=2.0, help="seconds, for mode delay")
+    duty = csub.add_parser("duty-check", help="send a duty check (91)")
+    duty.add_argument("--minutes", type=int, default=10)
+    clock = csub.add_parser("clock-sync", help="send a clock sync (90)")
+    clock.add_argument("--time", help="'YYYY-MM-DD HH:MM:SS' Beijing time (default: now)")
+    csub.add_parser("initialise", help="send initialise (89)")
+    read = csub.add_parser("read", help="send a read (61-68, 81-88)")
+    read.add_argument("typeflag", type=int)
+    read.add_argument(
+        "--object",
+        action="append",
+        default=[],
+        metavar="N:N[:N:N]",
+        help="system type:address[:zone:position] or [:records]; repeatable",
+    )
+    csub.add_parser("disconnect", help="close every UITD connection")
+    state = csub.add_parser("state", help="mode, connected UITDs and counters")
+    state.add_argument("--json", action="store_true")
+
+
+def _centre(args: argparse.Namespace) -> int:
+    path = args.socket or Path(os.environ.get("ALARMGW_CENTRE_CONTROL", RUN_DIR / "centre.sock"))
+    if args.centre_cmd == "serve":
+        return _centre_serve(args, path)
+    body: dict[str, Any] = {"do": args.centre_cmd}
+    if args.centre_cmd == "mode":
+        body |= {"mode": args.mode, "count": args.count, "delay": args.delay}
+    elif args.centre_cmd == "duty-check":
+        body["minutes"] = args.minutes
+    elif args.centre_cmd == "clock-sync":
+        body["time"] = args.time
+    elif args.centre_cmd == "read":
+        try:
+            objects = [[int(v, 0) for v in o.split(":")] for o in args.object]
+        except ValueError:
+            print(f"alarmgw-sim centre read: bad --object {args.object}", file=sys.stderr)
+            return EXIT_USAGE
+        body |= {"typeflag": args.typeflag, "objects": objects}
+    try:
+        reply = request(path, body)
+    except OSError as exc:
+        print(
+            f"alarmgw-sim centre: no centre on {path} ({exc}); "
+            "start one with `alarmgw-sim centre serve`",
+            file=sys.stderr,
+        )
+        return EXIT_UNREACHABLE
+    if not reply.pop("ok", False):
+        print(f"alarmgw-sim centre: {reply.get('error')}", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.centre_cmd == "state" and not args.json:
+        st = reply["state"]
+        peers = ", ".join(st["peers"]) or "-"
+        print(f"centre {st['address']} port {st['port']}  mode {st['mode']}  UITDs {peers}")
+        print("  ".join(f"{k} {v}" for k, v in st["counts"].items()))
+    else:
+        print(json.dumps(reply, ensure_ascii=False))
+    return 0
+
+
+def _centre_serve(args: argparse.Namespace, path: Path) -> int:
+    tls = None
+    if args.tls_cert or args.tls_key:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            tls.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError, TypeError) as exc:
+            print(f"alarmgw-sim centre: TLS certificate or key unusable: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    echo = None if args.quiet else sys.stdout
+    with Centre(args.host, args.port, args.address, args.log, echo, tls) as centre:
+        control = CentreControl(centre, path).start()
+        try:
+            print(f"centre at {args.host}:{centre.port}", flush=True)
+            print(f"control at {path}", flush=True)
+            print("ready", flush=True)
+            stop.wait()
+        finally:
+            control.close()
+    print("stopped", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:
@@ -191,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     if args.cmd == "run":
         return _run(args)
+    if args.cmd == "centre":
+        return _centre(args)
     return _drive(args)
 
 
