@@ -124,11 +124,12 @@ class Stream(NamedTuple):
 
 # The delivery order of every uplink (EventBuffer.next_rows): life-safety alarms overtake
 # everything older (GB 26875.1: fire alarms before all other traffic), then the event lane,
-# then telemetry; each stream in seq order.
+# then telemetry; each stream in seq order. The other streams are named as their lanes.
+_ALARM_STREAM: Final = "alarm"
 STREAMS: Final = (
-    Stream("alarm", Lane.EVENT, True),
-    Stream("event", Lane.EVENT, False),
-    Stream("telemetry", Lane.TELEMETRY, None),
+    Stream(_ALARM_STREAM, Lane.EVENT, True),
+    Stream(Lane.EVENT.value, Lane.EVENT, False),
+    Stream(Lane.TELEMETRY.value, Lane.TELEMETRY, None),
 )
 
 
@@ -140,10 +141,13 @@ class ReadCursor:
     after a reconnect)."""
 
     after: dict[str, int] = field(default_factory=lambda: {s.name: 0 for s in STREAMS})
+    # EventBuffer.stored_batches when a read found no life-safety row past `after`: until
+    # the buffer stores more there can be none, and the (frequent) reads skip that query
+    no_alarm_at: int = -1
 
     def passed(self, row: StoredRow) -> None:
         """The reader took this row (sent it, or set it aside): next_rows moves past it."""
-        name = next(s.name for s in STREAMS if s.holds(row))
+        name = _ALARM_STREAM if row.drop_class == _LIFE_SAFETY else row.lane.value
         self.after[name] = max(self.after[name], row.seq)
 
 
@@ -420,6 +424,7 @@ class EventBuffer:
         self._deferred: list[Key] = []  # deletes a failed transaction must retry
         self._synchronous = "FULL"  # as _configure() leaves the write connection
         self.commits = 0  # transactions committed (tests check "no writes when idle")
+        self.stored_batches = 0  # batches of new rows made readable (next_rows' skip)
         # time.monotonic() of the writer's last iteration; it wakes at least every ALIVE_S
         # even when idle (without touching the disk) so the systemd watchdog can trust it
         self.alive = time.monotonic()
@@ -682,13 +687,19 @@ class EventBuffer:
         """Up to `limit` unacknowledged rows after `cursor`, in delivery order: life-safety
         alarms first, then the rest of the event lane, then telemetry, each in seq order
         (STREAMS). Every uplink reads through this, each with its own cursor, so a fire
-        alarm overtakes any backlog on every uplink. The cursor is not moved: the reader
-        calls cursor.passed(row) for each row it took."""
+        alarm overtakes any backlog on every uplink. The cursor's place is not moved: the
+        reader calls cursor.passed(row) for each row it took."""
+        batches = self.stored_batches  # before the reads: what they are sure to see
         rows: list[StoredRow] = []
         for stream in STREAMS:
             if len(rows) >= limit:
                 break
-            rows += self._pending(stream, cursor.after[stream.name], limit - len(rows))
+            if stream.life_safety and cursor.no_alarm_at == batches:
+                continue  # no alarm past the cursor at the last look, and nothing stored since
+            found = self._pending(stream, cursor.after[stream.name], limit - len(rows))
+            if stream.life_safety:
+                cursor.no_alarm_at = -1 if found else batches
+            rows += found
         return rows
 
     def _pending(self, stream: Stream, after_seq: int, limit: int) -> list[StoredRow]:
@@ -819,6 +830,8 @@ class EventBuffer:
             rows = [r for r in rows if (r.lane, r.seq) not in doomed]
             victims = [v for v in victims if v not in incoming]
         self._write(rows, acks, victims)
+        if rows:
+            self.stored_batches += 1  # readable now (stored or held), before anyone is told
         # resolved only now: the rows are committed (or held, degraded, and said so)
         for group, group_seqs in zip(groups, seqs, strict=True):
             future = group.future

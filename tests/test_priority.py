@@ -98,8 +98,9 @@ def test_a_cursor_moves_past_what_its_reader_took_and_a_new_alarm_still_goes_fir
 ) -> None:
     for i in range(5):
         buf.submit(info_event(i)).result(5)  # 1..5
-    buf.submit(alarm("fire A")).result(5)  # 6
     cursor = ReadCursor()
+    assert texts(buf.next_rows(cursor, 1)) == ["门 0"]  # a look that found no alarm...
+    buf.submit(alarm("fire A")).result(5)  # 6: ...must not hide one stored after it
     taken = buf.next_rows(cursor, 3)
     assert texts(taken) == ["fire A", "门 0", "门 1"]
     for row in taken:
