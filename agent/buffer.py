@@ -141,9 +141,9 @@ class ReadCursor:
     after a reconnect)."""
 
     after: dict[str, int] = field(default_factory=lambda: {s.name: 0 for s in STREAMS})
-    # EventBuffer.stored_batches when a read found no life-safety row past `after`: until
-    # the buffer stores more there can be none, and the (frequent) reads skip that query
-    no_alarm_at: int = -1
+    # per stream, EventBuffer.stored_batches when a read found nothing past `after`: until
+    # the buffer stores more there is nothing, and the (frequent) reads skip that query
+    empty_at: dict[str, int] = field(default_factory=dict)
 
     def passed(self, row: StoredRow) -> None:
         """The reader took this row (sent it, or set it aside): next_rows moves past it."""
@@ -424,7 +424,7 @@ class EventBuffer:
         self._deferred: list[Key] = []  # deletes a failed transaction must retry
         self._synchronous = "FULL"  # as _configure() leaves the write connection
         self.commits = 0  # transactions committed (tests check "no writes when idle")
-        self.stored_batches = 0  # batches of new rows made readable (next_rows' skip)
+        self.stored_batches = 0  # batches of new rows made readable (next_rows' skips)
         # time.monotonic() of the writer's last iteration; it wakes at least every ALIVE_S
         # even when idle (without touching the disk) so the systemd watchdog can trust it
         self.alive = time.monotonic()
@@ -694,11 +694,10 @@ class EventBuffer:
         for stream in STREAMS:
             if len(rows) >= limit:
                 break
-            if stream.life_safety and cursor.no_alarm_at == batches:
-                continue  # no alarm past the cursor at the last look, and nothing stored since
+            if cursor.empty_at.get(stream.name) == batches:
+                continue  # nothing past the cursor at the last look, and nothing stored since
             found = self._pending(stream, cursor.after[stream.name], limit - len(rows))
-            if stream.life_safety:
-                cursor.no_alarm_at = -1 if found else batches
+            cursor.empty_at[stream.name] = -1 if found else batches
             rows += found
         return rows
 

@@ -214,6 +214,7 @@ class Uplink:
         self._topics = {
             leaf: feed.topic(settings.topic_prefix, identity, leaf) for leaf in feed.Leaf
         }
+        self._lane_topics = {lane: self._topics[feed.Leaf(lane.value)] for lane in Lane}
         self._started = time.monotonic()
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -450,6 +451,7 @@ class Uplink:
         publish = session.conn.publish
         inflight = session.inflight
         cursor = session.cursor
+        topics = self._lane_topics
         # the buffer's delivery order: life-safety alarms, the event lane, telemetry
         for row in self.buffer.next_rows(cursor, room):
             key = (row.lane, row.seq)
@@ -458,7 +460,7 @@ class Uplink:
                 self._set_aside(key, f"{len(row.payload)} bytes, too large")
                 continue
             try:
-                mid = publish(self._topics[feed.Leaf(row.lane.value)], row.payload, 1)
+                mid = publish(topics[row.lane], row.payload, 1)
             except UplinkError as exc:
                 log.warning("uplink: %s", str(exc))  # str: a record must not pin a socket
                 return
