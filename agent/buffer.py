@@ -425,6 +425,7 @@ class EventBuffer:
         self._synchronous = "FULL"  # as _configure() leaves the write connection
         self.commits = 0  # transactions committed (tests check "no writes when idle")
         self.stored_batches = 0  # batches of new rows made readable (next_rows' skips)
+        self.read_failures = 0  # reads that failed (and looked like "nothing pending")
         # time.monotonic() of the writer's last iteration; it wakes at least every ALIVE_S
         # even when idle (without touching the disk) so the systemd watchdog can trust it
         self.alive = time.monotonic()
@@ -696,8 +697,11 @@ class EventBuffer:
                 break
             if cursor.empty_at.get(stream.name) == batches:
                 continue  # nothing past the cursor at the last look, and nothing stored since
+            failures = self.read_failures
             found = self._pending(stream, cursor.after[stream.name], limit - len(rows))
-            cursor.empty_at[stream.name] = -1 if found else batches
+            # a failed read is no proof of "nothing": look again next time
+            empty = not found and failures == self.read_failures
+            cursor.empty_at[stream.name] = batches if empty else -1
             rows += found
         return rows
 
@@ -731,6 +735,7 @@ class EventBuffer:
                 )
                 return [StoredRow(lane, s, t, p, c) for s, t, p, c in cur.fetchall()]
             except sqlite3.Error as exc:
+                self.read_failures += 1
                 log.warning("buffer read failed: %s", exc)
                 return []
 

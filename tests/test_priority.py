@@ -112,6 +112,22 @@ def test_a_cursor_moves_past_what_its_reader_took_and_a_new_alarm_still_goes_fir
     assert texts(buf.next_rows(ReadCursor(), 10)) == ["fire B", "门 1", "门 2", "门 3", "门 4"]
 
 
+def test_a_failed_read_does_not_hide_pending_rows_from_the_next_look(buf: EventBuffer) -> None:
+    """next_rows skips a stream found empty until more is stored; a read that failed
+    found nothing too, but proves nothing (the uplink's periodic look must still work)."""
+    buf.submit(info_event(1)).result(5)
+    buf.submit(alarm()).result(5)
+    reader = buf._reader
+    broken = sqlite3.connect(":memory:")  # no table: every read fails
+    buf._reader = broken
+    try:
+        assert buf.next_rows(cursor := ReadCursor(), 10) == []
+    finally:
+        buf._reader = reader
+        broken.close()
+    assert seqs(buf.next_rows(cursor, 10)) == [("event", 2), ("event", 1)]
+
+
 def test_each_reader_keeps_its_own_cursor(buf: EventBuffer) -> None:
     """A second uplink (GB/T 26875.3) reads the same buffer through the same order."""
     for i in range(3):
