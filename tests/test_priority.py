@@ -27,7 +27,7 @@ from simulator.broker import Mosquitto
 from simulator.link import SlowLink
 from tests.feed_consumer import ArrivalOrderConsumer, FeedConsumer
 from tests.field_events import Field
-from tests.test_uplink import SmallMosquitto
+from tests.test_uplink import ROOT, SmallMosquitto
 from tests.uplink_helpers import (
     IDENT,
     Collector,
@@ -39,8 +39,6 @@ from tests.uplink_helpers import (
     running,
     wait_until,
 )
-
-ROOT = "alarmgw/v1/site-t/gw-t"
 
 
 def ev(kind: Kind, category: Category, state: str = "x", **kw: Any) -> Event:
@@ -208,20 +206,21 @@ def test_a_fire_raised_while_the_backlog_drains_overtakes_what_is_left(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
     col = Collector(broker.host, broker.port, f"{ROOT}/event")
-    with SlowLink(broker.host, broker.port, delay_s=0.025) as link:  # 50 ms round trip
-        buffer, uplink = make(tmp_path / "b.db", link.host, link.port, inflight_window=10)
+    with SlowLink(broker.host, broker.port, delay_s=0.05) as link:  # 100 ms round trip
+        buffer, uplink = make(tmp_path / "b.db", link.host, link.port, inflight_window=5)
         try:
             with running(buffer, uplink):
                 buffer.submit_many([info_event(i) for i in range(1000)]).result(10)
-                assert col.wait_for(lambda: col.count("event") >= 100)  # ~200/s: draining
+                assert col.wait_for(lambda: col.count("event") >= 50)  # ~50/s: draining
                 before = col.count("event")
                 fire = buffer.submit(alarm()).result(5)
-                assert col.wait_for(lambda: fire.seq in col.seqs("event"))
+                assert col.wait_for(lambda: fire.seq in col.seqs("event"), timeout=60)
                 arrived = col.seqs("event").index(fire.seq)
         finally:
             col.close()
-    # in seq order it would have waited for the ~900 events left; it waited for what was
-    # in flight and what the ~40 ms between detection and its publish let through
+    # in seq order it would have waited for the ~950 events left; it waited for the 5 in
+    # flight and for what passed while it was stored and published (a few; a loaded
+    # machine's writer may take a second: 50 more)
     assert arrived - before <= 60, (before, arrived)
 
 
