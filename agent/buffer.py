@@ -65,8 +65,10 @@ ALIVE_S: Final = 1.0  # the writer iterates at least this often (the watchdog re
 RETRY_S: Final = 5.0  # how often a degraded buffer tries the database again
 ANNOUNCE_S: Final = 1.0  # at most one drop announcement per second
 
-# drop classes: lower is dropped first
-_TELEMETRY, _ORDINARY, _PROTECTED = 0, 1, 2
+# drop classes: lower is dropped first. _PROTECTED: the buffer's own drop announcements;
+# _LIFE_SAFETY: fire, gas, electrical-fire and manual alarms (Event.is_life_safety_alarm),
+# dropped last of all and the only rows that overtake the backlog (EventBuffer.next_rows)
+_TELEMETRY, _ORDINARY, _PROTECTED, _LIFE_SAFETY = 0, 1, 2, 3
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS records (
@@ -79,6 +81,8 @@ CREATE TABLE IF NOT EXISTS records (
     PRIMARY KEY (lane, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_drop_order ON records (drop_class, rank DESC, seq);
+-- life-safety alarms (_LIFE_SAFETY = 3): what EventBuffer.next_rows reads first
+CREATE INDEX IF NOT EXISTS records_life_safety ON records (lane, seq) WHERE drop_class = 3;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -99,6 +103,52 @@ class StoredRow(NamedTuple):
     payload: bytes
     drop_class: int = _ORDINARY
     rank: int = 0
+
+    @property
+    def life_safety(self) -> bool:
+        """A fire, gas, electrical-fire or manual alarm: it overtakes the backlog."""
+        return self.drop_class == _LIFE_SAFETY
+
+
+class Stream(NamedTuple):
+    """A part of the buffer that is read in seq order: the life-safety alarms of the event
+    lane, the rest of the event lane, or the telemetry lane."""
+
+    name: str
+    lane: Lane
+    life_safety: bool | None  # only life-safety rows, all but them, or (None) every row
+
+    def holds(self, row: StoredRow) -> bool:
+        return row.lane is self.lane and self.life_safety in (None, row.life_safety)
+
+
+# The delivery order of every uplink (EventBuffer.next_rows): life-safety alarms overtake
+# everything older (GB 26875.1: fire alarms before all other traffic), then the event lane,
+# then telemetry; each stream in seq order. The other streams are named as their lanes.
+_ALARM_STREAM: Final = "alarm"
+STREAMS: Final = (
+    Stream(_ALARM_STREAM, Lane.EVENT, True),
+    Stream(Lane.EVENT.value, Lane.EVENT, False),
+    Stream(Lane.TELEMETRY.value, Lane.TELEMETRY, None),
+)
+
+
+@dataclass
+class ReadCursor:
+    """One reader's place in the buffer: per stream, the highest seq it has taken. Each
+    uplink keeps its own cursor and moves it with passed(); the buffer never does. A fresh
+    cursor starts again from the oldest unacknowledged row of every stream (the resend
+    after a reconnect)."""
+
+    after: dict[str, int] = field(default_factory=lambda: {s.name: 0 for s in STREAMS})
+    # per stream, EventBuffer.stored_batches when a read found nothing past `after`: until
+    # the buffer stores more there is nothing, and the (frequent) reads skip that query
+    empty_at: dict[str, int] = field(default_factory=dict)
+
+    def passed(self, row: StoredRow) -> None:
+        """The reader took this row (sent it, or set it aside): next_rows moves past it."""
+        name = _ALARM_STREAM if row.drop_class == _LIFE_SAFETY else row.lane.value
+        self.after[name] = max(self.after[name], row.seq)
 
 
 @dataclass
@@ -315,8 +365,9 @@ def _refusals(records: Sequence[Record], ident: Identity) -> dict[int, str]:
 
 def _drop_class(record: Record) -> int:
     if isinstance(record, Event):
-        protected = record.is_life_safety_alarm or (record.detail or {}).get("buffer") == "drops"
-        return _PROTECTED if protected else _ORDINARY
+        if record.is_life_safety_alarm:
+            return _LIFE_SAFETY
+        return _PROTECTED if (record.detail or {}).get("buffer") == "drops" else _ORDINARY
     return _TELEMETRY
 
 
@@ -373,6 +424,8 @@ class EventBuffer:
         self._deferred: list[Key] = []  # deletes a failed transaction must retry
         self._synchronous = "FULL"  # as _configure() leaves the write connection
         self.commits = 0  # transactions committed (tests check "no writes when idle")
+        self.stored_batches = 0  # batches of new rows made readable (next_rows' skips)
+        self.read_failures = 0  # reads that failed (and looked like "nothing pending")
         # time.monotonic() of the writer's last iteration; it wakes at least every ALIVE_S
         # even when idle (without touching the disk) so the systemd watchdog can trust it
         self.alive = time.monotonic()
@@ -629,30 +682,60 @@ class EventBuffer:
 
     def pending(self, lane: Lane, after_seq: int = 0, limit: int = 100) -> list[StoredRow]:
         """Unacknowledged rows of a lane with seq > after_seq, in seq order."""
+        return self._pending(Stream(lane.value, lane, None), after_seq, limit)
+
+    def next_rows(self, cursor: ReadCursor, limit: int) -> list[StoredRow]:
+        """Up to `limit` unacknowledged rows after `cursor`, in delivery order: life-safety
+        alarms first, then the rest of the event lane, then telemetry, each in seq order
+        (STREAMS). Every uplink reads through this, each with its own cursor, so a fire
+        alarm overtakes any backlog on every uplink. The cursor's place is not moved: the
+        reader calls cursor.passed(row) for each row it took."""
+        batches = self.stored_batches  # before the reads: what they are sure to see
+        rows: list[StoredRow] = []
+        for stream in STREAMS:
+            if len(rows) >= limit:
+                break
+            if cursor.empty_at.get(stream.name) == batches:
+                continue  # nothing past the cursor at the last look, and nothing stored since
+            failures = self.read_failures
+            found = self._pending(stream, cursor.after[stream.name], limit - len(rows))
+            # a failed read is no proof of "nothing": look again next time
+            empty = not found and failures == self.read_failures
+            cursor.empty_at[stream.name] = batches if empty else -1
+            rows += found
+        return rows
+
+    def _pending(self, stream: Stream, after_seq: int, limit: int) -> list[StoredRow]:
+        """Unacknowledged rows of one stream with seq > after_seq, in seq order."""
+        lane = stream.lane
         with self._held_lock:
             acked = self._acked
-            held = [r for r in self._held[lane] if r.seq > after_seq and (lane, r.seq) not in acked]
+            held = [
+                r
+                for r in self._held[lane]
+                if r.seq > after_seq and (lane, r.seq) not in acked and stream.holds(r)
+            ]
             # acked rows still in the file: read that many more (the uplink's cursor is past
             # them while draining, so this is usually zero)
             hidden = sum(1 for a_lane, seq in acked if seq > after_seq and a_lane is lane)
-            rows = self._read_rows(lane, after_seq, limit + hidden)
+            rows = self._read_rows(stream, after_seq, limit + hidden)
             if hidden:
                 rows = [r for r in rows if (lane, r.seq) not in acked]
         merged = sorted({r.seq: r for r in rows + held}.values(), key=lambda r: r.seq)
         return merged[:limit] if held else rows[:limit]
 
-    def _read_rows(self, lane: Lane, after_seq: int, limit: int) -> list[StoredRow]:
+    def _read_rows(self, stream: Stream, after_seq: int, limit: int) -> list[StoredRow]:
         if self._reader is None:
             return []
+        lane = stream.lane
         with self._read_lock:
             try:
                 cur = self._reader.execute(
-                    "SELECT seq, ts_ms, payload FROM records WHERE lane = ? AND seq > ? "
-                    "ORDER BY seq LIMIT ?",
-                    (lane.value, after_seq, limit),
+                    _READ_SQL[stream.life_safety], (lane.value, after_seq, limit)
                 )
-                return [StoredRow(lane, s, t, p) for s, t, p in cur.fetchall()]
+                return [StoredRow(lane, s, t, p, c) for s, t, p, c in cur.fetchall()]
             except sqlite3.Error as exc:
+                self.read_failures += 1
                 log.warning("buffer read failed: %s", exc)
                 return []
 
@@ -751,6 +834,8 @@ class EventBuffer:
             rows = [r for r in rows if (r.lane, r.seq) not in doomed]
             victims = [v for v in victims if v not in incoming]
         self._write(rows, acks, victims)
+        if rows:
+            self.stored_batches += 1  # readable now (stored or held), before anyone is told
         # resolved only now: the rows are committed (or held, degraded, and said so)
         for group, group_seqs in zip(groups, seqs, strict=True):
             future = group.future
@@ -1018,7 +1103,7 @@ class EventBuffer:
 
     def _count_drop(self, lane: Lane, seq: int, drop_class: int) -> None:
         self._drops[lane.value] += 1
-        if drop_class == _PROTECTED:
+        if drop_class == _LIFE_SAFETY:
             self._drops["alarm"] += 1
         self._tally.add(lane, seq)
 
@@ -1036,6 +1121,20 @@ class EventBuffer:
             f"buffer full: {total} records dropped (max_events {self.max_events})",
             detail,
         )
+
+
+# Reads per Stream.life_safety. The life-safety read names its partial index: left to
+# itself SQLite walks the primary key, through the whole backlog, to find a few alarms
+# (and it uses the index only for a WHERE spelled as the index's: "drop_class = 3").
+# The rest of a lane walks the primary key, skipping at most the alarms in flight.
+_READ_COLUMNS: Final = "SELECT seq, ts_ms, payload, drop_class FROM records"
+_READ_WHERE: Final = "WHERE lane = ? AND seq > ?"
+_READ_SQL: Final = {
+    None: f"{_READ_COLUMNS} {_READ_WHERE} ORDER BY seq LIMIT ?",
+    True: f"{_READ_COLUMNS} INDEXED BY records_life_safety {_READ_WHERE} "
+    f"AND drop_class = {_LIFE_SAFETY} ORDER BY seq LIMIT ?",
+    False: f"{_READ_COLUMNS} {_READ_WHERE} AND drop_class != {_LIFE_SAFETY} ORDER BY seq LIMIT ?",
+}
 
 
 def _insert(db: sqlite3.Connection, rows: list[StoredRow]) -> None:

@@ -2,8 +2,9 @@
 
 One thread owns the MQTT connection. Each connection attempt uses a fresh
 client (agent.mqtt), so everything unacknowledged is resent from the durable
-buffer after a reconnect, never from paho's memory. Pending rows leave events
-lane first, then telemetry, each lane in seq order, with at most
+buffer after a reconnect, never from paho's memory. Pending rows leave in the
+buffer's delivery order (EventBuffer.next_rows: life-safety alarms first, then
+the rest of the event lane, then telemetry, each in seq order), with at most
 `inflight_window` unacknowledged; each PUBACK deletes its row (buffer.ack).
 Reconnects back off exponentially with full jitter, so a thousand gateways do
 not all come back in the same second after a broker restart; the backoff starts
@@ -22,8 +23,8 @@ heartbeat, and downlink commands (run on a worker thread, answered on
 cmd-result).
 
 It must never: ack a row before the broker's PUBACK (except a refused row set
-aside, which is announced), reorder a lane, let a command or a broker fault stop
-the thread, or block the buffer's writer.
+aside, which is announced), send rows out of next_rows' order, let a command or
+a broker fault stop the thread, or block the buffer's writer.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from agent import feed
-from agent.buffer import EventBuffer
+from agent.buffer import EventBuffer, ReadCursor
 from agent.errors import UplinkError
 from agent.events import Identity, Kind, Lane, Severity, dumps, now_ms, system_event
 from agent.mqtt import (
@@ -160,7 +161,7 @@ class _Session:
     acked_any: bool = False  # a row PUBACKed: the link and the lane work
     next_refill: float = 0.0
     inflight: dict[int, RowKey] = field(default_factory=dict)  # in publish order
-    cursor: dict[Lane, int] = field(default_factory=lambda: dict.fromkeys(Lane, 0))
+    cursor: ReadCursor = field(default_factory=ReadCursor)  # what this connection has sent
     next_heartbeat: float = 0.0
     offline_mid: int | None = None
     # PUBACKed seqs not yet handed to the buffer: one buffer.ack_many per lane per pump,
@@ -213,6 +214,7 @@ class Uplink:
         self._topics = {
             leaf: feed.topic(settings.topic_prefix, identity, leaf) for leaf in feed.Leaf
         }
+        self._lane_topics = {lane: self._topics[feed.Leaf(lane.value)] for lane in Lane}
         self._started = time.monotonic()
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -444,27 +446,27 @@ class Uplink:
         room = self.settings.inflight_window - len(session.inflight)
         if self._probe is not None:
             room = min(room, 1 - len(session.inflight))  # the suspect row goes alone
+        if room <= 0 or session.conn.closed:
+            return
         publish = session.conn.publish
         inflight = session.inflight
-        for lane in (Lane.EVENT, Lane.TELEMETRY):
-            if room <= 0 or session.conn.closed:
+        cursor = session.cursor
+        topics = self._lane_topics
+        # the buffer's delivery order: life-safety alarms, the event lane, telemetry
+        for row in self.buffer.next_rows(cursor, room):
+            key = (row.lane, row.seq)
+            if len(row.payload) > MAX_ROW_BYTES:
+                cursor.passed(row)
+                self._set_aside(key, f"{len(row.payload)} bytes, too large")
+                continue
+            try:
+                mid = publish(topics[row.lane], row.payload, 1)
+            except UplinkError as exc:
+                log.warning("uplink: %s", str(exc))  # str: a record must not pin a socket
                 return
-            topic = self._topics[feed.Leaf(lane.value)]
-            rows = self.buffer.pending(lane, session.cursor[lane], room)
-            for row in rows:
-                if len(row.payload) > MAX_ROW_BYTES:
-                    session.cursor[lane] = row.seq
-                    self._set_aside((lane, row.seq), f"{len(row.payload)} bytes, too large")
-                    continue
-                try:
-                    mid = publish(topic, row.payload, 1)
-                except UplinkError as exc:
-                    log.warning("uplink: %s", str(exc))  # str: a record must not pin a socket
-                    return
-                inflight[mid] = (lane, row.seq)
-                session.cursor[lane] = row.seq
-                self.counters.published += 1
-            room -= len(rows)
+            inflight[mid] = key
+            cursor.passed(row)
+            self.counters.published += 1
 
     # -- connection callbacks (run inside pump, in this thread) ---------------------
 
@@ -562,12 +564,14 @@ class Uplink:
         return False
 
     def _check_probe(self) -> None:
-        """Forget the probe if its row is no longer the head of its lane (acked, dropped)."""
+        """Forget the probe if its row is no longer pending (acked, dropped). Not "no longer
+        the head of its lane": a life-safety alarm is sent before older rows, and a refused
+        one must still be probed and set aside, or it would hold every reconnect."""
         if self._probe is None:
             return
         lane, seq = self._probe
-        head = self.buffer.pending(lane, 0, 1)
-        if not head or head[0].seq != seq:
+        still = self.buffer.pending(lane, seq - 1, 1)
+        if not still or still[0].seq != seq:
             self._strikes.pop(self._probe, None)
             self._probe = None
 

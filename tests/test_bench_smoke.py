@@ -37,6 +37,9 @@ EXPECTED_FIGURES = {
     "bus_theory_9600",
     "bus_measured_9600",
     "bus_goal_9600",
+    "backlog_broker_back_4g_fire",
+    "backlog_during_drain_4g_fire",
+    "backlog_broker_back_loopback_goal",
 }
 
 
@@ -91,6 +94,11 @@ def test_smoke_run_prints_every_figure_and_loses_nothing(smoke_output: str) -> N
     # bus: measured against a real theoretical figure, and it cannot beat the wire
     assert int(figures["bus_measured_9600"]["n"]) > 3
     assert float(figures["bus_goal_9600"]["ratio"]) >= 1.0
+
+    # a fire behind a backlog: measured against the same trial's in-order drain
+    for name in ("backlog_broker_back_4g_fire", "backlog_during_drain_4g_fire"):
+        assert figures[name]["n"] == "1" and _positive(figures[name]["max_ms"])
+        assert _positive(figures[name.replace("_fire", "_in_order_baseline")]["max_ms"])
 
     # the two benches of the uplink/buffer work ran and reported a rate against a baseline
     for name in ("drain", "ingest"):

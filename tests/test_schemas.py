@@ -701,6 +701,30 @@ def test_asyncapi_qos_and_retain_match_the_code() -> None:
     assert by_leaf["cmd/{name}"]["qos"] == feed.COMMAND_QOS
 
 
+def test_the_alarms_the_contract_says_overtake_are_the_ones_the_buffer_sends_first(
+    tmp_path: Path,
+) -> None:
+    """asyncapi.yaml names the overtaking alarms (x-alarmgw-overtaking); a real buffer's
+    delivery order must put exactly those first, for every kind and category."""
+    from agent.buffer import EventBuffer, ReadCursor
+
+    said = asyncapi()["operations"]["sendEvent"]["x-alarmgw-overtaking"]
+    kinds = schema("event")["properties"]["kind"]["enum"]
+    categories = schema("event")["properties"]["category"]["enum"]
+    assert said["kind"] in kinds and set(said["category"]) <= set(categories)
+    combos = [(k, c) for k in kinds for c in categories]
+    with EventBuffer(tmp_path / "b.db", IDENT, 1000) as buffer:
+        for kind, category in combos:
+            event = Event(Kind(kind), Category(category), Severity.MAJOR, "s", "t", "d", "p",
+                          test=kind == "test")  # fmt: skip
+            buffer.submit(event).result(5)
+        rows = buffer.next_rows(ReadCursor(), len(combos))
+    first = [combos[r.seq - 1] for r in rows if r.life_safety]
+    expected = [(k, c) for k, c in combos if k == said["kind"] and c in said["category"]]
+    assert first == expected
+    assert [combos[r.seq - 1] for r in rows[: len(expected)]] == expected
+
+
 def test_docs_examples_match_the_schemas() -> None:
     """Every ```json block in docs/feed.md that names its schema must validate."""
     text = (DOCS / "feed.md").read_text(encoding="utf-8")
