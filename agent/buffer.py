@@ -71,9 +71,9 @@ from agent.storage import (
     CorruptDatabase,
     check_integrity,
     diagnose,
-    is_corruption,
     move_aside,
     open_read_only,
+    proving_corruption,
 )
 
 log = logging.getLogger(__name__)
@@ -536,20 +536,12 @@ class EventBuffer:
 
     def _open_checked(self, busy_ms: int) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
+        with proving_corruption(conn):
             self._configure(conn, busy_ms)
             conn.executescript(_SCHEMA)
             check_integrity(conn)
             if busy_ms != 5000:
                 conn.execute("PRAGMA busy_timeout=5000")
-        except sqlite3.Error as exc:
-            conn.close()
-            if is_corruption(exc):
-                raise CorruptDatabase(str(exc)) from exc
-            raise
-        except CorruptDatabase:
-            conn.close()
-            raise
         return conn
 
     def _fresh(self) -> sqlite3.Connection:

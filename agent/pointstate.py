@@ -46,10 +46,10 @@ from agent.events import Category, Event, Kind, Severity
 from agent.storage import (
     CorruptDatabase,
     check_integrity,
-    is_corruption,
     is_locked,
     move_aside,
     open_read_only,
+    proving_corruption,
 )
 
 log = logging.getLogger(__name__)
@@ -334,20 +334,12 @@ class PointStateStore:
         conn = sqlite3.connect(
             self.path, timeout=1.0, isolation_level=None, check_same_thread=False
         )
-        try:
+        with proving_corruption(conn):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             check_integrity(conn)
             conn.execute(_SCHEMA)
             active = _load(conn)
-        except sqlite3.Error as exc:
-            conn.close()
-            if is_corruption(exc):
-                raise CorruptDatabase(str(exc)) from exc
-            raise
-        except CorruptDatabase:
-            conn.close()
-            raise
         return conn, active
 
 

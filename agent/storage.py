@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
@@ -61,6 +63,22 @@ def check_integrity(conn: sqlite3.Connection) -> None:
     if verdict != "ok":
         # first lines only: the verdict lists every bad page and ends up in a fault event
         raise CorruptDatabase(f"quick_check: {' | '.join(str(verdict).splitlines()[:3])}")
+
+
+@contextmanager
+def proving_corruption(conn: sqlite3.Connection) -> Iterator[None]:
+    """Around opening a database: on any failure the connection is closed, and only
+    SQLite's own proof of damage comes out as CorruptDatabase (the rest as it was)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        conn.close()
+        if is_corruption(exc):
+            raise CorruptDatabase(str(exc)) from exc
+        raise
+    except CorruptDatabase:
+        conn.close()
+        raise
 
 
 def move_aside(path: Path) -> str:
