@@ -953,7 +953,9 @@ class EventBuffer:
         for lane in _LANES:
             mark = self._marks[lane]
             mark.ceiling = self._next_seq[lane]
-            mark.low = self._lowest_unacked(lane, [])
+            # rows the failed commit held are not in RAM yet: below the database's next
+            # seq everything is on disk, so the loss starts no higher than that
+            mark.low = min(self._lowest_unacked(lane, []), self._meta_next[lane] or 1)
             mark.dirty = True
         self._write_sidecar()
 

@@ -738,8 +738,8 @@ class Gateway:
             self._loop.add_signal_handler(sig, self._stop.set)
         self.buffer.start()  # on sick storage it starts degraded: it never stops the start
         try:
+            self._restore_gateway_conditions()  # first: a fault raised again must come after
             self._announce_start_memory()
-            self._restore_gateway_conditions()
             self._start_gpio()
             self._start_lines()
             self.uplink.start()

@@ -687,3 +687,24 @@ def test_a_card_that_is_not_there_degrades(tmp_path: Path) -> None:
         assert buf.degraded
         first = buf.submit(alarm()).result(5)
         assert first.seq is not None and buf.pending(Lane.EVENT)[-1].seq == first.seq
+
+
+def test_a_loss_after_an_emptied_buffer_is_announced_from_the_first_held_seq(
+    tmp_path: Path,
+) -> None:
+    """Everything delivered (the file holds no row), then the disk refuses writes: the
+    rows that died in RAM start right after the last one stored."""
+    db = tmp_path / "b.db"
+    with open_buffer(db, max_pages=30, retry_s=60) as buf:
+        delivered = [buf.submit(alarm()).result(5).seq or 0 for _ in range(5)]
+        buf.ack_many(Lane.EVENT, delivered)
+        assert wait_until(lambda: buf.stats()["depth"] == 0)
+        held = [buf.submit(alarm("满" * 2000)).result(5).seq or 0 for _ in range(80)]
+        assert buf.degraded
+        assert wait_until(lambda: any(e["state"] == "degraded" for e in _events(buf)))
+        last = _events(buf)[-1]["seq"]
+    on_disk = {seq for (lane, seq) in _stored_in_file(db) if lane == "event"}
+    first_lost = min(seq for seq in held if seq not in on_disk)
+    with open_buffer(db) as buf:
+        ranges = [e["detail"]["lost_range"] for e in _events(buf) if e["kind"] == "fault"]
+    assert ranges == [[first_lost, last]]
