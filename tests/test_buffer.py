@@ -555,10 +555,10 @@ def test_telemetry_acknowledged_in_time_never_touches_the_disk(tmp_path: Path) -
 
 def test_telemetry_without_a_puback_reaches_the_disk_after_spill_s(tmp_path: Path) -> None:
     db = tmp_path / "b.db"
-    with open_buffer(db, spill_s=0.3) as buf:
+    with open_buffer(db, spill_s=3) as buf:
         seqs = [buf.submit(reading(n)).result(5).seq for n in range(5)]
         assert buf.stats()["volatile"] == 5 and not _stored_in_file(db)
-        assert wait_until(lambda: len(_stored_in_file(db)) == 5, timeout=5)
+        assert wait_until(lambda: len(_stored_in_file(db)) == 5, timeout=15)
         assert buf.stats()["volatile"] == 0
         assert [r.seq for r in buf.pending(Lane.TELEMETRY)] == seqs  # still to be sent
     with open_buffer(db) as buf:  # a clean restart: nothing lost, nothing announced
