@@ -1,11 +1,18 @@
 """EventBuffer: the durable store between the field and the uplink.
 
-Every event and reading gets its sequence number here and is committed to
-SQLite (WAL, synchronous=FULL) before its future resolves: nothing counts as
-accepted until it is on disk. One writer thread owns the write connection and
-commits whatever arrived together in one transaction (group commit), so a
-storm stays durable without one flush per event, and nothing is written when
-nothing happens (the SD card wears out).
+Every event gets its sequence number here and is committed to SQLite (WAL,
+synchronous=FULL) before its future resolves: nothing counts as accepted until
+it is on disk. One writer thread owns the write connection and commits whatever
+arrived together in one transaction (group commit), so a storm stays durable
+without one flush per event, and nothing is written when nothing happens (the
+SD card wears out).
+
+Telemetry (the periodic readings, most of them unchanged values) is kept in
+memory first: the uplink reads it from here like any stored row, and a reading
+acknowledged by the broker within SPILL_S never touches the card. One that is
+not (link down, broker slow) is committed then, with whatever else is due. A
+power cut can thus lose the last SPILL_S of readings that were not yet
+acknowledged; the next start announces their seqs (and never reuses them).
 
 Sequence numbers: one series per lane, strictly increasing across restarts and
 never reused. The next seq lives in the database (same transaction as the
@@ -18,6 +25,11 @@ severe events oldest first, life-safety alarms last; every drop is counted and
 announced. On a full disk (or any write failure) it keeps accepting, holding
 new rows in memory (still with fresh seqs) until the database takes them
 again, and raises a fault event; rows already stored are never deleted for it.
+The same holds from the start: a database that cannot be opened (full, read-only
+or missing card, locked, corrupt and not movable) never stops the start; the
+buffer runs degraded, delivers what it can read, and tries the disk every
+RETRY_S until it takes writes, then stores what it held (agent/storage.py has
+the policy for telling corruption from trouble around the file).
 
 It must never: block a submitter, lose a row that resolved its future while the
 process lives, hand out a seq twice, or write when idle.
@@ -25,6 +37,7 @@ process lives, hand out a seq twice, or write when idle.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import logging
@@ -36,7 +49,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -54,6 +67,14 @@ from agent.events import (
     splice_seq,
     system_event,
 )
+from agent.storage import (
+    CorruptDatabase,
+    check_integrity,
+    diagnose,
+    move_aside,
+    open_read_only,
+    proving_corruption,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +84,8 @@ MAX_BATCH: Final = 2_000  # records per transaction; bounds the writer's latency
 MAX_HELD: Final = 20_000  # rows kept in RAM while the disk refuses writes (1 GB Pi)
 ALIVE_S: Final = 1.0  # the writer iterates at least this often (the watchdog reads `alive`)
 RETRY_S: Final = 5.0  # how often a degraded buffer tries the database again
+SPILL_S: Final = 10.0  # telemetry not acknowledged by then is committed to disk
+MAX_VOLATILE: Final = 2_000  # telemetry rows in memory before the oldest are committed
 ANNOUNCE_S: Final = 1.0  # at most one drop announcement per second
 
 # drop classes: lower is dropped first. _PROTECTED: the buffer's own drop announcements;
@@ -197,16 +220,35 @@ class LaneMark:
 
 
 class Sidecar:
-    """A fixed-size file overwritten in place and fsynced: works on a full disk."""
+    """A fixed-size file overwritten in place and fsynced: works on a full disk.
+
+    On a card it cannot write (read-only, missing directory) it still offers what it
+    could read, and `write()` keeps trying (the card may come back); `problem` says
+    why the last attempt failed, None once a write went through."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.generation = 0
         self.marks: dict[Lane, LaneMark] | None = self._read()
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
-        if os.fstat(self._fd).st_size < 2 * _SLOT:
-            os.pwrite(self._fd, bytes(2 * _SLOT), 0)
-            os.fsync(self._fd)
+        self.problem: str | None = None
+        self._fd: int | None = None
+        self._open()
+
+    def _open(self) -> bool:
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+            if os.fstat(self._fd).st_size < 2 * _SLOT:
+                os.pwrite(self._fd, bytes(2 * _SLOT), 0)
+                os.fsync(self._fd)
+        except OSError as exc:
+            self.problem = f"cannot write {self.path}: {exc.strerror or exc}"
+            self.close()
+            return False
+        return True
+
+    @property
+    def writable(self) -> bool:
+        return self._fd is not None and self.problem is None
 
     def _read(self) -> dict[Lane, LaneMark] | None:
         try:
@@ -223,7 +265,11 @@ class Sidecar:
         self.generation = best[0]
         return best[1]
 
-    def write(self, marks: dict[Lane, LaneMark]) -> None:
+    def write(self, marks: dict[Lane, LaneMark]) -> bool:
+        """Store the marks durably; False (and `problem` set) if the card refused."""
+        if self._fd is None and not self._open():
+            return False
+        assert self._fd is not None
         self.generation += 1
         values: list[Any] = [_MAGIC, 1, self.generation]
         for lane in _LANES:
@@ -231,11 +277,19 @@ class Sidecar:
             values += [mark.ceiling, mark.low, int(mark.dirty)]
         body = struct.pack(_SIDECAR_FMT, *values)
         record = body + struct.pack("<I", zlib.crc32(body))
-        os.pwrite(self._fd, record.ljust(_SLOT, b"\0"), (self.generation % 2) * _SLOT)
-        os.fsync(self._fd)
+        try:
+            os.pwrite(self._fd, record.ljust(_SLOT, b"\0"), (self.generation % 2) * _SLOT)
+            os.fsync(self._fd)
+        except OSError as exc:
+            self.problem = f"cannot write {self.path}: {exc.strerror or exc}"
+            return False
+        self.problem = None
+        return True
 
     def close(self) -> None:
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _parse_slot(raw: bytes) -> tuple[int, dict[Lane, LaneMark]] | None:
@@ -388,6 +442,7 @@ class EventBuffer:
         max_pages: int | None = None,
         max_held: int = MAX_HELD,
         retry_s: float = RETRY_S,
+        spill_s: float = SPILL_S,
         clock_synced: Callable[[], bool] = lambda: True,
     ) -> None:
         if max_events < 1:
@@ -396,9 +451,13 @@ class EventBuffer:
         self.identity = identity
         self.max_events = max_events
         self.on_stored = on_stored
+        # Called by the writer with the event-lane keys of rows that were held in memory
+        # and are now safe: committed to disk, or acknowledged by the broker.
+        self.on_settled: Callable[[list[Key]], None] | None = None
         self._max_pages = max_pages  # cap the file (small partitions; tests of a full disk)
         self._max_held = max_held
         self._retry_s = retry_s
+        self._spill_s = spill_s
         self._clock_synced = clock_synced
         self._cond = threading.Condition()
         self._queue: deque[_Group | _Acks] = deque()
@@ -408,12 +467,18 @@ class EventBuffer:
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
         self._sidecar: Sidecar | None = None
+        self._known: dict[Lane, LaneMark] | None = None  # the sidecar's marks at start
         self._marks: dict[Lane, LaneMark] = {lane: LaneMark() for lane in _LANES}
         self._next_seq: dict[Lane, int] = dict.fromkeys(_LANES, 1)
+        self._meta_next: dict[Lane, int] = dict.fromkeys(_LANES, 0)  # as the database has it
+        self._unresolved = False  # the database could not be read at start
         self._depth: dict[Lane, int] = dict.fromkeys(_LANES, 0)
-        # rows the database refused (full disk); guarded by _held_lock with _acked
+        # rows in RAM, in seq order per lane: telemetry awaiting its PUBACK, and whatever
+        # the database refused (degraded); guarded by _held_lock with _acked
         self._held: dict[Lane, deque[StoredRow]] = {lane: deque() for lane in _LANES}
         self._held_lock = threading.Lock()
+        # (time.monotonic() when held, last seq held then) per telemetry batch held
+        self._spill_marks: deque[tuple[float, int]] = deque()
         self._acked: set[Key] = set()  # acked, delete not yet committed
         self._drops: dict[str, int] = {"event": 0, "telemetry": 0, "alarm": 0}
         self._tally = DropTally()
@@ -433,26 +498,36 @@ class EventBuffer:
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> EventBuffer:
-        """Open (or recover) the database and start the writer thread. Idempotent."""
+        """Open (or recover) the database and start the writer thread. Idempotent.
+
+        Storage trouble never makes it fail: on a full, read-only or missing card, a
+        locked file or a corrupt one that cannot be moved aside, the buffer starts
+        degraded (`degraded`, a fault event) and keeps trying the disk."""
         if self._thread is not None:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # a card that is not there: the open says so
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._sidecar = Sidecar(self.path.with_name(self.path.name + ".seq"))
+        self._known = self._sidecar.marks
         try:
-            self._open_or_recover()
+            db, fresh_why = self._open_writable()
+            self._attach(db)
         except (sqlite3.Error, OSError) as exc:  # OSError: moving a corrupt file aside failed
-            self._close_connections()
-            raise BufferError_(f"{self.path}: cannot open the buffer database: {exc}") from exc
+            self._start_degraded(_reason(exc, self.path))
+        else:
+            self._continue(self._meta_next if fresh_why is None else None, fresh_why)
+            if self._known is None or any(m.dirty for m in self._known.values()):
+                self._write_sidecar()
         self._thread = threading.Thread(target=self._run, name="buffer-writer", daemon=True)
         self._thread.start()
-        # recovery faults are durable (and first in their lane) before start() returns
-        futures = [self.submit(fault) for fault in self._startup_faults]
-        for future in futures:
-            future.exception(timeout=10)
+        # recovery faults are stored (and first in their lane) before start() returns
+        faults, self._startup_faults = self._startup_faults, []
+        wait([self.submit(fault) for fault in faults], timeout=10)
         return self
 
     def close(self, timeout: float = 10.0) -> None:
-        """Commit what is queued, stop the writer, close files. Idempotent."""
+        """Commit what is queued (and the telemetry still in memory), stop the writer,
+        close files. Idempotent."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -487,98 +562,160 @@ class EventBuffer:
             raise
         return conn
 
-    def _configure(self, conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA busy_timeout=5000")  # a technician's read-only inspection may lock
+    def _configure(self, conn: sqlite3.Connection, busy_ms: int = 5000) -> None:
+        # a technician's read-only inspection may lock for a moment: wait that out
+        conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         if self._max_pages is not None:
             conn.execute(f"PRAGMA max_page_count={int(self._max_pages)}")
 
-    def _open_or_recover(self) -> None:
-        assert self._sidecar is not None
-        known = self._sidecar.marks
+    def _open_writable(self, busy_ms: int = 5000) -> tuple[sqlite3.Connection, str | None]:
+        """The write connection, schema in place, and why it is a new database (None when
+        it is the one we had). Only proven corruption is moved aside (agent/storage.py);
+        anything else (locked, full, I/O error, read-only, cannot open) raises and leaves
+        the file as it is. `busy_ms`: how long each step waits for another's lock."""
         existed = self.path.exists()
         try:
-            self._db = self._open_checked()
+            db = self._open_checked(busy_ms)
         except CorruptDatabase as exc:
-            # Only proven corruption is moved aside. Anything else (locked by another
-            # process, disk full, I/O error, read-only, cannot open) says nothing about
-            # the file's health: it propagates, start() raises BufferError_, the file
-            # is left as it is, and systemd retries with the accepted events intact.
-            self._move_aside()
-            self._db = self._fresh(known, f"corrupt buffer database moved aside: {exc}")
-        else:
-            if not existed and known is not None:
-                self._db.close()
-                self._db = self._fresh(known, "buffer database was missing")
-            else:
-                self._resume(known)
-        self._reader = self._connect()
-        self._reader.execute("PRAGMA query_only=1")
-        self._load_depths()
+            stamp = move_aside(self.path)  # OSError on a card that refuses: stay degraded
+            log.error("buffer database %s was corrupt; moved aside as %s", self.path, stamp)  # noqa: TRY400
+            return self._fresh(), f"corrupt buffer database moved aside: {exc}"
+        if not existed and self._known is not None:
+            db.close()
+            return self._fresh(), "buffer database was missing"
+        return db, None
 
-    def _open_checked(self) -> sqlite3.Connection:
+    def _open_checked(self, busy_ms: int) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            self._configure(conn)
+        with proving_corruption(conn):
+            self._configure(conn, busy_ms)
             conn.executescript(_SCHEMA)
-            _check_integrity(conn)
-        except sqlite3.Error as exc:
-            conn.close()
-            if is_corruption(exc):
-                raise CorruptDatabase(str(exc)) from exc
-            raise
-        except CorruptDatabase:
-            conn.close()
-            raise
+            check_integrity(conn)
+            if busy_ms != 5000:
+                conn.execute("PRAGMA busy_timeout=5000")
         return conn
 
-    def _move_aside(self) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{self.path}{suffix}")
-            if src.exists():
-                src.rename(Path(f"{self.path}.corrupt-{stamp}{suffix}"))
-        log.error(
-            "buffer database %s was corrupt; moved aside with suffix corrupt-%s", self.path, stamp
-        )
-
-    def _fresh(self, known: dict[Lane, LaneMark] | None, why: str) -> sqlite3.Connection:
-        """A new database that starts above every seq the sidecar says was handed out."""
+    def _fresh(self) -> sqlite3.Connection:
+        """A new, empty database (its WAL companions would belong to the old one)."""
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 Path(f"{self.path}{suffix}").unlink()
         conn = self._connect()
-        conn.executescript(_SCHEMA)
-        for lane in _LANES:
-            mark = known[lane] if known else None
-            start = mark.ceiling if mark else 1
-            self._next_seq[lane] = start
-            self._marks[lane] = LaneMark(ceiling=start, low=start)
-            low = mark.low if mark else None
-            self._startup_faults.append(self._loss_fault(lane, why, low, start))
-        self._store_next_seq(conn)
+        try:
+            conn.executescript(_SCHEMA)
+        except sqlite3.Error:
+            conn.close()
+            raise
         return conn
 
-    def _resume(self, known: dict[Lane, LaneMark] | None) -> None:
-        assert self._db is not None
-        rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+    def _attach(self, db: sqlite3.Connection) -> None:
+        """Make `db` the write connection, with a reader beside it; on failure `db` is
+        closed and nothing changed."""
+        try:
+            stored = _stored_next(db)
+            depths = _depths(db)
+            reader = self._connect()
+            reader.execute("PRAGMA query_only=1")
+        except sqlite3.Error:
+            db.close()
+            raise
+        with self._read_lock:
+            old, self._reader = self._reader, reader
+        if old is not None:
+            old.close()
+        self._db = db
+        self._meta_next = stored
+        self._depth = depths
+
+    def _continue(self, stored: dict[Lane, int] | None, fresh_why: str | None) -> None:
+        """Each lane's next seq at start: the database's (`stored`; None when it cannot be
+        read now), above every seq the sidecar says may have left the process without
+        reaching it. A database replaced by a fresh one (`fresh_why`) or records that died
+        in memory are announced with the seqs that may be gone."""
         for lane in _LANES:
-            stored_next = int(rows.get(f"next_seq:{lane.value}", 1))
-            mark = known[lane] if known else None
-            if mark is not None and mark.dirty:
-                # seqs up to the ceiling left the process from memory (degraded) and may be gone
-                self._startup_faults.append(
-                    self._loss_fault(
-                        lane, "held in memory when the agent stopped", stored_next, mark.ceiling
-                    )
+            mark = self._known[lane] if self._known else None
+            if fresh_why is not None:
+                nxt = mark.ceiling if mark else 1
+                low = mark.low if mark else None
+                self._startup_faults.append(self._loss_fault(lane, fresh_why, low, nxt))
+            elif stored is None:  # unreadable: above anything it may hold (settled later)
+                nxt = mark.ceiling if mark else 1
+                self._unresolved = True
+            else:
+                nxt = stored[lane]
+                if mark is not None and mark.dirty and mark.ceiling > nxt:
+                    # seqs up to the ceiling left the process from memory and may be gone
+                    low = max(nxt, mark.low)
+                    why = "held in memory when the agent stopped"
+                    self._startup_faults.append(self._loss_fault(lane, why, low, mark.ceiling))
+                    nxt = mark.ceiling
+            self._next_seq[lane] = nxt
+            ceiling = max(nxt, mark.ceiling if mark else nxt)
+            self._marks[lane] = LaneMark(ceiling=ceiling, low=mark.low if mark else nxt)
+
+    def _start_degraded(self, reason: str) -> None:
+        """Start without a writable database: read what can be read, choose seqs that
+        cannot repeat, announce it, and let the writer try the disk every retry_s."""
+        assert self._sidecar is not None
+        log.error("buffer degraded from the start, holding new records in memory: %s", reason)
+        self._degraded_reason = reason
+        stored = self._read_what_is_there()
+        self._continue(stored, None)
+        unknown = self._known is None and stored is None and self.path.exists()
+        if unknown or not self._sidecar.writable:
+            # Nothing on this card can record the seqs this run hands out: start so far
+            # above the last recorded ones (microseconds since boot) that no earlier run
+            # of this boot can have reached them.
+            jump = time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1000
+            for lane in _LANES:
+                self._next_seq[lane] += jump
+                self._startup_faults.append(self._unknown_continuity(lane))
+        self._exact_marks()
+        self._startup_faults.insert(0, self._degraded_fault(reason))
+        self._last_retry = time.monotonic()
+
+    def _read_what_is_there(self) -> dict[Lane, int] | None:
+        """Next seqs and queued rows of a database that cannot take writes, read-only
+        (they are delivered; their deletes wait for the disk). None if unreadable."""
+        try:
+            reader = open_read_only(self.path)
+        except sqlite3.Error as exc:
+            log.error("buffer database %s cannot be read either: %s", self.path, exc)  # noqa: TRY400
+            return None
+        try:
+            stored = _stored_next(reader)
+            self._depth = _depths(reader)
+        except sqlite3.Error as exc:
+            reader.close()
+            log.error("buffer database %s cannot be read either: %s", self.path, exc)  # noqa: TRY400
+            return None
+        self._reader = reader
+        return stored
+
+    def _resolve(self, fresh_why: str | None) -> None:
+        """The database could not be read at start and now opened: announce what the
+        sidecar's marks at start leave open, now that the database's own seqs are known."""
+        self._unresolved = False
+        stored = self._meta_next
+        for lane in _LANES:
+            mark = self._known[lane] if self._known else None
+            if fresh_why is not None:
+                fault = self._loss_fault(
+                    lane, fresh_why, mark.low if mark else None, mark.ceiling if mark else 1
                 )
-                stored_next = max(stored_next, mark.ceiling)
-            self._next_seq[lane] = stored_next
-            ceiling = max(stored_next, mark.ceiling if mark else stored_next)
-            self._marks[lane] = LaneMark(ceiling=ceiling, low=mark.low if mark else stored_next)
-        if known is None or any(m.dirty for m in known.values()):
-            self._write_sidecar()
+            elif mark is None or mark.ceiling <= stored[lane]:
+                fault = None
+            elif mark.dirty:
+                why = "held in memory when the agent stopped"
+                fault = self._loss_fault(lane, why, max(stored[lane], mark.low), mark.ceiling)
+            else:  # reserved before the stop, never handed out, skipped at start
+                fault = self._unknown_continuity(
+                    lane, f"seqs {stored[lane]}..{mark.ceiling - 1} were skipped, never used"
+                )
+            if fault is not None:
+                self._enqueue(_own(fault, self.identity))
 
     def _loss_fault(self, lane: Lane, why: str, low: int | None, ceiling: int) -> Event:
         if low is None:
@@ -594,13 +731,14 @@ class EventBuffer:
             }
         return self._system_event(Kind.FAULT, Severity.MAJOR, "buffer_recovered", text, detail)
 
-    def _load_depths(self) -> None:
-        assert self._db is not None
-        for lane in _LANES:
-            (count,) = self._db.execute(
-                "SELECT COUNT(*) FROM records WHERE lane = ?", (lane.value,)
-            ).fetchone()
-            self._depth[lane] = int(count)
+    def _unknown_continuity(self, lane: Lane, why: str | None = None) -> Event:
+        why = why or (
+            "the storage cannot record seqs; they jump to "
+            f"{self._next_seq[lane]} so that none repeats one handed out before"
+        )
+        text = f"{why}; {lane.value} sequence continuity unknown"
+        detail = {"buffer": "recovered", "lane": lane.value, "why": why}
+        return self._system_event(Kind.FAULT, Severity.MAJOR, "buffer_recovered", text, detail)
 
     def _system_event(
         self, kind: Kind, severity: Severity, state: str, text: str, detail: dict[str, Any]
@@ -746,11 +884,16 @@ class EventBuffer:
             acked = len(self._acked)
         depth = {lane: self._depth[lane] + held[lane] for lane in _LANES}
         oldest = self._oldest_ts()
+        in_ram = sum(held.values())
+        degraded = self._degraded_reason is not None
         return {
             "event_depth": depth[Lane.EVENT],
             "telemetry_depth": depth[Lane.TELEMETRY],
             "depth": max(0, sum(depth.values()) - acked),
-            "held": sum(held.values()),
+            # held: in RAM because the disk refuses them; volatile: telemetry in RAM
+            # waiting for its PUBACK (healthy), committed after SPILL_S without one
+            "held": in_ram if degraded else 0,
+            "volatile": 0 if degraded else in_ram,
             "oldest_age_s": None if oldest is None else max(0.0, (now_ms() - oldest) / 1000),
             "degraded": self._degraded_reason is not None,
             "degraded_reason": self._degraded_reason,
@@ -776,6 +919,7 @@ class EventBuffer:
         while True:
             batch = self._next_batch()
             if batch is None:
+                self._final_flush()
                 return
             try:
                 self._process(batch)
@@ -791,7 +935,7 @@ class EventBuffer:
                 self.alive = time.monotonic()
                 timeout = self._wake_timeout()
                 if timeout is not None and timeout <= 0:
-                    return []  # time to retry the disk or announce drops
+                    return []  # time to retry the disk, spill telemetry or announce drops
                 # an idle wake-up only refreshes `alive`: it writes nothing
                 self._cond.wait(ALIVE_S if timeout is None else min(timeout, ALIVE_S))
             self.alive = time.monotonic()
@@ -813,11 +957,14 @@ class EventBuffer:
 
     def _wake_timeout(self) -> float | None:
         """None = no timer due (healthy and idle): only the ALIVE_S tick wakes the writer."""
+        now = time.monotonic()
         waits = []
         if self._degraded_reason is not None:
-            waits.append(self._last_retry + self._retry_s - time.monotonic())
+            waits.append(self._last_retry + self._retry_s - now)
+        elif self._spill_marks:
+            waits.append(self._spill_marks[0][0] + self._spill_s - now)
         if self._tally:
-            waits.append(self._last_announce + ANNOUNCE_S - time.monotonic())
+            waits.append(self._last_announce + ANNOUNCE_S - now)
         return min(waits) if waits else None
 
     def _process(self, batch: list[_Group | _Acks]) -> None:
@@ -871,15 +1018,31 @@ class EventBuffer:
         return rows, seqs
 
     def _reserve(self, rows: list[StoredRow]) -> None:
-        """Raise the sidecar ceiling before any seq at or above it can reach the disk."""
+        """Raise the sidecar ceiling before any seq at or above it can reach the disk or
+        leave the process. Healthy: a block at a time. Degraded: exactly what was handed
+        out, so that a restart names exactly the seqs that died in memory."""
+        degraded = self._degraded_reason is not None
         changed = False
         for lane in _LANES:
-            if self._next_seq[lane] > self._marks[lane].ceiling:
-                self._marks[lane].ceiling = self._next_seq[lane] + SEQ_BLOCK
-                self._marks[lane].low = self._lowest_unacked(lane, rows)
+            mark = self._marks[lane]
+            if self._next_seq[lane] > mark.ceiling:
+                mark.ceiling = self._next_seq[lane] + (0 if degraded else SEQ_BLOCK)
+                mark.low = self._lowest_unacked(lane, rows)
                 changed = True
         if changed:
             self._write_sidecar()
+
+    def _exact_marks(self) -> None:
+        """Degraded from now on: every lane's ceiling is its next seq (lowered from the
+        block reserved), and a restart must look at what died in memory (dirty)."""
+        for lane in _LANES:
+            mark = self._marks[lane]
+            mark.ceiling = self._next_seq[lane]
+            # rows the failed commit held are not in RAM yet: below the database's next
+            # seq everything is on disk, so the loss starts no higher than that
+            mark.low = min(self._lowest_unacked(lane, []), self._meta_next[lane] or 1)
+            mark.dirty = True
+        self._write_sidecar()
 
     def _lowest_unacked(self, lane: Lane, rows: list[StoredRow]) -> int:
         firsts = [r.seq for r in rows if r.lane is lane][:1]
@@ -894,43 +1057,87 @@ class EventBuffer:
                     firsts.append(int(low))
         return min(firsts) if firsts else self._next_seq[lane]
 
-    def _write_sidecar(self) -> None:
+    def _write_sidecar(self) -> bool:
         if self._sidecar is None:
-            return
-        try:
-            self._sidecar.write(self._marks)
-        except OSError as exc:
-            log.error("cannot write the seq sidecar %s: %s", self._sidecar.path, exc)  # noqa: TRY400
+            return False
+        had_problem = self._sidecar.problem
+        if self._sidecar.write(self._marks):
+            return True
+        if self._sidecar.problem != had_problem:  # said once, not once per batch
+            log.error("seq sidecar: %s", self._sidecar.problem)
+        return False
 
     # -- writing: the one transaction per batch ------------------------------------
 
     def _write(self, rows: list[StoredRow], acks: list[Key], victims: list[Key]) -> None:
-        """Commit rows, acks and drops in one transaction; on failure hold rows in RAM."""
+        """Commit events, acks and drops in one transaction, with the telemetry that is
+        due; hold new telemetry in RAM until its PUBACK; on failure hold rows in RAM."""
         if self._holding():
             victims = [v for v in victims if v not in self._remove_held(victims)]
             acked_held = self._remove_held(acks)
-            with self._held_lock:
-                self._acked.difference_update(acked_held)
+            if acked_held:
+                with self._held_lock:
+                    self._acked.difference_update(acked_held)
+                self._settled(acked_held)
             acks = [key for key in acks if key not in acked_held]
         deletes = self._deferred + acks
         self._deferred = []
-        if self._degraded_reason is None:
-            if self._commit(rows, deletes, victims):
-                return
+        if self._degraded_reason is not None:
             self._hold(rows)
+            if time.monotonic() - self._last_retry >= self._retry_s:
+                self._retry(deletes, victims)
+            else:
+                self._commit([], deletes, victims)
+            return
+        if self._volatile_ok():
+            telemetry = [r for r in rows if r.lane is Lane.TELEMETRY]
+            if telemetry:
+                rows = [r for r in rows if r.lane is not Lane.TELEMETRY]
+                self._hold(telemetry)
+                self._spill_marks.append((time.monotonic(), telemetry[-1].seq))
+        due = self._due_telemetry()
+        if self._commit(rows + due, deletes, victims):
+            if due:
+                self._remove_held([(r.lane, r.seq) for r in due])
             return
         self._hold(rows)
-        if time.monotonic() - self._last_retry >= self._retry_s:
-            self._retry(deletes, victims)
-        else:
-            self._commit([], deletes, victims)
+
+    def _volatile_ok(self) -> bool:
+        """May telemetry wait in RAM? Only while the sidecar can say so: after a power cut
+        the next start must know that its seqs went beyond the database's."""
+        mark = self._marks[Lane.TELEMETRY]
+        if mark.dirty:
+            return True
+        mark.dirty = True
+        if self._write_sidecar():
+            return True
+        mark.dirty = False
+        return False
+
+    def _due_telemetry(self) -> list[StoredRow]:
+        """Telemetry held longer than spill_s without its PUBACK (or beyond MAX_VOLATILE),
+        oldest first: it goes to disk now."""
+        limit = time.monotonic() - self._spill_s
+        last_due = 0
+        while self._spill_marks and self._spill_marks[0][0] <= limit:
+            last_due = self._spill_marks.popleft()[1]
+        with self._held_lock:
+            held = self._held[Lane.TELEMETRY]
+            over = len(held) - MAX_VOLATILE
+            due: list[StoredRow] = []
+            for row in held:
+                if row.seq > last_due and len(due) >= over:
+                    break
+                due.append(row)
+        return due
 
     def _commit(self, rows: list[StoredRow], deletes: list[Key], victims: list[Key]) -> bool:
         """One transaction: insert rows, delete acked and dropped rows, store next seqs."""
         if not rows and not deletes and not victims:
             return True
         db = self._db
-        if db is None:
+        if db is None:  # no database yet (degraded from the start): deletes wait for it
+            self._deferred = deletes + victims
             return False
         try:
             if db.in_transaction:  # a failed COMMIT on a full disk can leave one open
@@ -942,7 +1149,8 @@ class EventBuffer:
             gone = _delete(db, deletes + victims)
             if rows:
                 _insert(db, rows)
-                self._store_next_seq(db, rows)
+            stored = self._lagging(rows)
+            _store_meta(db, stored)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -950,9 +1158,10 @@ class EventBuffer:
                     db.execute("ROLLBACK")
             # acks and drops are kept and tried again: a delete lost here would resend/keep a row
             self._deferred = deletes + victims
-            self._enter_degraded(str(exc))
+            self._enter_degraded(_reason(exc, self.path))
             return False
         self.commits += 1
+        self._meta_next.update(stored)
         self._after_commit(rows, gone, deletes)
         return True
 
@@ -963,15 +1172,22 @@ class EventBuffer:
             db.execute(f"PRAGMA synchronous={mode}")
             self._synchronous = mode
 
-    def _store_next_seq(
-        self, db: sqlite3.Connection, rows: Iterable[StoredRow] | None = None
-    ) -> None:
-        lanes = {r.lane for r in rows} if rows is not None else set(_LANES)
-        db.executemany(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [(f"next_seq:{lane.value}", self._next_seq[lane]) for lane in lanes],
-        )
+    def _lagging(self, rows: list[StoredRow]) -> dict[Lane, int]:
+        """Each lane's durable next seq where the database lags it: every seq below it is
+        on disk, acknowledged or announced. Telemetry still in RAM (and not in `rows`,
+        committed now) keeps its lane's at its oldest such seq."""
+        committing = {(r.lane, r.seq) for r in rows} if rows and self._holding() else set()
+        values = {}
+        for lane in _LANES:
+            durable = self._next_seq[lane]
+            with self._held_lock:
+                for row in self._held[lane]:
+                    if (lane, row.seq) not in committing:
+                        durable = min(durable, row.seq)
+                        break
+            if durable != self._meta_next[lane]:
+                values[lane] = durable
+        return values
 
     def _after_commit(
         self, rows: list[StoredRow], gone: dict[Lane, int], deletes: list[Key]
@@ -984,10 +1200,58 @@ class EventBuffer:
             with self._held_lock:
                 self._acked.difference_update(deletes)
 
+    def _final_flush(self) -> None:
+        """At close: telemetry still in RAM goes to disk, the database learns every lane's
+        next seq, and the sidecar's lanes with nothing left in RAM are clean and exact,
+        so the next start continues without a gap or a loss announcement. A buffer still
+        degraded leaves its marks exact and dirty: the next start names what died here."""
+        if self.degraded:
+            self._retry(self._deferred, [])
+            with self._cond:
+                announced = self._take(MAX_BATCH)  # the restore the retry queued
+            if announced:
+                self._process(announced)
+        if self.degraded:
+            return
+        self._spill_marks.clear()
+        with self._held_lock:
+            held = list(self._held[Lane.TELEMETRY])
+        if held:
+            if not self._commit(held, [], []):
+                return
+            self._remove_held([(r.lane, r.seq) for r in held])
+        if not self._commit_meta():
+            return
+        for lane in _LANES:
+            if not self._held[lane]:
+                nxt = self._next_seq[lane]
+                self._marks[lane] = LaneMark(ceiling=nxt, low=self._lowest_unacked(lane, []))
+        self._write_sidecar()
+
+    def _commit_meta(self) -> bool:
+        """Store the next seqs alone, where the database lags them. False if it failed."""
+        db = self._db
+        if db is None:
+            return False
+        if not self._lagging([]):
+            return True
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            _store_meta(db, self._lagging([]))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            self._enter_degraded(_reason(exc, self.path))
+            return False
+        self._meta_next.update(self._lagging([]))
+        return True
+
     # -- degraded mode (full disk) ------------------------------------------------
 
     def _holding(self) -> bool:
-        """Rows in RAM (degraded)? Read without the lock: only this thread adds them."""
+        """Rows in RAM? Read without the lock: only this thread adds them."""
         return any(self._held[lane] for lane in _LANES)
 
     def _hold(self, rows: list[StoredRow]) -> None:
@@ -1024,32 +1288,55 @@ class EventBuffer:
                     )
         return hit
 
-    def _enter_degraded(self, reason: str) -> None:
-        if self._degraded_reason is not None:
-            return
-        self._last_retry = time.monotonic()
-        self._degraded_reason = reason
-        log.error("buffer degraded, holding new events in memory: %s", reason)
-        for lane in _LANES:
-            self._marks[lane].dirty = True
-        self._write_sidecar()
-        fault = self._system_event(
+    def is_held(self, lane: Lane, seq: int) -> bool:
+        """Is this row in RAM only (not on disk, not acknowledged)? Thread-safe."""
+        with self._held_lock:
+            rows = self._held[lane]
+            if not rows or seq < rows[0].seq or seq > rows[-1].seq:
+                return False
+            i = bisect.bisect_left(rows, seq, key=_seq_of)
+            return i < len(rows) and rows[i].seq == seq
+
+    def _settled(self, keys: Iterable[Key]) -> None:
+        """Tell on_settled which held events are safe now (on disk or acknowledged)."""
+        events = sorted(key for key in keys if key[0] is Lane.EVENT)
+        if events and self.on_settled is not None:
+            try:
+                self.on_settled(events)
+            except Exception:  # a listener's bug must not stop the writer
+                log.exception("buffer: on_settled failed")
+
+    def _degraded_fault(self, reason: str) -> Event:
+        return self._system_event(
             Kind.FAULT,
             Severity.MAJOR,
             "degraded",
             f"buffer degraded: database refuses writes ({reason}); events held in memory",
             {"buffer": "degraded", "reason": reason},
         )
-        self._enqueue(_own(fault, self.identity))
+
+    def _enter_degraded(self, reason: str) -> None:
+        if self._degraded_reason is not None:
+            return
+        self._last_retry = time.monotonic()
+        self._degraded_reason = reason
+        log.error("buffer degraded, holding new events in memory: %s", reason)
+        self._spill_marks.clear()  # held telemetry is retried with everything else
+        self._exact_marks()
+        self._enqueue(_own(self._degraded_fault(reason), self.identity))
 
     def _retry(self, deletes: list[Key], victims: list[Key]) -> None:
         """Try to move every held row (and the deferred deletes) into the database."""
         self._last_retry = time.monotonic()
+        if self._db is None and not self._reattach():
+            self._deferred = deletes + victims
+            return
         with self._held_lock:
-            rows = sorted((r for lane in _LANES for r in self._held[lane]), key=lambda r: r.seq)
+            rows = sorted((r for lane in _LANES for r in self._held[lane]), key=_seq_of)
         if not self._commit(rows, deletes, victims):
             return
         self._remove_held([(r.lane, r.seq) for r in rows])
+        self._settled((r.lane, r.seq) for r in rows)
         self._degraded_reason = None
         for lane in _LANES:
             self._marks[lane].dirty = False
@@ -1063,6 +1350,26 @@ class EventBuffer:
             {"buffer": "degraded", "restored": True},
         )
         self._enqueue(_own(restore, self.identity))
+
+    def _reattach(self) -> bool:
+        """The database could not be opened for writing at start: try again now (without
+        waiting for a lock: the writer must stay responsive; it tries again later)."""
+        try:
+            db, fresh_why = self._open_writable(busy_ms=0)
+        except (sqlite3.Error, OSError) as exc:
+            log.debug("buffer database still unusable: %s", exc)
+            return False
+        try:
+            self._attach(db)
+        except sqlite3.Error as exc:
+            log.debug("buffer database still unusable: %s", exc)
+            return False
+        if fresh_why is not None or self._unresolved:
+            self._resolve(fresh_why)
+        for lane in _LANES:
+            self._next_seq[lane] = max(self._next_seq[lane], self._meta_next[lane])
+        log.warning("buffer database %s opened for writing", self.path)
+        return True
 
     # -- the bound -------------------------------------------------------------------
 
@@ -1189,29 +1496,40 @@ def _runs(keys: list[Key]) -> list[tuple[Lane, int, int]]:
     return runs
 
 
-# Primary result codes (the low byte of an extended code) that prove the file itself
-# is damaged. Every other code (BUSY, LOCKED, FULL, IOERR, CANTOPEN, READONLY, ...)
-# is about the surroundings, and a healthy file must never be moved aside for it.
-SQLITE_CORRUPT: Final = 11
-SQLITE_NOTADB: Final = 26
+def _store_meta(db: sqlite3.Connection, next_seqs: dict[Lane, int]) -> None:
+    if next_seqs:
+        db.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [(f"next_seq:{lane.value}", value) for lane, value in next_seqs.items()],
+        )
 
 
-class CorruptDatabase(Exception):
-    """The buffer file is proven damaged (SQLITE_CORRUPT/NOTADB or a failed quick_check)."""
+def _stored_next(conn: sqlite3.Connection) -> dict[Lane, int]:
+    """The next seq per lane as the database has it (1 for a new database)."""
+    rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    return {lane: int(rows.get(f"next_seq:{lane.value}", 1)) for lane in _LANES}
 
 
-def is_corruption(exc: sqlite3.Error) -> bool:
-    """True only when SQLite's own result code says the file is damaged."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(code, int) and (code & 0xFF) in (SQLITE_CORRUPT, SQLITE_NOTADB)
+def _depths(conn: sqlite3.Connection) -> dict[Lane, int]:
+    counts = dict(conn.execute("SELECT lane, COUNT(*) FROM records GROUP BY lane").fetchall())
+    return {lane: int(counts.get(lane.value, 0)) for lane in _LANES}
 
 
-def _check_integrity(conn: sqlite3.Connection) -> None:
-    row = conn.execute("PRAGMA quick_check").fetchone()
-    verdict = row[0] if row else "no answer"
-    if verdict != "ok":
-        # first lines only: the verdict lists every bad page and ends up in a fault event
-        raise CorruptDatabase(f"quick_check: {' | '.join(str(verdict).splitlines()[:3])}")
+def _reason(exc: BaseException, path: Path) -> str:
+    """One line for the log, the fault event and `status`: what went wrong, and what
+    the card around the file says."""
+    if isinstance(exc, OSError) and exc.strerror:
+        said = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    else:
+        name = getattr(exc, "sqlite_errorname", None)
+        said = f"{exc} ({name})" if name else str(exc) or type(exc).__name__
+    card = diagnose(path)
+    return f"{said}; {card}" if card else said
+
+
+def _seq_of(row: StoredRow) -> int:
+    return row.seq
 
 
 def _drop_key(row: StoredRow) -> tuple[int, int, int]:

@@ -23,7 +23,9 @@ Exit codes mean something to scripts and to systemd:
   75  `scan`: the serial port is busy — the running agent holds it (EX_TEMPFAIL)
   77  permission denied on the control socket or serial port (EX_NOPERM):
       use sudo or join the service group
-  78  bad config (EX_CONFIG): every problem is printed as `FILE: key.path: reason`
+  78  bad config (EX_CONFIG): every problem is printed as `FILE: key.path: reason`;
+      for check-config this includes storage the service could not use
+  141 the output was cut short: its reader went away (`alarmgw ... | head`)
 
 Output fits an 80-column SSH terminal (Chinese names count two columns);
 `--json` gives the same facts to scripts. This module must never open a serial
@@ -35,7 +37,9 @@ or an agent that is not running.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
@@ -53,6 +57,7 @@ from agent.control import (
 )
 from agent.errors import BufferError_, ConfigError, ConfigProblem
 from agent.events import topic_root
+from agent.storage_check import check_storage
 from agent.textwidth import fit, width
 from agent.watch import render_payload
 
@@ -65,6 +70,7 @@ EXIT_NOT_RUNNING = 69
 EXIT_BUSY = 75
 EXIT_NO_PERMISSION = 77
 EXIT_BAD_CONFIG = 78
+EXIT_CUT_SHORT = 141  # as a shell reports a command killed by SIGPIPE
 
 COLUMNS = 80
 
@@ -196,14 +202,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_problems(args.file, exc.problems, args.json)
         return EXIT_BAD_CONFIG
+    storage = check_storage(config)  # as the service will see it (check-config only)
+    if storage.problems:
+        problems = [ConfigProblem(args.file, key, reason) for key, reason in storage.problems]
+        _print_problems(args.file, problems, args.json)
+        return EXIT_BAD_CONFIG
+    warnings = [{"key": key, "reason": reason} for key, reason in storage.warnings]
     if args.json:
         result = summary_json(config)
+        result["warnings"] = warnings
         if args.plan:
             result["plan"] = _plan_text(config)
         print(json.dumps(result, ensure_ascii=False, indent=2))
         return EXIT_OK
     for text in summary_lines(config):
         print(text)
+    for warning in warnings:
+        print(f"{args.file}: warning: {warning['key']}: {warning['reason']}")
     if args.plan:
         print(_plan_text(config))
     return EXIT_OK
@@ -573,6 +588,7 @@ _EPILOG = """exit codes:
   75  scan: the serial port is busy (stop the agent: sudo systemctl stop alarmgw)
   77  permission denied (use sudo or join the service group)
   78  bad config (each problem as FILE: key: reason)
+  141 the output was cut short (its reader went away, e.g. | head)
 """
 
 
@@ -652,7 +668,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
     handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except BrokenPipeError:
+        # `alarmgw check-config FILE | head`: the reader has all it wanted. Point stdout
+        # at /dev/null so the interpreter's final flush cannot raise the same again.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return EXIT_CUT_SHORT
 
 
 if __name__ == "__main__":

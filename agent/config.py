@@ -20,6 +20,7 @@ safe on a running gateway. Key paths look like `lines[0].baudrate` and
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import grp
 import hashlib
@@ -900,6 +901,9 @@ def load_profiles(checked: Checked, config_dir: Path, out: Problems) -> dict[str
                 failed.add(profile_id)
                 out.add(f"devices[{i}].profile", f'profile "{profile_id}" is invalid, see below')
                 out.extend(exc.problems)
+            except RecursionError:  # tomllib, on arrays or tables nested hundreds deep
+                failed.add(profile_id)
+                out.add(f"devices[{i}].profile", f"{path}: not a usable profile: nested too deep")
     return profiles
 
 
@@ -983,6 +987,8 @@ def read_toml(path: Path, out: Problems) -> dict[str, Any] | None:
         out.add("", f"not UTF-8 text (byte 0x{bad:02x} at offset {exc.start}); save it as UTF-8")
     except tomllib.TOMLDecodeError as exc:
         out.add("", f"not valid TOML: {exc}")
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        out.add("", "not a usable config: arrays or tables nested hundreds of levels deep")
     return None
 
 
@@ -1173,9 +1179,49 @@ def check_uplink_files(checked: Checked, base: Path, out: Problems) -> None:
         reason = _service_cannot_read(path, service) if path and service else None
         if reason:
             out.add(f"uplink.{key}", reason)
+        elif path and key in _SECRETS:
+            reason = _secret_link_problem(path)
+            if reason:
+                out.add(f"uplink.{key}", reason)
 
 
 _UPLINK_FILES = ("credentials_file", "ca_file", "cert_file", "key_file")
+_SECRETS = ("credentials_file", "key_file")
+
+
+def _secret_link_problem(path: Path) -> str | None:
+    """The policy for a symlinked secret (docs/operations.md): the link is followed, and
+    only root or the service user may control it: the file it ends at is owned by one of
+    them, and no directory holding a link on the way is writable by anyone else (who
+    could point it elsewhere). The file's mode is checked by the loaders (0600)."""
+    if not path.is_symlink():
+        return None
+    trusted = {0}
+    with contextlib.suppress(KeyError):
+        trusted.add(pwd.getpwnam(SERVICE_USER).pw_uid)
+    try:
+        target = path.resolve(strict=True)
+        owner = target.stat().st_uid
+    except (OSError, RuntimeError):  # a dangling link or a loop: the loaders say so
+        return None
+    if owner not in trusted:
+        return (
+            f"{path} is a symlink to {target}, owned by uid {owner}: a secret may only be "
+            f"owned by root or {SERVICE_USER} (sudo chown {SERVICE_USER}: {target})"
+        )
+    link = path
+    for _ in range(40):  # the kernel's own limit on a chain of links
+        if not link.is_symlink():
+            return None
+        st = link.parent.stat()
+        if st.st_uid not in trusted or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return (
+                f"{link} is a symlink in {link.parent}, which others can write: they could "
+                f"point it at another file; link from a directory only root can write, or "
+                f"copy the file itself"
+            )
+        link = link.parent / link.readlink()
+    return None
 
 
 def _service_account() -> tuple[int, set[int]] | None:

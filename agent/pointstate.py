@@ -10,12 +10,24 @@ What a condition is: for a raise (alarm, fault, supervisory) its `state`; for
 a restore its `detail["restores"]` (see `condition_of`). A restore without
 one ends every condition of its point.
 
-This module must never crash the agent and never lose the buffer's data: a
-corrupt file is moved aside and the store starts empty (conditions are then
-re-announced, the safe side); a failed write is logged and retried in full
-on the next call. It writes nothing when nothing changed (SD card wear).
-Record only events the buffer made durable: a condition recorded but never
-buffered would be a lost alarm after a restart.
+This module must never crash the agent, never lose the buffer's data, and never
+delete or move aside the alarm memory for anything but proven corruption (the
+policy in agent/storage.py, shared with the buffer):
+
+- a corrupt file is moved aside and the store starts empty (conditions are then
+  re-announced, the safe side);
+- a locked file at start is waited for (LOCK_WAIT_S, retrying), never called
+  corrupt;
+- a file that cannot be written (full or read-only card, I/O error, locked for
+  longer) is read if it can be, and the store carries on in memory, trying the
+  file again every RETRY_S; once it opens, memory is written to it whole. If it
+  could not even be read at start, what it holds is merged in first (minus the
+  conditions restored meanwhile), so no condition the platform was told about is
+  forgotten.
+
+It writes nothing when nothing changed (SD card wear). Record only events the
+buffer made safe (on disk, or acknowledged by the broker): a condition recorded
+but never delivered would be a lost alarm after a restart.
 """
 
 from __future__ import annotations
@@ -31,8 +43,20 @@ from pathlib import Path
 from typing import Final
 
 from agent.events import Category, Event, Kind, Severity
+from agent.storage import (
+    CorruptDatabase,
+    check_integrity,
+    is_locked,
+    move_aside,
+    open_read_only,
+    proving_corruption,
+)
 
 log = logging.getLogger(__name__)
+
+LOCK_WAIT_S: Final = 15.0  # a file locked at start is waited for this long, then worked around
+LOCK_POLL_S: Final = 0.5
+RETRY_S: Final = 5.0  # a store without a writable file tries it again this often
 
 RAISING_KINDS: Final = frozenset({Kind.ALARM, Kind.FAULT, Kind.SUPERVISORY, Kind.COMM_LOSS})
 ENDING_KINDS: Final = frozenset({Kind.RESTORE, Kind.COMM_RESTORE})
@@ -88,12 +112,24 @@ def condition_of(event: Event) -> str | None:
 class PointStateStore:
     """The active conditions, durable across restarts. Thread-safe."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, *, lock_wait_s: float = LOCK_WAIT_S, retry_s: float = RETRY_S
+    ) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._active: Remembered = {}
-        self._dirty = False  # the file lags the memory after a failed write
-        self._conn = self._open_or_start_fresh()
+        self._dirty = False  # the file lags the memory (it missed a change or is not open)
+        self._conn: sqlite3.Connection | None = None
+        self._retry_s = retry_s
+        self._next_try = 0.0
+        # False when the memory could not start from what the file holds (damaged, or
+        # unreadable): conditions still active are announced again, and a restore for
+        # one that ended while the agent was down may not come
+        self.remembered_at_start = True
+        self._merge = False  # the file was unreadable at start: merge it in when it opens
+        self._ended: set[tuple[PointKey, str | None]] = set()  # restores meanwhile
+        self.problem: str | None = None  # why the file is not up to date; None when it is
+        self._open_at_start(lock_wait_s)
 
     # --- public -------------------------------------------------------------------
 
@@ -112,8 +148,18 @@ class PointStateStore:
             self._write_locked(upserts, deletes)
             return len(upserts) + len(deletes)
 
-    def close(self) -> None:
+    def maintain(self) -> None:
+        """Bring a lagging file up to date (called when idle; tries every retry_s)."""
         with self._lock:
+            if self._dirty and time.monotonic() >= self._next_try:
+                self._write_locked([], [])
+
+    def close(self) -> None:
+        """A lagging file gets one last try (the card may be fine by now), then closes."""
+        with self._lock:
+            if self._dirty:
+                self._next_try = 0.0
+                self._write_locked([], [])
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -147,6 +193,8 @@ class PointStateStore:
                 upserts[(key, condition)] = active
                 deletes.discard((key, condition))
             elif event.kind in ENDING_KINDS:
+                if self._merge:  # the unread file may hold this condition: remember the end
+                    self._ended.add((key, condition))
                 conds = self._active.get(key, {})
                 ended = list(conds) if condition is None else [condition]
                 for cond in ended:
@@ -164,8 +212,10 @@ class PointStateStore:
         upserts: list[tuple[PointKey, ActiveCondition]],
         deletes: list[tuple[PointKey, str]],
     ) -> None:
-        if self._conn is None:
-            return  # running without a file (it could not be created): memory only
+        if self._conn is None and not self._reopen_locked():
+            self._dirty = True
+            return
+        assert self._conn is not None
         try:
             with _transaction(self._conn):
                 if self._dirty:  # the file missed a change: rewrite it whole
@@ -174,66 +224,141 @@ class PointStateStore:
                     deletes = []
                 self._conn.executemany(_DELETE, [(d, p or _NO_POINT, c) for (d, p), c in deletes])
                 self._conn.executemany(_UPSERT, [_row(k, a) for k, a in upserts])
-            self._dirty = False
         except sqlite3.Error as exc:
             self._dirty = True
-            log.error(  # noqa: TRY400 - the reason is enough, a traceback says nothing more
-                "point state %s could not be written (retried next time): %s", self.path, exc
-            )
+            self._next_try = time.monotonic() + self._retry_s
+            self._trouble(f"cannot be written: {exc}")
+            return
+        self._dirty = False
+        if self.problem is not None:
+            log.warning("point state %s is written again", self.path)
+            self.problem = None
 
-    def _open_or_start_fresh(self) -> sqlite3.Connection | None:
+    def _trouble(self, problem: str) -> None:
+        if problem != self.problem:  # said once, not at every retry
+            log.error("point state %s %s (kept in memory, retried)", self.path, problem)
+        self.problem = problem
+
+    def _open_at_start(self, lock_wait_s: float) -> None:
+        deadline = time.monotonic() + lock_wait_s
+        while True:
+            try:
+                self._conn, self._active = self._open()
+            except CorruptDatabase as exc:
+                self._replace_corrupt(str(exc))
+            except sqlite3.Error as exc:
+                if is_locked(exc) and time.monotonic() < deadline:
+                    time.sleep(LOCK_POLL_S)  # another process holds it: it will let go
+                    continue
+                self._without_file(exc)
+            return
+
+    def _replace_corrupt(self, why: str) -> None:
+        """Proven damaged: keep it for a post-mortem and start empty (the safe side)."""
+        self.remembered_at_start = False
         try:
-            return self._open()
-        except sqlite3.DatabaseError as exc:
-            log.error(  # noqa: TRY400
-                "point state %s is unreadable (%s): moved aside, starting fresh", self.path, exc
+            stamp = move_aside(self.path)
+        except OSError as exc:  # read-only card: leave it, run from memory
+            self._dirty = True
+            self._trouble(f"is damaged ({why}) and cannot be moved aside: {exc.strerror}")
+            return
+        log.error("point state %s is damaged (%s): moved aside as %s", self.path, why, stamp)
+        try:
+            self._conn, _ = self._open()
+        except (sqlite3.Error, CorruptDatabase) as exc:
+            self._dirty = True
+            self._trouble(f"cannot be created: {exc}")
+
+    def _without_file(self, exc: sqlite3.Error) -> None:
+        """Not corruption (locked, full, read-only, I/O error, missing directory): leave
+        the file alone, start from what can be read of it, write it once it opens."""
+        self._dirty = True
+        self._next_try = time.monotonic() + self._retry_s
+        self._trouble(f"cannot be opened for writing: {exc}")
+        if not self.path.exists() and self.path.parent.is_dir():
+            return  # a first start: nothing to remember
+        try:
+            conn = open_read_only(self.path)
+            try:
+                self._active = _load(conn)
+            finally:
+                conn.close()
+        except sqlite3.Error as read_exc:
+            log.error(  # noqa: TRY400 - the reason is enough
+                "point state %s cannot be read either (%s): conditions still active are "
+                "announced again; the file is merged in once it opens",
+                self.path,
+                read_exc,
             )
-            self._move_aside()
+            self.remembered_at_start = False
+            self._merge = True
+
+    def _reopen_locked(self) -> bool:
+        """Open the file for writing again (at most every retry_s). Memory is written to
+        it whole next; if it could not be read at start, its conditions are merged in."""
+        if time.monotonic() < self._next_try:
+            return False
+        self._next_try = time.monotonic() + self._retry_s
         try:
-            return self._open()
+            conn, on_file = self._open()
+        except CorruptDatabase as exc:
+            self._replace_corrupt(str(exc))
+            if self._conn is None:
+                return False
+            conn, on_file = self._conn, {}
         except sqlite3.Error as exc:
-            log.error(  # noqa: TRY400
-                "point state %s cannot be created (%s): kept in memory only", self.path, exc
-            )
-            return None
+            self._trouble(f"cannot be opened for writing: {exc}")
+            return False
+        if self._merge:
+            self._merge_locked(on_file)
+        self._conn = conn
+        self._dirty = True
+        return True
 
-    def _open(self) -> sqlite3.Connection:
-        self._active = {}
+    def _merge_locked(self, on_file: Remembered) -> None:
+        for key, conds in on_file.items():
+            for cond, active in conds.items():
+                if (key, cond) in self._ended or (key, None) in self._ended:
+                    continue  # ended while the file could not be read
+                self._active.setdefault(key, {}).setdefault(cond, active)
+        self._merge = False
+        self._ended.clear()
+
+    def _open(self) -> tuple[sqlite3.Connection, Remembered]:
+        """The file for writing and what it holds. CorruptDatabase only on proof."""
         try:  # the state directory may not exist yet on a first start outside systemd
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise sqlite3.OperationalError(f"cannot create {self.path.parent}: {exc}") from exc
-        # Nobody else opens this file: a lock means trouble, never wait long for it.
+        # Nobody else opens this file: a lock means trouble; _open_at_start waits it out.
         conn = sqlite3.connect(
             self.path, timeout=1.0, isolation_level=None, check_same_thread=False
         )
-        try:
+        with proving_corruption(conn):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-            check = conn.execute("PRAGMA quick_check").fetchone()
-            if check is None or check[0] != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {check[0] if check else 'no answer'}")
+            check_integrity(conn)
             conn.execute(_SCHEMA)
-            for row in conn.execute("SELECT * FROM active"):
-                key, active = _from_row(row)
-                self._active.setdefault(key, {})[active.condition] = active
-        except (sqlite3.Error, ValueError) as exc:
-            conn.close()
-            self._active = {}
-            raise sqlite3.DatabaseError(str(exc)) from exc
-        return conn
+            active = _load(conn)
+        return conn, active
 
-    def _move_aside(self) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        for suffix in ("", "-wal", "-shm"):
-            part = self.path.with_name(self.path.name + suffix)
-            try:
-                part.rename(part.with_name(f"{part.name}.corrupt-{stamp}"))
-            except FileNotFoundError:
-                continue
-            except OSError as exc:  # cannot keep it for a post-mortem: at least get rid of it
-                log.error("cannot move %s aside (%s): deleting it", part, exc)  # noqa: TRY400
-                part.unlink(missing_ok=True)
+
+def _load(conn: sqlite3.Connection) -> Remembered:
+    active: Remembered = {}
+    try:
+        rows = conn.execute("SELECT * FROM active").fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return active  # created but never written
+        raise
+    for row in rows:
+        try:
+            key, condition = _from_row(row)
+        except ValueError as exc:  # a value this version does not know: skip that row
+            log.error("point state: unreadable row %r skipped: %s", row, exc)  # noqa: TRY400
+            continue
+        active.setdefault(key, {})[condition.condition] = condition
+    return active
 
 
 @contextmanager

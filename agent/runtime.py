@@ -7,10 +7,10 @@ alarms (agent/points.py and agent/rules.py do) and speaks to no hardware
 (drivers/ do); it only connects them and keeps them alive.
 
 It must never let a runtime fault stop the agent: a line that cannot open, a
-GPIO chip that is missing, a control socket that cannot bind, all become fault
-events while everything else keeps running. Only a buffer that cannot be
-opened at all stops start-up (exit 1, systemd restarts us): without it
-nothing could be accepted durably.
+GPIO chip that is missing, a control socket that cannot bind, a buffer or an
+alarm memory on a full, read-only or missing card, all become fault events
+while everything else keeps running (the buffer then holds records in memory
+and forwards them live: agent/buffer.py).
 """
 
 from __future__ import annotations
@@ -25,19 +25,19 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from agent import __version__, sdnotify
-from agent.buffer import EventBuffer, GroupRefused, StoredRecords
+from agent.buffer import MAX_HELD, EventBuffer, GroupRefused, Key, StoredRecords
 from agent.clock import clock_probe
 from agent.commands import CommandHandler
 from agent.config import GATEWAY_DEVICE_ID, Config, DeviceConfig, LineConfig, config_digest
 from agent.control import ControlServer, ControlSetupError, EventFanout, EventSubscription
-from agent.errors import AlarmgwError, BufferError_, FieldError, FieldTimeout, UnknownPoint
+from agent.errors import AlarmgwError, FieldError, FieldTimeout, UnknownPoint
 from agent.events import Category, Event, Kind, Lane, Record, Severity, now_ms, system_event
 from agent.journal import setup_logging
 from agent.points import DevicePoints, value_state
@@ -115,6 +115,11 @@ class Gateway:
         # What the platform was told is active, across restarts (alarms, faults, comm loss).
         self.pointstate = PointStateStore(cfg.buffer.path.with_name("pointstate.db"))
         self._remembered = self.pointstate.load()
+        self._pointstate_problem: str | None = None  # as last announced
+        # events held in RAM by a degraded buffer, recorded in the point state once safe
+        self._unsettled: OrderedDict[Key, Event] = OrderedDict()
+        self._unsettled_lock = threading.Lock()
+        self.buffer.on_settled = self._settled
         self.field_devices: dict[str, DeviceRuntime] = {}
         for dev in cfg.devices:
             profile = apply_overrides(cfg.profiles[dev.profile], dev.points)
@@ -216,13 +221,11 @@ class Gateway:
         self._after_store(future.result())
 
     def _after_store(self, record: Record) -> None:
-        """A record is durably queued: remember its condition, show it locally, log it."""
+        """A record is queued: remember its condition once it is safe, show it locally,
+        log it."""
         if not isinstance(record, Event):
             return
-        if not self.buffer.degraded:
-            # only what is durably queued counts as reported; a held (full-disk) event may
-            # be lost in a restart, so its condition must then be raised again
-            self._field_queue.put(record)
+        self._when_safe(record)
         with self._recent_lock:
             self.recent.append(record)
         if self.fanout.subscriber_count():  # serialised only for a technician following
@@ -236,6 +239,25 @@ class Gateway:
             record.text,
             extra={"device": record.device, "seq": record.seq},
         )
+
+    def _when_safe(self, event: Event) -> None:
+        """Record the event's condition in the point state once it is on disk or delivered:
+        one held in RAM by a degraded buffer would die with a restart, and its condition
+        must then be raised again; once it reaches the disk or the broker, it counts."""
+        key: Key = (Lane.EVENT, event.seq or 0)
+        with self._unsettled_lock:
+            self._unsettled[key] = event
+            while len(self._unsettled) > MAX_HELD:  # dropped from RAM: never settles
+                self._unsettled.popitem(last=False)
+        if not self.buffer.is_held(*key):  # registered first: a settle cannot slip between
+            self._settled([key])
+
+    def _settled(self, keys: list[Key]) -> None:
+        """The buffer says these events are safe now (called from its writer, too)."""
+        with self._unsettled_lock:
+            safe = [e for e in (self._unsettled.pop(key, None) for key in keys) if e]
+        for event in safe:
+            self._field_queue.put(event)
 
     # --- field side ----------------------------------------------------------------------
 
@@ -278,6 +300,7 @@ class Gateway:
                 item = self._field_queue.get_nowait()
             except queue.Empty:
                 self._record_reported(reported)
+                self._keep_pointstate()
                 return True
 
     def _record_reported(self, events: list[Event]) -> None:
@@ -287,6 +310,41 @@ class Gateway:
             self.pointstate.record(events)
         except Exception:  # the store logs its own trouble; it must never stop the points
             log.exception("point state could not record %d events", len(events))
+        self._announce_pointstate()
+
+    def _keep_pointstate(self) -> None:
+        """A point state that lags its file tries the file again (at most every few
+        seconds, in the store; a no-op when it is up to date)."""
+        try:
+            self.pointstate.maintain()
+        except Exception:
+            log.exception("point state could not be written")
+        self._announce_pointstate()
+
+    def _announce_pointstate(self) -> None:
+        """A fault while the alarm memory cannot be written, its restore once it can."""
+        problem = self.pointstate.problem
+        if problem == self._pointstate_problem:
+            return
+        was, self._pointstate_problem = self._pointstate_problem, problem
+        synced = self.clock_synced()
+        if problem is not None and was is None:
+            self.emit(
+                _system_event(
+                    Kind.FAULT,
+                    Severity.MAJOR,
+                    "pointstate",
+                    f"报警记忆无法保存（{problem}）：重启后报警可能重复上报，恢复可能缺失",
+                    synced=synced,
+                    reason=problem,
+                )
+            )
+        elif problem is None:
+            self.emit(
+                _system_event(
+                    Kind.RESTORE, Severity.INFO, "pointstate", "报警记忆恢复保存", synced=synced
+                )
+            )
 
     def _drain_reported(self) -> None:
         """At shutdown: events stored after the points thread stopped are still recorded."""
@@ -678,17 +736,10 @@ class Gateway:
         self._stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._stop.set)
+        self.buffer.start()  # on sick storage it starts degraded: it never stops the start
         try:
-            self.buffer.start()
-        except BufferError_ as exc:
-            # not corruption (that is handled inside): locked, disk full, unreadable. Nothing
-            # can be accepted durably; exit non-zero and let systemd try again.
-            log.critical("cannot open the event buffer: %s", exc)
-            self.pointstate.close()
-            self.uplink.stop()
-            return 1
-        try:
-            self._restore_gateway_conditions()
+            self._restore_gateway_conditions()  # first: a fault raised again must come after
+            self._announce_start_memory()
             self._start_gpio()
             self._start_lines()
             self.uplink.start()
@@ -716,6 +767,22 @@ class Gateway:
         finally:
             await self._shutdown()
         return 0
+
+    def _announce_start_memory(self) -> None:
+        """The alarm memory could not be read at start: say what that means."""
+        if not self.pointstate.remembered_at_start:
+            self.emit(
+                _system_event(
+                    Kind.SYSTEM,
+                    Severity.MAJOR,
+                    "pointstate_unread",
+                    "报警记忆无法读取：重启前的报警若仍存在将再次上报，"
+                    "停机期间已恢复的报警可能收不到恢复",
+                    synced=self.clock_synced(),
+                    reason=self.pointstate.problem or "damaged, moved aside",
+                )
+            )
+        self._announce_pointstate()
 
     def _restore_gateway_conditions(self) -> None:
         """A restart re-evaluates the gateway's own health (clock, GPIO, control socket):

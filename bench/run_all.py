@@ -35,6 +35,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "footprint": (["bench/bench_footprint.py"], ["bench/bench_footprint.py", "--smoke"]),
     "bus": (["bench/bench_bus.py"], ["bench/bench_bus.py", "--smoke"]),
     "backlog": (["bench/bench_backlog.py"], ["bench/bench_backlog.py", "--smoke"]),
+    "wear": (["bench/bench_wear.py"], ["bench/bench_wear.py", "--smoke"]),
 }
 # bench_drain.py / bench_ingest.py print one sentence; these turn it into figures
 _SENTENCE = {

@@ -1,5 +1,6 @@
 """EventBuffer on real SQLite files: seqs across restarts, group commit, no idle writes,
-a corrupt or missing database, a full disk, a record that cannot be serialised."""
+a corrupt or missing database, a full disk, a record that cannot be serialised, and a
+sick card at start (full, read-only, locked, missing: real tmpfs mounts)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.buffer import EventBuffer, GroupRefused, StoredRecords, is_corruption
+from agent.buffer import EventBuffer, GroupRefused, StoredRecords
 from agent.errors import BufferError_
 from agent.events import Lane, Record
+from agent.storage import is_corruption
+from tests.mounts import fill, needs_root, remount, tmpfs
 from tests.uplink_helpers import IDENT, alarm, info_event, reading, wait_until
 
 
@@ -96,13 +100,14 @@ def _five_alarms(db: Path) -> list[int]:
         return [buf.submit(alarm(f"fire {i}")).result(5).seq for i in range(5)]
 
 
-def _assert_untouched_and_resumes(db: Path, seqs: list[int]) -> None:
+def _assert_untouched_and_resumes(db: Path, seqs: list[int], *after: str) -> None:
     names = sorted(p.name for p in db.parent.iterdir())
     assert not [n for n in names if ".corrupt-" in n], names
     with open_buffer(db) as buf:  # once the obstacle is gone: every alarm, no loss fault
         rows = buf.pending(Lane.EVENT)
-        assert [r.seq for r in rows] == seqs
-        assert [json.loads(r.payload)["kind"] for r in rows] == ["alarm"] * 5
+        assert [r.seq for r in rows[: len(seqs)]] == seqs
+        states = [json.loads(r.payload)["state"] for r in rows]
+        assert states == ["fire"] * 5 + list(after)
 
 
 def _hold_exclusive_lock(db: Path) -> sqlite3.Connection:
@@ -113,18 +118,27 @@ def _hold_exclusive_lock(db: Path) -> sqlite3.Connection:
     return other
 
 
-def test_a_database_locked_at_start_is_an_error_not_corruption(tmp_path: Path) -> None:
+def test_a_database_locked_at_start_degrades_and_is_written_once_free(tmp_path: Path) -> None:
     db = tmp_path / "b.db"
     seqs = _five_alarms(db)
     other = _hold_exclusive_lock(db)
+    buf = open_buffer(db, retry_s=0.2)  # waits out busy_timeout (5 s), then degrades
     try:
-        with pytest.raises(BufferError_, match="locked"):
-            open_buffer(db)  # waits out busy_timeout (5 s), then refuses to start
+        assert buf.degraded and "locked" in (buf.stats()["degraded_reason"] or "")
+        held = buf.submit(alarm()).result(5)  # still accepted, and forwarded from RAM
+        assert held.seq == 7 and buf.is_held(Lane.EVENT, 7)  # 6: the degraded fault
+        # a clean stop left no WAL content: the file is read without a lock, and delivered
+        assert [r.seq for r in buf.pending(Lane.EVENT)] == [*seqs, 6, 7]
         names = sorted(p.name for p in tmp_path.iterdir())
         assert not [n for n in names if ".corrupt-" in n], names
+        other.close()
+        assert wait_until(lambda: not buf.degraded, timeout=10)
+        assert not buf.is_held(Lane.EVENT, 7)
     finally:
         other.close()
-    _assert_untouched_and_resumes(db, seqs)
+        buf.close()
+    # the degraded fault, the alarm held meanwhile and the restore: all on disk, in order
+    _assert_untouched_and_resumes(db, seqs, "degraded", "fire", "normal")
 
 
 _LOCK_HOLDER = """
@@ -149,19 +163,23 @@ def test_a_database_locked_by_another_process_is_left_untouched(tmp_path: Path) 
         assert holder.stdout is not None and holder.stdin is not None
         try:
             assert holder.stdout.readline() == "locked\n"
-            with pytest.raises(BufferError_, match="locked"):
-                open_buffer(db)
+            with open_buffer(db, retry_s=60) as buf:
+                assert buf.degraded  # and stays so: its degraded fault (seq 6) dies in RAM
         finally:
             holder.stdin.close()
             holder.wait(10)
-    _assert_untouched_and_resumes(db, seqs)
+    _assert_untouched_and_resumes(db, seqs, "buffer_recovered")
+    with open_buffer(db) as buf:
+        fault = json.loads(buf.pending(Lane.EVENT)[5].payload)
+    assert fault["detail"]["lost_range"] == [6, 6]  # exactly what was handed out
 
 
-def test_a_database_that_cannot_be_opened_is_an_error_and_not_moved(tmp_path: Path) -> None:
+def test_a_database_that_cannot_be_opened_degrades_and_is_not_moved(tmp_path: Path) -> None:
     db = tmp_path / "b.db"
     db.mkdir()  # SQLITE_CANTOPEN: says nothing about any file's health
-    with pytest.raises(BufferError_, match="unable to open"):
-        open_buffer(db)
+    with open_buffer(db, retry_s=60) as buf:
+        assert buf.degraded and "unable to open" in (buf.stats()["degraded_reason"] or "")
+        assert buf.submit(alarm()).result(5).seq is not None
     assert db.is_dir()
     assert not [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
 
@@ -204,17 +222,22 @@ def test_full_disk_holds_in_memory_and_a_restart_then_skips_to_the_ceiling(
         seqs = [f.result(5).seq for f in futures]
         assert seqs == sorted(seqs)  # all accepted, in order, despite the full file
         assert buf.degraded and buf.stats()["held"] > 0
+        assert wait_until(lambda: _events(buf)[-1]["state"] == "degraded")  # queued behind
         pend = [r.seq for r in buf.pending(Lane.EVENT, 0, 1000)]
         assert pend == list(range(1, 82))  # stored + held + the fault: one ordered lane
-        states = [json.loads(r.payload)["state"] for r in buf.pending(Lane.EVENT, 0, 1000)]
-        assert "degraded" in states
-    # the process "died" with rows only in RAM: those seqs must not be handed out again
+    # the process "died" with rows only in RAM: those seqs must not be handed out again,
+    # and the loss names exactly those that were handed out (not a reserved block)
+    on_disk = {seq for (lane, seq) in _stored_in_file(db) if lane == "event"}
+    died = [seq for seq in pend if seq not in on_disk]
     with open_buffer(db) as buf:
         rows = buf.pending(Lane.EVENT, 0, 1000)
         faults = [json.loads(r.payload) for r in rows if json.loads(r.payload)["kind"] == "fault"]
         new = buf.submit(alarm()).result(5).seq
-    assert any("lost_range" in f["detail"] for f in faults)
-    assert new > max(pend)
+    assert died == list(range(died[0], max(pend) + 1))
+    assert [f["detail"]["lost_range"] for f in faults if "lost_range" in f["detail"]] == [
+        [died[0], max(pend)]
+    ]
+    assert new == max(pend) + 2  # right after the lost ones and the announcement
 
 
 @pytest.mark.parametrize(
@@ -328,6 +351,9 @@ def _run_child_until_killed(db: Path, groups: int) -> list[str]:
 def test_submit_many_is_durable_when_killed_right_after_the_future_resolves(
     tmp_path: Path,
 ) -> None:
+    """Every event that resolved is in the file after kill -9. Telemetry waits in RAM
+    for its PUBACK (none comes here): what died with the process is announced by the
+    next start, and its seqs are never handed out again."""
     db = tmp_path / "b.db"
     seen: dict[tuple[str, int], str] = {}
     for cycle in range(3):  # killed and restarted: seqs continue, none reused
@@ -337,11 +363,32 @@ def test_submit_many_is_durable_when_killed_right_after_the_future_resolves(
                 assert (lane, int(seq)) not in seen, "a seq was handed out twice"
                 seen[(lane, int(seq))] = ident
         stored = _stored_in_file(db)
-        missing = {k: v for k, v in seen.items() if stored.get(k) != v}
+        missing = {k: v for k, v in seen.items() if k[0] == "event" and stored.get(k) != v}
         assert not missing, f"resolved but not in the file after kill -9: {sorted(missing)[:5]}"
+    with open_buffer(db):  # the last start announces what the last kill took
+        pass
+    announced = [
+        range(low, high + 1)
+        for payload in _payloads(db)
+        if payload["state"] == "buffer_recovered" and payload["detail"]["lane"] == "telemetry"
+        for low, high in [payload["detail"]["lost_range"]]
+    ]
+    stored = _stored_in_file(db)
+    gone = [k for k, v in seen.items() if k[0] == "telemetry" and stored.get(k) != v]
+    assert gone, "telemetry died in RAM (the child never acked it)"
+    assert all(any(k[1] in r for r in announced) for k in gone), "a silent telemetry loss"
     for lane in ("event", "telemetry"):
         seqs = sorted(seq for (ln, seq) in seen if ln == lane)
         assert seqs == sorted(set(seqs)) and seqs[0] == 1
+
+
+def _payloads(db: Path) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT payload FROM records ORDER BY lane, seq").fetchall()
+    finally:
+        conn.close()
+    return [json.loads(payload) for (payload,) in rows]
 
 
 def test_groups_and_single_submits_from_threads_keep_lane_order(tmp_path: Path) -> None:
@@ -355,7 +402,8 @@ def test_groups_and_single_submits_from_threads_keep_lane_order(tmp_path: Path) 
 
     def check_visible(future: Future[StoredRecords]) -> None:
         keys = {(lane.value, seq) for lane, seq in future.result().lane_seqs()}
-        invisible.extend(seq for key in keys - _stored_in_file(db).keys() for seq in [key[1]])
+        events = {key for key in keys if key[0] == "event"}  # telemetry waits in RAM first
+        invisible.extend(seq for key in events - _stored_in_file(db).keys() for seq in [key[1]])
 
     def grouped(name: str) -> None:
         futures: list[Future[Any]] = []
@@ -435,15 +483,15 @@ def test_a_group_on_a_full_disk_is_held_and_resolves_in_order(tmp_path: Path) ->
         held = buf.submit_many([alarm(big) for _ in range(80)]).result(5)  # cannot fit
         assert first.seqs == [1, 2, 3, 4, 5] and held.seqs == list(range(6, 86))
         assert buf.degraded and buf.stats()["held"] >= 80
-        pend = [json.loads(r.payload) for r in buf.pending(Lane.EVENT, 0, 1000)]
+        assert wait_until(lambda: _events(buf)[-1]["state"] == "degraded")  # queued behind
+        pend = _events(buf)
         assert [p["seq"] for p in pend] == list(range(1, 87))  # + the fault, one lane
-        assert pend[-1]["state"] == "degraded"
         ids = {p["seq"]: p["id"] for p in pend}
         assert all(ids[r.seq] == r.id for r in held)  # what resolved is what is pending
-    with open_buffer(db) as buf:  # the held group died with the process: said so
+    with open_buffer(db) as buf:  # the held group died with the process: said so, exactly
         faults = [e for e in _events(buf) if e["kind"] == "fault"]
-        assert buf.submit_many([alarm()]).result(5).seqs[0] > 86
-    assert any(f["detail"].get("lost_range", [0, 0])[1] >= 85 for f in faults)
+        assert buf.submit_many([alarm()]).result(5).seqs[0] == 88
+    assert [f["detail"]["lost_range"] for f in faults] == [[6, 86]]
 
 
 def test_a_group_with_a_record_that_cannot_be_stored_is_refused_whole(
@@ -481,3 +529,182 @@ def test_submit_many_stores_the_records_own_bytes_and_reads_back_lazily(
         assert record.seq is not None and original.seq is None  # a copy, not a mutation
         assert record.id == original.id
         assert by_key[(record.lane, record.seq)] == dumps(record.to_payload(IDENT))
+
+
+# --- telemetry waits in RAM for its PUBACK: an idle gateway writes nothing --------------
+
+
+def _files(d: Path) -> list[tuple[str, int, int]]:
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in d.iterdir())
+
+
+def test_telemetry_acknowledged_in_time_never_touches_the_disk(tmp_path: Path) -> None:
+    with open_buffer(tmp_path / "b.db", spill_s=60) as buf:
+        buf.submit(reading(0)).result(5)  # the first one marks the lane in the sidecar
+        buf.ack(Lane.TELEMETRY, 1)
+        assert wait_until(lambda: buf.stats()["telemetry_depth"] == 0)
+        commits, files = buf.commits, _files(tmp_path)
+        for n in range(1, 200):  # periodic readings, each acknowledged by the broker
+            row = buf.submit(reading(n)).result(5)
+            assert buf.pending(Lane.TELEMETRY)[-1].seq == row.seq  # the uplink reads it
+            buf.ack(Lane.TELEMETRY, row.seq or 0)
+        assert wait_until(lambda: buf.stats()["telemetry_depth"] == 0)
+        assert buf.commits == commits
+        assert _files(tmp_path) == files  # not a byte: no WAL frame, no -shm page
+
+
+def test_telemetry_without_a_puback_reaches_the_disk_after_spill_s(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    with open_buffer(db, spill_s=3) as buf:
+        seqs = [buf.submit(reading(n)).result(5).seq for n in range(5)]
+        assert buf.stats()["volatile"] == 5 and not _stored_in_file(db)
+        assert wait_until(lambda: len(_stored_in_file(db)) == 5, timeout=15)
+        assert buf.stats()["volatile"] == 0
+        assert [r.seq for r in buf.pending(Lane.TELEMETRY)] == seqs  # still to be sent
+    with open_buffer(db) as buf:  # a clean restart: nothing lost, nothing announced
+        assert [r.seq for r in buf.pending(Lane.TELEMETRY)] == seqs
+        assert _events(buf) == []
+        assert buf.submit(reading(9)).result(5).seq == 6
+
+
+def test_a_clean_close_stores_telemetry_in_ram_and_continues_without_a_gap(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "b.db"
+    with open_buffer(db, spill_s=60) as buf:
+        for n in range(3):
+            buf.submit(reading(n)).result(5)
+        buf.ack_many(Lane.TELEMETRY, [1, 2])  # 3 is never acknowledged
+    with open_buffer(db) as buf:
+        assert [r.seq for r in buf.pending(Lane.TELEMETRY)] == [3]
+        assert _events(buf) == []  # no loss to announce
+        assert buf.submit(reading(4)).result(5).seq == 4
+
+
+# --- a sick card at start: the buffer runs degraded, never refuses to start ---------------
+
+
+@pytest.fixture
+def card(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB tmpfs: the gateway's SD card, to fill up or turn read-only."""
+    with tmpfs(tmp_path / "card") as mounted:
+        yield mounted
+
+
+def _queued_before(db: Path) -> list[int]:
+    with open_buffer(db) as buf:
+        seqs = [buf.submit(alarm(f"fire {i}")).result(5).seq or 0 for i in range(5)]
+        buf.ack_many(Lane.EVENT, seqs[:2])  # two delivered, three still queued
+        assert wait_until(lambda: buf.stats()["event_depth"] == 3)
+        return seqs[2:]
+
+
+@needs_root
+def test_a_full_card_at_start_degrades_delivers_and_recovers_without_loss(card: Path) -> None:
+    db = card / "buffer.db"
+    queued = _queued_before(db)
+    filler = fill(card)
+    with open_buffer(db, retry_s=0.2) as buf:
+        assert buf.degraded
+        events = _events(buf)  # the queue on the card is read and delivered
+        assert [e["seq"] for e in events[:3]] == queued
+        assert events[3]["state"] == "degraded"
+        held = buf.submit(alarm()).result(5)
+        buf.ack_many(Lane.EVENT, queued)  # delivered: deleted once the card takes writes
+        assert buf.is_held(Lane.EVENT, held.seq or 0)
+        filler.unlink()
+        assert wait_until(lambda: not buf.degraded, timeout=10)
+        assert wait_until(lambda: buf.stats()["event_depth"] == 3, timeout=5)
+    on_disk = sorted(seq for lane, seq in _stored_in_file(db) if lane == "event")
+    assert on_disk == [held.seq - 1, held.seq, held.seq + 1]  # degraded, the alarm, restored
+    with open_buffer(db) as buf:
+        assert [e["state"] for e in _events(buf)] == ["degraded", "fire", "normal"]
+
+
+@needs_root
+def test_a_read_only_card_at_start_degrades_and_recovers_when_writable(card: Path) -> None:
+    db = card / "buffer.db"
+    queued = _queued_before(db)
+    remount(card, "ro")
+    try:
+        with open_buffer(db, retry_s=0.2) as buf:
+            assert buf.degraded and "read" in (buf.stats()["degraded_reason"] or "").lower()
+            assert [e["seq"] for e in _events(buf)][:3] == queued
+            seq = buf.submit(alarm()).result(5).seq or 0
+            assert seq > queued[-1]
+            remount(card, "rw")
+            assert wait_until(lambda: not buf.degraded, timeout=10)
+    finally:
+        remount(card, "rw")
+    assert ("event", seq) in _stored_in_file(db)
+
+
+@needs_root
+def test_restarts_on_a_card_that_cannot_record_seqs_never_repeat_one(card: Path) -> None:
+    """Read-only from the start, sidecar too: nothing can record the seqs a run hands
+    out, so each start jumps (microseconds since boot) and says continuity is unknown."""
+    db = card / "buffer.db"
+    _queued_before(db)
+    remount(card, "ro")
+    try:
+        runs = []
+        for _ in range(2):
+            with open_buffer(db, retry_s=60) as buf:
+                runs.append([buf.submit(alarm()).result(5).seq or 0 for _ in range(3)])
+                notes = [e for e in _events(buf) if e["state"] == "buffer_recovered"]
+        assert runs[1][0] > runs[0][-1] > 5
+        assert notes and all("lost_range" not in e["detail"] for e in notes)
+    finally:
+        remount(card, "rw")
+
+
+@needs_root
+def test_a_corrupt_file_on_a_read_only_card_is_left_alone_until_it_can_be_moved(
+    card: Path,
+) -> None:
+    db = card / "buffer.db"
+    _queued_before(db)
+    db.write_bytes(b"this is not an SQLite database" * 100)
+    remount(card, "ro")
+    try:
+        with open_buffer(db, retry_s=0.2) as buf:
+            assert buf.degraded
+            assert db.read_bytes().startswith(b"this is not")  # neither moved nor deleted
+            remount(card, "rw")
+            assert wait_until(lambda: not buf.degraded, timeout=10)
+            assert wait_until(
+                lambda: any(e["state"] == "buffer_recovered" for e in _events(buf)), timeout=5
+            )
+    finally:
+        remount(card, "rw")
+    assert [p for p in card.iterdir() if ".corrupt-" in p.name]
+
+
+def test_a_card_that_is_not_there_degrades(tmp_path: Path) -> None:
+    blocker = tmp_path / "var"
+    blocker.write_text("a file where the state directory should be")
+    with open_buffer(blocker / "lib" / "buffer.db", retry_s=60) as buf:
+        assert buf.degraded
+        first = buf.submit(alarm()).result(5)
+        assert first.seq is not None and buf.pending(Lane.EVENT)[-1].seq == first.seq
+
+
+def test_a_loss_after_an_emptied_buffer_is_announced_from_the_first_held_seq(
+    tmp_path: Path,
+) -> None:
+    """Everything delivered (the file holds no row), then the disk refuses writes: the
+    rows that died in RAM start right after the last one stored."""
+    db = tmp_path / "b.db"
+    with open_buffer(db, max_pages=30, retry_s=60) as buf:
+        delivered = [buf.submit(alarm()).result(5).seq or 0 for _ in range(5)]
+        buf.ack_many(Lane.EVENT, delivered)
+        assert wait_until(lambda: buf.stats()["depth"] == 0)
+        held = [buf.submit(alarm("满" * 2000)).result(5).seq or 0 for _ in range(80)]
+        assert buf.degraded
+        assert wait_until(lambda: any(e["state"] == "degraded" for e in _events(buf)))
+        last = _events(buf)[-1]["seq"]
+    on_disk = {seq for (lane, seq) in _stored_in_file(db) if lane == "event"}
+    first_lost = min(seq for seq in held if seq not in on_disk)
+    with open_buffer(db) as buf:
+        ranges = [e["detail"]["lost_range"] for e in _events(buf) if e["kind"] == "fault"]
+    assert ranges == [[first_lost, last]]

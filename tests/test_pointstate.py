@@ -1,11 +1,15 @@
 """The remembered active conditions: a real SQLite file, closed and reopened as a
 restart would, and the point rules seeded from it (no duplicate alarm for a fire
-still present, exactly one restore for one that cleared while the agent was down)."""
+still present, exactly one restore for one that cleared while the agent was down);
+and a sick card (locked, full, read-only: real tmpfs mounts) that must never cost
+the memory."""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from agent.points import DevicePoints
 from agent.pointstate import ActiveCondition, PointStateStore, condition_of
 from drivers.profile import load_profile
 from drivers.types import Block, PollClass, ReadRequest, Table
+from tests.mounts import fill, needs_root, remount, tmpfs
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRE_PANEL = load_profile(ROOT / "config" / "profiles" / "fire-panel-gst.toml")
@@ -268,3 +273,126 @@ def test_a_missing_state_directory_is_created(tmp_path: Path) -> None:
     with PointStateStore(path) as store:
         assert store.record([]) == 0
     assert path.exists()
+
+
+# --- a sick card: the alarm memory is never lost for anything but proven corruption ----
+
+_HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))  # the scenario: someone holds the file this long
+conn.close()
+"""
+
+
+def _fires(path: Path, *points: str) -> None:
+    with PointStateStore(path) as store:
+        store.record([fire(p, ts_ms=1000) for p in points])
+
+
+def _not_moved(path: Path) -> None:
+    assert not list(path.parent.glob("*.corrupt-*"))
+
+
+def test_a_file_locked_at_start_is_waited_for_never_moved_aside(path: Path) -> None:
+    _fires(path, "point3")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(path), "1.5"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with PointStateStore(path, lock_wait_s=30) as store:
+            assert set(store.load()) == {("fap", "point3")}
+            assert store.remembered_at_start and store.problem is None
+    finally:
+        holder.wait(10)
+        assert holder.stdout is not None
+        holder.stdout.close()
+    _not_moved(path)
+
+
+def _lock_with_wal_content(path: Path) -> sqlite3.Connection:
+    """Held exclusively, with committed pages still in the WAL: not even readable."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+    conn.execute("PRAGMA user_version = 7")  # a committed change, not yet checkpointed
+    conn.execute("BEGIN EXCLUSIVE")
+    return conn
+
+
+def test_a_file_locked_past_the_wait_is_merged_in_once_free(path: Path) -> None:
+    _fires(path, "point3", "point5")
+    holder = _lock_with_wal_content(path)
+    try:
+        with PointStateStore(path, lock_wait_s=0.3, retry_s=0) as store:
+            assert not store.remembered_at_start and store.problem is not None
+            assert store.load() == {}  # could not be read: conditions are announced again
+            store.record([restore("fire", "point5"), fire("point4")])  # point5 ended meanwhile
+            holder.close()
+            store.maintain()
+            assert store.problem is None
+    finally:
+        holder.close()
+    _not_moved(path)
+    assert set(reopened(path)) == {("fap", "point3"), ("fap", "point4")}
+
+
+@needs_root
+def test_a_read_only_card_at_start_still_remembers_and_writes_once_writable(
+    tmp_path: Path,
+) -> None:
+    with tmpfs(tmp_path / "card") as card:
+        path = card / "pointstate.db"
+        _fires(path, "point3", "point5")
+        remount(card, "ro")
+        try:
+            with PointStateStore(path, retry_s=0) as store:  # no traceback
+                assert set(store.load()) == {("fap", "point3"), ("fap", "point5")}
+                assert store.remembered_at_start and store.problem is not None
+                store.record([restore("fire", "point5")])  # kept in memory
+                remount(card, "rw")
+                store.maintain()
+                assert store.problem is None
+        finally:
+            remount(card, "rw")
+        assert set(reopened(path)) == {("fap", "point3")}
+        _not_moved(path)
+
+
+@needs_root
+def test_a_full_card_at_start_neither_forgets_nor_moves_the_memory(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "card", size="1m") as card:
+        path = card / "pointstate.db"
+        _fires(path, "point3")
+        filler = fill(card)
+        with PointStateStore(path, retry_s=0) as store:
+            assert set(store.load()) == {("fap", "point3")}  # read without the -shm index
+            store.record([fire("point4")])
+            assert store.problem is not None
+            filler.unlink()
+            store.maintain()
+            assert store.problem is None
+        _not_moved(path)
+        assert set(reopened(path)) == {("fap", "point3"), ("fap", "point4")}
+
+
+@needs_root
+def test_a_corrupt_file_that_cannot_be_moved_aside_is_never_deleted(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "card") as card:
+        path = card / "pointstate.db"
+        damaged = b"this is not a database, it is what a power cut left\n" * 200
+        path.write_bytes(damaged)
+        remount(card, "ro")
+        try:
+            with PointStateStore(path) as store:  # no traceback, runs from memory
+                assert store.load() == {} and not store.remembered_at_start
+                store.record([fire()])
+            assert path.read_bytes() == damaged
+        finally:
+            remount(card, "rw")
+        with PointStateStore(path) as store:  # writable again: now it is moved aside
+            assert store.record([fire()]) == 1
+        assert list(card.glob("pointstate.db.corrupt-*"))

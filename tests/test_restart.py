@@ -8,10 +8,14 @@ mosquitto.
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 from simulator.broker import Mosquitto
 from tests.rig import Rig, running_rig
+from tests.waiting import wait_until
 
 
 def _events(rig: Rig, device: str, point: str | None) -> list[tuple[str, str]]:
@@ -61,3 +65,63 @@ def test_conditions_survive_a_restart_without_duplicates_or_missing_restores(
         with rig.feed.changed:
             seqs = [int(e["seq"]) for e in rig.feed.events]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # seq continues
+
+
+_WRITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")  # holds the write lock: the agent's commits fail
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_conditions_raised_while_the_buffer_is_degraded_survive_a_restart(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """Alarms held in RAM by a degraded buffer are delivered live; once the broker has
+    them, the platform knows them, so the alarm memory must too: after a restart a fire
+    still present is not raised twice, and one that ended while down gets its restore."""
+    with running_rig(tmp_path, broker, play_timeline=False) as rig:
+        rig.wait_agent_ready()
+        with subprocess.Popen(
+            [sys.executable, "-c", _WRITE_LOCK, str(tmp_path / "agent" / "buffer.db")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as holder:
+            assert holder.stdin is not None and holder.stdout is not None
+            try:
+                assert holder.stdout.readline() == "locked\n"
+                rig.sim_do(do="state", device="fap", point="point3", state="fire")
+                rig.sim_do(do="state", device="fap", point="point5", state="fire")
+                _wait(rig, "gateway", "buffer", "fault")  # degraded: held in RAM
+                _wait(rig, "fap", "point3", "alarm")
+                _wait(rig, "fap", "point5", "alarm")
+                assert wait_until(lambda: _remembered(tmp_path) >= {"point3", "point5"})
+                assert rig.stop_agent() == 0
+            finally:
+                holder.stdin.close()
+                holder.wait(10)
+        rig.sim_do(do="state", device="fap", point="point3", state="normal")  # while down
+        rig.start_agent()
+        _wait(rig, "fap", "point3", "restore")
+        rig.wait_agent_ready()
+        rig.sim_do(do="state", device="fap", point="point1", state="fire")  # a marker
+        _wait(rig, "fap", "point1", "alarm")
+        assert _events(rig, "fap", "point3") == [("alarm", "fire"), ("restore", "normal")]
+        assert _events(rig, "fap", "point5") == [("alarm", "fire")]  # not raised twice
+
+
+def _remembered(tmp: Path) -> set[str]:
+    """Points of the conditions in the agent's alarm memory (read-only, as it is now)."""
+    try:
+        conn = sqlite3.connect(f"file:{tmp / 'agent' / 'pointstate.db'}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return set()
+    try:
+        return {p for (p,) in conn.execute("SELECT point FROM active WHERE device = 'fap'")}
+    except sqlite3.Error:
+        return set()
+    finally:
+        conn.close()

@@ -77,14 +77,18 @@ def test_the_agent_does_not_load_the_offline_tools_dependencies() -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_a_locked_buffer_stops_start_up_with_one_clear_line(tmp_path: Path) -> None:
-    """Not corruption: the file is left alone and the agent exits 1 for systemd to retry."""
+def test_a_locked_buffer_starts_degraded_and_keeps_watching(tmp_path: Path) -> None:
+    """Not corruption: the file is left alone, the agent starts anyway (degraded, which
+    `status` shows) and stores to the file once the lock is gone."""
+    import signal
     import sqlite3
     import subprocess
     import sys
 
     from agent.buffer import EventBuffer
+    from agent.control import AgentNotRunning, ControlClient
     from agent.events import Identity
+    from tests.waiting import wait_until
 
     text = (ROOT / "config" / "example.toml").read_text(encoding="utf-8")
     db = tmp_path / "buffer.db"
@@ -94,22 +98,33 @@ def test_a_locked_buffer_stops_start_up_with_one_clear_line(tmp_path: Path) -> N
     config.write_text(text, encoding="utf-8")
     EventBuffer(db, Identity("s", "g"), 1000).start().close()
     holder = sqlite3.connect(db)
-    try:
-        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
-        holder.execute("BEGIN EXCLUSIVE")
-        proc = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "run", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,  # the exit status is the point of the test
-            env={"GPIOZERO_PIN_FACTORY": "mock", "PATH": "/usr/bin:/bin"},
-        )
-    finally:
-        holder.close()
-    assert proc.returncode == 1, proc.stderr
-    assert "cannot open the event buffer" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    client = ControlClient(tmp_path / "control.sock", timeout_s=5)
+
+    def buffer_state() -> dict[str, object]:
+        try:
+            return dict(client.call("buffer"))
+        except AgentNotRunning:
+            return {}
+
+    with subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", str(config)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"GPIOZERO_PIN_FACTORY": "mock", "PATH": "/usr/bin:/bin"},
+    ) as agent:
+        try:
+            assert wait_until(lambda: buffer_state().get("degraded") is True, timeout=30)
+            assert "locked" in str(buffer_state()["degraded_reason"])
+            holder.close()
+            assert wait_until(lambda: buffer_state().get("degraded") is False, timeout=30)
+        finally:
+            holder.close()
+            agent.send_signal(signal.SIGTERM)
+            _, stderr = agent.communicate(timeout=30)
+    assert agent.returncode == 0, stderr
+    assert "Traceback" not in stderr
     assert not list(tmp_path.glob("buffer.db.corrupt*"))
 
 
