@@ -191,6 +191,7 @@ def heartbeat_payload(
     devices {total: int, online: int, comm_fault: [device ids]}
     drops   {event: int, telemetry: int, <other counters>: int}  (since agent start)
     uplink  {reconnects: int, published: int, acked: int}          (since agent start)
+            + optional puback_timeouts: int, last_error: str | None
     """
     payload: dict[str, Any] = {
         "v": FEED_VERSION,
@@ -204,7 +205,7 @@ def heartbeat_payload(
         "buffer": _buffer_health(buffer),
         "devices": _device_health(devices),
         "drops": _drop_counts(drops),
-        "uplink": {k: int(uplink[k]) for k in ("reconnects", "published", "acked")},
+        "uplink": _uplink_health(uplink),
     }
     if interval_s is not None:
         payload["interval_s"] = float(interval_s)
@@ -229,6 +230,16 @@ def _device_health(devices: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _uplink_health(uplink: Mapping[str, Any]) -> dict[str, Any]:
+    health: dict[str, Any] = {k: int(uplink[k]) for k in ("reconnects", "published", "acked")}
+    if "puback_timeouts" in uplink:
+        health["puback_timeouts"] = int(uplink["puback_timeouts"])
+    if "last_error" in uplink:
+        why = uplink["last_error"]
+        health["last_error"] = None if why is None else str(why)[:MAX_ERROR_CHARS]
+    return health
+
+
 def _drop_counts(drops: Mapping[str, Any]) -> dict[str, int]:
     counts = {"event": int(drops["event"]), "telemetry": int(drops["telemetry"])}
     counts.update({str(k): int(v) for k, v in drops.items() if k not in counts})
@@ -238,6 +249,7 @@ def _drop_counts(drops: Mapping[str, Any]) -> dict[str, int]:
 # --- downlink commands -------------------------------------------------------
 
 MAX_COMMAND_BYTES: Final = 4096
+MAX_ERROR_CHARS: Final = 200  # error messages in results and the heartbeat are clipped here
 MAX_NOTE_CHARS: Final = 200
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
