@@ -277,6 +277,7 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_POINT = "unknown_point"
     FIELD_ERROR = "field_error"  # the device did not answer / answered an exception
     BUSY = "busy"
+    RATE_LIMITED = "rate_limited"  # over the gateway's command rate: not acted on
     INTERNAL = "internal"
 
 
@@ -342,7 +343,7 @@ def parse_command(name: str, raw: bytes, *, retained: bool = False) -> Command:
     every reconnect, so one delivered with the retain flag is refused.
     """
     if len(raw) > MAX_COMMAND_BYTES:
-        raise BadCommand(ErrorCode.TOO_LARGE, f"{len(raw)} bytes > {MAX_COMMAND_BYTES}")
+        raise too_large(len(raw))
     body = _decode_object(raw)
     request_id = _request_id(body)
     expires_ms = _expires_ms(body, request_id)
@@ -353,6 +354,11 @@ def parse_command(name: str, raw: bytes, *, retained: bool = False) -> Command:
     command = CommandName(name)
     args = _args(command, body.get("args", {}), request_id)
     return Command(command, request_id, args, expires_ms)
+
+
+def too_large(size: int) -> BadCommand:
+    """The refusal of a command payload of `size` bytes (over MAX_COMMAND_BYTES)."""
+    return BadCommand(ErrorCode.TOO_LARGE, f"{size} bytes > {MAX_COMMAND_BYTES}")
 
 
 def _reject_constant(token: str) -> Any:

@@ -660,6 +660,10 @@ class Uplink:
         if name is None or self._commands is None:
             return
         self.counters.commands += 1
+        if message.too_large is not None:  # its payload was thrown away unread (agent.mqtt)
+            bad = feed.too_large(message.too_large)
+            self._queue_result(self._error_result(name, bad.code, bad.message))
+            return
         try:
             self._cmd_queue.put_nowait((name, message.payload, message.retain))
         except queue.Full:
