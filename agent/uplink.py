@@ -10,7 +10,8 @@ wait between half of it and all of it, so a thousand gateways do not all come
 back in the same second after a broker restart, yet each is back within
 reconnect_max_s of it (8 s by default: the 10 s alarm promise; figures in
 bench/bench_fleet.py). The backoff starts over only after a session proved
-itself (a row acknowledged, or up STABLE_S).
+itself (a row acknowledged, or up STABLE_S) or was dropped on the PUBACK
+deadline below.
 
 A broker that keeps the connection but stops acknowledging (no PUBACK for
 PUBACK_TIMEOUT_S while something waits for one) is dropped like a lost
@@ -155,7 +156,7 @@ def backoff_delay(attempt: int, min_s: float, max_s: float, rng: Callable[[], fl
 
 class Backoff:
     """The waits between connection attempts: backoff_delay over a count of attempts
-    that starts over after a session that proved itself."""
+    that starts over when the session that ended says so (Uplink._session)."""
 
     def __init__(self, min_s: float, max_s: float, rng: Callable[[], float]) -> None:
         self.min_s = min_s
@@ -163,12 +164,11 @@ class Backoff:
         self._rng = rng
         self.attempt = 0
 
-    def next_delay(self, proved: bool) -> float:
-        """The wait after a session ended; `proved`: it got connected and did useful work.
-        A session that reached CONNACK but did nothing useful (a refused row, a broker
-        that drops us at once) does not start the count over: that was the
-        85-reconnects-in-6-s loop."""
-        self.attempt = 1 if proved else min(self.attempt + 1, 30)
+    def next_delay(self, start_over: bool) -> float:
+        """The wait after a session ended. A session that reached CONNACK but did nothing
+        useful (a refused row, a broker that drops us at once) must not start the count
+        over: that was the 85-reconnects-in-6-s loop."""
+        self.attempt = 1 if start_over else min(self.attempt + 1, 30)
         return backoff_delay(self.attempt, self.min_s, self.max_s, self._rng)
 
 
@@ -356,14 +356,14 @@ class Uplink:
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s, self._rng)
         while not self._stopping.is_set():
             try:
-                proved = self._session()
+                start_over = self._session()
             except Exception:  # the uplink thread must outlive any bug in one session
                 log.exception("uplink session failed")
-                proved = False
+                start_over = False
             self._set_connected(False)
             if self._stopping.is_set():
                 return
-            self._wait_alive(backoff.next_delay(proved))
+            self._wait_alive(backoff.next_delay(start_over))
 
     def _wait_alive(self, delay: float) -> None:
         """Wait out a backoff delay (or until stopped), refreshing `alive` meanwhile."""
@@ -375,8 +375,13 @@ class Uplink:
             self._stopping.wait(min(ALIVE_S, until - now))
 
     def _session(self) -> bool:
-        """One connection attempt, pumped until it ends. True if it got connected."""
+        """One connection attempt, pumped until it ends. True if the backoff may start
+        over: the session proved itself, or it was dropped on the PUBACK deadline (which
+        already spaced it PUBACK_TIMEOUT_S from the last attempt, so it needs no growing
+        wait against a loop; a prompt new connection is what gets round a lost path,
+        and what delivers soon after a stalled broker recovers)."""
         session = _Session()
+        stalled = False
         try:
             conn = self._open(session)
         except UplinkError as exc:
@@ -405,6 +410,7 @@ class Uplink:
                 continue
             self._serve(session)
             if self._puback_overdue(session):
+                stalled = True
                 break
         if self._stopping.is_set():
             self._say_offline(session)
@@ -412,7 +418,7 @@ class Uplink:
         elif session.connected and session.conn.message_fault:
             self._blame_loss(session)
         session.conn.close()
-        return session.proved()
+        return stalled or session.proved()
 
     def _open(self, session: _Session) -> MqttConnection | None:
         """Resolve the broker's name (bounded), then connect to its addresses in turn, each

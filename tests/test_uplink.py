@@ -342,9 +342,9 @@ def test_with_default_settings_a_fleet_is_back_within_8_s_of_a_broker_restart_un
         back = []
         for _ in range(fleet):
             backoff = Backoff(min_s, max_s, rng)
-            t = backoff.next_delay(proved=True)  # the connection that was lost had worked
+            t = backoff.next_delay(start_over=True)  # the connection lost had worked
             while t < outage_s:  # each attempt while the broker is down is refused
-                t += backoff.next_delay(proved=False)
+                t += backoff.next_delay(start_over=False)
             back.append(t - outage_s)
         back.sort()
         busiest = max(bisect.bisect_right(back, t + 1.0) - i for i, t in enumerate(back))
