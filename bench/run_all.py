@@ -34,6 +34,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "storm": (["bench/bench_storm.py"], ["bench/bench_storm.py", "--smoke"]),
     "footprint": (["bench/bench_footprint.py"], ["bench/bench_footprint.py", "--smoke"]),
     "bus": (["bench/bench_bus.py"], ["bench/bench_bus.py", "--smoke"]),
+    "fleet": (["bench/bench_fleet.py"], ["bench/bench_fleet.py", "--smoke"]),
+    "faults": (["bench/bench_faults.py"], ["bench/bench_faults.py", "--smoke"]),
 }
 # bench_drain.py / bench_ingest.py print one sentence; these turn it into figures
 _SENTENCE = {

@@ -37,6 +37,14 @@ EXPECTED_FIGURES = {
     "bus_theory_9600",
     "bus_measured_9600",
     "bus_goal_9600",
+    "fleet_now_restart",
+    "fleet_old_restart",
+    "fleet_goal",
+    "uplink_broker_outage",
+    "uplink_no_puback_noticed",
+    "uplink_no_puback_recovered",
+    "uplink_flood_fire",
+    "uplink_flood_commands",
 }
 
 
@@ -91,6 +99,17 @@ def test_smoke_run_prints_every_figure_and_loses_nothing(smoke_output: str) -> N
     # bus: measured against a real theoretical figure, and it cannot beat the wire
     assert int(figures["bus_measured_9600"]["n"]) > 3
     assert float(figures["bus_goal_9600"]["ratio"]) >= 1.0
+
+    # fleet: every gateway came back and every alarm stored in the outage arrived
+    for name in ("fleet_now_restart", "fleet_old_restart"):
+        fleet = figures[name]
+        assert fleet["complete"] == "yes" and fleet["delivered"] == fleet["gateways"]
+        assert int(fleet["peak_per_s"]) > 0
+    # uplink faults: each fire arrived; the flood made no more test events than the limit
+    for name in ("uplink_broker_outage", "uplink_no_puback_noticed", "uplink_flood_fire"):
+        assert int(figures[name]["n"]) >= 1 and _positive(figures[name]["max_s"])
+    flood = figures["uplink_flood_commands"]
+    assert int(flood["sent"]) > 0 and 0 < int(flood["test_events"]) <= 6
 
     # the two benches of the uplink/buffer work ran and reported a rate against a baseline
     for name in ("drain", "ingest"):
