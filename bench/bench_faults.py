@@ -87,7 +87,7 @@ class Got:
 
 @dataclass
 class Observer:
-    """The platform: events and command results, stamped on receipt; sends commands."""
+    """The platform's subscriber: events (stamped on receipt) and command results."""
 
     broker: Mosquitto
     events: list[Got] = field(default_factory=list)

@@ -15,8 +15,8 @@ old ones (1 s / 60 s, before issue 11), and for each outage length it reports:
 
 Broker limits for 1,000 clients: the bench raises its own RLIMIT_NOFILE soft limit to
 the hard limit (mosquitto inherits it; it needs one descriptor per client) and sets
-`max_connections -1` (no cap) explicitly; mosquitto's listen backlog is its own
-(100 on 2.0); the kernel's somaxconn is printed.
+`max_connections -1` (no cap) explicitly; mosquitto 2.0 listens with a backlog of
+100 (`ss -ltn` shows it), under the kernel's somaxconn, which is printed.
 
     python bench/bench_fleet.py [--smoke] [--gateways N] [--per-worker N] [--outages 0,20]
 """
