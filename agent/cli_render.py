@@ -63,11 +63,16 @@ def _get(data: Mapping[str, Any], key: str, default: Any = None) -> Any:
 
 
 def problems(status: Mapping[str, Any]) -> list[str]:
-    """Why `alarmgw status` exits 1: uplink down, a device or the GPIO in comm fault,
-    an active alarm, a degraded buffer, an unsynchronised clock. Empty when all is well."""
+    """Why `alarmgw status` exits 1: uplink down or connected but not delivering (the
+    broker has acknowledged nothing since the last error), a device or the GPIO in comm
+    fault, an active alarm, a degraded buffer, an unsynchronised clock. Empty when all is
+    well."""
     found: list[str] = []
-    if not _get(_get(status, "uplink", {}), "connected", False):
+    uplink = _get(status, "uplink", {})
+    if not _get(uplink, "connected", False):
         found.append("uplink down")
+    elif _get(uplink, "last_error"):
+        found.append("uplink not delivering")
     lost = [d.get("id", "?") for d in _get(status, "devices", []) if d.get("comm") == "lost"]
     if lost:
         found.append("comm fault: " + ", ".join(lost))
@@ -173,7 +178,7 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
         _uplink_line(status),
     ]
     last_error = _get(_get(status, "uplink", {}), "last_error")
-    if last_error and not _get(_get(status, "uplink", {}), "connected", False):
+    if last_error:  # kept until the broker acknowledges again, connected or not
         out.append(f"         last error: {last_error}")  # clipped to the screen below
     buffer = _get(status, "buffer", {})
     out.append(_buffer_line(buffer))

@@ -10,17 +10,25 @@ commands acted on are kept by (name, request id), and a repeat is answered from
 there without acting again (docs/feed.md section 9). A retained command is
 refused: the broker would replay it on every connect.
 
+Commands are rate-limited per gateway (COMMAND_RATE for all of them,
+TEST_ALARM_RATE for test alarms besides): a command past the limit is answered
+`rate_limited` and not acted on, so a flood from a broken or hostile platform
+cannot fill the buffer with test fire events or keep the field bus busy.
+
 It must never raise out of handle(), never act twice on one request id it
-still remembers, and never write to a field device: none of the commands
-reachable here asks GatewayControl for a write.
+still remembers, never act past a rate limit, and never write to a field
+device: none of the commands reachable here asks GatewayControl for a write.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from agent import feed
@@ -30,6 +38,43 @@ from agent.events import Event, Identity, now_ms
 log = logging.getLogger(__name__)
 
 RECENT_REQUESTS: Final = 256  # results remembered for repeats (bounded: ~256 small dicts)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: `burst` commands at once, then `per_s` a second."""
+
+    burst: int
+    per_s: float
+
+    def describe(self, what: str) -> str:
+        per_minute = self.per_s * 60
+        rate = f"{self.per_s:g} a second" if per_minute > 60 else f"{per_minute:g} a minute"
+        return f"at most {self.burst} {what} at once, then {rate}"
+
+
+# Every command acted on: a platform asks now and then (a patrol ping every 2 h, a few
+# reads while someone looks); this much leaves the field bus and the buffer to the alarms.
+COMMAND_RATE: Final = RateLimit(burst=20, per_s=5.0)
+# Test alarms are durable fire events of the test kind: GB 26875 wants two a month; a
+# technician may send a few in a row while commissioning.
+TEST_ALARM_RATE: Final = RateLimit(burst=5, per_s=1 / 60)
+
+
+class _Bucket:
+    def __init__(self, limit: RateLimit, now: float) -> None:
+        self.limit = limit
+        self.tokens = float(limit.burst)
+        self.stamp = now
+
+    def wait_s(self, now: float) -> float:
+        """0 if a command may go now, else the seconds until one may."""
+        self.tokens = min(self.limit.burst, self.tokens + (now - self.stamp) * self.limit.per_s)
+        self.stamp = now
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.limit.per_s
+
+    def take(self) -> None:
+        self.tokens -= 1
 
 
 class GatewayControl(Protocol):
@@ -56,10 +101,12 @@ class CommandHandler:
         control: GatewayControl,
         identity: Identity,
         clock_synced: Callable[[], bool] = lambda: True,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.control = control
         self.identity = identity
         self._clock_synced = clock_synced
+        self._monotonic = monotonic
         self._lock = threading.Lock()
         self.errors: Counter[str] = Counter()  # by error code, for status and tests
         self.handled = 0
@@ -67,6 +114,11 @@ class CommandHandler:
         # (name, request id) -> the result given; oldest first. Callers are serialised by
         # the uplink's one command worker, so a repeat never races its original.
         self._recent: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        start = monotonic()
+        self._buckets = {
+            "commands": _Bucket(COMMAND_RATE, start),
+            "test alarms": _Bucket(TEST_ALARM_RATE, start),
+        }
 
     def handle(self, name: str, raw: bytes, retained: bool = False) -> dict[str, Any]:
         """The cmd-result payload for one message on cmd/<name>. Never raises.
@@ -91,9 +143,28 @@ class CommandHandler:
         earlier = self._recall(key)
         if earlier is not None:
             return earlier
+        refusal = self._rate_limited(command)
+        if refusal is not None:  # not remembered: the same request may be sent again later
+            return self._error(command.request_id, name, feed.ErrorCode.RATE_LIMITED, refusal)
         result = self._act(command, name)
         self._remember(key, result)
         return result
+
+    def _rate_limited(self, command: feed.Command) -> str | None:
+        """Take this command's tokens; None if it may go, else why not (taking none)."""
+        names = ["commands"]
+        if command.name is feed.CommandName.TEST_ALARM:
+            names.append("test alarms")
+        now = self._monotonic()
+        with self._lock:
+            for name in names:
+                wait = self._buckets[name].wait_s(now)
+                if wait > 0:
+                    limit = self._buckets[name].limit.describe(name)
+                    return f"{limit}; try again in {math.ceil(wait)} s"
+            for name in names:
+                self._buckets[name].take()
+        return None
 
     def _recall(self, key: tuple[str, str]) -> dict[str, Any] | None:
         with self._lock:
@@ -149,5 +220,5 @@ class CommandHandler:
     def _error(self, request_id: str | None, name: str, code: str, message: str) -> dict[str, Any]:
         with self._lock:
             self.errors[str(code)] += 1
-        error = {"code": str(code), "message": message[:200]}
+        error = {"code": str(code), "message": message[: feed.MAX_ERROR_CHARS]}
         return feed.result_payload(self.identity, request_id, name, False, None, error, now_ms())

@@ -191,6 +191,7 @@ def heartbeat_payload(
     devices {total: int, online: int, comm_fault: [device ids]}
     drops   {event: int, telemetry: int, <other counters>: int}  (since agent start)
     uplink  {reconnects: int, published: int, acked: int}          (since agent start)
+            + optional puback_timeouts: int, last_error: str | None
     """
     payload: dict[str, Any] = {
         "v": FEED_VERSION,
@@ -204,7 +205,7 @@ def heartbeat_payload(
         "buffer": _buffer_health(buffer),
         "devices": _device_health(devices),
         "drops": _drop_counts(drops),
-        "uplink": {k: int(uplink[k]) for k in ("reconnects", "published", "acked")},
+        "uplink": _uplink_health(uplink),
     }
     if interval_s is not None:
         payload["interval_s"] = float(interval_s)
@@ -229,6 +230,16 @@ def _device_health(devices: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _uplink_health(uplink: Mapping[str, Any]) -> dict[str, Any]:
+    health: dict[str, Any] = {k: int(uplink[k]) for k in ("reconnects", "published", "acked")}
+    if "puback_timeouts" in uplink:
+        health["puback_timeouts"] = int(uplink["puback_timeouts"])
+    if "last_error" in uplink:
+        why = uplink["last_error"]
+        health["last_error"] = None if why is None else str(why)[:MAX_ERROR_CHARS]
+    return health
+
+
 def _drop_counts(drops: Mapping[str, Any]) -> dict[str, int]:
     counts = {"event": int(drops["event"]), "telemetry": int(drops["telemetry"])}
     counts.update({str(k): int(v) for k, v in drops.items() if k not in counts})
@@ -238,6 +249,7 @@ def _drop_counts(drops: Mapping[str, Any]) -> dict[str, int]:
 # --- downlink commands -------------------------------------------------------
 
 MAX_COMMAND_BYTES: Final = 4096
+MAX_ERROR_CHARS: Final = 200  # error messages in results and the heartbeat are clipped here
 MAX_NOTE_CHARS: Final = 200
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -265,6 +277,7 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_POINT = "unknown_point"
     FIELD_ERROR = "field_error"  # the device did not answer / answered an exception
     BUSY = "busy"
+    RATE_LIMITED = "rate_limited"  # over the gateway's command rate: not acted on
     INTERNAL = "internal"
 
 
@@ -330,7 +343,7 @@ def parse_command(name: str, raw: bytes, *, retained: bool = False) -> Command:
     every reconnect, so one delivered with the retain flag is refused.
     """
     if len(raw) > MAX_COMMAND_BYTES:
-        raise BadCommand(ErrorCode.TOO_LARGE, f"{len(raw)} bytes > {MAX_COMMAND_BYTES}")
+        raise too_large(len(raw))
     body = _decode_object(raw)
     request_id = _request_id(body)
     expires_ms = _expires_ms(body, request_id)
@@ -341,6 +354,11 @@ def parse_command(name: str, raw: bytes, *, retained: bool = False) -> Command:
     command = CommandName(name)
     args = _args(command, body.get("args", {}), request_id)
     return Command(command, request_id, args, expires_ms)
+
+
+def too_large(size: int) -> BadCommand:
+    """The refusal of a command payload of `size` bytes (over MAX_COMMAND_BYTES)."""
+    return BadCommand(ErrorCode.TOO_LARGE, f"{size} bytes > {MAX_COMMAND_BYTES}")
 
 
 def _reject_constant(token: str) -> Any:

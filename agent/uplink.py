@@ -6,9 +6,18 @@ buffer after a reconnect, never from paho's memory. Pending rows leave in the
 buffer's delivery order (EventBuffer.next_rows: life-safety alarms first, then
 the rest of the event lane, then telemetry, each in seq order), with at most
 `inflight_window` unacknowledged; each PUBACK deletes its row (buffer.ack).
-Reconnects back off exponentially with full jitter, so a thousand gateways do
-not all come back in the same second after a broker restart; the backoff starts
-over only after a session proved itself (a row acknowledged, or up STABLE_S).
+Reconnects back off exponentially with full jitter up to reconnect_max_s, then
+wait between half of it and all of it, so a thousand gateways do not all come
+back in the same second after a broker restart, yet each is back within
+reconnect_max_s of it (8 s by default: the 10 s alarm promise; figures in
+bench/bench_fleet.py). The backoff starts over only after a session proved
+itself (a row acknowledged, or up STABLE_S) or was dropped on the PUBACK
+deadline below.
+
+A broker that keeps the connection but stops acknowledging (no PUBACK for
+PUBACK_TIMEOUT_S while something waits for one) is dropped like a lost
+connection: everything unacknowledged is resent on the next one, and
+`last_error` says why until the broker acknowledges again.
 
 A row the broker refuses (too big, malformed: it answers with a failure or drops
 the connection) would otherwise go first again on every reconnect and hold the
@@ -69,6 +78,12 @@ OFFLINE_FLUSH_S: Final = 2.0  # how long a clean shutdown waits for the offline 
 ALIVE_S: Final = 1.0  # the connection loop iterates at least this often
 REFILL_S: Final = 1.0  # look at the buffer at least this often while connected
 STABLE_S: Final = 30.0  # a session up this long (or one PUBACKed row) resets the backoff
+# No PUBACK for this long while one is awaited: the connection is dropped and everything
+# unacknowledged resent on a new one. Counted from the last PUBACK (or the first publish
+# after one), so a slow link that still acknowledges is never cut; 5 s plus the first
+# backoff (at most 2 x reconnect_min_s) keeps an alarm published into a dead connection
+# (a NAT that forgot us, a load balancer's hung backend) within the 10 s promise.
+PUBACK_TIMEOUT_S: Final = 5.0
 BACKOFF_FLOOR_S: Final = 0.1  # no reconnect sooner than this (capped by reconnect_min_s)
 SET_ASIDE_AFTER: Final = 3  # refusals of one row before it is set aside
 MAX_STRIKES: Final = 64  # rows with refusals remembered (bounded: the Pi has 1 GB)
@@ -124,15 +139,38 @@ class UplinkSettings(Protocol):
 
 
 def backoff_delay(attempt: int, min_s: float, max_s: float, rng: Callable[[], float]) -> float:
-    """Exponential backoff with full jitter: uniform below min(max_s, min_s * 2**attempt).
+    """Exponential backoff with full jitter: uniform below min(max_s, min_s * 2**attempt),
+    and once that ceiling is max_s, uniform between max_s / 2 and max_s.
 
-    `attempt` is 1 for the first reconnect after a loss. The whole range is jittered
-    (no clamp to min_s, which would bring a fleet back in lockstep after a broker
-    restart); only a small floor keeps a broken broker from being hammered.
+    `attempt` is 1 for the first reconnect after a loss. The climb is jittered over its
+    whole range (no clamp to min_s, which would bring a fleet back in lockstep after a
+    broker restart); by the time the ceiling is reached the fleet's attempts are spread,
+    and the raised lower bound then halves the rate of attempts against a broker that is
+    down and flattens the peak when it returns, while max_s still bounds the wait. A small
+    floor keeps a broken broker from being hammered.
     """
     ceiling = min(max_s, min_s * float(2 ** min(max(attempt, 0), 30)))
+    low = ceiling / 2 if ceiling >= max_s else 0.0
     floor = min(BACKOFF_FLOOR_S, min_s)
-    return max(floor, rng() * ceiling)
+    return max(floor, low + rng() * (ceiling - low))
+
+
+class Backoff:
+    """The waits between connection attempts: backoff_delay over a count of attempts
+    that starts over when the session that ended says so (Uplink._session)."""
+
+    def __init__(self, min_s: float, max_s: float, rng: Callable[[], float]) -> None:
+        self.min_s = min_s
+        self.max_s = max_s
+        self._rng = rng
+        self.attempt = 0
+
+    def next_delay(self, start_over: bool) -> float:
+        """The wait after a session ended. A session that reached CONNACK but did nothing
+        useful (a refused row, a broker that drops us at once) must not start the count
+        over: that was the 85-reconnects-in-6-s loop."""
+        self.attempt = 1 if start_over else min(self.attempt + 1, 30)
+        return backoff_delay(self.attempt, self.min_s, self.max_s, self._rng)
 
 
 @dataclass
@@ -144,6 +182,7 @@ class UplinkCounters:
     reconnects: int = 0
     failed_attempts: int = 0
     set_aside: int = 0  # rows deleted unsent after repeated refusals (each announced)
+    puback_timeouts: int = 0  # connections dropped because the broker stopped acknowledging
     commands: int = 0
     heartbeats: int = 0
 
@@ -164,9 +203,17 @@ class _Session:
     cursor: ReadCursor = field(default_factory=ReadCursor)  # what this connection has sent
     next_heartbeat: float = 0.0
     offline_mid: int | None = None
+    # QoS 1 publishes that are not rows (the online status, command results): their
+    # PUBACKs count for the deadline like the rows' do
+    control_mids: set[int] = field(default_factory=set)
+    # since when a PUBACK has been awaited without one arriving (None: nothing awaited)
+    waiting_since: float | None = None
     # PUBACKed seqs not yet handed to the buffer: one buffer.ack_many per lane per pump,
     # so a window of PUBACKs read in one go wakes the buffer's writer once, not 50 times
     acked: dict[Lane, list[int]] = field(default_factory=lambda: {lane: [] for lane in Lane})
+
+    def awaiting(self) -> bool:
+        return bool(self.inflight or self.control_mids)
 
     def proved(self) -> bool:
         """Connected and useful: a row went through, or it stayed up STABLE_S."""
@@ -308,24 +355,17 @@ class Uplink:
     # -- the connection thread -------------------------------------------------
 
     def _run(self) -> None:
-        attempt = 0
+        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s, self._rng)
         while not self._stopping.is_set():
             try:
-                proved = self._session()
+                start_over = self._session()
             except Exception:  # the uplink thread must outlive any bug in one session
                 log.exception("uplink session failed")
-                proved = False
+                start_over = False
             self._set_connected(False)
             if self._stopping.is_set():
                 return
-            # a session that reached CONNACK but did nothing useful (a refused row, a
-            # broker that drops us at once) must not reset the backoff: that was the
-            # 85-reconnects-in-6-s loop
-            attempt = 1 if proved else min(attempt + 1, 30)
-            delay = backoff_delay(
-                attempt, self.settings.reconnect_min_s, self.settings.reconnect_max_s, self._rng
-            )
-            self._wait_alive(delay)
+            self._wait_alive(backoff.next_delay(start_over))
 
     def _wait_alive(self, delay: float) -> None:
         """Wait out a backoff delay (or until stopped), refreshing `alive` meanwhile."""
@@ -337,8 +377,13 @@ class Uplink:
             self._stopping.wait(min(ALIVE_S, until - now))
 
     def _session(self) -> bool:
-        """One connection attempt, pumped until it ends. True if it got connected."""
+        """One connection attempt, pumped until it ends. True if the backoff may start
+        over: the session proved itself, or it was dropped on the PUBACK deadline (which
+        already spaced it PUBACK_TIMEOUT_S from the last attempt, so it needs no growing
+        wait against a loop; a prompt new connection is what gets round a lost path,
+        and what delivers soon after a stalled broker recovers)."""
         session = _Session()
+        stalled = False
         try:
             conn = self._open(session)
         except UplinkError as exc:
@@ -366,13 +411,16 @@ class Uplink:
                     break
                 continue
             self._serve(session)
+            if self._puback_overdue(session):
+                stalled = True
+                break
         if self._stopping.is_set():
             self._say_offline(session)
             self._hand_over_acks(session)
         elif session.connected and session.conn.message_fault:
             self._blame_loss(session)
         session.conn.close()
-        return session.proved()
+        return stalled or session.proved()
 
     def _open(self, session: _Session) -> MqttConnection | None:
         """Resolve the broker's name (bounded), then connect to its addresses in turn, each
@@ -441,6 +489,21 @@ class Uplink:
         if time.monotonic() >= session.next_heartbeat:
             self._heartbeat(session)
         self._publish_results(session)
+        if session.waiting_since is None and session.awaiting():
+            session.waiting_since = time.monotonic()
+
+    def _puback_overdue(self, session: _Session) -> bool:
+        """Drop a connection on which the broker has stopped acknowledging. True if so."""
+        since = session.waiting_since
+        if since is None or time.monotonic() - since < PUBACK_TIMEOUT_S:
+            return False
+        self.counters.puback_timeouts += 1
+        self._trouble(
+            f"no PUBACK from the broker for {PUBACK_TIMEOUT_S:.0f} s: it keeps the connection "
+            "but does not acknowledge; reconnecting, unacknowledged records are sent again"
+        )
+        session.conn.close()
+        return True
 
     def _fill(self, session: _Session) -> None:
         room = self.settings.inflight_window - len(session.inflight)
@@ -485,7 +548,8 @@ class Uplink:
             return
         session.connected = True
         session.connected_at = time.monotonic()
-        self.last_error = None
+        # last_error stays until the broker acknowledges something: a broker that takes
+        # the connection but never a message must not look healthy (_on_puback clears it)
         self._check_probe()
         if self.counters.connects:
             self.counters.reconnects += 1
@@ -495,7 +559,7 @@ class Uplink:
             session.conn.subscribe(
                 feed.command_filter(self.settings.topic_prefix, self.identity), feed.COMMAND_QOS
             )
-            self._publish_status(session, online=True)
+            session.control_mids.add(self._publish_status(session, online=True))
         except UplinkError as exc:
             log.warning("uplink: %s", str(exc))  # str: a record must not pin a socket
             session.conn.close()
@@ -517,6 +581,11 @@ class Uplink:
             session.offline_mid = None
             return
         row = session.inflight.pop(mid, None)
+        session.control_mids.discard(mid)
+        # an answer, accepted or not: the broker is acknowledging
+        session.waiting_since = time.monotonic() if session.awaiting() else None
+        if reason < 0x80:
+            self.last_error = None
         if row is None:
             return  # status, cmd-result: nothing to delete
         if reason >= 0x80:
@@ -524,7 +593,7 @@ class Uplink:
             # reconnect; the lane must not move on past it, unless the refusal is about
             # the row itself and keeps coming (then it is set aside)
             self.counters.rejected += 1
-            log.warning("uplink: broker refused %s seq %d (reason 0x%02x)", *row, reason)
+            self._trouble(f"broker refused {row[0].value} seq {row[1]} (reason 0x{reason:02x})")
             if reason in ROW_REFUSALS and self._strike(row, f"refused, reason 0x{reason:02x}"):
                 return  # set aside: the lane goes on without a reconnect
             session.conn.close()
@@ -601,6 +670,10 @@ class Uplink:
         if name is None or self._commands is None:
             return
         self.counters.commands += 1
+        if message.too_large is not None:  # its payload was thrown away unread (agent.mqtt)
+            bad = feed.too_large(message.too_large)
+            self._queue_result(self._error_result(name, bad.code, bad.message))
+            return
         try:
             self._cmd_queue.put_nowait((name, message.payload, message.retain))
         except queue.Full:
@@ -666,7 +739,7 @@ class Uplink:
             stats,
             devices,
             stats["drops"],
-            self.counters.as_dict(),
+            {**self.counters.as_dict(), "last_error": self.last_error},
             interval_s=self.settings.heartbeat_s,
         )
 
@@ -700,10 +773,11 @@ class Uplink:
                     return
                 result = self._results.popleft()
             try:
-                session.conn.publish(self._topics[leaf], dumps(result), feed.QOS[leaf])
+                mid = session.conn.publish(self._topics[leaf], dumps(result), feed.QOS[leaf])
             except UplinkError as exc:
                 log.warning("uplink: command result not sent: %s", exc)
                 return
+            session.control_mids.add(mid)
 
     def _busy_result(self, name: str, raw: bytes, retained: bool) -> dict[str, Any]:
         request_id = None

@@ -36,6 +36,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "bus": (["bench/bench_bus.py"], ["bench/bench_bus.py", "--smoke"]),
     "backlog": (["bench/bench_backlog.py"], ["bench/bench_backlog.py", "--smoke"]),
     "wear": (["bench/bench_wear.py"], ["bench/bench_wear.py", "--smoke"]),
+    "fleet": (["bench/bench_fleet.py"], ["bench/bench_fleet.py", "--smoke"]),
+    "faults": (["bench/bench_faults.py"], ["bench/bench_faults.py", "--smoke"]),
 }
 # bench_drain.py / bench_ingest.py print one sentence; these turn it into figures
 _SENTENCE = {

@@ -40,6 +40,14 @@ EXPECTED_FIGURES = {
     "backlog_broker_back_4g_fire",
     "backlog_during_drain_4g_fire",
     "backlog_broker_back_loopback_goal",
+    "fleet_now_restart",
+    "fleet_old_restart",
+    "fleet_goal",
+    "uplink_broker_outage",
+    "uplink_no_puback_noticed",
+    "uplink_no_puback_recovered",
+    "uplink_flood_fire",
+    "uplink_flood_commands",
 }
 
 
@@ -99,6 +107,16 @@ def test_smoke_run_prints_every_figure_and_loses_nothing(smoke_output: str) -> N
     for name in ("backlog_broker_back_4g_fire", "backlog_during_drain_4g_fire"):
         assert figures[name]["n"] == "1" and _positive(figures[name]["max_ms"])
         assert _positive(figures[name.replace("_fire", "_in_order_baseline")]["max_ms"])
+    # fleet: every gateway came back and every alarm stored in the outage arrived
+    for name in ("fleet_now_restart", "fleet_old_restart"):
+        fleet = figures[name]
+        assert fleet["complete"] == "yes" and fleet["delivered"] == fleet["gateways"]
+        assert int(fleet["peak_per_s"]) > 0
+    # uplink faults: each fire arrived; the flood made no more test events than the limit
+    for name in ("uplink_broker_outage", "uplink_no_puback_noticed", "uplink_flood_fire"):
+        assert int(figures[name]["n"]) >= 1 and _positive(figures[name]["max_s"])
+    flood = figures["uplink_flood_commands"]
+    assert int(flood["sent"]) > 0 and 0 < int(flood["test_events"]) <= 6
 
     # the two benches of the uplink/buffer work ran and reported a rate against a baseline
     for name in ("drain", "ingest"):

@@ -3,7 +3,10 @@ end to end through the buffer and the broker."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.buffer import EventBuffer
-from agent.commands import RECENT_REQUESTS, CommandHandler
+from agent.commands import COMMAND_RATE, RECENT_REQUESTS, TEST_ALARM_RATE, CommandHandler
 from agent.errors import FieldTimeout, UnknownPoint
 from agent.events import Category, Event, Kind, Severity
 from agent.mqtt import MAX_INCOMING_PACKET
@@ -209,7 +212,7 @@ def test_test_alarm_goes_end_to_end_and_results_carry_the_request_id(
 
 def test_a_repeated_request_id_is_answered_again_without_acting_again() -> None:
     gateway = FakeGateway()
-    h = CommandHandler(gateway, IDENT)
+    h = CommandHandler(gateway, IDENT, monotonic=itertools.count(0, 60).__next__)  # unhurried
     first = h.handle("test-alarm", cmd(id="ta-1"))
     again = h.handle("test-alarm", cmd(id="ta-1"))
     assert first["ok"] and again == first
@@ -308,3 +311,153 @@ def test_mqtt5_the_broker_never_hands_the_gateway_a_huge_command(
         assert handler.handled == 1  # the huge one never reached the Pi
     finally:
         col.close()
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_test_alarms_past_the_rate_limit_get_an_error_result_and_make_no_event() -> None:
+    gateway = FakeGateway()
+    clock = Clock()
+    h = CommandHandler(gateway, IDENT, monotonic=clock)
+    check = validator("cmd-result")
+    results = [h.handle("test-alarm", cmd(id=f"ta-{i}")) for i in range(1000)]
+    ok = [r for r in results if r["ok"]]
+    limited = [r for r in results if not r["ok"]]
+    assert len(ok) == TEST_ALARM_RATE.burst == gateway.test_alarms
+    assert {r["error"]["code"] for r in limited} == {"rate_limited"}
+    check.validate(limited[0])
+    assert limited[0]["id"] == f"ta-{TEST_ALARM_RATE.burst}"  # the caller can tell which
+    assert "test alarms" in limited[0]["error"]["message"]
+    # a refused request is not remembered: sent again once the bucket refilled, it acts
+    clock.now += 1 / TEST_ALARM_RATE.per_s
+    again = h.handle("test-alarm", cmd(id=limited[0]["id"]))
+    assert again["ok"] and gateway.test_alarms == TEST_ALARM_RATE.burst + 1
+    # the test-alarm limit does not hold other commands back
+    assert h.handle("ping", cmd(id="p-after"))["ok"]
+
+
+def test_every_command_is_rate_limited_and_repeats_and_refusals_cost_nothing() -> None:
+    gateway = FakeGateway()
+    clock = Clock()
+    h = CommandHandler(gateway, IDENT, monotonic=clock)
+    first = h.handle("silence", cmd(id="s-0"))
+    for _ in range(100):  # QoS 1 redeliveries of one request: answered from memory
+        assert h.handle("silence", cmd(id="s-0")) == first
+    for i in range(100):  # malformed: refused before acting
+        assert h.handle("read", cmd(id=f"bad-{i}", args={"device": 7}))["ok"] is False
+    results = [h.handle("silence", cmd(id=f"s-{i}")) for i in range(1, 1000)]
+    assert sum(r["ok"] for r in results) == COMMAND_RATE.burst - 1  # s-0 took one
+    assert gateway.silenced == COMMAND_RATE.burst
+    assert h.errors["rate_limited"] == 1000 - COMMAND_RATE.burst
+    clock.now += 2.0  # the bucket refills at its rate, no faster
+    results = [h.handle("ping", cmd(id=f"p-{i}")) for i in range(200)]
+    assert sum(r["ok"] for r in results) == int(2.0 * COMMAND_RATE.per_s)
+    clock.now += 3600.0  # and never beyond its burst
+    results = [h.handle("ping", cmd(id=f"q-{i}")) for i in range(200)]
+    assert sum(r["ok"] for r in results) == COMMAND_RATE.burst
+
+
+def test_a_test_alarm_flood_over_the_broker_is_cut_at_the_limit(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    buffer = EventBuffer(tmp_path / "b.db", IDENT, 100_000)
+    gateway = FakeGateway(buffer)
+    handler = CommandHandler(gateway, IDENT)
+    uplink = _uplink(broker, buffer, handler)
+    col = Collector(broker.host, broker.port, f"{ROOT}/#")
+    flood = 300
+    try:
+        with running(buffer, uplink):
+            assert col.wait_for(lambda: col.count("status") >= 1)
+            for i in range(flood):
+                col.publish(f"{ROOT}/cmd/test-alarm", cmd(id=f"flood-{i}"))
+            assert wait_until(lambda: uplink.counters.commands >= flood, timeout=30)
+            handled_all_before(col)
+            assert col.wait_for(lambda: col.count("event") >= gateway.test_alarms)
+        events = [e for e in col.payloads("event") if e["kind"] == "test"]
+        assert gateway.test_alarms <= TEST_ALARM_RATE.burst + 1  # + what refilled meanwhile
+        assert len(events) == gateway.test_alarms
+        codes = {r["error"]["code"] for r in col.payloads("cmd-result") if not r["ok"]}
+        assert "rate_limited" in codes
+    finally:
+        col.close()
+
+
+def handled_all_before(col: Collector) -> None:
+    """Wait until every command sent so far went through the handler: one worker answers
+    them in order, so a ping it answers (not the uplink's own `busy`) comes after them."""
+    for n in range(200):
+        sentinel = f"sentinel-{n}"
+        col.publish(f"{ROOT}/cmd/ping", cmd(id=sentinel))
+        assert col.wait_for(lambda s=sentinel: _result(col, s) is not None)  # type: ignore[misc]
+        answer = _result(col, sentinel)
+        assert answer is not None
+        if answer["ok"] or answer["error"]["code"] != "busy":
+            return
+    raise AssertionError("the command worker never caught up")
+
+
+def _result(col: Collector, request_id: str) -> dict[str, Any] | None:
+    return next((r for r in col.payloads("cmd-result") if r["id"] == request_id), None)
+
+
+def _vm_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def test_a_100_mb_command_over_mqtt311_costs_bounded_memory_and_gets_too_large(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """MQTT 3.1.1 cannot tell the broker our size limit: the agent must not read a huge
+    command into memory (it took one to 355 MB RSS, over the unit's MemoryMax=200M)."""
+    args = ["agent", "--db", str(tmp_path / "b.db"), "--port", str(broker.port), "--commands"]
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "tests.uplink_helpers", *args, "--prefix", "alarmgw"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    col = Collector(broker.host, broker.port, f"{ROOT}/#")
+    try:
+        assert agent.stdout is not None and agent.stdout.readline().strip() == b"ready"
+        assert col.wait_for(lambda: col.count("status") >= 1)
+        before_kb = _vm_kb(agent.pid, "VmHWM")
+        huge = 100 * 1024 * 1024
+        col.publish(f"{ROOT}/cmd/ping", b"{" + b" " * (huge - 2) + b"}")
+        col.publish(f"{ROOT}/cmd/ping", cmd(id="after-it"))
+        assert col.wait_for(lambda: col.count("cmd-result") >= 2, timeout=60)
+        peak_kb = _vm_kb(agent.pid, "VmHWM")
+    finally:
+        col.close()
+        stop_child(agent)
+    first, second = col.payloads("cmd-result")
+    assert first["ok"] is False and first["error"]["code"] == "too_large"
+    assert first["error"]["message"] == f"{huge} bytes > 4096"
+    validator("cmd-result").validate(first)
+    assert second["ok"] and second["id"] == "after-it"  # the connection is still good
+    print(f"agent peak RSS {before_kb / 1024:.0f} MB before, {peak_kb / 1024:.0f} MB after")
+    assert peak_kb - before_kb < 16 * 1024  # read in 64 KiB chunks: no copy of it
+    assert peak_kb < 100 * 1024  # well under MemoryMax=200M
+
+
+def stop_child(proc: subprocess.Popen[bytes]) -> None:
+    """Close its stdin (it then stops its uplink and exits), reap it, close its pipes."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.stdout.close()

@@ -134,8 +134,8 @@ def test_defaults_are_applied_and_relative_paths_follow_the_config_file(tmp_path
     assert (up.heartbeat_s, up.inflight_window, up.reconnect_min_s, up.reconnect_max_s) == (
         30,
         50,
-        1,
-        60,
+        2,
+        8,
     )
     assert config.buffer.path == tmp_path / "buffer.db"
     rtu, tcp = config.lines

@@ -164,9 +164,20 @@ def _agent_main(args: argparse.Namespace) -> int:
 
     buffer = EventBuffer(Path(args.db), IDENT, max_events=1_000_000)
     settings = Settings(args.host, args.port, topic_prefix=args.prefix, client_id=args.client_id)
-    uplink = Uplink(settings, IDENT, buffer, version="test", config_digest="kill")
+    commands = None
+    if args.commands:
+        from agent.commands import CommandHandler
+        from tests.test_commands import FakeGateway
+
+        commands = CommandHandler(FakeGateway(buffer), IDENT).handle
+    uplink = Uplink(
+        settings, IDENT, buffer, version="test", config_digest="kill", commands=commands
+    )
     with running(buffer, uplink):
         print("ready", flush=True)
+        if args.commands:
+            sys.stdin.read()  # answers commands until its parent closes stdin
+            return 0
         if args.drain:
             ok = wait_until(lambda: buffer.stats()["depth"] == 0, timeout=60)
             print("drained" if ok else "not-drained", flush=True)
@@ -198,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     agent.add_argument("--client-id", default="kill-agent")
     agent.add_argument("--rate", type=int, default=2000, help="events per second, roughly")
     agent.add_argument("--drain", action="store_true", help="no burst: deliver and exit")
+    agent.add_argument(
+        "--commands", action="store_true", help="no burst: answer commands until stdin closes"
+    )
     args = parser.parse_args(argv)
     return _agent_main(args)
 
