@@ -135,6 +135,7 @@ class Gateway:
         self._loop_alive = time.monotonic()
         self._clock_was_synced: bool | None = None
         self._closing = False
+        self._reads_closed = threading.Event()  # stopping: a waiting live read gives up now
         self._uplink_since_ms: int | None = None  # when the uplink last connected or dropped
         self._rules_lock = threading.Lock()
         self._field_queue: queue.SimpleQueue[PollResult | CommChange | Event | None] = (
@@ -617,12 +618,15 @@ class Gateway:
         while True:
             left = max(0.0, deadline - time.monotonic())
             try:
-                return fut.result(min(left, READ_CHECK_S) if gave_up is not None else left)
+                return fut.result(min(left, READ_CHECK_S))
             except TimeoutError as exc:
                 if fut.done():  # the read itself ran out of time (asyncio.timeout in _read)
                     raise FieldTimeout(
                         f"device {device!r}: no answer within {READ_TIMEOUT_S:g} s"
                     ) from exc
+                if self._reads_closed.is_set():  # the loop may never run it now
+                    fut.cancel()
+                    raise AlarmgwError("the agent is stopping") from exc
                 if gave_up is not None and gave_up():
                     fut.cancel()
                     raise FieldTimeout(f"device {device!r}: the caller stopped waiting") from exc
@@ -796,6 +800,7 @@ class Gateway:
             )
 
     async def _shutdown(self) -> None:
+        self._reads_closed.set()
         self.watchdog.stop()
         if self.control is not None:
             self.control.close()

@@ -1,7 +1,7 @@
 """Run every benchmark, one after another, each in its own process; print every figure.
 
     python bench/run_all.py            # the full set (several minutes, bounded)
-    python bench/run_all.py --smoke    # each bench tiny: < 60 s in all, proves they work
+    python bench/run_all.py --smoke    # each bench tiny: ~2 min in all, proves they work
     python bench/run_all.py --record   # also append a dated table to docs/benchmarks.md
     python bench/run_all.py --only storm,bus
 
@@ -34,6 +34,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "storm": (["bench/bench_storm.py"], ["bench/bench_storm.py", "--smoke"]),
     "footprint": (["bench/bench_footprint.py"], ["bench/bench_footprint.py", "--smoke"]),
     "bus": (["bench/bench_bus.py"], ["bench/bench_bus.py", "--smoke"]),
+    "faults": (["bench/bench_faults.py"], ["bench/bench_faults.py", "--smoke"]),
 }
 # bench_drain.py / bench_ingest.py print one sentence; these turn it into figures
 _SENTENCE = {

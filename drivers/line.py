@@ -523,7 +523,11 @@ class Line:
         self._wakeup.clear()  # before looking at the queue: a request queued from now wakes us
         now = time.monotonic()
         self._expire_requests(now)
-        if self._down is not None:
+        broken = await self.link.check_idle()
+        if broken is not None:  # hung up or closed while idle: a failed attempt, seen now
+            self._last_open_failure = now
+            self._link_failed(broken)
+        if self._down is not None or (self._link_failures and not self.link.is_open):
             await self._reconnect(now)
             return
         poll = self._next_due(lost=False)
@@ -628,19 +632,26 @@ class Line:
         self._fail_requests(Disconnected(f"line {self.line_id} is down: {exc}"))
 
     async def _reconnect(self, now: float) -> None:
-        """While the line is down: try the link every REOPEN_DELAY_S; once it opens, probe
-        every device at once (each reports its own restore when it answers)."""
+        """While the link is failing or down: try it every REOPEN_DELAY_S, on the line's
+        own clock (not at the next poll, which may be seconds away); once the line is down
+        and the link opens again, probe every device at once (each reports its own restore
+        when it answers)."""
         wait = self._last_open_failure + REOPEN_DELAY_S - now
         if wait > 0:
             await self._idle(min(wait, MAX_IDLE_WAIT_S))
             return
+        self.alive = now
         try:
             await self.link.connect()
         except Disconnected as exc:
             self._last_open_failure = time.monotonic()
-            assert self._down is not None
-            self._down = LineDown(str(exc), self._down.since_ms)
+            if self._down is None:
+                self._link_failed(exc)
+            else:
+                self._down = LineDown(str(exc), self._down.since_ms)
             return
+        if self._down is None:
+            return  # reopened before the line was declared down: polls go on
         log.warning("line %s: its link opens again; probing its devices", self.line_id)
         self._down = None
         opened = time.monotonic()

@@ -288,6 +288,18 @@ class ModbusLink(ABC):
         Raises Disconnected, never anything else."""
         await self._guarded_call(self.open)
 
+    def _gone_while_idle(self) -> str | None:
+        """Why the open link is already known to be broken (hung up, closed by the peer)."""
+        return None
+
+    async def check_idle(self) -> Disconnected | None:
+        """Between exchanges: if the link broke meanwhile, close it and say why, so the
+        line learns it now rather than at its next poll (which may be seconds away)."""
+        why = self._gone_while_idle() if self.is_open else None
+        if why is None:
+            return None
+        return await self._broken(Disconnected(f"{self.name}: {why}"), unexpected=False)
+
     async def _guarded(self, unit: int, pdu: bytes, timeout_s: float) -> bytes:
         """Open if needed and exchange; a broken link is closed and becomes Disconnected."""
 
@@ -409,6 +421,9 @@ class RtuLink(ModbusLink):
             return
         self._rx += data
         self._rx_event.set()
+
+    def _gone_while_idle(self) -> str | None:
+        return None if self._rx_error is None else str(self._rx_error)
 
     def _lose_port(self, error: OSError) -> None:
         self._rx_error = error
@@ -552,6 +567,11 @@ class TcpLink(ModbusLink):
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+
+    def _gone_while_idle(self) -> str | None:
+        if self._reader is not None and self._reader.at_eof():
+            return "connection closed by the device"
+        return None
 
     def _next_tid(self) -> int:
         self._tid = self._tid % 0xFFFF + 1

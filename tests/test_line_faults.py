@@ -108,6 +108,30 @@ def test_a_black_holing_tcp_gateway_takes_its_ten_devices_down_together() -> Non
     run(bench())
 
 
+def test_an_endpoint_gone_between_polls_is_seen_at_once_not_at_the_next_poll() -> None:
+    """An analog module polled every 5 s: its TCP endpoint closes just after a poll. The
+    line sees the closed connection while idle and retries the link on its own clock: the
+    device is reported lost before its next poll was even due (it took ~10 s)."""
+    port = free_tcp_port()
+
+    async def bench() -> None:
+        out = Outputs()
+        module = dataclasses.replace(device("ai", 1), fast=[], slow_period_s=5.0)
+        line = Line("tcp-1", TcpLink("127.0.0.1", port), [module], out)
+        try:
+            async with tcp_server([1], port=port):
+                line.start()
+                await wait_until(lambda: bool(out.polls("ai")))
+            await wait_until(lambda: bool(out.changes("ai")), 20)
+            assert line.down is not None
+            # no poll of the module failed: the loss came from the link itself
+            assert line.stats()["ai"]["polls_failed"] == 0
+        finally:
+            await line.close()
+
+    run(bench())
+
+
 def test_a_unit_a_gateway_cannot_reach_is_lost_like_a_silent_one(pty_pair: PtyPair) -> None:
     """Exception 11 (gateway target device failed to respond) is the gateway's answer, not
     the device's: it counts toward comm loss; other exception answers still do not."""

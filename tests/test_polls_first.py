@@ -206,6 +206,25 @@ def test_a_read_flood_over_mqtt_leaves_the_fire_panel_polled(rig: Rig, broker: M
     assert sampler.overdue == []
 
 
+def test_the_agent_stops_cleanly_in_the_middle_of_a_read_flood(
+    rig: Rig, broker: Mosquitto
+) -> None:
+    """A read waiting for the line when the agent stops gives up with it: it once held the
+    command worker, and so the stop, for its full 11 s, and its coroutine was dropped."""
+    platform = Platform(broker)
+    stop = threading.Event()
+    flooder = threading.Thread(target=platform.flood, args=("fap", 1000.0, stop))
+    flooder.start()
+    try:
+        time.sleep(1.0)  # the flood is on: the stimulus's setting
+        assert rig.stop_agent() == 0
+    finally:
+        stop.set()
+        flooder.join()
+        platform.close()
+    assert "never awaited" not in rig.agent_log()
+
+
 def test_an_exception_answer_names_its_code_in_the_fault_event(rig: Rig) -> None:
     """The gas detector answers every read with exception 2: its points' fault events say
     "illegal data address (2)", not "no block covers holding 1..1"."""
