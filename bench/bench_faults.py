@@ -6,9 +6,11 @@ agent (`alarmgw run`, a config with nothing but the required keys: every timing 
 default a technician gets) against a private mosquitto, and times, on one monotonic
 clock, the stimulus and the arrival of the event at a subscriber of its own:
 
-  panel_back          the fire panel silent for 70 s, then back with a fire: the fire alarm
+  panel_back          the fire panel silent for 70-75 s, then back with a fire: the alarm
   rs485_lost          the RS-485 adapter unplugged (pty pair removed): every device's
                       comm_loss; plugged back: every device's comm_restore
+  rs485_cut           the RS-485 cable cut (the adapter stays, every device falls silent):
+                      every device's comm_loss; reconnected: every comm_restore
   tcp_gone            a Modbus TCP endpoint closed: comm_loss; back: comm_restore
   tcp_blackhole       a Modbus TCP gateway with 10 devices behind it starts black-holing
                       connects (a listener that never accepts): all 10 comm_loss; and back
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import random
 import subprocess
 import sys
 import tempfile
@@ -147,6 +150,15 @@ class World:
         """Receipt time of `kind` for each device (None where it never came)."""
         return [self.wait_event(_is(device, kind), after) for device in devices]
 
+    def timed(self, stimulus: Callable[[], None], kind: str, devices: list[str]) -> float | None:
+        """Apply `stimulus`; seconds until every device's `kind` event arrived (the slowest;
+        None if one never did)."""
+        mark = self.mark()
+        start = time.monotonic()
+        stimulus()
+        times = self.wait_all(kind, devices, mark)
+        return None if any(t is None for t in times) else max(t for t in times if t) - start
+
     def wait_devices_ok(self, timeout: float = WAIT_S) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.agent.poll() is None:
@@ -215,11 +227,6 @@ def report(name: str, samples: list[float | None], **extra: Any) -> None:
     figure(name, **stats, missed=missed, goal_ms=round(GOAL_S * 1000), met=met, **extra)
 
 
-def _latest(times: list[float | None], since: float) -> float | None:
-    """A line-wide event's latency: its slowest device (None if any device never said)."""
-    return None if any(t is None for t in times) else max(t for t in times if t) - since
-
-
 def _care_home_bus(d: Path) -> tuple[RtuBus, Line]:
     bus = RtuBus(d / "ttyUSB0", [sim_device(*spec) for spec in CARE_HOME])
     line = Line(
@@ -253,6 +260,7 @@ def _fire_trial(
 def panel_back(d: Path, smoke: bool, trials: int | None = None) -> None:
     """The panel silent for 70 s (its probe backoff at its cap), then back with a fire."""
     silent_s = 5.0 if smoke else 70.0
+    phase = random.Random(7)  # where in the probe period the panel answers again (seeded)
     bus, line = _care_home_bus(d)
     bus.plug()
     try:
@@ -264,7 +272,8 @@ def panel_back(d: Path, smoke: bool, trials: int | None = None) -> None:
                 silenced = time.monotonic()
                 panel.silence()
                 w.wait_event(_is("fap", "comm_loss"), mark)
-                time.sleep(max(0.0, silenced + silent_s - time.monotonic()))  # the silence
+                back_at = silenced + silent_s + phase.uniform(0.0, 5.0)
+                time.sleep(max(0.0, back_at - time.monotonic()))  # the silence itself
                 samples.append(_fire_trial(w, panel, before=panel.revive))
                 w.wait_devices_ok()
     finally:
@@ -272,98 +281,119 @@ def panel_back(d: Path, smoke: bool, trials: int | None = None) -> None:
     report("faults_panel_back", samples, silent_s=silent_s)
 
 
+def _down_and_up(
+    w: World, down: Callable[[], None], up: Callable[[], None], ids: list[str], trials: int
+) -> tuple[list[float | None], list[float | None]]:
+    """Take the link down and back `trials` times: every device's loss, then restore."""
+    lost, back = [], []
+    for _ in range(trials):
+        lost.append(w.timed(down, "comm_loss", ids))
+        back.append(w.timed(up, "comm_restore", ids))
+        w.wait_devices_ok()
+    return lost, back
+
+
 def rs485_lost(d: Path, smoke: bool, trials: int | None = None) -> None:
     """The USB adapter unplugged (pty pair removed) and plugged back, five devices on it."""
     bus, line = _care_home_bus(d)
     ids = list(bus.devices)
     bus.plug()
-    lost, back = [], []
     try:
         with world(d, [line]) as w:
-            for _ in range(trials or (1 if smoke else 5)):
-                mark = w.mark()
-                start = time.monotonic()
-                bus.unplug()
-                lost.append(_latest(w.wait_all("comm_loss", ids, mark), start))
-                mark = w.mark()
-                start = time.monotonic()
-                bus.plug()
-                back.append(_latest(w.wait_all("comm_restore", ids, mark), start))
-                w.wait_devices_ok()
+            lost, back = _down_and_up(w, bus.unplug, bus.plug, ids, trials or (1 if smoke else 5))
     finally:
         bus.unplug()
     report("faults_rs485_lost", lost, devices=len(ids))
     report("faults_rs485_restored", back, devices=len(ids))
 
 
-def tcp_gone(d: Path, smoke: bool, trials: int | None = None) -> None:
-    """A Modbus TCP device's endpoint closes (connection reset, port refused), then returns."""
-    port = free_port()
-    device = sim_device("ai-tcp", 1, "analog-4-20ma", {"ch1_pressure": 0.6, "ch2_level": 3.5})
-    line = Line(
-        "tcp-1",
-        {"type": "tcp", "host": "127.0.0.1", "port": port},
-        [("ai-tcp", 1, "analog-4-20ma")],
-    )
-    server = TcpDeviceServer("ai-tcp", device, 1, port).start()
-    lost, back = [], []
+def rs485_cut(d: Path, smoke: bool, trials: int | None = None) -> None:
+    """The cable cut behind the adapter: every device on the line silent at once."""
+    bus, line = _care_home_bus(d)
+    ids = list(bus.devices)
+
+    def cut() -> None:
+        for device in bus.devices.values():
+            device.silence()
+
+    def mend() -> None:
+        for device in bus.devices.values():
+            device.revive()
+
+    bus.plug()
     try:
         with world(d, [line]) as w:
-            for _ in range(trials or (1 if smoke else 5)):
-                mark = w.mark()
-                start = time.monotonic()
-                server.close()
-                lost.append(_latest(w.wait_all("comm_loss", ["ai-tcp"], mark), start))
-                mark = w.mark()
-                start = time.monotonic()
-                server = TcpDeviceServer("ai-tcp", device, 1, port).start()
-                back.append(_latest(w.wait_all("comm_restore", ["ai-tcp"], mark), start))
+            lost, back = _down_and_up(w, cut, mend, ids, trials or (1 if smoke else 3))
     finally:
-        server.close()
-    report("faults_tcp_gone", lost)
-    report("faults_tcp_back", back)
+        bus.unplug()
+    report("faults_rs485_cut", lost, devices=len(ids))
+    report("faults_rs485_mended", back, devices=len(ids))
+
+
+class TcpEndpoint:
+    """A Modbus TCP device or gateway that goes away (closing its connections) and comes
+    back on the same port; gone, its port refuses connects, or black-holes them."""
+
+    def __init__(self, units: dict[int, SimDevice], *, black_hole: bool) -> None:
+        self.port = free_port()
+        self.units = units
+        self.black_hole = black_hole
+        self._server: TcpDeviceServer | None = None
+        self._hole: BlackHole | None = None
+
+    def up(self) -> None:
+        if self._hole is not None:
+            self._hole.close()
+            self._hole = None
+        first, *behind = sorted(self.units)
+        serve = {u: self.units[u] for u in behind}
+        self._server = TcpDeviceServer("tcp", self.units[first], first, self.port, behind=serve)
+        self._server.start()
+
+    def down(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self.black_hole:
+            self._hole = BlackHole(self.port).start()
+
+    def close(self) -> None:
+        self.black_hole = False
+        self.down()
+
+
+def _profile_id(device: SimDevice) -> str:
+    assert device.profile is not None  # built from a profile by sim_device()
+    return device.profile.id
+
+
+def _tcp_flap(d: Path, name: str, units: dict[int, SimDevice], trials: int, *, hole: bool) -> None:
+    endpoint = TcpEndpoint(units, black_hole=hole)
+    ids = [dev.id for dev in units.values()]
+    keys = {"type": "tcp", "host": "127.0.0.1", "port": endpoint.port}
+    line = Line("tcp-1", keys, [(dev.id, u, _profile_id(dev)) for u, dev in units.items()])
+    endpoint.up()
+    try:
+        with world(d, [line]) as w:
+            lost, back = _down_and_up(w, endpoint.down, endpoint.up, ids, trials)
+    finally:
+        endpoint.close()
+    report(f"faults_{name}", lost, devices=len(ids))
+    report(f"faults_{name}_back", back, devices=len(ids))
+
+
+def tcp_gone(d: Path, smoke: bool, trials: int | None = None) -> None:
+    """A Modbus TCP device's endpoint closes (connection reset, port refused), then returns."""
+    module = sim_device("ai-tcp", 1, "analog-4-20ma", {"ch1_pressure": 0.6, "ch2_level": 3.5})
+    _tcp_flap(d, "tcp_gone", {1: module}, trials or (1 if smoke else 5), hole=False)
 
 
 def tcp_blackhole(d: Path, smoke: bool, trials: int | None = None) -> None:
     """A TCP gateway with 10 devices stops: its connection drops and its port black-holes."""
-    port = free_port()
     units = {
         u: sim_device(f"efd-{u}", u, "electrical-fire-4ch", {"ch1_leak": 50}) for u in range(1, 11)
     }
-    ids = [f"efd-{u}" for u in units]
-    line = Line(
-        "gw-1",
-        {"type": "tcp", "host": "127.0.0.1", "port": port},
-        [(f"efd-{u}", u, "electrical-fire-4ch") for u in units],
-    )
-
-    def gateway() -> TcpDeviceServer:
-        behind = {u: dev for u, dev in units.items() if u != 1}
-        return TcpDeviceServer("gw-1", units[1], 1, port, behind=behind).start()
-
-    server = gateway()
-    lost, back = [], []
-    hole: BlackHole | None = None
-    try:
-        with world(d, [line]) as w:
-            for _ in range(trials or (1 if smoke else 3)):
-                mark = w.mark()
-                start = time.monotonic()
-                server.close()
-                hole = BlackHole(port).start()
-                lost.append(_latest(w.wait_all("comm_loss", ids, mark), start))
-                mark = w.mark()
-                start = time.monotonic()
-                hole.close()
-                server = gateway()
-                back.append(_latest(w.wait_all("comm_restore", ids, mark), start))
-                w.wait_devices_ok()
-    finally:
-        server.close()
-        if hole is not None:
-            hole.close()
-    report("faults_tcp_blackhole", lost, devices=len(ids))
-    report("faults_tcp_blackhole_back", back, devices=len(ids))
+    _tcp_flap(d, "tcp_blackhole", units, trials or (1 if smoke else 3), hole=True)
 
 
 def _silence_detector(w: World, bus: RtuBus) -> None:
@@ -502,6 +532,7 @@ def read_flood(d: Path, smoke: bool, trials: int | None = None) -> None:
 SCENARIOS: dict[str, Callable[..., None]] = {
     "panel_back": panel_back,
     "rs485_lost": rs485_lost,
+    "rs485_cut": rs485_cut,
     "tcp_gone": tcp_gone,
     "tcp_blackhole": tcp_blackhole,
     "parallel_reads": parallel_reads,

@@ -25,7 +25,9 @@ endpoint fails `LINK_DOWN_AFTER` times in a row (USB adapter unplugged, TCP
 endpoint refusing or black-holing connects), the line is down and every device
 on it is reported lost at once, instead of each paying its own timeouts; the
 line then tries to reopen the link every second and probes every device the
-moment it opens.
+moment it opens. A bus that falls silent behind a working port (cable cut) is
+found the same way: two devices in a row silent with no answer between make
+the line ask every other device once, and if none answers all are lost now.
 
 Who gets the line, when several things want it: due polls of devices that
 answer come first. Probes of lost devices and live requests (`read_now`,
@@ -57,6 +59,7 @@ from typing import Any, TypeVar
 from agent.errors import (
     Disconnected,
     FieldError,
+    FieldTimeout,
     GatewayNoAnswer,
     LineBusy,
     ModbusException,
@@ -97,6 +100,8 @@ MIN_IDLE_WAIT_S = 0.001  # never spin
 
 # a request that got no usable block, and the typed reason
 Failure = tuple[ReadRequest, FieldError]
+# no answer at all from the device (a gateway's "no answer" included)
+SILENCE = (FieldTimeout, GatewayNoAnswer)
 
 
 @dataclass(frozen=True)
@@ -318,6 +323,7 @@ class Line:
         self._last_exchange_end = 0.0
         self._last_open_failure = -REOPEN_DELAY_S
         self._link_failures = 0  # failed link attempts in a row, on any device's behalf
+        self._silent: set[str] = set()  # devices gone silent with no answer on the line since
         self._down: LineDown | None = None
         self._probes = _ShareBudget(PROBE_SHARE, SHARE_BURST_S)
         self._chores = _ShareBudget(REQUEST_SHARE, SHARE_BURST_S)
@@ -673,9 +679,54 @@ class Line:
             self._poll_succeeded(st, poll_class, outcome.blocks, outcome.failed)
         else:
             assert outcome.last_error is not None
-            self._poll_failed(st, outcome.last_error)
+            was_lost = st.lost
+            self._poll_failed(st, poll_class, outcome.last_error)
+            if isinstance(outcome.last_error, SILENCE) and not was_lost:
+                self._silent.add(st.poll.device_id)
+                if len(self._silent) >= 2:
+                    await self._check_line_silent()
         if poll_class is PollClass.FAST:
             self._account_cycle(st.poll.device_id, time.monotonic() - started)
+
+    async def _check_line_silent(self) -> None:
+        """Two devices in a row went silent and nothing on the line answered since: ask every
+        other device once. If none answers, the bus itself is silent (cable cut, adapter dead,
+        A/B swapped, bus unpowered): every device on it is reported lost now, instead of each
+        after its own comm_fault_after polls (a slow-polled module took 15 s and more)."""
+        others = [
+            st
+            for st in self._devices.values()
+            if not st.lost and st.poll.polled and st.poll.device_id not in self._silent
+        ]
+        if not others:
+            return  # nobody left to ask (two devices): each counts its own polls
+        for st in others:
+            if not await self._silent_once(st):
+                return  # it answered, or the link broke (the line handles that): not the bus
+            self._silent.add(st.poll.device_id)
+        log.warning(
+            "line %s: no device answers (%d asked): the bus is silent; its devices are"
+            " reported lost",
+            self.line_id,
+            len(self._silent),
+        )
+        for st in self._devices.values():
+            if not st.lost and st.poll.polled:
+                st.lost = True
+                st.consecutive_failures = failures = max(1, st.consecutive_failures)
+                self._sink(CommChange(st.poll.device_id, True, "timeout", failures, now_ms()))
+                self._back_off(st)
+        self._silent.clear()
+
+    async def _silent_once(self, st: DeviceState) -> bool:
+        """Ask the device's first block once, no retry: True if it stayed silent."""
+        request = (st.poll.fast or st.poll.slow)[0]
+        try:
+            await self._paced(lambda: self.link.read(request, st.poll.timeout_s))
+        except FieldError as exc:
+            st.failures[exc.reason] += 1
+            return isinstance(exc, SILENCE)
+        return False
 
     async def _read_all(self, st: DeviceState, requests: list[ReadRequest]) -> ReadOutcome:
         """Send every request of a poll; a failing device's probe stops at its first silence."""
@@ -749,12 +800,15 @@ class Line:
                 self._last_open_failure = time.monotonic()
             self._link_failed(exc)
             raise
-        except FieldError:
+        except FieldError as exc:
             self._link_failures = 0  # the link carried the exchange; the device failed it
+            if not isinstance(exc, SILENCE):
+                self._silent.clear()  # something on the bus answered, if badly
             raise
         finally:
             self._last_exchange_end = self.alive = time.monotonic()
         self._link_failures = 0
+        self._silent.clear()
         return result
 
     def _poll_succeeded(
@@ -784,9 +838,12 @@ class Line:
         st.backoff_s = 0.0
         self._sink(PollResult(st.poll.device_id, poll_class, blocks, now_ms(), failed))
 
-    def _poll_failed(self, st: DeviceState, exc: FieldError) -> None:
+    def _poll_failed(self, st: DeviceState, poll_class: PollClass, exc: FieldError) -> None:
         st.polls_failed += 1
         st.consecutive_failures += 1
+        if not st.lost:  # a failing device is asked again soon, even one polled slowly
+            soon = time.monotonic() + st.poll.fast_period_s
+            st.next_due[poll_class] = min(st.next_due[poll_class], soon)
         if not st.lost and st.consecutive_failures >= st.poll.comm_fault_after:
             st.lost = True
             log.warning(

@@ -108,6 +108,55 @@ def test_a_black_holing_tcp_gateway_takes_its_ten_devices_down_together() -> Non
     run(bench())
 
 
+def test_a_cut_cable_takes_every_device_down_together(pty_pair: PtyPair) -> None:
+    """The adapter stays, the bus behind it goes silent (cable cut, A/B swapped, bus power
+    off): once two devices in a row are silent, the line asks the others once, and every
+    device is reported lost together; a module polled every 2 s does not wait for its own
+    three polls (it took comm_fault_after x slow_poll_s)."""
+
+    async def bench() -> None:
+        out = Outputs()
+        async with rtu_server(pty_pair.b, [1, 2, 3, 4]) as (_, plan):
+            devices = [device(f"d{u}", u, period_s=0.05) for u in (1, 2, 3)]
+            module = dataclasses.replace(device("ai", 4), fast=[], slow_period_s=2.0)
+            everyone = [*devices, module]
+            async with Line("rs485-1", RtuLink(pty_pair.a, 115200), everyone, out) as line:
+                await wait_until(lambda: all(out.polls(d.device_id) for d in everyone))
+                for unit in (1, 2, 3, 4):
+                    plan.modes[unit] = "silent"
+                await wait_until(lambda: all(out.changes(d.device_id) for d in everyone))
+                for d in everyone:
+                    assert out.changes(d.device_id)[0].lost
+                    assert out.changes(d.device_id)[0].reason == "timeout"
+                assert line.stats()["ai"]["polls_failed"] <= 1  # not its own three polls
+                for unit in (1, 2, 3, 4):
+                    plan.modes[unit] = "ok"
+                await wait_until(lambda: all(len(out.changes(d.device_id)) == 2 for d in everyone))
+
+    run(bench())
+
+
+def test_two_dead_devices_do_not_take_the_live_ones_with_them(pty_pair: PtyPair) -> None:
+    """Two devices silent one after the other make the line ask the rest once: they answer,
+    so only the two dead ones are reported, each after its own comm_fault_after polls."""
+
+    async def bench() -> None:
+        out = Outputs()
+        async with rtu_server(pty_pair.b, [1, 2, 3, 4]) as (_, plan):
+            plan.modes[3] = plan.modes[4] = "silent"
+            devices = [device(f"d{u}", u, period_s=0.05) for u in (1, 2, 3, 4)]
+            async with Line("rs485-1", RtuLink(pty_pair.a, 115200), devices, out) as line:
+                await wait_until(lambda: bool(out.changes("d3") and out.changes("d4")))
+                for dead in ("d3", "d4"):
+                    assert out.changes(dead)[0].failures == 3
+                polls = len(out.polls("d1"))
+                await wait_until(lambda: len(out.polls("d1")) > polls + 20)
+            assert out.changes("d1") == [] and out.changes("d2") == []
+            assert line.stats()["d1"]["polls_failed"] == 0
+
+    run(bench())
+
+
 def test_an_endpoint_gone_between_polls_is_seen_at_once_not_at_the_next_poll() -> None:
     """An analog module polled every 5 s: its TCP endpoint closes just after a poll. The
     line sees the closed connection while idle and retries the link on its own clock: the
