@@ -4,11 +4,15 @@ that is down, a device starved of polls, a line too busy for a live read."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from agent import cli_render
 from agent.commands import CommandHandler
-from agent.control import _error_code
+from agent.control import ControlServer, _error_code
 from agent.errors import LineBusy
 from agent.events import Event, Identity
 
@@ -96,3 +100,40 @@ def test_the_mqtt_read_result_says_busy() -> None:
     assert result["ok"] is False
     assert result["error"]["code"] == "busy"
     assert "line rs485-1 is busy" in result["error"]["message"]
+
+
+class _WaitingTarget:
+    """A control target whose read waits for its line until the caller gives up."""
+
+    def __init__(self) -> None:
+        self.gave_up = threading.Event()
+        self.waiting = threading.Event()
+
+    def read_point(
+        self, device: str, point: str | None, gave_up: Callable[[], bool] | None = None
+    ) -> dict[str, Any]:
+        assert gave_up is not None
+        self.waiting.set()
+        while not self.gave_up.wait(0.01):  # what runtime.read_point does between checks
+            if gave_up():
+                self.gave_up.set()
+        raise LineBusy("dropped")
+
+
+def test_a_read_whose_client_hung_up_is_told_so_while_it_waits(tmp_path: Path) -> None:
+    """`alarmgw read` interrupted (Ctrl-C, its own timeout): the read still waiting for
+    the line learns it, so the runtime drops it from the line's queue instead of running
+    it for nobody. A client that is still there is not taken for gone."""
+    target = _WaitingTarget()
+    server = ControlServer(tmp_path / "control.sock", target)  # type: ignore[arg-type]
+    server.start()
+    try:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(str(tmp_path / "control.sock"))
+        conn.sendall(b'{"id": 1, "cmd": "read", "args": {"device": "fap"}}\n')
+        assert target.waiting.wait(5)
+        assert not target.gave_up.wait(0.3)  # connected: still waiting
+        conn.close()
+        assert target.gave_up.wait(5)
+    finally:
+        server.close()
