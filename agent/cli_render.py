@@ -64,18 +64,30 @@ def _get(data: Mapping[str, Any], key: str, default: Any = None) -> Any:
 
 def problems(status: Mapping[str, Any]) -> list[str]:
     """Why `alarmgw status` exits 1: uplink down or connected but not delivering (the
-    broker has acknowledged nothing since the last error), a device or the GPIO in comm
-    fault, an active alarm, a degraded buffer, an unsynchronised clock. Empty when all is
-    well."""
+    broker has acknowledged nothing since the last error), a line down, a device or the
+    GPIO in comm fault, a device not polled for longer than its comm-fault window
+    (starved: what it reports is stale, whatever its comm state says), an active alarm, a
+    degraded buffer, an unsynchronised clock. Empty when all is well."""
     found: list[str] = []
     uplink = _get(status, "uplink", {})
     if not _get(uplink, "connected", False):
         found.append("uplink down")
     elif _get(uplink, "last_error"):
         found.append("uplink not delivering")
-    lost = [d.get("id", "?") for d in _get(status, "devices", []) if d.get("comm") == "lost"]
+    down = [ln.get("id", "?") for ln in _get(status, "lines", []) if ln.get("down")]
+    if down:
+        found.append("line down: " + ", ".join(down))
+    devices = _get(status, "devices", [])
+    lost = [d.get("id", "?") for d in devices if d.get("comm") == "lost"]
     if lost:
         found.append("comm fault: " + ", ".join(lost))
+    starved = [
+        f"{d.get('id', '?')} ({age(d.get('last_poll_age_s'))})"
+        for d in devices
+        if d.get("poll_overdue")
+    ]
+    if starved:
+        found.append("not polled: " + ", ".join(starved))
     alarms = _get(status, "active_alarms", [])
     if alarms:
         found.append(f"{len(alarms)} active alarm{'s' if len(alarms) != 1 else ''}")
@@ -131,9 +143,12 @@ def device_header() -> str:
 
 
 def device_row(dev: Mapping[str, Any]) -> str:
-    """One device: id, unit (or GPIO pin), comm state, last good poll age, name, failures."""
+    """One device: id, unit (or GPIO pin), comm state, last good poll age, name, failures.
+    A device starved of polls shows STALE: what it last reported may be out of date."""
     comm = str(_get(dev, "comm", "?"))
     shown = comm.upper() if comm == "lost" else comm
+    if dev.get("poll_overdue") and comm != "lost":
+        shown = "STALE"
     state = dev.get("state")
     last = age(dev.get("last_good_age_s")) if dev.get("line") != "gpio" else str(state or "-")
     fails = _get(dev, "failures", {})
@@ -157,7 +172,12 @@ def _line_block(line: Mapping[str, Any], devices: list[Mapping[str, Any]]) -> li
         f"line {_get(line, 'id', '?')}  {_get(line, 'online', 0)}/{_get(line, 'devices', 0)}"
         f" online  {_get(line, 'type', '')}{baud} {_get(line, 'where', '')}"
     )
-    return [clip(head), *(device_row(d) for d in devices if d.get("line") == line.get("id"))]
+    out = [clip(head)]
+    if line.get("down"):
+        since_ms = line.get("down_since_ms")
+        since = f" since {clock_time(since_ms)}" if isinstance(since_ms, int) else ""
+        out.append(clip(f"  DOWN{since}: {line['down']}"))
+    return out + [device_row(d) for d in devices if d.get("line") == line.get("id")]
 
 
 def alarm_row(event: Mapping[str, Any]) -> str:

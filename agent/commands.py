@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from agent import feed
-from agent.errors import AlarmgwError, FieldError, UnknownPoint
+from agent.errors import AlarmgwError, FieldError, LineBusy, UnknownPoint
 from agent.events import Event, Identity, now_ms
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,8 @@ class CommandHandler:
             return self._error(command.request_id, name, code, str(exc))
         except FieldError as exc:
             return self._error(command.request_id, name, feed.ErrorCode.FIELD_ERROR, str(exc))
+        except LineBusy as exc:  # the line's queue is full, or it could not get to it in time
+            return self._error(command.request_id, name, feed.ErrorCode.BUSY, str(exc))
         except AlarmgwError as exc:
             return self._error(command.request_id, name, feed.ErrorCode.INTERNAL, str(exc))
         return feed.result_payload(

@@ -476,7 +476,9 @@ DEVICE: Schema = {
     "comm_fault_after": Key(integer(1, 100), default=3),
     "timeout_s": Key(number(gt=0, le=10)),
     "retries": Key(integer(0, 10)),
-    "backoff_max_s": Key(number(gt=0, le=3600), default=30.0),
+    # a lost device is probed at least this often: one that answers again is reported
+    # within about this plus one poll (the 10 s promise needs it well under 10 s)
+    "backoff_max_s": Key(number(gt=0, le=3600), default=5.0),
     "points": Key(lambda v: None if isinstance(v, dict) else "must be a table", default={}),
 }
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import functools
 import grp
 import json
 import logging
@@ -34,7 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.errors import AlarmgwError, FieldError, UnknownPoint
+from agent.errors import AlarmgwError, FieldError, LineBusy, UnknownPoint
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,12 @@ class ControlTarget(Protocol):
 
     def subscribe_events(self) -> EventSubscription: ...
 
-    def read_point(self, device: str, point: str | None) -> dict[str, Any]: ...
+    def read_point(
+        self, device: str, point: str | None, gave_up: Callable[[], bool] | None = None
+    ) -> dict[str, Any]:
+        """A live read; `gave_up()` turns true once the client has hung up, so a read
+        still waiting for its line is dropped instead of run for nobody."""
+        ...
 
     def test_alarm(self, requested_by: str) -> dict[str, Any]: ...
 
@@ -579,7 +585,9 @@ class _ClientSession:
         _check_args(args, {"device", "point"})
         device = _str_arg(args, "device", required=True)
         assert device is not None
-        return self.target.read_point(device, _str_arg(args, "point", required=False))
+        point = _str_arg(args, "point", required=False)
+        gave_up = functools.partial(self._client_hung_up, keep_input=True)
+        return self.target.read_point(device, point, gave_up=gave_up)
 
     def cmd_test_alarm(self, args: dict[str, Any]) -> dict[str, Any]:
         _check_args(args, {"requested_by"})
@@ -651,12 +659,15 @@ class _ClientSession:
             self._send({"id": request_id, "end": {"reason": "shutdown"}})
         return False
 
-    def _client_hung_up(self) -> bool:
-        """True once the client closed its end; bytes it sends during a stream are ignored."""
+    def _client_hung_up(self, *, keep_input: bool = False) -> bool:
+        """True once the client closed its end. Bytes it sent meanwhile are ignored (during
+        a stream), or left for its next request (`keep_input`, while a read waits)."""
         readable, _, _ = select.select([self.conn], [], [], 0)
         if not readable:
             return False
         try:
+            if keep_input:
+                return not self.conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             return not self.conn.recv(4096, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return False
@@ -670,6 +681,8 @@ def _error_code(exc: Exception) -> tuple[str, str]:
         return exc.code, exc.message
     if isinstance(exc, UnknownPoint):
         return "unknown_point", str(exc)
+    if isinstance(exc, LineBusy):
+        return "busy", str(exc)
     if isinstance(exc, FieldError):
         return "field_error", f"{exc.reason}: {exc}"
     if isinstance(exc, AlarmgwError):

@@ -68,14 +68,50 @@ class Disconnected(FieldError):
     reason = "disconnected"
 
 
+# The exception codes of the Modbus Application Protocol Specification V1.1b3, section 7
+# (the same names as pymodbus's ExcCodes, pymodbus/constants.py, repository pymodbus-dev/pymodbus).
+MODBUS_EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    7: "negative acknowledge",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
 class ModbusException(FieldError):
-    """The device answered with a Modbus exception response."""
+    """The device answered with a Modbus exception response; the message names the code,
+    e.g. "illegal data address (2)", so a fault event tells the technician what to fix."""
 
     reason = "exception"
 
     def __init__(self, code: int, message: str = "") -> None:
         self.code = code
-        super().__init__(message or f"Modbus exception code {code}")
+        name = MODBUS_EXCEPTION_NAMES.get(code, "unknown exception")
+        super().__init__(message or f"{name} ({code})")
+
+
+class GatewayNoAnswer(ModbusException):
+    """Exception 10 or 11 from a Modbus gateway: the device behind it did not answer (or
+    cannot be reached). Unlike other exceptions, it counts toward the device's comm loss."""
+
+    reason = "gateway_no_answer"
+
+
+def modbus_exception(code: int) -> ModbusException:
+    """The typed error for an exception answer with `code`."""
+    return GatewayNoAnswer(code) if code in (10, 11) else ModbusException(code)
+
+
+class LineBusy(AlarmgwError):
+    """A live read or write was refused or dropped because its line's queue is full, or the
+    line could not get to it before the caller's deadline: due polls come first. Try again
+    later; the control socket and the MQTT `read` result both say `busy`."""
 
 
 class WriteNotAllowed(AlarmgwError):

@@ -35,9 +35,9 @@ from typing import NamedTuple
 from agent.errors import FieldError
 from agent.events import Category, Event, Kind, Reading, Record, Severity
 from agent.pointstate import ActiveCondition, PointKey
-from drivers.codec import Value, decode, engineering_to_raw_units
+from drivers.codec import Value, decode, engineering_to_raw_units, why_unread
 from drivers.profile import Direction, PointSpec, Profile, StateSpec, ThresholdSpec
-from drivers.types import Block, PollClass
+from drivers.types import Block, PollClass, ReadRequest
 
 RESTORED = "恢复"  # appended to a threshold's or a wire break's label on restore
 WIRE_BREAK_STATE = "wire_break"
@@ -489,9 +489,13 @@ class DevicePoints:
         ts_ms: int,
         clock_synced: bool = True,
         mono_s: float | None = None,
+        failed: Iterable[tuple[ReadRequest, FieldError]] = (),
     ) -> list[Record]:
+        """`failed`: the poll's requests that got no block, with why (a decode fault then
+        names the device's own answer, e.g. "illegal data address (2)")."""
         mono = time.monotonic() if mono_s is None else mono_s
         block_list = list(blocks)
+        failed_list = list(failed)
         out: list[Record] = [
             _orphan_restore(self.owner, pid, pid, cond, ts_ms, clock_synced)
             for pid, cond in self._orphans
@@ -503,7 +507,8 @@ class DevicePoints:
             try:
                 value = decode(tracker.spec, block_list)
             except FieldError as exc:
-                out.extend(self._decode_failed(tracker, exc, ts_ms, clock_synced))
+                why = why_unread(tracker.spec, failed_list) or exc
+                out.extend(self._decode_failed(tracker, why, ts_ms, clock_synced))
                 continue
             if pid in self._undecodable:
                 self._undecodable.discard(pid)

@@ -44,7 +44,7 @@ from agent.points import DevicePoints, value_state
 from agent.pointstate import COMM, PointStateStore
 from agent.rules import GPIO_DEVICE, LocalRules, contact_event
 from agent.uplink import Uplink
-from drivers.codec import decode
+from drivers.codec import decode, why_unread
 from drivers.gpio import ContactChange, GpioBank
 from drivers.line import CommChange, DevicePoll, Line, PollResult
 from drivers.modbus import ModbusLink, RtuLink, TcpLink
@@ -59,6 +59,7 @@ RECENT_EVENTS = 500  # kept in memory for `alarmgw events` (the buffer holds wha
 CLOCK_CHECK_S = 10.0
 LOOP_TICK_S = 1.0
 READ_TIMEOUT_S = 10.0
+READ_CHECK_S = 0.1  # how often a waiting read looks whether its caller is still there
 TEST_ALARM_ACK_WAIT_S = 10.0
 
 
@@ -139,6 +140,7 @@ class Gateway:
         self._loop_alive = time.monotonic()
         self._clock_was_synced: bool | None = None
         self._closing = False
+        self._reads_closed = threading.Event()  # stopping: a waiting live read gives up now
         self._uplink_since_ms: int | None = None  # when the uplink last connected or dropped
         self._rules_lock = threading.Lock()
         self._field_queue: queue.SimpleQueue[PollResult | CommChange | Event | None] = (
@@ -362,7 +364,9 @@ class Gateway:
             if dev.remembered_lost:  # lost before a restart, answering now
                 dev.remembered_lost = False
                 records.append(self._comm_event(dev, _answering(out), synced))
-            records += dev.points.update(out.poll_class, out.blocks, out.ts_ms, synced)
+            records += dev.points.update(
+                out.poll_class, out.blocks, out.ts_ms, synced, failed=out.failed
+            )
         elif out.lost and dev.remembered_lost:
             dev.remembered_lost = False  # still lost: the platform knows already
             dev.lost = True
@@ -579,6 +583,7 @@ class Gateway:
         on_line = [d for d in devices if d["line"] == line.id]
         runner = self.lines.get(line.id)
         where = f"{line.host}:{line.tcp_port}" if line.type == "tcp" else (line.port or "")
+        down = runner.down if runner else None
         return {
             "id": line.id,
             "type": line.type,
@@ -589,12 +594,16 @@ class Gateway:
             "lost": sorted(d["id"] for d in on_line if d["comm"] == "lost"),
             "cycle_s": round(runner.cycle_times.last_s, 4) if runner else None,
             "cycle_mean_s": round(runner.cycle_times.mean_s, 4) if runner else None,
+            # the port or endpoint is gone: every device on it is lost with it
+            "down": down.reason if down else None,
+            "down_since_ms": down.since_ms if down else None,
         }
 
     def devices_list(self) -> list[dict[str, Any]]:
         out = []
         for dev in self.field_devices.values():
             stats = dev.line.stats().get(dev.cfg.id, {}) if dev.line else {}
+            timing = dev.line.polling(dev.cfg.id) if dev.line else None
             out.append(
                 {
                     "id": dev.cfg.id,
@@ -613,6 +622,11 @@ class Gateway:
                     ),
                     "last_failure": dev.last_failure,
                     "failures": stats,
+                    # starved of polls (by live reads, probes or a bug) for longer than its
+                    # comm-fault window: `status` flags it, whatever `comm` says
+                    "last_poll_age_s": round(timing.age_s, 1) if timing else None,
+                    "comm_fault_window_s": round(timing.window_s, 1) if timing else None,
+                    "poll_overdue": timing.overdue if timing else False,
                 }
             )
         for contact in self.cfg.inputs:
@@ -648,15 +662,37 @@ class Gateway:
     def subscribe_events(self) -> EventSubscription:
         return self.fanout.subscribe()
 
-    def read_point(self, device: str, point: str | None) -> dict[str, Any]:
+    def read_point(
+        self, device: str, point: str | None, gave_up: Callable[[], bool] | None = None
+    ) -> dict[str, Any]:
+        """Read a device's points now, through its line (between due polls). Raises
+        UnknownPoint, a FieldError, or LineBusy when the line cannot take it now. If
+        `gave_up()` turns true while the read waits (the CLI went away), the read is
+        dropped from the line's queue instead of being run for nobody."""
         if self._loop is None:
             raise AlarmgwError("the agent is not running its field loop")
         fut = asyncio.run_coroutine_threadsafe(self._read(device, point), self._loop)
-        try:
-            return fut.result(READ_TIMEOUT_S + 1)
-        except TimeoutError as exc:  # a field answer that never came, not an agent bug
-            fut.cancel()
-            raise FieldTimeout(f"device {device!r}: no answer within {READ_TIMEOUT_S} s") from exc
+        deadline = time.monotonic() + READ_TIMEOUT_S + 1
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                return fut.result(min(left, READ_CHECK_S))
+            except TimeoutError as exc:
+                if fut.done():  # the read itself ran out of time (asyncio.timeout in _read)
+                    raise FieldTimeout(
+                        f"device {device!r}: no answer within {READ_TIMEOUT_S:g} s"
+                    ) from exc
+                if self._reads_closed.is_set():  # the loop may never run it now
+                    fut.cancel()
+                    raise AlarmgwError("the agent is stopping") from exc
+                if gave_up is not None and gave_up():
+                    fut.cancel()
+                    raise FieldTimeout(f"device {device!r}: the caller stopped waiting") from exc
+                if left <= 0:  # a field answer that never came, not an agent bug
+                    fut.cancel()
+                    raise FieldTimeout(
+                        f"device {device!r}: no answer within {READ_TIMEOUT_S:g} s"
+                    ) from exc
 
     async def _read(self, device: str, point: str | None) -> dict[str, Any]:
         dev = self.field_devices.get(device)
@@ -671,14 +707,15 @@ class Gateway:
         polls = plan_polls(sub, dev.cfg.unit_id, line_cfg.max_gap, line_cfg.max_block)
         requests = polls[PollClass.FAST] + polls[PollClass.SLOW]
         async with asyncio.timeout(READ_TIMEOUT_S):  # wait_for can lose a cancel on 3.11
-            blocks = await dev.line.read_now(device, requests)
+            outcome = await dev.line.read_now(device, requests)
 
         values: dict[str, Any] = {}
         for spec in wanted:
             try:
-                value = decode(spec, blocks)
+                value = decode(spec, outcome.blocks)
             except FieldError as exc:
-                values[spec.id] = {"error": str(exc), "name": spec.name}
+                why = why_unread(spec, outcome.failed) or exc
+                values[spec.id] = {"error": str(why), "name": spec.name}
                 continue
             values[spec.id] = {"value": value, "unit": spec.unit, "name": spec.name}
             state = value_state(spec, value)
@@ -830,6 +867,7 @@ class Gateway:
             )
 
     async def _shutdown(self) -> None:
+        self._reads_closed.set()
         self.watchdog.stop()
         if self.control is not None:
             self.control.close()
@@ -921,8 +959,10 @@ class _ControlAdapter:
     def subscribe_events(self) -> EventSubscription:
         return self.gw.subscribe_events()
 
-    def read_point(self, device: str, point: str | None) -> dict[str, Any]:
-        return self.gw.read_point(device, point)
+    def read_point(
+        self, device: str, point: str | None, gave_up: Callable[[], bool] | None = None
+    ) -> dict[str, Any]:
+        return self.gw.read_point(device, point, gave_up)
 
     def test_alarm(self, requested_by: str) -> dict[str, Any]:
         return self.gw.test_alarm_report(requested_by)

@@ -1,7 +1,7 @@
 """Run every benchmark, one after another, each in its own process; print every figure.
 
     python bench/run_all.py            # the full set (several minutes, bounded)
-    python bench/run_all.py --smoke    # each bench tiny: < 60 s in all, proves they work
+    python bench/run_all.py --smoke    # each bench tiny: ~2 min in all, proves they work
     python bench/run_all.py --record   # also append a dated table to docs/benchmarks.md
     python bench/run_all.py --only storm,bus
 

@@ -19,9 +19,9 @@ import math
 import struct
 from collections.abc import Callable, Iterable, Mapping
 
-from agent.errors import AlarmgwError, Garbage, WrongLength
+from agent.errors import AlarmgwError, FieldError, Garbage, WrongLength
 from drivers.profile import PointSpec, PointType, WordOrder
-from drivers.types import Block
+from drivers.types import Block, ReadRequest
 
 Value = float | int | bool
 
@@ -136,6 +136,17 @@ def decode(spec: PointSpec, blocks: Iterable[Block] | Block) -> Value:
     if isinstance(raw, bool) or spec.states is not None or not is_scaled(spec):
         return raw
     return raw_to_engineering(spec, raw)
+
+
+def why_unread(
+    spec: PointSpec, failed: Iterable[tuple[ReadRequest, FieldError]]
+) -> FieldError | None:
+    """Why the point's registers did not come back this time, if a failed request covered
+    them: the device's own answer ("illegal data address (2)") beats "no block covers"."""
+    for request, error in failed:
+        if request.covers(spec.table, spec.address, spec.register_count):
+            return error
+    return None
 
 
 # --- encode (the simulator's direction) ------------------------------------------------

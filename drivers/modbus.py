@@ -51,6 +51,8 @@ import struct
 import termios
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import serial
 from pymodbus.framer.rtu import FramerRTU
@@ -72,14 +74,15 @@ from agent.errors import (
     FieldError,
     FieldTimeout,
     Garbage,
-    ModbusException,
     WrongLength,
     WrongUnit,
+    modbus_exception,
 )
 from drivers.types import MAX_BITS, MAX_REGISTERS, Block, ReadRequest, Table, char_time_s
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 FC_WRITE_COIL = 5
 FC_WRITE_REGISTER = 6
 _MBAP_HEADER = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id
@@ -231,7 +234,7 @@ def _raise_if_exception(pdu: bytes, fc: int) -> None:
             raise Garbage(f"malformed exception answer {pdu.hex(' ')}")
         answer = _DECODER.decode(pdu)
         code = answer.exception_code if isinstance(answer, ExceptionResponse) else pdu[1]
-        raise ModbusException(int(code))
+        raise modbus_exception(int(code))
 
 
 # --- links --------------------------------------------------------------------
@@ -280,11 +283,35 @@ class ModbusLink(ABC):
         pdu = write_coil_pdu(address, value)
         check_write_answer(pdu, await self._guarded(unit, pdu, timeout_s))
 
+    async def connect(self) -> None:
+        """Open the link if it is closed (the line's reconnect probe while it is down).
+        Raises Disconnected, never anything else."""
+        await self._guarded_call(self.open)
+
+    def _gone_while_idle(self) -> str | None:
+        """Why the open link is already known to be broken (hung up, closed by the peer)."""
+        return None
+
+    async def check_idle(self) -> Disconnected | None:
+        """Between exchanges: if the link broke meanwhile, close it and say why, so the
+        line learns it now rather than at its next poll (which may be seconds away)."""
+        why = self._gone_while_idle() if self.is_open else None
+        if why is None:
+            return None
+        return await self._broken(Disconnected(f"{self.name}: {why}"), unexpected=False)
+
     async def _guarded(self, unit: int, pdu: bytes, timeout_s: float) -> bytes:
         """Open if needed and exchange; a broken link is closed and becomes Disconnected."""
-        try:
+
+        async def exchange() -> bytes:
             await self.open()
-            answer = await self._exchange(unit, pdu, pdu[0], timeout_s)
+            return await self._exchange(unit, pdu, pdu[0], timeout_s)
+
+        return await self._guarded_call(exchange)
+
+    async def _guarded_call(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            answer = await call()
         except Disconnected as exc:
             await self._broken(exc, unexpected=False)
             raise
@@ -395,6 +422,9 @@ class RtuLink(ModbusLink):
         self._rx += data
         self._rx_event.set()
 
+    def _gone_while_idle(self) -> str | None:
+        return None if self._rx_error is None else str(self._rx_error)
+
     def _lose_port(self, error: OSError) -> None:
         self._rx_error = error
         if self._serial is not None:
@@ -492,8 +522,18 @@ async def _wait_writable(fd: int, within_s: float) -> bool:
     return True
 
 
+# Requests in a row that get no answer at all on one TCP connection, from any unit, before the
+# connection is presumed dead (a gateway that lost power keeps no state to send a reset) and
+# closed, so that the next request reconnects and a dead endpoint shows as Disconnected.
+SILENT_RECONNECT = 3
+
+
 class TcpLink(ModbusLink):
-    """Modbus TCP (MBAP framing) to one endpoint; reconnects lazily on the next request."""
+    """Modbus TCP (MBAP framing) to one endpoint; reconnects lazily on the next request.
+
+    A connection on which SILENT_RECONNECT requests in a row went unanswered is closed and
+    the last of them raises Disconnected: a black-holed endpoint then looks like what it is,
+    a link that is gone, instead of every device behind it timing out on its own."""
 
     def __init__(self, host: str, port: int = 502, connect_timeout: float = 3.0) -> None:
         self.name = f"{host}:{port}"
@@ -503,6 +543,7 @@ class TcpLink(ModbusLink):
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._tid = 0
+        self._unanswered = 0  # requests in a row without any answer on this connection
 
     @property
     def is_open(self) -> bool:
@@ -515,7 +556,9 @@ class TcpLink(ModbusLink):
             async with asyncio.timeout(self.connect_timeout):
                 self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         except (OSError, TimeoutError) as exc:
-            raise Disconnected(f"cannot connect to {self.name}: {exc or 'timeout'}") from exc
+            why = str(exc) or f"no answer within {self.connect_timeout:g} s"
+            raise Disconnected(f"cannot connect to {self.name}: {why}") from exc
+        self._unanswered = 0
 
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None
@@ -524,6 +567,11 @@ class TcpLink(ModbusLink):
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+
+    def _gone_while_idle(self) -> str | None:
+        if self._reader is not None and self._reader.at_eof():
+            return "connection closed by the device"
+        return None
 
     def _next_tid(self) -> int:
         self._tid = self._tid % 0xFFFF + 1
@@ -540,8 +588,15 @@ class TcpLink(ModbusLink):
             raise Disconnected(f"{self.name}: connection stopped draining") from None
         try:
             async with asyncio.timeout(timeout_s):
-                return await self._answer_for(tid, unit)
+                answer = await self._answer_for(tid, unit)
         except TimeoutError:
+            self._unanswered += 1
+            if self._unanswered >= SILENT_RECONNECT:
+                await self.close()
+                raise Disconnected(
+                    f"{self.name}: no answer to {self._unanswered} requests in a row;"
+                    " connection closed for reconnecting"
+                ) from None
             raise FieldTimeout(
                 f"{self.name} unit {unit}: no answer within {timeout_s:.3f} s"
             ) from None
@@ -551,6 +606,8 @@ class TcpLink(ModbusLink):
         except Garbage:
             await self.close()  # the stream is out of step; a fresh connection resynchronises it
             raise
+        self._unanswered = 0
+        return answer
 
     async def _answer_for(self, tid: int, unit: int) -> bytes:
         assert self._reader is not None

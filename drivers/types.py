@@ -42,6 +42,13 @@ class ReadRequest:
     address: int
     count: int
 
+    def covers(self, table: Table, address: int, count: int = 1) -> bool:
+        return (
+            table is self.table
+            and self.address <= address
+            and address + count <= self.address + self.count
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Block:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from simulator.faults import FaultKind
 from simulator.listener import SocketServer
@@ -36,13 +37,16 @@ def _no_delay(conn: socket.socket) -> None:
 
 @dataclass
 class TcpDeviceServer:
-    """Serve one device (`bank`) for `unit_id` on 127.0.0.1:`port` (0 picks a free port)."""
+    """Serve one device (`bank`) for `unit_id` on 127.0.0.1:`port` (0 picks a free port);
+    `behind` adds units served on the same endpoint, as a Modbus TCP gateway serves the
+    RS-485 devices behind it (a silenced one stays silent)."""
 
     device_id: str
     bank: ServedUnit
     unit_id: int = 1
     port: int = 0
     requests: int = 0
+    behind: Mapping[int, ServedUnit] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()  # also cuts a DELAY fault short on close
@@ -89,17 +93,18 @@ class TcpDeviceServer:
                     conn.sendall(answer)
 
     def _answer(self, tid: int, unit: int, pdu: bytes) -> bytes | None:
-        if self.bank.silenced:
+        bank = self.bank if unit in (self.unit_id, 0, 255) else self.behind.get(unit, self.bank)
+        if bank.silenced:
             return None
-        hits = self.bank.faults.rolled()
+        hits = bank.faults.rolled()
         if FaultKind.DELAY in hits and self._stop.wait(hits[FaultKind.DELAY].delay_s):
             return None
         if FaultKind.NO_ANSWER in hits:
             return None
-        if unit not in (self.unit_id, 0, 255):
+        if bank is self.bank and unit not in (self.unit_id, 0, 255):
             # A gateway-less TCP device answers "gateway target failed to respond".
             return mbap_frame(tid, unit, exception_pdu(pdu[0], 11))
-        response = execute(self.bank, pdu)
+        response = execute(bank, pdu)
         if FaultKind.EXCEPTION in hits:
             response = exception_pdu(pdu[0], hits[FaultKind.EXCEPTION].code)
         if FaultKind.WRONG_UNIT in hits:
@@ -107,7 +112,7 @@ class TcpDeviceServer:
         frame = mbap_frame(tid, unit, response)
         if FaultKind.GARBAGE in hits:
             # Garbage with a plausible MBAP length so a client reads it as one bad answer.
-            frame = frame[:6] + self.bank.faults.garbage(len(frame) - 6)
+            frame = frame[:6] + bank.faults.garbage(len(frame) - 6)
         if FaultKind.CRC in hits:
             # TCP has no CRC: damage the PDU itself (byte count no longer matches).
             frame = frame[:8] + bytes([frame[8] ^ 0xFF]) + frame[9:] if len(frame) > 8 else frame

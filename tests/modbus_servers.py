@@ -91,6 +91,8 @@ FAULTS = {
     "garbage": lambda f: bytes([0xFF, 0x00, 0xA5, 0x5A, 0xFF, 0x13]),
     "exception": lambda f: rtu_frame(f[0], bytes([f[1] | 0x80, 4])),  # server device failure
     "busy": lambda f: rtu_frame(f[0], bytes([f[1] | 0x80, 6])),  # server busy (alarm storm)
+    # a gateway in front of the unit: "gateway target device failed to respond"
+    "gateway_no_answer": lambda f: rtu_frame(f[0], bytes([f[1] | 0x80, 11])),
 }
 
 

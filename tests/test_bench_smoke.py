@@ -48,6 +48,22 @@ EXPECTED_FIGURES = {
     "uplink_no_puback_recovered",
     "uplink_flood_fire",
     "uplink_flood_commands",
+    "bus_dead_3_9600",
+}
+# the field-side fault scenarios of bench_faults.py: each event must have arrived
+FAULT_FIGURES = {
+    "faults_panel_back",
+    "faults_rs485_lost",
+    "faults_rs485_restored",
+    "faults_rs485_cut",
+    "faults_rs485_mended",
+    "faults_tcp_gone",
+    "faults_tcp_gone_back",
+    "faults_tcp_blackhole",
+    "faults_tcp_blackhole_back",
+    "faults_parallel_reads",
+    "faults_read_flood",
+    "faults_read_flood_after",
 }
 
 
@@ -71,7 +87,12 @@ def smoke_output() -> str:
 
 def test_smoke_run_prints_every_figure_and_loses_nothing(smoke_output: str) -> None:
     figures = parse_figures(smoke_output)
-    assert set(figures) >= EXPECTED_FIGURES, EXPECTED_FIGURES - set(figures)
+    assert set(figures) >= EXPECTED_FIGURES | FAULT_FIGURES, (
+        EXPECTED_FIGURES | FAULT_FIGURES
+    ) - set(figures)
+    for name in FAULT_FIGURES:  # a stimulus whose event never came is a broken bench
+        assert figures[name]["missed"] == "0", (name, figures[name])
+        assert 0 < float(figures[name]["max_ms"]) < 60_000
 
     # latency: every alarm was matched to its event; percentiles ordered and positive
     assert figures["gpio_alarm_latency"]["n"] == "50"
@@ -102,6 +123,7 @@ def test_smoke_run_prints_every_figure_and_loses_nothing(smoke_output: str) -> N
     # bus: measured against a real theoretical figure, and it cannot beat the wire
     assert int(figures["bus_measured_9600"]["n"]) > 3
     assert float(figures["bus_goal_9600"]["ratio"]) >= 1.0
+    assert int(figures["bus_dead_3_9600"]["n"]) > 3  # the live devices kept being polled
 
     # a fire behind a backlog: measured against the same trial's in-order drain
     for name in ("backlog_broker_back_4g_fire", "backlog_during_drain_4g_fire"):

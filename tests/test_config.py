@@ -153,7 +153,7 @@ def test_defaults_are_applied_and_relative_paths_follow_the_config_file(tmp_path
         1.0,
         5.0,
         3,
-        30.0,
+        5.0,
     )
     assert (leak.timeout_s, leak.retries) == (None, None)
     assert leak_tcp.unit_id == 255  # allowed on TCP, where gateways often expect 255

@@ -13,7 +13,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,9 @@ class FakeAgent:
     def subscribe_events(self) -> FanoutSubscription:
         return self.fanout.subscribe()
 
-    def read_point(self, device: str, point: str | None) -> dict[str, Any]:
+    def read_point(
+        self, device: str, point: str | None, gave_up: Callable[[], bool] | None = None
+    ) -> dict[str, Any]:
         if device == "slow":
             self.slow_entered.set()
             if not self.slow_release.wait(10):

@@ -8,10 +8,14 @@ misbehave and we check the exact typed error, and that the next read works.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
+import re
+import socket
 import termios
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -24,11 +28,13 @@ from agent.errors import (
     FieldError,
     FieldTimeout,
     Garbage,
+    GatewayNoAnswer,
     ModbusException,
     WrongLength,
     WrongUnit,
 )
 from drivers.modbus import (
+    SILENT_RECONNECT,
     RtuLink,
     TcpLink,
     crc_ok,
@@ -39,6 +45,7 @@ from drivers.modbus import (
 )
 from drivers.types import ReadRequest, Table
 from simulator.pty import PtyPair
+from simulator.rtu import mbap_frame, parse_mbap
 from tests.modbus_servers import bit_value, register_value, rtu_server, tcp_server
 
 T = TypeVar("T")
@@ -108,12 +115,41 @@ def test_decode_types_exception_and_wrong_length() -> None:
     with pytest.raises(ModbusException) as info:
         decode_read_answer(ReadRequest(1, HOLD, 0, 2), bytes.fromhex("83 02"))
     assert info.value.code == 2
+    assert str(info.value) == "illegal data address (2)"  # what the fault event will say
     with pytest.raises(WrongLength):
         decode_read_answer(ReadRequest(1, HOLD, 0, 3), bytes.fromhex("03 04 00 2A 01 00"))
     with pytest.raises(Garbage):
         decode_read_answer(ReadRequest(1, HOLD, 0, 2), bytes.fromhex("04 04 00 2A 01 00"))
     bits = decode_read_answer(ReadRequest(1, Table.COIL, 0, 10), bytes.fromhex("01 02 05 02"))
     assert bits.values == (1, 0, 1, 0, 0, 0, 0, 0, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("pdu", "text"),
+    [
+        ("83 01", "illegal function (1)"),
+        ("84 03", "illegal data value (3)"),
+        ("83 04", "server device failure (4)"),
+        ("83 06", "server device busy (6)"),
+        ("83 09", "unknown exception (9)"),
+    ],
+)
+def test_an_exception_answer_names_its_code(pdu: str, text: str) -> None:
+    """Names from the Modbus Application Protocol V1.1b3, section 7."""
+    fc = int(pdu[:2], 16) & 0x7F
+    table = {3: HOLD, 4: Table.INPUT}[fc]
+    with pytest.raises(ModbusException, match=re.escape(text)) as info:
+        decode_read_answer(ReadRequest(1, table, 0, 1), bytes.fromhex(pdu))
+    assert info.value.reason == "exception"
+
+
+@pytest.mark.parametrize("code", [10, 11])
+def test_a_gateways_no_answer_is_typed_apart(code: int) -> None:
+    """Exceptions 10 and 11 come from a gateway: the device behind it did not answer."""
+    with pytest.raises(GatewayNoAnswer) as info:
+        decode_read_answer(ReadRequest(1, HOLD, 0, 1), bytes([0x83, code]))
+    assert info.value.code == code and info.value.reason == "gateway_no_answer"
+    assert str(info.value).startswith("gateway ")
 
 
 # --- RTU over a real pty ---------------------------------------------------------
@@ -302,6 +338,68 @@ def test_tcp_server_gone_then_back() -> None:
                 assert (await link.read(ReadRequest(1, HOLD, 4, 1), 0.5)).values == (104,)
         finally:
             await link.close()
+
+    run(bench())
+
+
+def test_a_tcp_connection_that_never_answers_is_closed_as_disconnected() -> None:
+    """A gateway that lost power keeps no state to reset our connection: requests just go
+    unanswered. After SILENT_RECONNECT of them in a row the link says Disconnected and
+    closes, so the next request reconnects (and a dead endpoint shows as what it is)."""
+
+    async def bench() -> None:
+        sink = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sink.bind(("127.0.0.1", 0))
+        sink.listen(1)  # the kernel completes the handshake; nobody ever reads or answers
+        link = TcpLink("127.0.0.1", sink.getsockname()[1])
+        try:
+            for _ in range(SILENT_RECONNECT - 1):
+                with pytest.raises(FieldTimeout):
+                    await link.read(ReadRequest(1, HOLD, 0, 1), 0.05)
+            assert link.is_open
+            with pytest.raises(Disconnected, match="no answer to 3 requests"):
+                await link.read(ReadRequest(1, HOLD, 0, 1), 0.05)
+            assert not link.is_open
+        finally:
+            await link.close()
+            sink.close()
+
+    run(bench())
+
+
+def _gateway_with_one_dead_unit(listener: socket.socket) -> None:
+    """Answer unit 1 (holding 0 = 100), never unit 2, on one connection, until it closes."""
+    conn, _ = listener.accept()
+    with conn, contextlib.suppress(OSError):
+        while header := conn.recv(7, socket.MSG_WAITALL):
+            tid, _, length, unit = parse_mbap(header)
+            conn.recv(length - 1, socket.MSG_WAITALL)
+            if unit == 1:
+                conn.sendall(mbap_frame(tid, 1, bytes.fromhex("03 02 00 64")))
+
+
+def test_an_answer_keeps_a_tcp_connection_however_many_units_are_silent() -> None:
+    """A gateway with a dead unit behind it still answers for the live ones: its
+    connection is not churned."""
+
+    async def bench() -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        gateway = threading.Thread(target=_gateway_with_one_dead_unit, args=(listener,))
+        gateway.start()
+        link = TcpLink("127.0.0.1", listener.getsockname()[1])
+        try:
+            for _ in range(2 * SILENT_RECONNECT):
+                for _ in range(SILENT_RECONNECT - 1):
+                    with pytest.raises(FieldTimeout):
+                        await link.read(ReadRequest(2, HOLD, 0, 1), 0.05)
+                assert (await link.read(ReadRequest(1, HOLD, 0, 1), 0.5)).values == (100,)
+            assert link.is_open
+        finally:
+            await link.close()
+            gateway.join(5)
+            listener.close()
 
     run(bench())
 
