@@ -1,5 +1,7 @@
-"""Faults with the product's default settings: the time from stimulus to the event at an
-independent subscriber, for every fault of issue 11 (goal 10 s each, GB 26875.1).
+"""Faults with default settings: stimulus to event at an independent subscriber.
+
+Every fault of issue 11 is timed from its stimulus to the event at an independent
+subscriber (goal 10 s each, GB 26875.1).
 
 The scenarios live beside this runner: bench/faults_field.py (a device or line lost and
 back, live reads and a read flood against the line's polls) and bench/faults_uplink.py
