@@ -137,6 +137,7 @@ sys.stdin.read()  # hold the lock until the test closes our stdin
 """
 
 
+@pytest.mark.world
 def test_a_database_locked_by_another_process_is_left_untouched(tmp_path: Path) -> None:
     db = tmp_path / "b.db"
     seqs = _five_alarms(db)
@@ -325,6 +326,7 @@ def _run_child_until_killed(db: Path, groups: int) -> list[str]:
     return lines
 
 
+@pytest.mark.world
 def test_submit_many_is_durable_when_killed_right_after_the_future_resolves(
     tmp_path: Path,
 ) -> None:
