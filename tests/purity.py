@@ -9,7 +9,9 @@ where every process and every timing costs five to ten times more.
 
 So that the selection cannot drift, an audit hook watches every test that is not marked
 `world`, on every run: one that starts a process or opens a socket or a pseudo-terminal
-fails, saying what it did and how to mark it.
+fails, saying what it did and how to mark it. A module-scoped fixture reaches out while
+the first test that uses it runs; in a full run that may be a `world` test, so the run
+of the pure tests alone (CI, on armhf) is where a test sharing it is caught.
 """
 
 from __future__ import annotations

@@ -89,6 +89,7 @@ def test_scan_finds_the_units_and_matches_their_profiles(
     assert ranked[0] == "fire-panel-gst" and len(ranked) == 4
 
 
+@pytest.mark.world
 def test_scan_human_output_fits_80_columns(sim: Sim, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _scan(capsys, sim.line, "--units", "1-6", "--baud", "9600,19200")
     assert code == EXIT_OK
@@ -130,6 +131,7 @@ def test_an_exception_answer_proves_a_unit_exists(
     assert unit["profile"] is None  # every profile read fails: "unknown"
 
 
+@pytest.mark.world
 def test_no_unit_answering_is_a_problem(sim: Sim, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _scan(capsys, sim.line, "--units", "100-101")
     assert code == EXIT_PROBLEM
