@@ -6,16 +6,22 @@ counted as two columns (agent/textwidth.py), so tables line up on an SSH
 terminal. `problems()` says which facts of a status make `alarmgw status`
 exit 1, so the exit code and the screen never disagree.
 
-This module must never do I/O (no socket, no file, no print) and never raise
-on a missing or odd field: an older or newer agent may answer with fewer or
-more keys, and the technician still needs to see the rest.
+This module must never do I/O (no socket, no file, no print; it reads the local
+zone once, as libc's localtime does) and never raise on a missing or odd field:
+an older or newer agent may answer with fewer or more keys, and the technician
+still needs to see the rest.
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
+import os
 import time
+import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.textwidth import fit, width
@@ -47,11 +53,35 @@ def age(seconds: float | None) -> str:
     return f"{secs // 86400}d{secs % 86400 // 3600:02d}h"
 
 
+_UTC_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
 def clock_time(ts_ms: Any) -> str:
-    """Local wall-clock time of a timestamp (the technician reads the site's time)."""
+    """Local wall-clock time of a timestamp (the technician reads the site's time).
+
+    Date arithmetic and the zone's own data, not libc's localtime: on 32-bit Raspberry
+    Pi OS time_t is 32 bits, and localtime refuses every second after 2038-01-19."""
     if not isinstance(ts_ms, int | float):
         return "--:--:--"
-    return time.strftime("%H:%M:%S", time.localtime(ts_ms / 1000))
+    try:
+        moment = _UTC_EPOCH + datetime.timedelta(milliseconds=ts_ms)
+        return moment.astimezone(_site_zone()).strftime("%H:%M:%S")
+    except (OverflowError, ValueError):  # NaN, infinity, outside the years 1..9999
+        return "--:--:--"
+
+
+@functools.cache
+def _site_zone() -> datetime.tzinfo:
+    """The zone libc's localtime would use ($TZ, else /etc/localtime), as zoneinfo data."""
+    name = os.environ.get("TZ")
+    try:
+        if name is None:
+            with Path("/etc/localtime").open("rb") as data:
+                return zoneinfo.ZoneInfo.from_file(data)
+        return zoneinfo.ZoneInfo(name.removeprefix(":"))
+    except (OSError, ValueError, zoneinfo.ZoneInfoNotFoundError):
+        # no zone database, or a POSIX rule such as TZ=CST-8: the offset libc applies now
+        return datetime.timezone(datetime.timedelta(seconds=time.localtime().tm_gmtoff))
 
 
 def _get(data: Mapping[str, Any], key: str, default: Any = None) -> Any:

@@ -184,6 +184,8 @@ uninstall() {
         run systemctl disable --now "$SERVICE" || true
     fi
     run rm -f "$UNIT_PATH"
+    # a failed unit stays listed (not-found, failed) until reset: leave nothing behind
+    run systemctl reset-failed "$SERVICE" 2>/dev/null || true
     # only our own link: a file of that name put there by someone else stays
     if [[ -L $BIN_LINK && $(readlink "$BIN_LINK") == "$VENV/bin/alarmgw" ]]; then
         run rm -f "$BIN_LINK"

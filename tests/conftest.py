@@ -21,6 +21,9 @@ from hypothesis import settings
 from simulator.broker import Mosquitto
 from simulator.pty import PtyPair
 
+# the `world` marker: which tests are pure unit tests, and a check that keeps it true
+pytest_plugins = ["tests.purity"]
+
 SHARED_BROKER = ("127.0.0.1", 1883)
 
 # CI replays the same examples every run (a red CI is then always the code's doing, and

@@ -98,14 +98,23 @@ FAULTS = {
 
 async def _request_handlers_done() -> None:
     """pymodbus starts each request's handler as a fire-and-forget task and does not wait
-    for them on shutdown: wait for the ones still running, so none outlives the server."""
+    for them on shutdown: wait for the ones still running, so none outlives the server.
+
+    A frame read just before the shutdown gets its task two loop turns later (call_soon,
+    then run_coroutine_threadsafe): on a slow CPU (emulated armhf) that is often after a
+    first look. So let such callbacks run, and look again until no handler is left."""
     me = asyncio.current_task()
-    handlers = [
-        t
-        for t in asyncio.all_tasks()
-        if t is not me and getattr(t.get_coro(), "__qualname__", "").endswith("handle_request")
-    ]
-    await asyncio.gather(*handlers, return_exceptions=True)
+    while True:
+        for _ in range(3):  # loop turns, not time: the callbacks already scheduled run
+            await asyncio.sleep(0)
+        handlers = [
+            t
+            for t in asyncio.all_tasks()
+            if t is not me and getattr(t.get_coro(), "__qualname__", "").endswith("handle_request")
+        ]
+        if not handlers:
+            return
+        await asyncio.gather(*handlers, return_exceptions=True)
 
 
 async def _delay_action(

@@ -69,6 +69,7 @@ def c_reader(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "timex"
 
 
+@pytest.mark.world
 def test_the_kernel_answer_matches_glibcs_own_struct_timex(c_reader: Path) -> None:
     ours = clock.read_kernel_clock()
     assert ours is not None, "adjtimex must be callable on this Linux host"
@@ -106,6 +107,7 @@ def spawn_counter() -> Iterator[list[str]]:
         _armed.clear()
 
 
+@pytest.mark.world
 def test_the_counter_sees_a_spawn(spawn_counter: list[str]) -> None:
     # Proves the check below can fail: find_library("c") forks ldconfig.
     import ctypes.util

@@ -165,6 +165,7 @@ def test_defaults_are_applied_and_relative_paths_follow_the_config_file(tmp_path
     assert config.profiles["test-leak-2ch"].points["ch1_leak"].thresholds["alarm"].value == 300
 
 
+@pytest.mark.world
 def test_tls_changes_the_default_port(tmp_path: Path) -> None:
     (tmp_path / "tls").mkdir()
     make_ca(tmp_path / "tls", "ca")  # a real CA: check-config loads it as the uplink does
@@ -760,6 +761,7 @@ def test_check_config_prints_each_of_three_problems_and_exits_78(tmp_path: Path)
     assert len(lines) == 4
 
 
+@pytest.mark.world
 def test_check_config_as_a_real_command(tmp_path: Path) -> None:
     path = three_mistakes(tmp_path)
     done = subprocess.run(

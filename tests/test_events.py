@@ -80,9 +80,8 @@ def _finite(value: Any) -> Any:
 def _iso(ts_ms: int) -> str:
     import datetime as dt
 
-    moment = dt.datetime.fromtimestamp(ts_ms / 1000, dt.UTC).replace(
-        microsecond=(ts_ms % 1000) * 1000
-    )
+    # date arithmetic, not fromtimestamp: a 32-bit time_t refuses seconds after 2038
+    moment = dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=ts_ms)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
 
 

@@ -66,6 +66,7 @@ def test_manual_alarm_held_at_boot_sounds_the_buzzer(gateway: Gateway) -> None:
         factory.close()
 
 
+@pytest.mark.world
 def test_the_agent_does_not_load_the_offline_tools_dependencies() -> None:
     """sqlite-utils (with click under it) is ~14 MB of RSS: only `alarmgw buffer --file`
     may load it, never the long-running agent on a 1 GB Pi (the footprint bench caught it)."""
@@ -77,6 +78,7 @@ def test_the_agent_does_not_load_the_offline_tools_dependencies() -> None:
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.world
 def test_a_locked_buffer_starts_degraded_and_keeps_watching(tmp_path: Path) -> None:
     """Not corruption: the file is left alone, the agent starts anyway (degraded, which
     `status` shows) and stores to the file once the lock is gone."""

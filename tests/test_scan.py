@@ -64,6 +64,7 @@ def _scan(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str
     return code, out, err
 
 
+@pytest.mark.world
 def test_scan_finds_the_units_and_matches_their_profiles(
     sim: Sim, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -88,6 +89,7 @@ def test_scan_finds_the_units_and_matches_their_profiles(
     assert ranked[0] == "fire-panel-gst" and len(ranked) == 4
 
 
+@pytest.mark.world
 def test_scan_human_output_fits_80_columns(sim: Sim, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _scan(capsys, sim.line, "--units", "1-6", "--baud", "9600,19200")
     assert code == EXIT_OK
@@ -100,6 +102,7 @@ def test_scan_human_output_fits_80_columns(sim: Sim, capsys: pytest.CaptureFixtu
     assert gas and "gas-detector (4/4 points)" in gas[0]
 
 
+@pytest.mark.world
 def test_a_garbled_unit_is_reported_as_noise(sim: Sim, capsys: pytest.CaptureFixture[str]) -> None:
     sim.do(do="fault", target="efd-2", kind="crc", rate=1.0, delay=1.0, code=4)
     try:
@@ -113,6 +116,7 @@ def test_a_garbled_unit_is_reported_as_noise(sim: Sim, capsys: pytest.CaptureFix
     assert "crc" in report["noise"][0]["reason"]
 
 
+@pytest.mark.world
 def test_an_exception_answer_proves_a_unit_exists(
     sim: Sim, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -127,12 +131,14 @@ def test_an_exception_answer_proves_a_unit_exists(
     assert unit["profile"] is None  # every profile read fails: "unknown"
 
 
+@pytest.mark.world
 def test_no_unit_answering_is_a_problem(sim: Sim, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _scan(capsys, sim.line, "--units", "100-101")
     assert code == EXIT_PROBLEM
     assert "no unit answered" in out
 
 
+@pytest.mark.world
 def test_a_port_held_by_another_process_is_busy(
     sim: Sim, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -58,6 +58,7 @@ def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
 # --- messages -------------------------------------------------------------------
 
 
+@pytest.mark.world
 def test_ready_status_watchdog_stopping_arrive(notify_socket: NotifySocket) -> None:
     assert sdnotify.ready("polling 5 devices")
     assert notify_socket.receive() == "READY=1\nSTATUS=polling 5 devices"
@@ -71,6 +72,7 @@ def test_ready_status_watchdog_stopping_arrive(notify_socket: NotifySocket) -> N
     assert notify_socket.receive() == "STOPPING=1"
 
 
+@pytest.mark.world
 def test_abstract_namespace_socket(monkeypatch: pytest.MonkeyPatch) -> None:
     name = f"alarmgw-test-{uuid.uuid4().hex}"
     sock = NotifySocket("\0" + name)
@@ -94,6 +96,7 @@ def test_no_usable_socket_is_a_quiet_no_op(
     assert sdnotify.watchdog() is False
 
 
+@pytest.mark.world
 def test_missing_socket_file_never_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
     assert sdnotify.watchdog() is False
@@ -170,6 +173,7 @@ def count_watchdog_pings(sock: NotifySocket, window_s: float) -> int:
     return pings
 
 
+@pytest.mark.world
 def test_watchdog_pings_at_half_interval_while_loops_live(
     notify_socket: NotifySocket, line_loop: LineLoop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -189,6 +193,7 @@ def test_watchdog_pings_at_half_interval_while_loops_live(
     assert 0.035 < gaps[len(gaps) // 2] < 0.1  # a quarter of the interval
 
 
+@pytest.mark.world
 def test_pings_stop_while_a_loop_hangs_and_resume_after(
     notify_socket: NotifySocket, line_loop: LineLoop, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,9 +1,10 @@
 """The service as the Pi's systemd will load it, and the script that installs it.
 
 `systemd-analyze verify` exits 0 even on unknown keys and bad values, so any
-line on its output fails the test. The install script is never run for real
+line on its output fails the test. The install script is not run for real
 here: it is checked with bash -n and shellcheck, and its --dry-run is run with
-every system-changing command replaced by a shim that records the call.
+every system-changing command replaced by a shim that records the call. It runs
+for real, under a booted systemd, in test_systemd_boot.py.
 """
 
 from __future__ import annotations
