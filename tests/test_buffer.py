@@ -608,6 +608,7 @@ def _queued_before(db: Path) -> list[int]:
 
 
 @needs_root
+@pytest.mark.world
 def test_a_full_card_at_start_degrades_delivers_and_recovers_without_loss(card: Path) -> None:
     db = card / "buffer.db"
     queued = _queued_before(db)
@@ -630,6 +631,7 @@ def test_a_full_card_at_start_degrades_delivers_and_recovers_without_loss(card: 
 
 
 @needs_root
+@pytest.mark.world
 def test_a_read_only_card_at_start_degrades_and_recovers_when_writable(card: Path) -> None:
     db = card / "buffer.db"
     queued = _queued_before(db)
@@ -648,6 +650,7 @@ def test_a_read_only_card_at_start_degrades_and_recovers_when_writable(card: Pat
 
 
 @needs_root
+@pytest.mark.world
 def test_restarts_on_a_card_that_cannot_record_seqs_never_repeat_one(card: Path) -> None:
     """Read-only from the start, sidecar too: nothing can record the seqs a run hands
     out, so each start jumps (microseconds since boot) and says continuity is unknown."""
@@ -667,6 +670,7 @@ def test_restarts_on_a_card_that_cannot_record_seqs_never_repeat_one(card: Path)
 
 
 @needs_root
+@pytest.mark.world
 def test_a_corrupt_file_on_a_read_only_card_is_left_alone_until_it_can_be_moved(
     card: Path,
 ) -> None:

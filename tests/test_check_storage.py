@@ -131,6 +131,7 @@ def test_a_buffer_in_the_services_private_tmp_fails_the_check(tmp_path: Path) ->
 
 @needs_root
 @pytest.mark.usefixtures("no_unit")
+@pytest.mark.world
 def test_a_card_short_of_room_fails_or_warns(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "small", size="8m") as small:
         code, out = run_cli("check-config", str(config_at(tmp_path, small / "buffer.db")))
@@ -158,6 +159,7 @@ def _check_config_process(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.world
 def test_deeply_nested_toml_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
     deep = "[" * 5000 + "]" * 5000
     result = _check_config_process(write(tmp_path, good_text() + f"\nextra = {deep}\n"))
@@ -166,6 +168,7 @@ def test_deeply_nested_toml_is_a_problem_not_a_traceback(tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.world
 def test_a_deeply_nested_profile_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
     profiles = tmp_path / "profiles"
     profiles.mkdir()
@@ -178,6 +181,7 @@ def test_a_deeply_nested_profile_is_a_problem_not_a_traceback(tmp_path: Path) ->
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.world
 def test_check_config_into_a_closed_pipe_ends_quietly() -> None:
     """`alarmgw check-config FILE | head -1`: the reader is gone before the output is
     written (its end of the pipe is closed first, so this does not depend on timing)."""

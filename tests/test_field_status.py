@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent import cli_render
 from agent.commands import CommandHandler
 from agent.control import ControlServer, _error_code
@@ -120,6 +122,7 @@ class _WaitingTarget:
         raise LineBusy("dropped")
 
 
+@pytest.mark.world
 def test_a_read_whose_client_hung_up_is_told_so_while_it_waits(tmp_path: Path) -> None:
     """`alarmgw read` interrupted (Ctrl-C, its own timeout): the read still waiting for
     the line learns it, so the runtime drops it from the line's queue instead of running

@@ -297,6 +297,7 @@ def _not_moved(path: Path) -> None:
     assert not list(path.parent.glob("*.corrupt-*"))
 
 
+@pytest.mark.world
 def test_a_file_locked_at_start_is_waited_for_never_moved_aside(path: Path) -> None:
     _fires(path, "point3")
     holder = subprocess.Popen(
@@ -341,6 +342,7 @@ def test_a_file_locked_past_the_wait_is_merged_in_once_free(path: Path) -> None:
 
 
 @needs_root
+@pytest.mark.world
 def test_a_read_only_card_at_start_still_remembers_and_writes_once_writable(
     tmp_path: Path,
 ) -> None:
@@ -363,6 +365,7 @@ def test_a_read_only_card_at_start_still_remembers_and_writes_once_writable(
 
 
 @needs_root
+@pytest.mark.world
 def test_a_full_card_at_start_neither_forgets_nor_moves_the_memory(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "card", size="1m") as card:
         path = card / "pointstate.db"
@@ -380,6 +383,7 @@ def test_a_full_card_at_start_neither_forgets_nor_moves_the_memory(tmp_path: Pat
 
 
 @needs_root
+@pytest.mark.world
 def test_a_corrupt_file_that_cannot_be_moved_aside_is_never_deleted(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "card") as card:
         path = card / "pointstate.db"
