@@ -55,8 +55,16 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Final, NamedTuple, overload
 
-from agent.errors import BufferError_
-from agent.events import (
+from agent.storage import (
+    CorruptDatabase,
+    check_integrity,
+    diagnose,
+    move_aside,
+    open_read_only,
+    proving_corruption,
+)
+from core.errors import BufferError_
+from core.events import (
     Event,
     Identity,
     Kind,
@@ -66,14 +74,6 @@ from agent.events import (
     now_ms,
     splice_seq,
     system_event,
-)
-from agent.storage import (
-    CorruptDatabase,
-    check_integrity,
-    diagnose,
-    move_aside,
-    open_read_only,
-    proving_corruption,
 )
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from typing import Any
 
 import sqlite_utils
 
-from agent.errors import BufferError_
-from agent.events import now_ms
+from core.errors import BufferError_
+from core.events import now_ms
 
 
 def _open_read_only(path: Path) -> sqlite_utils.Database:

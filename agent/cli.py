@@ -55,11 +55,11 @@ from agent.control import (
     ControlClient,
     ControlError,
 )
-from agent.errors import BufferError_, ConfigError, ConfigProblem
-from agent.events import topic_root
 from agent.storage_check import check_storage
 from agent.textwidth import fit, width
 from agent.watch import render_payload
+from core.errors import BufferError_, ConfigError, ConfigProblem
+from core.events import topic_root
 
 TEST_ALARM_TIMEOUT_S = 30.0  # > the agent's 10 s to store + 10 s to see the PUBACK
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from agent import feed
-from agent.errors import AlarmgwError, FieldError, LineBusy, UnknownPoint
-from agent.events import Event, Identity, now_ms
+from core.errors import AlarmgwError, FieldError, LineBusy, UnknownPoint
+from core.events import Event, Identity, now_ms
 
 log = logging.getLogger(__name__)
 

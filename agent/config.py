@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import ConfigError, ConfigProblem
-from agent.events import GATEWAY_DEVICE, Category, Identity, Kind, Severity
+from core.errors import ConfigError, ConfigProblem
+from core.events import GATEWAY_DEVICE, Category, Identity, Kind, Severity
 from drivers.types import Table, inter_frame_gap_ms
 
 if TYPE_CHECKING:  # imported lazily at run time: see _profile_loader
@@ -1164,8 +1164,8 @@ def check_uplink_files(checked: Checked, base: Path, out: Problems) -> None:
     """The credentials file and TLS files, opened as the uplink opens them at start (mode,
     format, a CA and key that load), and readable by the service user: a file only root
     can read passes a check run with sudo and then stops the service with exit 78."""
-    from agent.errors import UplinkError  # noqa: PLC0415 - paho only when there are files
     from agent.mqtt import TlsFiles, load_credentials, tls_context  # noqa: PLC0415
+    from core.errors import UplinkError  # noqa: PLC0415 - paho only when there are files
 
     u = checked.sections["uplink"]
     files = {key: _path(u.get(key), base) for key in _UPLINK_FILES}

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.errors import AlarmgwError, FieldError, LineBusy, UnknownPoint
+from core.errors import AlarmgwError, FieldError, LineBusy, UnknownPoint
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ downlink commands and their results.
 
 Written to match docs/feed.md and docs/schemas/ (the contract comes first;
 tests/test_schemas.py validates everything built here against those schemas).
-Event and telemetry payloads are built by agent.events; this module only adds
+Event and telemetry payloads are built by core.events; this module only adds
 the rest of the feed.
 
 This module must never do I/O, never read the clock and never raise on a bad
@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from agent.errors import AlarmgwError
-from agent.events import FEED_VERSION, Identity, iso_ms, topic_root
+from core.errors import AlarmgwError
+from core.events import FEED_VERSION, Identity, iso_ms, topic_root
 
 # --- topics -----------------------------------------------------------------
 

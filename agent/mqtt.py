@@ -39,7 +39,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.errors import UplinkError
+from core.errors import UplinkError
 
 log = logging.getLogger(__name__)
 

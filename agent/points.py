@@ -32,9 +32,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from agent.errors import FieldError
-from agent.events import Category, Event, Kind, Reading, Record, Severity
 from agent.pointstate import ActiveCondition, PointKey
+from core.errors import FieldError
+from core.events import Category, Event, Kind, Reading, Record, Severity
 from drivers.codec import Value, decode, engineering_to_raw_units, why_unread
 from drivers.profile import Direction, PointSpec, Profile, StateSpec, ThresholdSpec
 from drivers.types import Block, PollClass, ReadRequest

@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from agent.events import Category, Event, Kind, Severity
 from agent.storage import (
     CorruptDatabase,
     check_integrity,
@@ -51,6 +50,7 @@ from agent.storage import (
     open_read_only,
     proving_corruption,
 )
+from core.events import Category, Event, Kind, Severity
 
 log = logging.getLogger(__name__)
 

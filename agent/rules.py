@@ -26,9 +26,9 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from agent.errors import ConfigError, ConfigProblem
-from agent.events import LIFE_SAFETY, Category, Event, Kind, Severity
 from agent.pointstate import ActiveCondition, PointKey, condition_of
+from core.errors import ConfigError, ConfigProblem
+from core.events import LIFE_SAFETY, Category, Event, Kind, Severity
 
 if TYPE_CHECKING:
     from drivers.gpio import ContactChange

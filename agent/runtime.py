@@ -37,13 +37,13 @@ from agent.clock import clock_probe
 from agent.commands import CommandHandler
 from agent.config import GATEWAY_DEVICE_ID, Config, DeviceConfig, LineConfig, config_digest
 from agent.control import ControlServer, ControlSetupError, EventFanout, EventSubscription
-from agent.errors import AlarmgwError, FieldError, FieldTimeout, UnknownPoint
-from agent.events import Category, Event, Kind, Lane, Record, Severity, now_ms, system_event
 from agent.journal import setup_logging
 from agent.points import DevicePoints, value_state
 from agent.pointstate import COMM, PointStateStore
 from agent.rules import GPIO_DEVICE, LocalRules, contact_event
 from agent.uplink import Uplink
+from core.errors import AlarmgwError, FieldError, FieldTimeout, UnknownPoint
+from core.events import Category, Event, Kind, Lane, Record, Severity, now_ms, system_event
 from drivers.codec import decode, why_unread
 from drivers.gpio import ContactChange, GpioBank
 from drivers.line import CommChange, DevicePoll, Line, PollResult

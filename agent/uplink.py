@@ -55,8 +55,6 @@ from typing import Any, Final, Protocol
 
 from agent import feed
 from agent.buffer import EventBuffer, ReadCursor
-from agent.errors import UplinkError
-from agent.events import Identity, Kind, Lane, Severity, dumps, now_ms, system_event
 from agent.mqtt import (
     Callbacks,
     Endpoint,
@@ -68,6 +66,8 @@ from agent.mqtt import (
     load_credentials,
     tls_context,
 )
+from core.errors import UplinkError
+from core.events import Identity, Kind, Lane, Severity, dumps, now_ms, system_event
 
 log = logging.getLogger(__name__)
 

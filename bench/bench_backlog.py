@@ -65,8 +65,8 @@ def _gateway_main(config_path: str) -> int:
     """Reads commands on stdin (fill N, fire, quit); answers on stdout with monotonic stamps."""
     from agent.buffer import EventBuffer
     from agent.config import load_config
-    from agent.events import Category, Event, Kind, Severity
     from agent.uplink import Uplink
+    from core.events import Category, Event, Kind, Severity
     from tests.uplink_helpers import info_event
 
     cfg = load_config(config_path)

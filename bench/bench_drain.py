@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import paho.mqtt.client as mqtt
 
 from agent.buffer import EventBuffer
-from agent.events import Lane
 from agent.uplink import Uplink
+from core.events import Lane
 from simulator.broker import Mosquitto
 from tests.uplink_helpers import IDENT, Settings, info_event, wait_until
 

@@ -46,8 +46,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import UPLINK, UplinkConfig
-from agent.events import Category, Event, Identity, Kind, Severity
 from bench.common import figure, machine, percentile
+from core.events import Category, Event, Identity, Kind, Severity
 from simulator.broker import Mosquitto
 
 PREFIX = "fleet"

@@ -45,8 +45,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.buffer import _SCHEMA, EventBuffer
-from agent.events import Event, Lane, dumps
 from agent.runtime import tune_interpreter
+from core.events import Event, Lane, dumps
 from tests.uplink_helpers import IDENT, info_event
 
 BATCH = 1000

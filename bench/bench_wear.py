@@ -50,7 +50,7 @@ BASELINE_CODE = """
 import sys, time
 from pathlib import Path
 from agent.buffer import EventBuffer
-from agent.events import Lane
+from core.events import Lane
 from tests.uplink_helpers import IDENT, reading
 
 def written():

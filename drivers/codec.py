@@ -19,7 +19,7 @@ import math
 import struct
 from collections.abc import Callable, Iterable, Mapping
 
-from agent.errors import AlarmgwError, FieldError, Garbage, WrongLength
+from core.errors import AlarmgwError, FieldError, Garbage, WrongLength
 from drivers.profile import PointSpec, PointType, WordOrder
 from drivers.types import Block, ReadRequest
 

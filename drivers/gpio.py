@@ -34,8 +34,8 @@ from typing import Any, Protocol
 
 from gpiozero import DigitalInputDevice, DigitalOutputDevice
 
-from agent.errors import GpioError
-from agent.events import now_ms
+from core.errors import GpioError
+from core.events import now_ms
 
 log = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from agent.errors import (
+from core.errors import (
     Disconnected,
     FieldError,
     FieldTimeout,
@@ -66,7 +66,7 @@ from agent.errors import (
     UnknownPoint,
     WriteNotAllowed,
 )
-from agent.events import now_ms
+from core.events import now_ms
 from drivers.modbus import ModbusLink
 from drivers.types import Block, PollClass, ReadRequest, Table
 

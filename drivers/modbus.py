@@ -1,7 +1,7 @@
 """Modbus RTU and TCP links: one request, one typed answer. The only pymodbus user.
 
 A `ModbusLink` sends one request and returns a `Block` or raises exactly one of
-the `agent.errors.FieldError` types: FieldTimeout, CrcError, ModbusException
+the `core.errors.FieldError` types: FieldTimeout, CrcError, ModbusException
 (code), WrongLength, WrongUnit, Garbage or Disconnected. Nothing else escapes:
 no pymodbus exception, no OSError, no bare Exception.
 
@@ -68,7 +68,7 @@ from pymodbus.pdu.register_message import (
     WriteSingleRegisterRequest,
 )
 
-from agent.errors import (
+from core.errors import (
     CrcError,
     Disconnected,
     FieldError,

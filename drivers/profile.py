@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.errors import ConfigError, ConfigProblem
-from agent.events import Category, Kind, Severity
+from core.errors import ConfigError, ConfigProblem
+from core.events import Category, Kind, Severity
 from drivers.types import PollClass, Table
 
 

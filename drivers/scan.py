@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from agent.errors import (
+from core.errors import (
     AlarmgwError,
     CrcError,
     Disconnected,

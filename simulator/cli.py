@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigError
+from core.errors import ConfigError
 from simulator.centre import DEFAULT_ADDRESS, MODES, Centre, CentreControl, request
 from simulator.scenario import RUN_DIR
 

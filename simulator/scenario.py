@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigError, ConfigProblem
+from core.errors import ConfigError, ConfigProblem
 from drivers import codec
 from drivers.codec import EncodeError
 from drivers.profile import Profile, find_profiles, load_profile

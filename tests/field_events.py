@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from agent.events import Category, Event, Kind, Record, Severity
 from agent.points import PointTracker
+from core.events import Category, Event, Kind, Record, Severity
 from drivers.codec import Value
 from drivers.profile import PointSpec, load_profile
 

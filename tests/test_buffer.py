@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from agent.buffer import MAX_BATCH, EventBuffer, GroupRefused, StoredRecords
-from agent.errors import BufferError_
-from agent.events import Lane, Record
 from agent.storage import is_corruption
+from core.errors import BufferError_
+from core.events import Lane, Record
 from tests.mounts import fill, needs_root, remount, tmpfs
 from tests.uplink_helpers import IDENT, alarm, info_event, reading, wait_until
 
@@ -290,7 +290,7 @@ def test_the_writer_stays_alive_when_idle_without_writing(tmp_path: Path) -> Non
 def test_stored_bytes_are_exactly_the_records_payload(tmp_path: Path) -> None:
     """The writer splices the seq into bytes serialised by the submitter: the result must
     be byte for byte the record's own payload."""
-    from agent.events import dumps
+    from core.events import dumps
 
     with open_buffer(tmp_path / "b.db") as buf:
         stored = [buf.submit(r).result(5) for r in (alarm(), info_event(7), reading(3))]
@@ -524,7 +524,7 @@ def test_a_group_with_a_record_that_cannot_be_stored_is_refused_whole(
 def test_submit_many_stores_the_records_own_bytes_and_reads_back_lazily(
     tmp_path: Path,
 ) -> None:
-    from agent.events import dumps
+    from core.events import dumps
 
     group: list[Record] = [alarm(), info_event(7), reading(3), info_event(8)]
     with open_buffer(tmp_path / "b.db") as buf:

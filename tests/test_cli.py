@@ -384,7 +384,7 @@ def test_scan_refuses_the_line_the_running_agent_owns(
 
 def test_buffer_file_reads_a_buffer_offline_and_flags_a_corrupt_one(tmp_path: Path) -> None:
     from agent.buffer import EventBuffer
-    from agent.events import Category, Event, Identity, Kind, Severity
+    from core.events import Category, Event, Identity, Kind, Severity
 
     db = tmp_path / "buffer.db"
     buf = EventBuffer(db, Identity("site", "gw"), 1000).start()

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.errors import Garbage, WrongLength
-from agent.events import Category, Kind, Severity
+from core.errors import Garbage, WrongLength
+from core.events import Category, Kind, Severity
 from drivers.codec import EncodeError, decode, encode, encode_state
 from drivers.profile import FlagSpec, PointSpec, PointType, StateSpec, WordOrder
 from drivers.types import Block, ReadRequest, Table

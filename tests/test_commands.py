@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from agent.buffer import EventBuffer
 from agent.commands import COMMAND_RATE, RECENT_REQUESTS, TEST_ALARM_RATE, CommandHandler
-from agent.errors import FieldTimeout, UnknownPoint
-from agent.events import Category, Event, Kind, Severity
 from agent.mqtt import MAX_INCOMING_PACKET
 from agent.uplink import Uplink
+from core.errors import FieldTimeout, UnknownPoint
+from core.events import Category, Event, Kind, Severity
 from simulator.broker import Mosquitto
 from tests.test_schemas import validator
 from tests.uplink_helpers import IDENT, Collector, Settings, running, wait_until

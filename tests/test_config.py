@@ -27,9 +27,9 @@ from agent.config import (
     config_digest,
     load_config,
 )
-from agent.errors import ConfigError, ConfigProblem
-from agent.events import Category, Kind, Severity
 from agent.textwidth import width
+from core.errors import ConfigError, ConfigProblem
+from core.events import Category, Kind, Severity
 from drivers.types import inter_frame_gap_ms
 from tests.test_tls import make_ca
 

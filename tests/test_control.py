@@ -33,7 +33,7 @@ from agent.control import (
     _send_request,
     encode_line,
 )
-from agent.errors import FieldTimeout, UnknownPoint
+from core.errors import FieldTimeout, UnknownPoint
 from tests.waiting import wait_until
 
 

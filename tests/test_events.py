@@ -1,7 +1,7 @@
 """The record serialisation the buffer stores: byte for byte the payload of docs/feed.md
 as the standard library's json.dumps writes it.
 
-Event and Reading build their JSON text from a format (agent/events.py), not from a
+Event and Reading build their JSON text from a format (core/events.py), not from a
 dict; the oracle here builds the dict the feed contract describes, field by field, and
 hands it to json.dumps, for generated records of every shape."""
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.events import (
+from core.events import (
     FEED_VERSION,
     Category,
     Event,

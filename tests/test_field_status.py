@@ -15,8 +15,8 @@ import pytest
 from agent import cli_render
 from agent.commands import CommandHandler
 from agent.control import ControlServer, _error_code
-from agent.errors import LineBusy
-from agent.events import Event, Identity
+from core.errors import LineBusy
+from core.events import Event, Identity
 
 
 def _status(**changes: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from agent.events import now_ms
+from core.events import now_ms
 from drivers.gpio import ContactChange, ContactInput, GpioBank, GpioError, Output, SettleTimer
 
 DEADLINE_S = 5.0

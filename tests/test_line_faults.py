@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import DEVICE
-from agent.errors import Disconnected, FieldTimeout, LineBusy
+from core.errors import Disconnected, FieldTimeout, LineBusy
 from drivers.line import (
     LINK_DOWN_AFTER,
     MAX_QUEUED_REQUESTS,

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from agent.errors import FieldTimeout, UnknownPoint, WriteNotAllowed
+from core.errors import FieldTimeout, UnknownPoint, WriteNotAllowed
 from drivers.line import MAX_QUEUED_REQUESTS, PROBE_SHARE, CommChange, DevicePoll, Line
 from drivers.modbus import RtuLink, TcpLink
 from drivers.types import PollClass, ReadRequest, Table

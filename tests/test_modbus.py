@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import pytest
 
-from agent.errors import (
+from core.errors import (
     CrcError,
     Disconnected,
     FieldError,

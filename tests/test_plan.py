@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.events import Category
+from core.events import Category
 from drivers.plan import plan_device, render_plan, wire_time_s
 from drivers.profile import PointSpec, PointType, Profile, load_profile
 from drivers.types import PollClass, ReadRequest, Table, inter_frame_gap_ms

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from agent.events import Category, Event, Kind, Reading, Record, Severity
 from agent.points import DevicePoints, PointTracker
+from core.events import Category, Event, Kind, Reading, Record, Severity
 from drivers.profile import (
     Direction,
     FlagSpec,

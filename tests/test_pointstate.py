@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.events import Category, Event, Kind, Reading, Record, Severity
 from agent.points import DevicePoints
 from agent.pointstate import ActiveCondition, PointStateStore, condition_of
+from core.events import Category, Event, Kind, Reading, Record, Severity
 from drivers.profile import load_profile
 from drivers.types import Block, PollClass, ReadRequest, Table
 from tests.mounts import fill, needs_root, remount, tmpfs

@@ -21,8 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.buffer import _READ_SQL, EventBuffer, ReadCursor, StoredRow
-from agent.events import LIFE_SAFETY, Category, Event, Kind, Lane, Record, Severity
 from agent.uplink import Uplink
+from core.events import LIFE_SAFETY, Category, Event, Kind, Lane, Record, Severity
 from simulator.broker import Mosquitto
 from simulator.link import SlowLink
 from tests.feed_consumer import ArrivalOrderConsumer, FeedConsumer

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from agent.errors import ConfigError
-from agent.events import Category, Event, Kind, Severity
 from agent.points import DevicePoints
+from core.errors import ConfigError
+from core.events import Category, Event, Kind, Severity
 from drivers.codec import decode
 from drivers.plan import plan_device
 from drivers.profile import (

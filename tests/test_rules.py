@@ -18,8 +18,6 @@ from typing import Any
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from agent.errors import ConfigError
-from agent.events import Category, Event, Identity, Kind, Severity, dumps
 from agent.points import PointTracker
 from agent.pointstate import ActiveCondition
 from agent.rules import (
@@ -29,6 +27,8 @@ from agent.rules import (
     UplinkLedRule,
     contact_event,
 )
+from core.errors import ConfigError
+from core.events import Category, Event, Identity, Kind, Severity, dumps
 from drivers.gpio import ContactChange, GpioBank, Output
 from drivers.profile import Direction, PointSpec, PointType, ThresholdSpec, load_profile
 from drivers.types import Table

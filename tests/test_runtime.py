@@ -89,7 +89,7 @@ def test_a_locked_buffer_starts_degraded_and_keeps_watching(tmp_path: Path) -> N
 
     from agent.buffer import EventBuffer
     from agent.control import AgentNotRunning, ControlClient
-    from agent.events import Identity
+    from core.events import Identity
     from tests.waiting import wait_until
 
     text = (ROOT / "config" / "example.toml").read_text(encoding="utf-8")
@@ -135,7 +135,7 @@ def test_field_results_queued_behind_stored_events_keep_their_order(gateway: Gat
     them must still be handled before the one queued after it (loss, then restore)."""
     import json
 
-    from agent.events import Category, Event, Kind, Lane, Severity, now_ms
+    from core.events import Category, Event, Kind, Lane, Severity, now_ms
     from drivers.line import CommChange
 
     stored = Event(Kind.STATE, Category.DOOR, Severity.INFO, "open", "门开", "gpio", "door")
@@ -159,7 +159,7 @@ def test_recent_events_page_forward_from_a_seq_and_limit_zero_gives_none(
     """`alarmgw events --since SEQ --limit N` pages forward: the N after SEQ, oldest first
     (not the newest N, which would skip the ones between); limit 0 is a follow with no
     backlog."""
-    from agent.events import Category, Event, Kind, Severity
+    from core.events import Category, Event, Kind, Severity
 
     futures = [
         gateway.emit(Event(Kind.STATE, Category.DOOR, Severity.INFO, "open", f"门 {i}", "door"))

@@ -23,15 +23,6 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from agent import feed
-from agent.events import (
-    Category,
-    Event,
-    Identity,
-    Kind,
-    Reading,
-    Severity,
-    dumps,
-)
 from agent.feed import (
     MAX_COMMAND_BYTES,
     BadCommand,
@@ -41,6 +32,15 @@ from agent.feed import (
     Leaf,
     parse_command,
     result_payload,
+)
+from core.events import (
+    Category,
+    Event,
+    Identity,
+    Kind,
+    Reading,
+    Severity,
+    dumps,
 )
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -744,7 +744,7 @@ def test_docs_examples_match_the_schemas() -> None:
 def test_payloads_stored_by_the_real_buffer_match_the_schemas(tmp_path: Path) -> None:
     """Overflow a real SQLite buffer: the stored rows and its announcement must validate."""
     from agent.buffer import EventBuffer
-    from agent.events import Lane
+    from core.events import Lane
 
     buffer = EventBuffer(tmp_path / "buffer.db", IDENT, max_events=5).start()
     try:

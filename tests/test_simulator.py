@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import serial
 
-from agent.errors import ConfigError
+from core.errors import ConfigError
 from drivers import codec
 from drivers.profile import load_profile
 from drivers.types import Block, ReadRequest, Table

@@ -20,9 +20,9 @@ import pytest
 
 from agent.buffer import EventBuffer
 from agent.config import UPLINK
-from agent.errors import UplinkError
-from agent.events import Lane
 from agent.uplink import MAX_ROW_BYTES, Backoff, Uplink, backoff_delay
+from core.errors import UplinkError
+from core.events import Lane
 from simulator.broker import Mosquitto
 from tests.uplink_helpers import (
     IDENT,

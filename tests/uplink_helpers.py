@@ -22,7 +22,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from agent.events import Category, Event, Identity, Kind, Reading, Severity
+from core.events import Category, Event, Identity, Kind, Reading, Severity
 from simulator.broker import Mosquitto
 from tests.waiting import wait_until
 

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from agent.errors import AlarmgwError
+from core.errors import AlarmgwError
 
 START = b"@@"
 END = b"##"

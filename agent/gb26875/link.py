@@ -42,7 +42,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from agent.errors import AlarmgwError
 from agent.gb26875.adu import (
     USER_DEFINED,
     Adu,
@@ -64,6 +63,7 @@ from agent.gb26875.codec import (
     encode_frame,
 )
 from agent.gb26875.tables import UitdStatus
+from core.errors import AlarmgwError
 
 MAX_CONFIRM_TIMEOUT_S = 10.0  # GB/T 26875.3 6.5: "超时时间不宜大于 10 s"
 MAX_FAULT_DETECTION_S = 100.0  # GB 26875.1: a link fault is signalled within 100 s
