@@ -8,7 +8,10 @@ restore (without it that restore would never be sent).
 
 What a condition is: for a raise (alarm, fault, supervisory) its `state`; for
 a restore its `detail["restores"]` (see `condition_of`). A restore without
-one ends every condition of its point.
+one ends every condition of its point. Per condition the event with the highest
+seq wins, as for the platform (docs/feed.md section 3): events may be recorded out
+of seq order (a degraded buffer settles them as the broker acknowledges them, and
+life-safety alarms are sent first), and an older restore must not end a newer raise.
 
 This module must never crash the agent, never lose the buffer's data, and never
 delete or move aside the alarm memory for anything but proven corruption (the
@@ -44,6 +47,7 @@ from typing import Final
 
 from agent.storage import (
     CorruptDatabase,
+    certainly_missing,
     check_integrity,
     is_locked,
     move_aside,
@@ -128,6 +132,9 @@ class PointStateStore:
         self.remembered_at_start = True
         self._merge = False  # the file was unreadable at start: merge it in when it opens
         self._ended: set[tuple[PointKey, str | None]] = set()  # restores meanwhile
+        # the seq of the newest event applied, per condition and per "ends every condition"
+        # of a point (this run's seqs only: every one is above what the file holds)
+        self._seq_of: dict[tuple[PointKey, str | None], int] = {}
         self.problem: str | None = None  # why the file is not up to date; None when it is
         self._open_at_start(lock_wait_s)
 
@@ -182,6 +189,8 @@ class PointStateStore:
                 continue  # a test alarm is never an active condition
             key: PointKey = (event.device, event.point)
             condition = condition_of(event)
+            if not self._newest(key, condition, event):
+                continue  # a newer event of this condition was applied already
             if event.kind in RAISING_KINDS and condition is not None:
                 if condition in self._active.get(key, {}):
                     continue  # already active: keep the first `since`
@@ -196,7 +205,7 @@ class PointStateStore:
                 if self._merge:  # the unread file may hold this condition: remember the end
                     self._ended.add((key, condition))
                 conds = self._active.get(key, {})
-                ended = list(conds) if condition is None else [condition]
+                ended = [condition] if condition is not None else self._older_than(key, event)
                 for cond in ended:
                     if conds.pop(cond, None) is not None:
                         deletes.add((key, cond))
@@ -204,6 +213,24 @@ class PointStateStore:
                 if not conds:
                     self._active.pop(key, None)
         return [(k, a) for (k, _), a in upserts.items()], sorted(deletes, key=_sort_key)
+
+    def _newest(self, key: PointKey, condition: str | None, event: Event) -> bool:
+        """Is `event` newer than what was applied to its condition? Records it if so."""
+        seq = event.seq
+        if seq is None or (event.kind not in RAISING_KINDS and event.kind not in ENDING_KINDS):
+            return True
+        newer = max(self._seq_of.get((key, condition), 0), self._seq_of.get((key, None), 0))
+        if seq < newer:
+            return False
+        self._seq_of[(key, condition)] = seq
+        return True
+
+    def _older_than(self, key: PointKey, event: Event) -> list[str]:
+        """The conditions of `key` that a restore of them all, `event`, ends: those not
+        raised again by a newer event."""
+        seq = event.seq if event.seq is not None else 0
+        conds = self._active.get(key, {})
+        return [c for c in conds if self._seq_of.get((key, c), 0) <= seq]
 
     # --- file ---------------------------------------------------------------------
 
@@ -275,7 +302,7 @@ class PointStateStore:
         self._dirty = True
         self._next_try = time.monotonic() + self._retry_s
         self._trouble(f"cannot be opened for writing: {exc}")
-        if not self.path.exists() and self.path.parent.is_dir():
+        if certainly_missing(self.path) and not certainly_missing(self.path.parent):
             return  # a first start: nothing to remember
         try:
             conn = open_read_only(self.path)

@@ -99,6 +99,27 @@ def move_aside(path: Path) -> str:
     return stamp
 
 
+def certainly_missing(path: Path) -> bool:
+    """True only when `path` is known not to exist. Path.exists() raises on EACCES or EIO
+    (a directory the service user cannot search, a dying card): that is not "missing",
+    and it must never escape into a traceback at start."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def is_file(path: Path) -> bool:
+    """A regular file we can see; False when it is missing or cannot even be looked at."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def open_read_only(path: Path) -> sqlite3.Connection:
     """A read-only look into a database that cannot be opened for writing now.
 
@@ -109,7 +130,7 @@ def open_read_only(path: Path) -> sqlite3.Connection:
     but no usable index cannot be read safely (its frames would be missed): that
     raises like any other failure, and the caller treats the file as unreadable.
     """
-    if not path.is_file():
+    if not is_file(path):
         raise sqlite3.OperationalError(f"{path}: no such database file")
     try:
         return _probed(f"file:{path}?mode=ro")

@@ -7,6 +7,7 @@ the memory."""
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import subprocess
 import sys
@@ -107,6 +108,45 @@ def test_point_less_conditions_round_trip(store: PointStateStore, path: Path) ->
     ev = Event(Kind.FAULT, Category.SYSTEM, Severity.MINOR, "disk_full", "磁盘满", "gateway")
     store.record([ev])
     assert set(reopened(path)[("gateway", None)]) == {"disk_full"}
+
+
+def test_an_older_restore_recorded_late_does_not_end_a_newer_raise(
+    store: PointStateStore, path: Path
+) -> None:
+    """A degraded buffer records events as the broker acknowledges them, and life-safety
+    alarms are sent first: fire 14 and fire 16 may settle before restore 15. Per
+    condition the highest seq wins (feed.md section 3), here as on the platform."""
+    store.record([fire().with_seq(14), fire().with_seq(16)])
+    store.record([restore("fire").with_seq(15)])
+    assert set(reopened_after(store, path)[("fap", "point3")]) == {"fire"}
+
+
+def test_an_older_restore_of_everything_spares_what_was_raised_after_it(
+    store: PointStateStore, path: Path
+) -> None:
+    store.record([fire().with_seq(16)])
+    store.record([restore(None).with_seq(15)])
+    assert set(reopened_after(store, path)[("fap", "point3")]) == {"fire"}
+    store.record([fire().with_seq(14)])  # older than the restore of everything: stale
+    store.record([restore(None).with_seq(17)])
+    assert reopened_after(store, path) == {}
+
+
+def test_a_stale_raise_after_a_newer_restore_stays_ended(
+    store: PointStateStore, path: Path
+) -> None:
+    store.record([restore("fire").with_seq(21)])
+    store.record([fire().with_seq(20)])
+    assert reopened_after(store, path) == {}
+
+
+def reopened_after(
+    store: PointStateStore, path: Path
+) -> dict[tuple[str, str | None], dict[str, ActiveCondition]]:
+    """What a restart would find: the memory matches the file."""
+    remembered = reopened(path)
+    assert remembered == store.load()
+    return remembered
 
 
 def test_condition_of() -> None:
@@ -400,3 +440,30 @@ def test_a_corrupt_file_that_cannot_be_moved_aside_is_never_deleted(tmp_path: Pa
         with PointStateStore(path) as store:  # writable again: now it is moved aside
             assert store.record([fire()]) == 1
         assert list(card.glob("pointstate.db.corrupt-*"))
+
+
+@pytest.mark.world
+@pytest.mark.skipif(sys.platform != "linux" or os.geteuid() != 0, reason="needs root to drop")
+def test_a_state_directory_the_service_user_cannot_search_is_trouble_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """Path.exists() raises PermissionError (not False) when the directory cannot be
+    searched: the store must start anyway, remembering nothing it cannot read."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    with PointStateStore(state / "pointstate.db") as s:
+        s.record([fire().with_seq(1)])
+    tmp_path.chmod(0o755)
+    probe = (
+        "from pathlib import Path; from agent.pointstate import PointStateStore;"
+        f"s = PointStateStore(Path({str(state / 'pointstate.db')!r}), lock_wait_s=0);"
+        "print('started', s.remembered_at_start, s.problem is not None); s.close()"
+    )
+    done = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+         probe],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout.split() == ["started", "False", "True"]
