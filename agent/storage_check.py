@@ -139,8 +139,23 @@ _READ_ONLY_UNDER: Final = {
 }
 
 
+# memory file systems: a buffer there is gone at every reboot or power cut (and
+# systemd empties the unit's RuntimeDirectory=/run/alarmgw at every stop)
+_IN_RAM: Final = (PurePosixPath("/run"), PurePosixPath("/var/run"), PurePosixPath("/dev/shm"))  # noqa: S108
+
+
 def _check_sandbox(directory: Path, sandbox: UnitSandbox, report: StorageReport) -> None:
     where = PurePosixPath(os.path.realpath(directory))
+    if _inside(where, _IN_RAM):
+        report.problems.append(
+            (
+                "buffer.path",
+                f"{directory} is in memory (tmpfs): queued events, their seqs and the "
+                "alarm memory would be lost at every power cut or reboot (and /run/alarmgw "
+                "at every stop of the service); use /var/lib/alarmgw/buffer.db",
+            )
+        )
+        return
     if sandbox.private_tmp and _inside(where, _PRIVATE_TMP):
         report.problems.append(
             (

@@ -126,6 +126,15 @@ def test_a_buffer_in_the_services_private_tmp_fails_the_check(tmp_path: Path) ->
     assert len(problems) == 1 and "emptied at every restart" in problems[0][1]
 
 
+@pytest.mark.parametrize("where", ["/run/alarmgw/buffer.db", "/dev/shm/alarmgw/buffer.db"])
+def test_a_buffer_in_memory_fails_the_check(tmp_path: Path, where: str) -> None:
+    """/run/alarmgw is the unit's RuntimeDirectory, so it is writable, but it lives in
+    RAM and systemd empties it at every stop: every queued event would be lost."""
+    config = load_config(config_at(tmp_path, Path(where)))
+    problems = check_storage(config, UNIT).problems
+    assert len(problems) == 1 and "in memory (tmpfs)" in problems[0][1]
+
+
 # --- room on the card ----------------------------------------------------------------------
 
 
