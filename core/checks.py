@@ -138,7 +138,7 @@ class Shape(Protocol):
         ...
 
     def json(self) -> dict[str, Any]:
-        """This shape as JSON Schema (draft 2020-12)."""
+        """This shape as JSON Schema (draft-07)."""
         ...
 
     def missing(self, where: str) -> str:
@@ -556,9 +556,11 @@ class Either:
 
 
 def json_schema(table: Table, *, id: str, title: str) -> dict[str, Any]:
-    """A whole file's declaration as a JSON Schema document (draft 2020-12)."""
+    """A whole file's declaration as a JSON Schema document: draft-07, the newest that the
+    TOML editor tools (Taplo, Even Better TOML) read; it holds nothing later drafts read
+    differently."""
     return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$schema": "http://json-schema.org/draft-07/schema#",
         "$id": id,
         "title": title,
         **table.json(),

@@ -283,3 +283,11 @@ def profile_json_schema() -> dict[str, Any]:
         id="urn:alarmgw:profile:v1",
         title="alarmgw device profile (config/profiles/*.toml)",
     )
+
+
+if __name__ == "__main__":  # python -m drivers.profile_schema > docs/schemas/profile.schema.json
+    import json
+    import sys
+
+    json.dump(profile_json_schema(), sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")

@@ -1,4 +1,4 @@
-"""drivers/modbus.py: the codec with literal hex, then real links over a pty and TCP.
+"""drivers/modbus_frames.py with literal hex, then drivers/modbus.py: real links over a pty and TCP.
 
 Bench session: a pymodbus RTU server sits on one end of a virtual RS-485
 cable (simulator.pty.PtyPair), our RtuLink on the other; a unit is made to
@@ -34,16 +34,8 @@ from core.errors import (
     WrongLength,
     WrongUnit,
 )
-from drivers.modbus import (
-    SILENT_RECONNECT,
-    RtuLink,
-    TcpLink,
-    crc_ok,
-    decode_read_answer,
-    read_pdu,
-    rtu_frame,
-    scan_rtu_answer,
-)
+from drivers.modbus import SILENT_RECONNECT, RtuLink, TcpLink
+from drivers.modbus_frames import crc_ok, decode_read_answer, read_pdu, rtu_frame, scan_rtu_answer
 from drivers.types import ReadRequest, Table
 from simulator.pty import PtyPair
 from simulator.rtu import mbap_frame, parse_mbap
