@@ -527,6 +527,7 @@ def _wire_time_tap(char_time_s: float) -> Callable[[str, bytes], bytes]:
     return tap
 
 
+@pytest.mark.slow
 def test_rtu_timeout_counts_from_the_end_of_a_long_answer(pty_pair: PtyPair) -> None:
     """125 registers at 2400 baud take ~1.1 s on the wire; timeout 0.5 s must still work."""
 
