@@ -53,8 +53,7 @@ from agent.config_schema import (
 )
 from agent.config_schema import DEVICE as DEVICE  # noqa: PLC0414 - re-exported
 from agent.config_schema import UPLINK as UPLINK  # noqa: PLC0414
-from core.checks import Problems, read_toml
-from core.errors import ConfigError
+from core.checks import Problems, check_file
 from core.events import Category, Identity, Kind, Severity
 from drivers.profile import Profile
 from drivers.profile_schema import POINT_OVERRIDE
@@ -332,10 +331,8 @@ def load_config(path: str | Path) -> Config:
     """Read, check and build the config; raise ConfigError listing every problem found."""
     out = Problems(Path(path))  # problems name the file as the technician typed it
     path = Path(path).absolute()
-    doc = read_toml(path, out)
-    if doc is None:
-        raise ConfigError(out.items)
-    checked = Checked.of(CONFIG_FILE.clean(doc, "", out))  # layers (a) and (b)
+    clean, _ = check_file(path, CONFIG_FILE, out)
+    checked = Checked.of(clean)  # layers (a) and (b)
     for check in WHOLE_CONFIG_CHECKS:
         check(checked, out)
     if not out.items:  # files last: one mistake in the config gives one problem

@@ -249,11 +249,16 @@ DEVICE = Table(
     ),
 )  # fmt: skip
 
+# a contact or an output on one of the Pi's BCM pins
+_ON_A_PIN = {
+    "id": Key(IDENT, required=True),
+    "name": Key(text(), doc="default: the id"),
+    "pin": Key(integer(0, 27), required=True),
+}
+
 INPUT = Table(
     {
-        "id": Key(IDENT, required=True),
-        "name": Key(text(), doc="default: the id"),
-        "pin": Key(integer(0, 27), required=True),
+        **_ON_A_PIN,
         "pull": Key(one_of("up", "down", "none"), default="up"),
         "active": Key(one_of("high", "low"), doc="default: low with a pull-up, else high"),
         "debounce_ms": Key(integer(0, 10000), default=50),
@@ -275,9 +280,7 @@ INPUT = Table(
 
 OUTPUT = Table(
     {
-        "id": Key(IDENT, required=True),
-        "name": Key(text(), doc="default: the id"),
-        "pin": Key(integer(0, 27), required=True),
+        **_ON_A_PIN,
         "type": Key(one_of("buzzer", "led", "relay"), required=True),
         "active": Key(one_of("high", "low"), default="high"),
         "rule": Key(one_of(*OUTPUT_RULES), default="none"),

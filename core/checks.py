@@ -115,6 +115,19 @@ def read_toml(path: Path, out: Problems) -> dict[str, Any] | None:
     return None
 
 
+def check_file(
+    path: Path, table: Table, out: Problems | None = None
+) -> tuple[dict[str, Any], Problems]:
+    """Read `path` and check it against its declaration: the values that passed and every
+    problem so far (more may be added by the caller's own checks). A file that is not
+    usable at all raises ConfigError at once, with its one problem."""
+    out = Problems(path) if out is None else out
+    doc = read_toml(path, out)
+    if doc is None:
+        raise ConfigError(out.items)
+    return table.clean(doc, "", out), out
+
+
 def _unreadable(exc: OSError) -> str:
     if isinstance(exc, FileNotFoundError):
         return "file not found"

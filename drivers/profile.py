@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from core.checks import BAD, ID_RE, Problems, closest, join, read_toml
+from core.checks import BAD, ID_RE, Problems, check_file, closest, join
 from core.errors import ConfigError
 from core.events import Category, Kind, Severity
 from drivers.profile_schema import (
@@ -190,11 +190,7 @@ def _below_problem(thr: ThresholdSpec, lo: float, hi: float) -> str | None:
 def load_profile(path: Path) -> Profile:
     """Load and validate one profile file; raise ConfigError with every problem found."""
     path = Path(path)
-    out = Problems(path)
-    doc = read_toml(path, out)
-    if doc is None:
-        raise ConfigError(out.items)
-    clean = PROFILE_FILE.clean(doc, "", out)
+    clean, out = check_file(path, PROFILE_FILE)
     header = _header(clean.get("profile", {}), path.stem, out)
     category = header["category"] if header else Category.SYSTEM
     points = _points(clean.get("points", []), category, out)

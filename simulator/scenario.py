@@ -27,13 +27,13 @@ from core.checks import (
     Rule,
     Table,
     boolean,
+    check_file,
     integer,
     known,
     number,
     one_of,
     path_list,
     path_text,
-    read_toml,
     text,
 )
 from core.errors import ConfigError
@@ -438,11 +438,7 @@ def _timeline(clean: Mapping[str, Any], ctx: _Context) -> tuple[list[Step], bool
 def load_scenario(path: str | Path) -> Scenario:
     """Read and check a scenario; ConfigError with every problem (file, key, reason)."""
     path = Path(path)
-    out = Problems(path)
-    doc = read_toml(path, out)
-    if doc is None:
-        raise ConfigError(out.items)
-    clean = SCENARIO_FILE.clean(doc, "", out)
+    clean, out = check_file(path, SCENARIO_FILE)
     sim = SIMULATOR.with_defaults(clean.get("simulator", {}))
     dirs = [path.parent / d for d in sim["profile_dirs"]]
     ctx = _Context([*dirs, path.parent.parent / "profiles", BUILTIN_PROFILES], out)

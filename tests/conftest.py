@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from gpiozero.pins.mock import MockFactory
 from hypothesis import settings
 
 from simulator.broker import Mosquitto
@@ -59,6 +60,15 @@ def _children() -> set[int]:
         except OSError:
             continue
     return kids
+
+
+@pytest.fixture
+def factory() -> Iterator[MockFactory]:
+    """gpiozero's MockFactory: the Pi's GPIO chip, the one thing that cannot exist here
+    (a module of the alarmgw-sim factory's tests gives `factory` its own meaning)."""
+    f = MockFactory()
+    yield f
+    f.close()
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -67,13 +66,6 @@ class Recorder:
         got = self.of(input_id)
         assert ok, f"expected {count} changes of {input_id}, got {got}"
         return got
-
-
-@pytest.fixture
-def factory() -> Iterator[MockFactory]:
-    f = MockFactory()
-    yield f
-    f.close()
 
 
 @pytest.fixture

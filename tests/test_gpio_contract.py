@@ -15,6 +15,7 @@ await reported changes with generous deadlines and never assert tight timings.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -248,15 +249,28 @@ def test_an_input_reports_its_level_at_start_then_each_change(
 # --- edges: debounce and order ----------------------------------------------------------
 
 
+@contextlib.contextmanager
+def button_and_witness(b: Bench, rec: Recorder, debounce_ms: int) -> Iterator[None]:
+    """A button on pin 22 and a witness on pin 27, settled by one shared timer: once the
+    witness, changed after the button, is reported, the button has had its say."""
+    timer = SettleTimer()
+    button = ContactInput(In("button", 22, debounce_ms=debounce_ms), rec, timer=timer,
+                          pin_factory=b.factory)  # fmt: skip
+    witness = ContactInput(In("witness", 27, debounce_ms=debounce_ms), rec, timer=timer,
+                           pin_factory=b.factory)  # fmt: skip
+    try:
+        yield
+    finally:
+        button.close()
+        witness.close()
+        timer.close()
+
+
 def test_a_bouncing_contact_gives_one_change_stamped_at_its_first_edge(
     bench: MakeBench, rec: Recorder
 ) -> None:
     b = bench({22: "gnd", 27: "gnd"})
-    timer = SettleTimer()
-    button = ContactInput(In("button", 22, debounce_ms=80), rec, timer=timer, pin_factory=b.factory)
-    witness = ContactInput(In("witness", 27, debounce_ms=80), rec, timer=timer,
-                           pin_factory=b.factory)  # fmt: skip
-    try:
+    with button_and_witness(b, rec, debounce_ms=80):
         before_first = now_ms()
         b.contact(22, True)
         after_first = now_ms()
@@ -273,10 +287,6 @@ def test_a_bouncing_contact_gives_one_change_stamped_at_its_first_edge(
         rec.wait_for("witness", 2)
         changes = rec.of("button")
         reported_at = rec.reported_at[rec.changes.index(changes[-1])]
-    finally:
-        button.close()
-        witness.close()
-        timer.close()
     assert [(c.active, c.initial) for c in changes] == [(False, True), (True, False)]
     assert before_first <= changes[1].ts_ms < before_first + 250  # the first edge, not the last
     if b.synchronous:  # where the edge is seen at once, exactly when it happened
@@ -286,11 +296,7 @@ def test_a_bouncing_contact_gives_one_change_stamped_at_its_first_edge(
 
 def test_a_pulse_shorter_than_the_debounce_is_no_change(bench: MakeBench, rec: Recorder) -> None:
     b = bench({22: "gnd", 27: "gnd"})
-    timer = SettleTimer()
-    button = ContactInput(In("button", 22, debounce_ms=50), rec, timer=timer, pin_factory=b.factory)
-    witness = ContactInput(In("witness", 27, debounce_ms=50), rec, timer=timer,
-                           pin_factory=b.factory)  # fmt: skip
-    try:
+    with button_and_witness(b, rec, debounce_ms=50):
         for closed in (True, False, True, False):  # back where it was, well within 50 ms
             b.contact(22, closed)
         b.contact(27, True)
@@ -298,10 +304,6 @@ def test_a_pulse_shorter_than_the_debounce_is_no_change(bench: MakeBench, rec: R
         assert [c.initial for c in rec.of("button")] == [True]
         b.contact(22, True)  # and the input still works after the glitch
         changes = rec.wait_for("button", 2)
-    finally:
-        button.close()
-        witness.close()
-        timer.close()
     assert [c.active for c in changes] == [False, True]
 
 
