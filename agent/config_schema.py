@@ -116,10 +116,6 @@ _UPLINK_KEYS = {
 }
 
 
-def _setting(t: Mapping[str, Any], key: str) -> Any:
-    return t.get(key, _UPLINK_KEYS[key].default)
-
-
 UPLINK = Table(
     _UPLINK_KEYS,
     rules=(
@@ -130,7 +126,7 @@ UPLINK = Table(
         Rule("cert_file", lambda t: "cert_file" in t and "ca_file" not in t,
              "a client certificate is used only with TLS: set ca_file too", reads=("ca_file",)),
         Rule("reconnect_max_s",
-             lambda t: _setting(t, "reconnect_max_s") < _setting(t, "reconnect_min_s"),
+             lambda t: t.value("reconnect_max_s") < t.value("reconnect_min_s"),
              "must not be smaller than reconnect_min_s", reads=("reconnect_min_s",)),
     ),
 )  # fmt: skip
@@ -217,7 +213,7 @@ LINE = Table(
         Rule("port", lambda t: _tcp(t) and isinstance(t.get("port"), str),
              "must be a TCP port number on a tcp line (the address goes in host)"),
         *(_serial_option_on_tcp(option) for option in SERIAL_OPTIONS),
-        Rule("max_gap", lambda t: t.get("max_gap", 8) >= t.get("max_block", 125),
+        Rule("max_gap", lambda t: t.value("max_gap") >= t.value("max_block"),
              "must be smaller than max_block", reads=("max_block",)),
     ),
 )  # fmt: skip
@@ -244,7 +240,7 @@ DEVICE = Table(
         "points": Key(OVERRIDES, default={}, doc="point id -> what this device changes"),
     },
     rules=(
-        Rule("slow_poll_s", lambda t: t.get("slow_poll_s", 5.0) < t.get("fast_poll_s", 1.0),
+        Rule("slow_poll_s", lambda t: t.value("slow_poll_s") < t.value("fast_poll_s"),
              "must not be shorter than fast_poll_s", reads=("fast_poll_s",)),
     ),
 )  # fmt: skip
@@ -269,11 +265,11 @@ INPUT = Table(
         "inactive_state": Key(text(40, nonempty=True), default="inactive"),
     },
     rules=(
-        Rule("active", lambda t: t.get("pull") == "none" and "active" not in t,
+        Rule("active", lambda t: t.value("pull") == "none" and "active" not in t,
              'required when pull = "none": nothing else says which level is active',
              reads=("pull",)),
         Rule("inactive_state",
-             lambda t: t.get("inactive_state", "inactive") == t.get("active_state", "active"),
+             lambda t: t.value("inactive_state") == t.value("active_state"),
              "must differ from active_state", reads=("active_state",)),
     ),
 )  # fmt: skip

@@ -356,18 +356,30 @@ class Key:
     doc: str = ""
 
 
+class Values(dict[str, Any]):
+    """A table's values that passed, as its rules see them: `in` and `[]` for what was
+    written, `value(name)` for what will be used (what was written, else the default)."""
+
+    def __init__(self, clean: Mapping[str, Any], keys: Mapping[str, Key]) -> None:
+        super().__init__(clean)
+        self._keys = keys
+
+    def value(self, name: str) -> Any:
+        return self[name] if name in self else self._keys[name].default
+
+
 @dataclass(frozen=True)
 class Rule:
-    """Keys of one table together: the table breaks the rule when `broken(clean)`, and
+    """Keys of one table together: the table breaks the rule when `broken(values)`, and
     the problem is reported on `key` ("" = the table itself). It is not applied when
     `key` or any of `reads` already had a problem: one mistake, one problem."""
 
     key: str
-    broken: Callable[[Mapping[str, Any]], bool]
-    reason: str | Callable[[Mapping[str, Any]], str]
+    broken: Callable[[Values], bool]
+    reason: str | Callable[[Values], str]
     reads: tuple[str, ...] = ()
 
-    def check(self, clean: Mapping[str, Any], where: str, bad: set[str], out: Problems) -> None:
+    def check(self, clean: Values, where: str, bad: set[str], out: Problems) -> None:
         if self.key in bad or bad.intersection(self.reads) or not self.broken(clean):
             return
         reason = self.reason if isinstance(self.reason, str) else self.reason(clean)
@@ -424,8 +436,9 @@ class Table(Mapping[str, Key]):
             if key.required and name not in raw:
                 out.add(join(where, name), key.shape.missing(join(where, name)))
                 bad.add(name)
+        values = Values(clean, self.keys_)
         for rule in self.rules:
-            rule.check(clean, where, bad, out)
+            rule.check(values, where, bad, out)
         return clean
 
     def with_defaults(self, clean: Mapping[str, Any]) -> dict[str, Any]:
@@ -522,7 +535,7 @@ class MapOf:
             if checked is not BAD:
                 clean[name] = checked
         for rule in self.rules:
-            rule.check(clean, where, set(), out)
+            rule.check(Values(clean, {}), where, set(), out)
         return clean
 
     def json(self) -> dict[str, Any]:

@@ -68,7 +68,7 @@ STATE_CODE = Value(_code, {"type": "string", "pattern": "^[+-]?[0-9]+$"}, (str,)
 
 
 def _normal(t: Mapping[str, Any]) -> bool:
-    return bool(t.get("normal", False))
+    return bool(t.get("normal", STATE["normal"].default))
 
 
 STATE = Table(
@@ -187,7 +187,7 @@ POINT_RULES = (
     Rule("word_order", lambda t: "word_order" in t and "type" in t
          and PointType(t["type"]).register_count != 2,
          "only 32-bit types (u32, s32, f32) have a word order", reads=("type",)),
-    Rule("writable", lambda t: t.get("writable", False) and _table(t) in READ_ONLY,
+    Rule("writable", lambda t: t.value("writable") and _table(t) in READ_ONLY,
          lambda t: f"a {t['table']} point is read-only in Modbus; it cannot be written"),
     Rule("", lambda t: ("raw_range" in t) != ("eng_range" in t),
          "raw_range and eng_range go together", reads=("raw_range", "eng_range")),
@@ -204,7 +204,7 @@ POINT_RULES = (
          lambda t: f'a flag needs type "bit", not "{t["type"]}"'),
     Rule("thresholds", lambda t: "thresholds" in t and _is(t, PointType.BIT),
          "a bit point has no thresholds: use a flag"),
-    Rule("id", lambda t: t.get("repeat", 1) > 1 and "{n}" not in t.get("id", "{n}"),
+    Rule("id", lambda t: t.value("repeat") > 1 and "{n}" not in t.get("id", "{n}"),
          "a repeated point needs {n} in its id"),
 )  # fmt: skip
 
