@@ -31,7 +31,6 @@ PI_UART_PORTS = ("/dev/serial0", "/dev/ttyAMA0", "/dev/ttyS0")
 PI_UART_PINS = (14, 15)
 
 
-
 def _first_use(
     items: list[dict[str, Any]], where: str, key: str, identity: Callable[[dict[str, Any]], Any]
 ) -> Iterable[tuple[str, dict[str, Any], str]]:
@@ -152,8 +151,6 @@ def check_pins(checked: Checked, out: Problems) -> None:
 def check_something_to_watch(checked: Checked, out: Problems) -> None:
     if not checked.arrays["devices"] and not checked.arrays["inputs"]:
         out.add("devices", "nothing to watch: the config has no [[devices]] and no [[inputs]]")
-
-
 
 
 def profile_dirs(extra: list[str], config_dir: Path) -> list[Path]:

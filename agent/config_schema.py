@@ -298,8 +298,7 @@ REQUIRED_SECTIONS = ("identity", "uplink")
 CONFIG_FILE = Table(
     {
         **{
-            name: Key(table, required=name in REQUIRED_SECTIONS)
-            for name, table in SECTIONS.items()
+            name: Key(table, required=name in REQUIRED_SECTIONS) for name, table in SECTIONS.items()
         },
         **{name: Key(ArrayOf(table)) for name, table in ARRAYS.items()},
     },
