@@ -341,3 +341,15 @@ def test_array_of_tables_keeps_positions() -> None:
     clean = ArrayOf(LINE).clean([{"id": "a", "unit": 1}, 5, {"id": "b", "unit": 2}], "lines", out)
     assert [t.get("id") for t in clean] == ["a", None, "b"]
     assert [(p.key, p.reason) for p in out.items] == [("lines[1]", "must be a table, got 5")]
+
+
+def test_the_site_language_is_declared_with_its_default(tmp_path: Path) -> None:
+    path = tmp_path / "alarmgw.toml"
+    path.write_text(good_text(), encoding="utf-8")
+    assert load_config(path).site.language == "zh"
+    path.write_text(good_text() + '\n[site]\nlanguage = "en"\n', encoding="utf-8")
+    assert load_config(path).site.language == "en"
+    path.write_text(good_text() + '\n[site]\nlanguage = "fr"\n', encoding="utf-8")
+    assert [(p.key, p.reason) for p in problems_of(load_config, path)] == [
+        ("site.language", 'must be one of "zh", "en", got "fr"')
+    ]
