@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Final
 
-from agent import config as agent_config
+from agent import config_files
 from agent.config import Config
 
 # Where install.sh puts the unit, and where `systemctl edit` puts drop-ins.
@@ -60,7 +60,7 @@ def check_storage(config: Config, unit_file: Path | None = None) -> StorageRepor
     sandbox = read_unit(unit_file or UNIT_FILE)
     if sandbox is not None:
         _check_sandbox(directory, sandbox, report)
-    service = agent_config._service_account()
+    service = config_files.service_account()
     state_dir = sandbox is not None and _inside(directory, sandbox.state_dirs)
     if service is not None:
         _check_service_user(config.buffer.path, service, state_dir, report)
@@ -201,7 +201,7 @@ def _we_are_the_service_user() -> bool:
     import pwd  # noqa: PLC0415 - only here
 
     try:
-        return os.geteuid() == pwd.getpwnam(agent_config.SERVICE_USER).pw_uid
+        return os.geteuid() == pwd.getpwnam(config_files.SERVICE_USER).pw_uid
     except KeyError:
         return False
 
@@ -209,7 +209,7 @@ def _we_are_the_service_user() -> bool:
 def _check_service_user(
     buffer: Path, service: tuple[int, set[int]], state_dir: bool, report: StorageReport
 ) -> None:
-    user = agent_config.SERVICE_USER
+    user = config_files.SERVICE_USER
     directory = buffer.parent
     closed = next(
         (p for p in _nearest_existing(directory).parents if not _can_enter(p, service)), None

@@ -32,7 +32,8 @@ from core.errors import (
     WrongUnit,
 )
 from drivers import codec
-from drivers.modbus import RtuLink, function_code
+from drivers.modbus import RtuLink
+from drivers.modbus_frames import function_code
 from drivers.plan import plan_polls
 from drivers.profile import PointSpec, PointType, Profile
 from drivers.types import Block, ReadRequest, Table, inter_frame_gap_ms

@@ -33,6 +33,37 @@ class PollClass(enum.StrEnum):
     SLOW = "slow"  # analog values
 
 
+class PointType(enum.StrEnum):
+    """How the raw register(s) or bit of a point are read."""
+
+    BIT = "bit"  # one bit: a coil/discrete input, or bit `bit` of a register
+    U8LO = "u8lo"  # low byte of a register (status codes of many panels)
+    U8HI = "u8hi"  # high byte of a register
+    U16 = "u16"
+    S16 = "s16"
+    U32 = "u32"  # two registers, see word_order
+    S32 = "s32"
+    F32 = "f32"  # IEEE 754 single, two registers
+
+    @property
+    def register_count(self) -> int:
+        return 2 if self in (PointType.U32, PointType.S32, PointType.F32) else 1
+
+    @property
+    def is_integer(self) -> bool:
+        return self not in (PointType.BIT, PointType.F32)
+
+
+class WordOrder(enum.StrEnum):
+    BIG = "big"  # high word at the lower address (Modbus convention)
+    LITTLE = "little"  # low word first ("word swapped"), seen on many meters
+
+
+class Direction(enum.StrEnum):
+    ABOVE = "above"  # trips when value >= threshold
+    BELOW = "below"  # trips when value <= threshold
+
+
 @dataclass(frozen=True, slots=True)
 class ReadRequest:
     """One Modbus read: `count` registers (or bits) from `address` of `table` on `unit`."""

@@ -3,8 +3,9 @@
 `load_scenario(path)` reads lines, their devices (unit id, profile, initial
 states and values), Modbus TCP devices, GPIO inputs and outputs, and a
 timeline of steps, and checks every name against the profiles, so a typo is
-caught before anything starts. Problems come all at once as a ConfigError
-naming the file and the key (`timeline.steps[3].state`).
+caught before anything starts. What a file may hold is declared below with the
+checking kit the config and profiles use (core/checks.py); problems come all at
+once as a ConfigError naming the file and the key (`timeline.steps[3].state`).
 
 This module must never start anything: it only reads and checks.
 """
@@ -12,12 +13,30 @@ This module must never start anything: it only reads and checks.
 from __future__ import annotations
 
 import math
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import ConfigError, ConfigProblem
+from core.checks import (
+    IDENT,
+    ArrayOf,
+    Key,
+    MapOf,
+    Problems,
+    Rule,
+    Table,
+    boolean,
+    check_file,
+    integer,
+    known,
+    number,
+    one_of,
+    path_list,
+    path_text,
+    text,
+)
+from core.errors import ConfigError
 from drivers import codec
 from drivers.codec import EncodeError
 from drivers.profile import Profile, find_profiles, load_profile
@@ -26,17 +45,6 @@ from simulator.faults import make_fault
 BUILTIN_PROFILES = Path(__file__).resolve().parent.parent / "config" / "profiles"
 RUN_DIR = Path("/tmp/alarmgw-sim")  # noqa: S108 - a rig's run directory, overridable
 
-ACTIONS = (
-    "state",
-    "value",
-    "ramp",
-    "silence",
-    "revive",
-    "press",
-    "release",
-    "fault",
-    "clear-fault",
-)
 STEP_KEYS: dict[str, tuple[str, ...]] = {
     "state": ("device", "point", "state"),
     "value": ("device", "point", "value"),
@@ -53,6 +61,116 @@ OPTIONAL_STEP_KEYS = {
     "fault": ("rate", "delay", "code"),
     "clear-fault": ("kind",),
 }
+ACTIONS = tuple(STEP_KEYS)
+
+# --- what a scenario file may hold ------------------------------------------------------
+
+SIMULATOR = Table(
+    {
+        "name": Key(text(), doc="default: the file name"),
+        "log": Key(path_text, doc="a JSON-lines log of every stimulus"),
+        "control": Key(path_text, default=str(RUN_DIR / "control.sock")),
+        "gpio_socket": Key(path_text, default=str(RUN_DIR / "gpio.sock")),
+        "profile_dirs": Key(path_list, default=[], doc="searched before the built-in profiles"),
+    }
+)
+
+DEVICE = Table(
+    {
+        "id": Key(IDENT, required=True),
+        "unit_id": Key(integer(1, 247), required=True),
+        "profile": Key(IDENT, required=True),
+        "states": Key(MapOf(text()), default={}, doc="point id -> initial state"),
+        "values": Key(MapOf(number()), default={}, doc="point id -> initial value"),
+        "writable_all": Key(boolean, default=False),
+    }
+)
+TCP_DEVICE = DEVICE.extended({"port": Key(integer(1, 65535), required=True)})
+
+LINE = Table(
+    {
+        "id": Key(IDENT, required=True),
+        "path": Key(path_text, required=True, doc="the pseudo-terminal's link, e.g. /tmp/x/ttyV0"),
+        "baudrate": Key(integer(1, 4_000_000), default=9600),
+        "parity": Key(one_of("N", "E", "O"), default="N"),
+        "stopbits": Key(one_of(1, 2), default=1),
+        "wire_time": Key(boolean, default=False, doc="answer no faster than the wire would"),
+        "devices": Key(ArrayOf(DEVICE), default=[]),
+    }
+)
+
+INPUT = Table(
+    {
+        "id": Key(IDENT, required=True),
+        "pin": Key(integer(0, 27), required=True),
+        "active": Key(one_of("low", "high"), default="low"),
+        "rail": Key(one_of("gnd", "3v3"), default="gnd"),
+        "initially_active": Key(boolean, default=False),
+    }
+)
+OUTPUT = Table({"id": Key(IDENT, required=True), "pin": Key(integer(0, 27), required=True)})
+
+
+def _takes(do: str) -> tuple[str, ...]:
+    return STEP_KEYS[do] + OPTIONAL_STEP_KEYS.get(do, ())
+
+
+def _step_rules(key: str) -> tuple[Rule, ...]:
+    """A step's keys depend on its action: those it needs, and only those it takes."""
+    return (
+        Rule(key, lambda t: "do" in t and key in STEP_KEYS[t["do"]] and key not in t,
+             lambda t: f'required key is missing (a "{t["do"]}" step needs '
+                       f'{", ".join(STEP_KEYS[t["do"]])})', reads=("do",)),
+        Rule(key, lambda t: "do" in t and key in t and key not in _takes(t["do"]),
+             lambda t: f'a "{t["do"]}" step has no {key} (it takes: {", ".join(_takes(t["do"]))})',
+             reads=("do",)),
+    )  # fmt: skip
+
+
+_STEP_VALUES = {
+    "device": Key(IDENT),
+    "point": Key(IDENT),
+    "state": Key(IDENT),
+    "value": Key(number()),
+    "from": Key(number()),
+    "to": Key(number()),
+    "over": Key(number(ge=0), doc="seconds"),
+    "step": Key(number()),
+    "input": Key(IDENT),
+    "target": Key(IDENT, doc="a device or a line"),
+    "kind": Key(text(), doc="a fault kind (simulator/faults.py)"),
+    "rate": Key(number()),
+    "delay": Key(number()),
+    "code": Key(integer(1, 255), doc="the Modbus exception code of an exception fault"),
+}
+STEP = Table(
+    {
+        "at": Key(number(ge=0), required=True, doc="seconds from the start of the timeline"),
+        "do": Key(one_of(*ACTIONS), required=True),
+        **_STEP_VALUES,
+    },
+    rules=tuple(rule for key in _STEP_VALUES for rule in _step_rules(key)),
+)
+
+TIMELINE = Table(
+    {
+        "loop": Key(boolean, default=False),
+        "period": Key(number(gt=0), doc="of a loop; default: 5 s after the last step"),
+        "steps": Key(ArrayOf(STEP), default=[]),
+    }
+)
+
+SCENARIO_FILE = Table(
+    {
+        "simulator": Key(SIMULATOR, default={}),
+        "lines": Key(ArrayOf(LINE), default=[]),
+        "tcp_devices": Key(ArrayOf(TCP_DEVICE), default=[]),
+        "inputs": Key(ArrayOf(INPUT), default=[]),
+        "outputs": Key(ArrayOf(OUTPUT), default=[]),
+        "timeline": Key(TIMELINE, default={}),
+    },
+    doc="An alarmgw-sim scenario: the simulated world and its timeline.",
+)
 
 
 @dataclass(frozen=True)
@@ -126,96 +244,39 @@ class Scenario:
         return out
 
 
-class _Reader:
-    """Typed access to one TOML table, collecting problems under a key prefix."""
-
-    def __init__(self, raw: Any, key: str, problems: list[ConfigProblem], file: str) -> None:
-        self.raw = raw if isinstance(raw, dict) else {}
-        self.key, self.problems, self.file = key, problems, file
-        if not isinstance(raw, dict):
-            self.problem("", "must be a table")
-
-    def problem(self, key: str, reason: str) -> None:
-        full = f"{self.key}.{key}" if self.key and key else (self.key or key)
-        self.problems.append(ConfigProblem(self.file, full, reason))
-
-    def sub(self, key: str, raw: Any) -> _Reader:
-        return _Reader(raw, f"{self.key}.{key}" if self.key else key, self.problems, self.file)
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-        if key not in self.raw:
-            if default is ...:
-                self.problem(key, "missing")
-                return None
-            return default
-        value = self.raw[key]
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            self.problem(key, f"must be {_kind_name(kind)}, not a boolean")
-            return None
-        if not isinstance(value, kind):
-            self.problem(key, f"must be {_kind_name(kind)}, got {value!r}")
-            return None
-        return value
-
-    def check_keys(self, allowed: tuple[str, ...]) -> None:
-        for key in self.raw:
-            if key not in allowed:
-                self.problem(key, f"unknown key (allowed: {', '.join(allowed)})")
-
-    def items(self, key: str) -> list[_Reader]:
-        value = self.raw.get(key, [])
-        if not isinstance(value, list):
-            self.problem(key, "must be an array of tables")
-            return []
-        return [self.sub(f"{key}[{i}]", item) for i, item in enumerate(value)]
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-        bool: "true or false",
-        dict: "a table",
-        list: "an array",
-    }
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
+# --- the checks between sections, and the built values -----------------------------------
 
 
 class _Context:
     """What the checks of a later section need from earlier ones."""
 
-    def __init__(self, path: Path, profile_dirs: list[Path]) -> None:
-        self.path = path
+    def __init__(self, profile_dirs: list[Path], out: Problems) -> None:
+        self.out = out
         self.profile_files = find_profiles(profile_dirs)
-        self.profiles: dict[str, Profile] = {}
+        self.profiles: dict[str, Profile | None] = {}
         self.devices: dict[str, DeviceSpec] = {}
         self.lines: set[str] = set()
         self.inputs: set[str] = set()
 
-    def profile(self, r: _Reader, key: str, name: str) -> Profile | None:
+    def profile(self, where: str, name: str) -> Profile | None:
+        """The profile, loaded once; an unknown or invalid one is reported at its first use."""
         if name in self.profiles:
             return self.profiles[name]
+        self.profiles[name] = None
         if name not in self.profile_files:
-            known = ", ".join(sorted(self.profile_files)) or "none"
-            r.problem(key, f"unknown profile {name!r} (known: {known})")
+            self.out.add(where, f'unknown profile "{name}" (known: {known(self.profile_files)})')
             return None
         try:
             self.profiles[name] = load_profile(self.profile_files[name])
         except ConfigError as exc:
-            r.problem(key, f"profile {name!r} is invalid: {exc}")
-            return None
+            self.out.add(where, f'profile "{name}" is invalid, see below')
+            self.out.extend(exc.problems)
         return self.profiles[name]
 
 
 def _point_state_problem(profile: Profile, point: str, state: str | None) -> str | None:
     if point not in profile.points:
-        return (
-            f"unknown point {point!r} of profile {profile.id!r} (known: "
-            + ", ".join(sorted(profile.points))
-            + ")"
-        )
+        return f'unknown point "{point}" of profile "{profile.id}" (known: {known(profile.points)})'
     if state is not None:
         try:
             codec.encode_state(profile.points[point], state)
@@ -234,147 +295,113 @@ def _value_problem(profile: Profile, point: str, value: float) -> str | None:
     return problem
 
 
-def _device(r: _Reader, ctx: _Context, extra_keys: tuple[str, ...] = ()) -> DeviceSpec | None:
-    r.check_keys(("id", "unit_id", "profile", "states", "values", "writable_all", *extra_keys))
-    dev_id, unit = r.get("id", str), r.get("unit_id", int)
-    profile_name = r.get("profile", str)
-    if isinstance(unit, int) and not 1 <= unit <= 247:
-        r.problem("unit_id", f"must be 1..247, got {unit}")
-    if dev_id in ctx.devices:
-        r.problem("id", f"duplicate device id {dev_id!r}")
-    profile = ctx.profile(r, "profile", profile_name) if profile_name else None
-    states = r.get("states", dict, {}) or {}
-    values = r.get("values", dict, {}) or {}
+def _device(clean: Mapping[str, Any], where: str, ctx: _Context) -> DeviceSpec | None:
+    v = DEVICE.with_defaults(clean)
+    if v["id"] in ctx.devices:
+        ctx.out.add(f"{where}.id", f'duplicate device id "{v["id"]}"')
+    profile = ctx.profile(f"{where}.profile", v["profile"]) if v["profile"] else None
     if profile is not None:
-        for point, state in states.items():
-            problem = _point_state_problem(profile, point, str(state))
-            if problem:
-                r.problem(f"states.{point}", problem)
-        for point, value in values.items():
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                r.problem(f"values.{point}", f"must be a number, got {value!r}")
-            elif problem := _value_problem(profile, point, float(value)):
-                r.problem(f"values.{point}", problem)
-    if not (isinstance(dev_id, str) and isinstance(unit, int) and profile):
+        for point, state in v["states"].items():
+            if problem := _point_state_problem(profile, point, state):
+                ctx.out.add(f"{where}.states.{point}", problem)
+        for point, value in v["values"].items():
+            if problem := _value_problem(profile, point, float(value)):
+                ctx.out.add(f"{where}.values.{point}", problem)
+    if v["id"] is None or v["unit_id"] is None or profile is None:
         return None
     spec = DeviceSpec(
-        dev_id,
-        unit,
+        v["id"],
+        v["unit_id"],
         profile,
-        {k: str(v) for k, v in states.items()},
-        {k: float(v) for k, v in values.items()},
-        bool(r.get("writable_all", bool, False)),
+        dict(v["states"]),
+        {k: float(x) for k, x in v["values"].items()},
+        v["writable_all"],
     )
-    ctx.devices[dev_id] = spec
+    ctx.devices[spec.id] = spec
     return spec
 
 
-def _line(r: _Reader, ctx: _Context) -> LineSpec | None:
-    r.check_keys(("id", "path", "baudrate", "parity", "stopbits", "wire_time", "devices"))
-    line_id, path = r.get("id", str), r.get("path", str)
-    baud = r.get("baudrate", int, 9600)
-    parity, stopbits = r.get("parity", str, "N"), r.get("stopbits", int, 1)
-    if parity not in ("N", "E", "O"):
-        r.problem("parity", f"must be N, E or O, got {parity!r}")
-    if stopbits not in (1, 2):
-        r.problem("stopbits", f"must be 1 or 2, got {stopbits!r}")
-    if isinstance(baud, int) and baud <= 0:
-        r.problem("baudrate", "must be positive")
-    devices = [d for d in (_device(dr, ctx) for dr in r.items("devices")) if d]
+def _line(clean: Mapping[str, Any], where: str, ctx: _Context) -> LineSpec | None:
+    v = LINE.with_defaults(clean)
+    found = [(i, _device(d, f"{where}.devices[{i}]", ctx)) for i, d in enumerate(v["devices"])]
+    devices = [(i, d) for i, d in found if d is not None]
     units: dict[int, str] = {}
-    for i, dev in enumerate(devices):
+    for i, dev in devices:
         if dev.unit_id in units:
-            r.problem(
-                f"devices[{i}].unit_id",
-                f"unit id {dev.unit_id} already used by {units[dev.unit_id]!r} on this line",
+            ctx.out.add(
+                f"{where}.devices[{i}].unit_id",
+                f'unit id {dev.unit_id} already used by "{units[dev.unit_id]}" on this line',
             )
         units[dev.unit_id] = dev.id
-    if line_id in ctx.lines:
-        r.problem("id", f"duplicate line id {line_id!r}")
-    if not (isinstance(line_id, str) and isinstance(path, str)):
+    if v["id"] in ctx.lines:
+        ctx.out.add(f"{where}.id", f'duplicate line id "{v["id"]}"')
+    if v["id"] is None or v["path"] is None:
         return None
-    ctx.lines.add(line_id)
-    wire_time = bool(r.get("wire_time", bool, False))
+    ctx.lines.add(v["id"])
     return LineSpec(
-        line_id, Path(path), baud or 9600, parity or "N", stopbits or 1, wire_time, devices
+        v["id"],
+        Path(v["path"]),
+        v["baudrate"],
+        v["parity"],
+        v["stopbits"],
+        v["wire_time"],
+        [d for _, d in devices],
     )
 
 
-def _gpio(r: _Reader, ctx: _Context) -> tuple[list[InputSpec], list[OutputSpec]]:
+def _gpio(clean: Mapping[str, Any], ctx: _Context) -> tuple[list[InputSpec], list[OutputSpec]]:
     inputs: list[InputSpec] = []
     outputs: list[OutputSpec] = []
     pins: dict[int, str] = {}
-    for ir in r.items("inputs"):
-        ir.check_keys(("id", "pin", "active", "rail", "initially_active"))
-        iid, pin = ir.get("id", str), ir.get("pin", int)
-        active, rail = ir.get("active", str, "low"), ir.get("rail", str, "gnd")
-        if active not in ("low", "high"):
-            ir.problem("active", f"must be low or high, got {active!r}")
-        if rail not in ("gnd", "3v3"):
-            ir.problem("rail", f"must be gnd or 3v3, got {rail!r}")
-        if iid and pin is not None:
+    for name in ("inputs", "outputs"):
+        for i, item in enumerate(clean.get(name, [])):
+            if "id" not in item or "pin" not in item:
+                continue
+            iid, pin = item["id"], item["pin"]
             if pin in pins:
-                ir.problem("pin", f"pin {pin} already used by {pins[pin]!r}")
+                ctx.out.add(f"{name}[{i}].pin", f'pin {pin} already used by "{pins[pin]}"')
             pins[pin] = iid
+            if name == "outputs":
+                outputs.append(OutputSpec(iid, pin))
+                continue
+            v = INPUT.with_defaults(item)
             ctx.inputs.add(iid)
-            inputs.append(
-                InputSpec(
-                    iid,
-                    pin,
-                    active or "low",
-                    rail or "gnd",
-                    bool(ir.get("initially_active", bool, False)),
-                )
-            )
-    for orr in r.items("outputs"):
-        orr.check_keys(("id", "pin"))
-        oid, pin = orr.get("id", str), orr.get("pin", int)
-        if oid and pin is not None:
-            if pin in pins:
-                orr.problem("pin", f"pin {pin} already used by {pins[pin]!r}")
-            pins[pin] = oid
-            outputs.append(OutputSpec(oid, pin))
+            inputs.append(InputSpec(iid, pin, v["active"], v["rail"], v["initially_active"]))
     return inputs, outputs
 
 
-def _check_step_names(r: _Reader, ctx: _Context, do: str, raw: dict[str, Any]) -> None:
-    if "device" in raw and raw["device"] not in ctx.devices:
-        r.problem(
-            "device",
-            f"unknown device {raw['device']!r} (known: " + ", ".join(sorted(ctx.devices)) + ")",
-        )
-    elif "point" in raw:
-        profile = ctx.devices[raw["device"]].profile
-        problem = _point_state_problem(profile, str(raw["point"]), raw.get("state"))
+def _unknown(what: str, name: str, names: set[str] | dict[str, Any]) -> str:
+    return f'unknown {what} "{name}" (known: {known(names)})'
+
+
+def _check_step_names(step: Mapping[str, Any], where: str, ctx: _Context) -> None:
+    do, out = step["do"], ctx.out
+    if "device" in step and step["device"] not in ctx.devices:
+        out.add(f"{where}.device", _unknown("device", step["device"], ctx.devices))
+    elif "point" in step:
+        profile = ctx.devices[step["device"]].profile
+        problem = _point_state_problem(profile, step["point"], step.get("state"))
         if problem:
-            r.problem("state" if "unknown point" not in problem else "point", problem)
-        elif do == "value" and (problem := _value_problem(profile, raw["point"], raw["value"])):
-            r.problem("value", problem)
-    if "input" in raw and raw["input"] not in ctx.inputs:
-        r.problem(
-            "input",
-            f"unknown input {raw['input']!r} (known: " + ", ".join(sorted(ctx.inputs)) + ")",
-        )
-    if "target" in raw and raw["target"] not in ctx.devices and raw["target"] not in ctx.lines:
-        r.problem(
-            "target",
-            f"unknown device or line {raw['target']!r} (known: "
-            + ", ".join(sorted(set(ctx.devices) | ctx.lines))
-            + ")",
+            out.add(f"{where}.{'point' if 'unknown point' in problem else 'state'}", problem)
+        elif do == "value" and (problem := _value_problem(profile, step["point"], step["value"])):
+            out.add(f"{where}.value", problem)
+    if "input" in step and step["input"] not in ctx.inputs:
+        out.add(f"{where}.input", _unknown("input", step["input"], ctx.inputs))
+    if "target" in step and step["target"] not in ctx.devices and step["target"] not in ctx.lines:
+        out.add(
+            f"{where}.target",
+            _unknown("device or line", step["target"], set(ctx.devices) | ctx.lines),
         )
     if do == "fault":
         try:
             make_fault(
-                str(raw["kind"]),
-                float(raw.get("rate", 1.0)),
-                float(raw.get("delay", 1.0)),
-                int(raw.get("code", 4)),
+                step["kind"], step.get("rate", 1.0), step.get("delay", 1.0), step.get("code", 4)
             )
-        except (ValueError, TypeError) as exc:
-            r.problem("kind", str(exc))
+        except ValueError as exc:
+            out.add(f"{where}.kind", str(exc))
 
 
-def _ramp(at: float, raw: dict[str, Any]) -> list[Step]:
+def _ramp(at: float, raw: Mapping[str, Any]) -> list[Step]:
     start, end, over = float(raw["from"]), float(raw["to"]), float(raw["over"])
     step = abs(float(raw.get("step", (end - start) / max(over, 1.0)))) or 1.0
     count = max(1, math.ceil(abs(end - start) / step - 1e-9))
@@ -386,80 +413,48 @@ def _ramp(at: float, raw: dict[str, Any]) -> list[Step]:
     return out
 
 
-def _step(r: _Reader, ctx: _Context) -> list[Step]:
-    before = len(r.problems)
-    do, at = r.get("do", str), r.get("at", (int, float))
-    if do not in ACTIONS:
-        if do is not None:
-            r.problem("do", f"unknown action {do!r} (known: {', '.join(ACTIONS)})")
-        return []
-    needed, optional = STEP_KEYS[do], OPTIONAL_STEP_KEYS.get(do, ())
-    r.check_keys(("at", "do", *needed, *optional))
-    missing = [k for k in needed if k not in r.raw]
-    for key in missing:
-        r.problem(key, f"missing (a {do!r} step needs {', '.join(needed)})")
-    for key in ("value", "from", "to", "over", "step", "rate", "delay"):
-        if key in r.raw:
-            r.get(key, (int, float))
-    if at is not None and at < 0:
-        r.problem("at", "must be >= 0")
-    if missing or at is None or len(r.problems) > before:
-        return []
-    _check_step_names(r, ctx, do, r.raw)
-    if len(r.problems) > before:
-        return []
-    if do == "ramp":
-        return _ramp(float(at), r.raw)
-    action = {k: v for k, v in r.raw.items() if k != "at"}
-    return [Step(float(at), action)]
-
-
-def _timeline(r: _Reader, ctx: _Context) -> tuple[list[Step], bool, float]:
-    r.check_keys(("loop", "period", "steps"))
-    steps = sorted((s for sr in r.items("steps") for s in _step(sr, ctx)), key=lambda s: s.at)
-    loop = bool(r.get("loop", bool, False))
+def _timeline(clean: Mapping[str, Any], ctx: _Context) -> tuple[list[Step], bool, float]:
+    v = TIMELINE.with_defaults(clean)
+    steps: list[Step] = []
+    for i, step in enumerate(v["steps"]):
+        where = f"timeline.steps[{i}]"
+        if ctx.out.under(where):
+            continue
+        _check_step_names(step, where, ctx)
+        if ctx.out.under(where):
+            continue
+        if step["do"] == "ramp":
+            steps += _ramp(float(step["at"]), step)
+        else:
+            steps.append(Step(float(step["at"]), {k: x for k, x in step.items() if k != "at"}))
+    steps.sort(key=lambda s: s.at)
     last = steps[-1].at if steps else 0.0
-    period = float(r.get("period", (int, float), last + 5.0) or last + 5.0)
-    if loop and period <= last:
-        r.problem("period", f"must be longer than the last step (at {last} s)")
-    return steps, loop, period
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError([ConfigProblem(str(path), "", f"cannot read: {exc.strerror}")]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([ConfigProblem(str(path), "", f"not valid TOML: {exc}")]) from None
+    period = float(v["period"] if v["period"] is not None else last + 5.0)
+    if v["loop"] and period <= last:
+        ctx.out.add("timeline.period", f"must be longer than the last step (at {last} s)")
+    return steps, v["loop"], period
 
 
 def load_scenario(path: str | Path) -> Scenario:
     """Read and check a scenario; ConfigError with every problem (file, key, reason)."""
     path = Path(path)
-    raw = _read_toml(path)
-    problems: list[ConfigProblem] = []
-    top = _Reader(raw, "", problems, str(path))
-    top.check_keys(("simulator", "lines", "tcp_devices", "inputs", "outputs", "timeline"))
-    sim = top.sub("simulator", raw.get("simulator", {}))
-    sim.check_keys(("name", "log", "control", "gpio_socket", "profile_dirs"))
-    dirs = [path.parent / d for d in sim.get("profile_dirs", list, []) or []]
-    ctx = _Context(path, [*dirs, path.parent.parent / "profiles", BUILTIN_PROFILES])
-    lines = [ln for ln in (_line(lr, ctx) for lr in top.items("lines")) if ln]
+    clean, out = check_file(path, SCENARIO_FILE)
+    sim = SIMULATOR.with_defaults(clean.get("simulator", {}))
+    dirs = [path.parent / d for d in sim["profile_dirs"]]
+    ctx = _Context([*dirs, path.parent.parent / "profiles", BUILTIN_PROFILES], out)
+    found = (_line(ln, f"lines[{i}]", ctx) for i, ln in enumerate(clean.get("lines", [])))
+    lines = [line for line in found if line is not None]
     tcp = []
-    for tr in top.items("tcp_devices"):
-        dev, port = _device(tr, ctx, ("port",)), tr.get("port", int)
-        if dev and port is not None:
-            tcp.append(TcpDeviceSpec(dev, port))
-    inputs, outputs = _gpio(top, ctx)
-    steps, loop, period = _timeline(top.sub("timeline", raw.get("timeline", {})), ctx)
-    if problems:
-        raise ConfigError(problems)
-    log = sim.get("log", str, None)
+    for i, item in enumerate(clean.get("tcp_devices", [])):
+        dev = _device(item, f"tcp_devices[{i}]", ctx)
+        if dev is not None and "port" in item:
+            tcp.append(TcpDeviceSpec(dev, item["port"]))
+    inputs, outputs = _gpio(clean, ctx)
+    steps, loop, period = _timeline(clean.get("timeline", {}), ctx)
+    out.raise_if_any()
     return Scenario(
         path,
-        str(sim.get("name", str, path.stem)),
+        sim["name"] or path.stem,
         lines,
         tcp,
         inputs,
@@ -467,7 +462,7 @@ def load_scenario(path: str | Path) -> Scenario:
         steps,
         loop,
         period,
-        Path(log) if log else None,
-        Path(sim.get("control", str, str(RUN_DIR / "control.sock"))),
-        Path(sim.get("gpio_socket", str, str(RUN_DIR / "gpio.sock"))),
+        Path(sim["log"]) if sim["log"] else None,
+        Path(sim["control"]),
+        Path(sim["gpio_socket"]),
     )

@@ -23,7 +23,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simutils import DataType
 
-from drivers.modbus import crc_ok, rtu_frame
+from drivers.modbus_frames import crc_ok, rtu_frame
 
 REGISTERS = 20
 BITS = 16

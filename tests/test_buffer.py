@@ -124,6 +124,7 @@ def _hold_exclusive_lock(db: Path) -> sqlite3.Connection:
     return other
 
 
+@pytest.mark.slow
 def test_a_database_locked_at_start_degrades_and_is_written_once_free(tmp_path: Path) -> None:
     db = tmp_path / "b.db"
     seqs = _five_alarms(db)
@@ -157,6 +158,7 @@ sys.stdin.read()  # hold the lock until the test closes our stdin
 """
 
 
+@pytest.mark.slow
 @pytest.mark.world
 def test_a_database_locked_by_another_process_is_left_untouched(tmp_path: Path) -> None:
     db = tmp_path / "b.db"
@@ -278,6 +280,7 @@ def test_submit_after_close_fails_the_future_instead_of_raising(tmp_path: Path) 
     assert buf.submit(alarm()).exception(1) is not None
 
 
+@pytest.mark.slow
 def test_the_writer_stays_alive_when_idle_without_writing(tmp_path: Path) -> None:
     with open_buffer(tmp_path / "b.db") as buf:
         buf.submit(alarm()).result(5)
@@ -561,6 +564,7 @@ def test_telemetry_acknowledged_in_time_never_touches_the_disk(tmp_path: Path) -
         assert _files(tmp_path) == files  # not a byte: no WAL frame, no -shm page
 
 
+@pytest.mark.slow
 def test_telemetry_without_a_puback_reaches_the_disk_after_spill_s(tmp_path: Path) -> None:
     db = tmp_path / "b.db"
     with open_buffer(db, spill_s=3) as buf:

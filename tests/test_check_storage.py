@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-import agent.config as config_module
-from agent import storage_check
+from agent import config_files, storage_check
 from agent.cli import EXIT_BAD_CONFIG, EXIT_CUT_SHORT, EXIT_OK
 from agent.config import load_config
 from agent.storage_check import check_storage, read_unit
@@ -37,7 +36,7 @@ NOBODY = pwd.getpwnam("nobody")
 def as_nobody(monkeypatch: pytest.MonkeyPatch) -> None:
     if os.geteuid() == NOBODY.pw_uid:
         pytest.skip("running as nobody")
-    monkeypatch.setattr(config_module, "SERVICE_USER", "nobody")
+    monkeypatch.setattr(config_files, "SERVICE_USER", "nobody")
 
 
 @pytest.fixture
@@ -186,7 +185,8 @@ def test_a_deeply_nested_profile_is_a_problem_not_a_traceback(tmp_path: Path) ->
     text += '\n[[devices]]\nid = "deep-1"\nline = "bus-a"\nunit_id = 99\nprofile = "deep"\n'
     result = _check_config_process(write(tmp_path, text))
     assert result.returncode == EXIT_BAD_CONFIG, result.stdout
-    assert "not a usable profile: nested too deep" in result.stdout
+    deep = profiles / "deep.toml"
+    assert f"{deep}: (file): not usable: arrays or tables nested hundreds" in result.stdout
     assert "Traceback" not in result.stderr
 
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import agent.config as config_module
+from agent import config_files
 from agent.cli import EXIT_BAD_CONFIG, EXIT_OK, EXIT_USAGE, main
 from agent.config import (
     BUILTIN_PROFILE_DIR,
@@ -203,7 +203,7 @@ def test_a_file_the_service_user_cannot_read_is_a_problem(
 ) -> None:
     """Checked with sudo, a root-only 0600 file reads fine; the service would not read it.
     The service user is stood in for by `nobody`, which exists on every Linux."""
-    monkeypatch.setattr(config_module, "SERVICE_USER", "nobody")
+    monkeypatch.setattr(config_files, "SERVICE_USER", "nobody")
     creds = tmp_path / "credentials"
     creds.write_text("gw1\nsecret\n")
     creds.chmod(0o600)  # owned by whoever runs the test, not by nobody

@@ -589,6 +589,7 @@ def test_a_regular_file_is_never_removed(sock_path: Path, agent: FakeAgent) -> N
     assert sock_path.read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_close_does_not_wait_for_a_client_that_never_reads(
     sock_path: Path, agent: FakeAgent
 ) -> None:

@@ -66,6 +66,7 @@ def rig_and_platform(tmp_path: Path, broker: Mosquitto) -> Iterator[tuple[Rig, P
             platform.close()
 
 
+@pytest.mark.slow
 def test_read_silence_and_errors_answer_by_the_schema(
     rig_and_platform: tuple[Rig, Platform],
 ) -> None:

@@ -134,6 +134,7 @@ def _dumps(payload: dict[str, Any]) -> bytes:
     )
 
 
+@pytest.mark.slow
 @settings(max_examples=600, deadline=None)
 @given(events, st.integers(1, 2**53), identities)
 def test_event_bytes_are_those_of_json_dumps(event: Event, seq: int, ident: Identity) -> None:

@@ -1,4 +1,4 @@
-"""drivers/modbus.py: the codec with literal hex, then real links over a pty and TCP.
+"""drivers/modbus_frames.py with literal hex, then drivers/modbus.py: real links over a pty and TCP.
 
 Bench session: a pymodbus RTU server sits on one end of a virtual RS-485
 cable (simulator.pty.PtyPair), our RtuLink on the other; a unit is made to
@@ -34,16 +34,8 @@ from core.errors import (
     WrongLength,
     WrongUnit,
 )
-from drivers.modbus import (
-    SILENT_RECONNECT,
-    RtuLink,
-    TcpLink,
-    crc_ok,
-    decode_read_answer,
-    read_pdu,
-    rtu_frame,
-    scan_rtu_answer,
-)
+from drivers.modbus import SILENT_RECONNECT, RtuLink, TcpLink
+from drivers.modbus_frames import crc_ok, decode_read_answer, read_pdu, rtu_frame, scan_rtu_answer
 from drivers.types import ReadRequest, Table
 from simulator.pty import PtyPair
 from simulator.rtu import mbap_frame, parse_mbap
@@ -535,6 +527,7 @@ def _wire_time_tap(char_time_s: float) -> Callable[[str, bytes], bytes]:
     return tap
 
 
+@pytest.mark.slow
 def test_rtu_timeout_counts_from_the_end_of_a_long_answer(pty_pair: PtyPair) -> None:
     """125 registers at 2400 baud take ~1.1 s on the wire; timeout 0.5 s must still work."""
 

@@ -142,6 +142,7 @@ sys.stdin.readline()
 """
 
 
+@pytest.mark.slow
 def test_pin_factory_works_from_a_second_process(board) -> None:
     b, path = board
     env = dict(os.environ, GPIOZERO_PIN_FACTORY="alarmgw-sim", ALARMGW_SIM_GPIO=str(path))

@@ -186,6 +186,7 @@ def test_damaged_pages_are_detected_and_moved_aside(path: Path) -> None:
     assert list(path.parent.glob(path.name + ".corrupt-*"))
 
 
+@pytest.mark.slow
 def test_a_failed_write_is_retried_in_full_by_the_next_call(
     store: PointStateStore, path: Path
 ) -> None:
@@ -337,6 +338,7 @@ def _not_moved(path: Path) -> None:
     assert not list(path.parent.glob("*.corrupt-*"))
 
 
+@pytest.mark.slow
 @pytest.mark.world
 def test_a_file_locked_at_start_is_waited_for_never_moved_aside(path: Path) -> None:
     _fires(path, "point3")
@@ -364,6 +366,7 @@ def _lock_with_wal_content(path: Path) -> sqlite3.Connection:
     return conn
 
 
+@pytest.mark.slow
 def test_a_file_locked_past_the_wait_is_merged_in_once_free(path: Path) -> None:
     _fires(path, "point3", "point5")
     holder = _lock_with_wal_content(path)

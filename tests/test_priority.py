@@ -184,6 +184,7 @@ def make(db: Path, host: str, port: int, **kw: Any) -> tuple[EventBuffer, Uplink
     return buffer, Uplink(settings, IDENT, buffer, version="t", config_digest="prio")
 
 
+@pytest.mark.slow
 @pytest.mark.world
 def test_a_fire_raised_during_an_outage_goes_before_a_10000_event_backlog(
     tmp_path: Path,
@@ -206,6 +207,7 @@ def test_a_fire_raised_during_an_outage_goes_before_a_10000_event_backlog(
         broker.close()
 
 
+@pytest.mark.slow
 def test_a_fire_raised_while_the_backlog_drains_overtakes_what_is_left(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
@@ -299,6 +301,7 @@ def test_the_highest_seq_rule_gives_the_in_order_state_in_any_arrival_order(
     assert consumer.lanes["event"].gaps == [] and consumer.lanes["telemetry"].gaps == []
 
 
+@pytest.mark.slow
 @pytest.mark.world
 def test_a_consumer_following_feed_md_ends_with_the_right_state_after_a_real_backlog(
     tmp_path: Path,

@@ -105,14 +105,14 @@ THR0 = "points[0].thresholds[0]"
 BAD_PROFILES = [
     (point(replace=AS_BIT, extra="bit = 16\n"), "points[0].bit", "0..15"),
     (point(replace=AS_BIT), "points[0].bit", "required"),
-    (point(replace=('type = "u16"', 'type = "u17"')), "points[0].type", "not one of"),
+    (point(replace=('type = "u16"', 'type = "u17"')), "points[0].type", "must be one of"),
     (point(extra="adress = 3\n"), "points[0].adress", "unknown key"),
     (point(replace=('name = "点1"\n', "")), "points[0].name", "missing"),
     (point(replace=("address = 0", "address = -1")), "points[0].address", "0..65535"),
     (point(replace=('table = "holding"', 'table = "coil"')), "points[0].type", "bit"),
     (point(extra='word_order = "big"\n'), "points[0].word_order", "32-bit"),
     (point(extra="scale = 0\n"), "points[0].scale", "not be 0"),
-    (point(replace=('id = "p1"', 'id = "p 1"')), "points[0].id", "A-Za-z0-9"),
+    (point(replace=('id = "p1"', 'id = "p 1"')), "points[0].id", "A-Z a-z 0-9"),
     (point(extra="repeat = 3\n"), "points[0].id", "{n}"),
     (point(extra=GOOD_POINT), "points[1].id", "duplicate"),
     (point(extra="raw_range = [4000, 20000]\n"), "points[0]", "eng_range"),
@@ -123,7 +123,7 @@ BAD_PROFILES = [
     (
         point(extra=STATE_FIRE.replace('"alarm"', '"restore"') + STATE_OK),
         "points[0].states.1.kind",
-        "not one of",
+        "must be one of",
     ),
     (
         point(extra=THRESHOLD + 'below = 1\nseverity = "major"\n'),
@@ -133,7 +133,7 @@ BAD_PROFILES = [
     (
         point(extra=THRESHOLD + 'hysteresis = -1\nseverity = "major"\n'),
         "points[0].thresholds[0].hysteresis",
-        ">= 0",
+        "must be at least 0",
     ),
     (point(extra=THRESHOLD), "points[0].thresholds[0].severity", "missing"),
     # non-finite numbers: confirm_s = inf never alarms, hysteresis = inf never restores
@@ -206,7 +206,7 @@ BAD_PROFILES = [
     (
         point(extra='flag = { kind = "alarm", severity = "major" }\n'),
         "points[0].flag",
-        "type 'bit'",
+        'type "bit"',
     ),
     (
         point(replace=('table = "holding"', 'table = "input"'), extra="writable = true\n"),
@@ -216,7 +216,7 @@ BAD_PROFILES = [
     (
         HEADER.replace('category = "fire"', 'category = "lava"') + GOOD_POINT,
         "profile.category",
-        "not one of",
+        "must be one of",
     ),
     (HEADER + 'id = "other"\n' + GOOD_POINT, "profile.id", "file name"),
     (HEADER, "points", "at least one"),

@@ -93,13 +93,6 @@ def restore(device: str, point: str, category: Category = Category.FIRE) -> Even
 
 
 @pytest.fixture
-def factory() -> Iterator[MockFactory]:
-    f = MockFactory()
-    yield f
-    f.close()
-
-
-@pytest.fixture
 def buzzer(factory: MockFactory) -> Iterator[Output]:
     out = Output(Out("buzzer", 24, "buzzer"), pin_factory=factory)
     yield out

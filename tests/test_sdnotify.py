@@ -193,6 +193,7 @@ def test_watchdog_pings_at_half_interval_while_loops_live(
     assert 0.035 < gaps[len(gaps) // 2] < 0.1  # a quarter of the interval
 
 
+@pytest.mark.slow
 @pytest.mark.world
 def test_pings_stop_while_a_loop_hangs_and_resume_after(
     notify_socket: NotifySocket, line_loop: LineLoop, caplog: pytest.LogCaptureFixture

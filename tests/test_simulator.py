@@ -493,10 +493,10 @@ def test_scenario_errors_name_file_and_key(tmp_path: Path) -> None:
     found = problems(path)
     assert all(file == str(path) for file, _, _ in found)
     keys = {key: reason for _, key, reason in found}
-    assert "unknown profile 'fire-panel-xyz'" in keys["lines[0].devices[0].profile"]
+    assert 'unknown profile "fire-panel-xyz"' in keys["lines[0].devices[0].profile"]
     assert "1..247" in keys["lines[0].devices[1].unit_id"]
     assert "ch1_leek" in keys["lines[0].devices[1].values.ch1_leek"]
-    assert "unknown device 'fap'" in keys["timeline.steps[0].device"]  # its profile is bad
+    assert 'unknown device "fap"' in keys["timeline.steps[0].device"]  # its profile is bad
     assert "manual-alrm" in keys["timeline.steps[2].input"]
     assert "explode" in keys["timeline.steps[3].kind"]
 
@@ -510,7 +510,8 @@ def test_scenario_step_errors(tmp_path: Path) -> None:
     keys = {key: reason for _, key, reason in problems(write_scenario(tmp_path, timeline))}
     assert "no state 'burning'" in keys["timeline.steps[0].state"]
     assert "missing" in keys["timeline.steps[1].over"]
-    assert "unknown action 'push'" in keys["timeline.steps[2].do"]
+    assert 'must be one of "state", "value"' in keys["timeline.steps[2].do"]
+    assert keys["timeline.steps[2].do"].endswith('got "push"')
     (tmp_path / "broken.toml").write_text("[[lines]\n")
     assert problems(tmp_path / "broken.toml")[0][2].startswith("not valid TOML")
 

@@ -139,6 +139,7 @@ def _uplink(
     return buffer, uplink
 
 
+@pytest.mark.slow
 def test_tls_connects_verifies_and_delivers(
     tmp_path: Path, tls_broker: Mosquitto, pki: dict[str, Path]
 ) -> None:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -22,7 +23,6 @@ from agent.buffer import EventBuffer
 from agent.config import UPLINK
 from agent.uplink import MAX_ROW_BYTES, Backoff, Uplink, backoff_delay
 from core.errors import UplinkError
-from core.events import Lane
 from simulator.broker import Mosquitto
 from tests.uplink_helpers import (
     IDENT,
@@ -550,22 +550,50 @@ def _validate(schema: str, payload: dict[str, object]) -> None:
     jsonschema.validate(payload, doc)
 
 
+def drained(beat: dict[str, Any]) -> bool:
+    """A heartbeat saying all 100 kept records went out and the buffer is empty."""
+    buf = beat["buffer"]
+    return beat["uplink"]["acked"] == 100 and buf["event_depth"] == buf["telemetry_depth"] == 0
+
+
 def test_status_is_retained_and_heartbeat_reports_the_buffer(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
-    buffer, uplink = make(tmp_path, broker, heartbeat_s=0.1)
-    with running(buffer, uplink):
-        assert wait_until(lambda: uplink.counters.heartbeats >= 1)
-        col = Collector(broker.host, broker.port, f"{ROOT}/status")  # subscribes late
-        try:
-            assert col.wait_for(lambda: len(col.payloads("status")) >= 1)
-            status = col.payloads("status")[0]
-            assert status["state"] == "online"
-            assert status["config_digest"] == "sha256:abc"
-        finally:
-            col.close()
-    assert json.loads(json.dumps(buffer.stats()))["depth"] == 0
-    assert Lane.EVENT.value == "event"
+    buffer, uplink = make(tmp_path, broker, heartbeat_s=0.1, max_events=100)
+    beats = Collector(broker.host, broker.port, f"{ROOT}/heartbeat")
+    try:
+        buffer.start()
+        # a backlog over max_events before the uplink starts: the buffer drops readings
+        for future in [buffer.submit(info_event(i)) for i in range(5)]:
+            future.result(5)
+        for future in [buffer.submit(reading(i)) for i in range(125)]:
+            future.result(5)
+        assert buffer.stats()["drops"]["telemetry"] >= 30
+        with running(buffer, uplink):
+            assert beats.wait_for(lambda: any(map(drained, beats.payloads("heartbeat"))))
+            col = Collector(broker.host, broker.port, f"{ROOT}/status")  # subscribes late
+            try:
+                assert col.wait_for(lambda: len(col.payloads("status")) >= 1)
+                status = col.payloads("status")[0]
+                assert status["state"] == "online"
+                assert status["config_digest"] == "sha256:abc"
+            finally:
+                col.close()
+        heartbeats = beats.payloads("heartbeat")
+        drops = buffer.stats()["drops"]
+    finally:
+        beats.close()
+    for beat in heartbeats:
+        _validate("heartbeat", beat)
+        assert beat["interval_s"] == 0.1
+        assert beat["drops"] == drops  # the buffer's drops since start (its announcement too)
+        assert beat["version"] == "9.9.9"
+    # the buffer's depth as it drains: never more than what was kept, empty at the end
+    depths = [(b["buffer"]["event_depth"], b["buffer"]["telemetry_depth"]) for b in heartbeats]
+    assert all(e + t <= 100 for e, t in depths), depths
+    done = next(b for b in heartbeats if drained(b))
+    assert done["buffer"]["oldest_age_s"] is None and done["buffer"]["degraded"] is False
+    assert done["uplink"]["published"] >= 100
 
 
 def test_the_connection_loop_stays_alive_connected_idle_and_in_backoff(

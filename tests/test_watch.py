@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,7 @@ known_keys = st.sampled_from(
 payloads = st.dictionaries(known_keys | st.text(max_size=8), json_values, max_size=12)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(leaves, payloads)
 def test_any_json_object_on_any_leaf_prints_a_line(leaf: str, payload: dict[str, Any]) -> None:

@@ -1,0 +1,327 @@
+"""What the gateway's config file may hold, declared once with the checking kit.
+
+Layer (a) and (b) of agent/config.py's checks: each key on its own (type, range,
+unknown keys such as `baudrat`) and, as rules, the keys of one table together
+(`host` on an rtu line...). Each default is written here, once, beside its key; the
+values are built in agent/config.py and the whole config is checked in
+agent/config_checks.py. The point overrides a device may give are the profile's
+declaration (drivers/profile_schema.py), so they are checked in one place.
+
+It must never open a file, a port or a socket.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.checks import (
+    ID_RE,
+    IDENT,
+    ArrayOf,
+    Either,
+    Key,
+    Rule,
+    Table,
+    Value,
+    integer,
+    matching,
+    number,
+    one_of,
+    path_list,
+    path_text,
+    shown,
+    text,
+)
+from core.events import Category, Kind, Severity
+from drivers.profile_schema import OVERRIDES
+
+STANDARD_BAUDRATES = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
+OUTPUT_RULES = ("alarm", "uplink-down-blink", "none")
+INPUT_KINDS = (Kind.ALARM, Kind.FAULT, Kind.SUPERVISORY, Kind.STATE)
+# Reserved for the gateway's own events; a contact cannot be a comm or system fault.
+INPUT_CATEGORIES = tuple(c for c in Category if c not in (Category.COMM, Category.SYSTEM))
+LANGUAGES = ("zh", "en")
+SERIAL_OPTIONS = ("baudrate", "parity", "stopbits", "bytesize")
+
+_HOST_RE = re.compile(r"[A-Za-z0-9_.:\[\]-]{1,253}")
+_CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,256}")
+_GROUP_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+HOST = matching(_HOST_RE, "a host name or IP address")
+
+
+def _topic_prefix(value: Any) -> str | None:
+    if not isinstance(value, str) or not value:
+        return f"must be a non-empty string, got {shown(value)}"
+    if any(ch in value for ch in "+#\x00") or value.startswith("$"):
+        return "must not contain MQTT wildcards (+ #), NUL, or start with $"
+    if any(not level for level in value.split("/")):
+        return "must not have empty topic levels (leading, trailing or double /)"
+    if len(value) > 100:
+        return "must be at most 100 characters"
+    return None
+
+
+TOPIC_PREFIX = Value(
+    _topic_prefix,
+    {"type": "string", "minLength": 1, "maxLength": 100, "pattern": r"^[^$+#/][^+#]*$"},
+    (str,),
+)
+# Which of the two it must be depends on the line's type: a rule, below.
+SERIAL_PORT_OR_TCP_PORT = Either(
+    (path_text, integer(1, 65535)), "a serial device path (rtu) or a TCP port number (tcp)"
+)
+
+# --- sections ------------------------------------------------------------------------------
+
+IDENTITY = Table(
+    {
+        "site": Key(IDENT, required=True),
+        "gateway": Key(IDENT, required=True),
+        "site_name": Key(text(), default=""),
+        "gateway_name": Key(text(), default=""),
+    }
+)
+
+SITE = Table(
+    {
+        "language": Key(one_of(*LANGUAGES), default="zh", doc="language of the event text"),
+    }
+)
+
+_UPLINK_KEYS = {
+    "host": Key(HOST, required=True),
+    "port": Key(integer(1, 65535), doc="default: 8883 with TLS (ca_file), else 1883"),
+    "ca_file": Key(path_text),
+    "cert_file": Key(path_text),
+    "key_file": Key(path_text),
+    "credentials_file": Key(path_text),
+    "topic_prefix": Key(TOPIC_PREFIX, default="alarmgw"),
+    "mqtt_version": Key(one_of("3.1.1", "5"), default="3.1.1"),
+    "keepalive_s": Key(integer(5, 3600), default=30),
+    "heartbeat_s": Key(number(ge=5, le=3600), default=30),
+    "inflight_window": Key(integer(1, 1000), default=50),
+    # 2 s and 8 s: after a broker restart every gateway is back within 8 s (the 10 s alarm
+    # promise), and a fleet reconnects at no more than about N/4 per second (bench_fleet.py)
+    "reconnect_min_s": Key(number(gt=0, le=3600), default=2),
+    "reconnect_max_s": Key(number(gt=0, le=3600), default=8),
+    "client_id": Key(
+        matching(_CLIENT_ID_RE, "1-256 characters A-Z a-z 0-9 _ . : -"),
+        doc="default: alarmgw-<site>-<gateway>",
+    ),
+}
+
+
+UPLINK = Table(
+    _UPLINK_KEYS,
+    rules=(
+        Rule("cert_file", lambda t: "cert_file" in t and "key_file" not in t,
+             "a client certificate needs its key_file", reads=("key_file",)),
+        Rule("key_file", lambda t: "key_file" in t and "cert_file" not in t,
+             "a client key needs its cert_file", reads=("cert_file",)),
+        Rule("cert_file", lambda t: "cert_file" in t and "ca_file" not in t,
+             "a client certificate is used only with TLS: set ca_file too", reads=("ca_file",)),
+        Rule("reconnect_max_s",
+             lambda t: t.value("reconnect_max_s") < t.value("reconnect_min_s"),
+             "must not be smaller than reconnect_min_s", reads=("reconnect_min_s",)),
+    ),
+)  # fmt: skip
+
+BUFFER = Table(
+    {
+        "path": Key(path_text, default="/var/lib/alarmgw/buffer.db"),
+        "max_events": Key(integer(100, 100_000_000), default=100_000),
+    }
+)
+
+CLOCK = Table(
+    {"source": Key(one_of("kernel", "assume-synced", "assume-unsynced"), default="kernel")}
+)
+
+CONTROL = Table(
+    {
+        "socket": Key(path_text, default="/run/alarmgw/control.sock"),
+        "group": Key(matching(_GROUP_RE, "a Unix group name")),
+    }
+)
+
+PROFILES = Table({"dirs": Key(path_list, default=[])})
+
+# --- arrays of tables ----------------------------------------------------------------------
+
+
+def _rtu(t: Mapping[str, Any]) -> bool:
+    return t.get("type") == "rtu"
+
+
+def _tcp(t: Mapping[str, Any]) -> bool:
+    return t.get("type") == "tcp"
+
+
+def is_pyserial_url(port: str) -> bool:
+    return "://" in port  # socket://, rfc2217://, loop:// ... are pyserial's own
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _serial_option_on_tcp(option: str) -> Rule:
+    return Rule(
+        option,
+        lambda t: _tcp(t) and option in t,
+        "is a serial option; a tcp line has no baudrate, parity, stopbits or bytesize",
+    )
+
+
+LINE = Table(
+    {
+        "id": Key(IDENT, required=True),
+        "type": Key(one_of("rtu", "tcp"), required=True),
+        "port": Key(SERIAL_PORT_OR_TCP_PORT, doc="rtu: the serial device; tcp: default 502"),
+        "host": Key(HOST, doc="tcp only"),
+        "baudrate": Key(one_of(*STANDARD_BAUDRATES), default=9600),
+        "parity": Key(one_of("N", "E", "O"), default="N"),
+        "stopbits": Key(one_of(1, 2), default=1),
+        "bytesize": Key(one_of(7, 8), default=8),
+        # <= 10 s: one exchange must stay well inside the 30 s systemd watchdog (a device
+        # answers in milliseconds; seconds only help a slow gateway behind Modbus TCP)
+        "timeout_s": Key(number(gt=0, le=10), default=0.5),
+        "retries": Key(integer(0, 10), default=1),
+        "inter_frame_gap_ms": Key(number(gt=0, le=1000), doc="default: 3.5 character times"),
+        "max_gap": Key(integer(0, 125), default=8),
+        "max_block": Key(integer(1, 125), default=125),
+    },
+    rules=(
+        Rule("host", lambda t: _rtu(t) and "host" in t,
+             "only a tcp line has a host; an rtu line names its serial device in port"),
+        Rule("port", lambda t: _rtu(t) and "port" not in t,
+             'required on an rtu line: the serial device path, e.g. "/dev/ttyUSB0"'),
+        Rule("port", lambda t: _rtu(t) and _is_int(t.get("port")),
+             'must be a serial device path string on an rtu line, e.g. "/dev/ttyUSB0"'),
+        Rule("port", lambda t: (
+                _rtu(t) and isinstance(t.get("port"), str)
+                and not (t["port"].startswith("/") or is_pyserial_url(t["port"]))
+             ),
+             'must be an absolute device path such as "/dev/ttyUSB0" (or a pyserial URL)'),
+        Rule("host", lambda t: _tcp(t) and "host" not in t,
+             "required on a tcp line: the device's host name or IP address"),
+        Rule("port", lambda t: _tcp(t) and isinstance(t.get("port"), str),
+             "must be a TCP port number on a tcp line (the address goes in host)"),
+        *(_serial_option_on_tcp(option) for option in SERIAL_OPTIONS),
+        Rule("max_gap", lambda t: t.value("max_gap") >= t.value("max_block"),
+             "must be smaller than max_block", reads=("max_block",)),
+    ),
+)  # fmt: skip
+
+DEVICE = Table(
+    {
+        "id": Key(IDENT, required=True),
+        "name": Key(text(), doc="default: the id"),
+        "location": Key(text(), default=""),
+        "line": Key(IDENT, required=True),
+        "unit_id": Key(integer(0, 255), required=True, doc="1..247 on an rtu line"),
+        "profile": Key(
+            matching(ID_RE, "a profile id (its file name without .toml)"),
+            required=True,
+        ),
+        "fast_poll_s": Key(number(gt=0, le=3600), default=1.0),
+        "slow_poll_s": Key(number(gt=0, le=3600), default=5.0),
+        "comm_fault_after": Key(integer(1, 100), default=3),
+        "timeout_s": Key(number(gt=0, le=10), doc="default: the line's"),
+        "retries": Key(integer(0, 10), doc="default: the line's"),
+        # a lost device is probed at least this often: one that answers again is reported
+        # within about this plus one poll (the 10 s promise needs it well under 10 s)
+        "backoff_max_s": Key(number(gt=0, le=3600), default=5.0),
+        "points": Key(OVERRIDES, default={}, doc="point id -> what this device changes"),
+    },
+    rules=(
+        Rule("slow_poll_s", lambda t: t.value("slow_poll_s") < t.value("fast_poll_s"),
+             "must not be shorter than fast_poll_s", reads=("fast_poll_s",)),
+    ),
+)  # fmt: skip
+
+# a contact or an output on one of the Pi's BCM pins
+_ON_A_PIN = {
+    "id": Key(IDENT, required=True),
+    "name": Key(text(), doc="default: the id"),
+    "pin": Key(integer(0, 27), required=True),
+}
+
+INPUT = Table(
+    {
+        **_ON_A_PIN,
+        "pull": Key(one_of("up", "down", "none"), default="up"),
+        "active": Key(one_of("high", "low"), doc="default: low with a pull-up, else high"),
+        "debounce_ms": Key(integer(0, 10000), default=50),
+        "category": Key(one_of(*(c.value for c in INPUT_CATEGORIES)), required=True),
+        "severity": Key(one_of(*(s.value for s in Severity)), required=True),
+        "kind": Key(one_of(*(k.value for k in INPUT_KINDS)), default="state"),
+        "active_state": Key(text(40, nonempty=True), default="active"),
+        "inactive_state": Key(text(40, nonempty=True), default="inactive"),
+    },
+    rules=(
+        Rule("active", lambda t: t.value("pull") == "none" and "active" not in t,
+             'required when pull = "none": nothing else says which level is active',
+             reads=("pull",)),
+        Rule("inactive_state",
+             lambda t: t.value("inactive_state") == t.value("active_state"),
+             "must differ from active_state", reads=("active_state",)),
+    ),
+)  # fmt: skip
+
+OUTPUT = Table(
+    {
+        **_ON_A_PIN,
+        "type": Key(one_of("buzzer", "led", "relay"), required=True),
+        "active": Key(one_of("high", "low"), default="high"),
+        "rule": Key(one_of(*OUTPUT_RULES), default="none"),
+    }
+)
+
+SECTIONS: dict[str, Table] = {
+    "identity": IDENTITY,
+    "site": SITE,
+    "uplink": UPLINK,
+    "buffer": BUFFER,
+    "clock": CLOCK,
+    "control": CONTROL,
+    "profiles": PROFILES,
+}
+ARRAYS: dict[str, Table] = {"lines": LINE, "devices": DEVICE, "inputs": INPUT, "outputs": OUTPUT}
+REQUIRED_SECTIONS = ("identity", "uplink")
+
+CONFIG_FILE = Table(
+    {
+        **{
+            name: Key(table, required=name in REQUIRED_SECTIONS) for name, table in SECTIONS.items()
+        },
+        **{name: Key(ArrayOf(table)) for name, table in ARRAYS.items()},
+    },
+    doc="The alarmgw gateway config (config/example.toml shows every key).",
+)
+
+
+def config_relative(value: str | None, base: Path) -> Path | None:
+    """A path from the config: relative paths are relative to the config file's folder,
+    not to wherever the CLI was started."""
+    return None if value is None else base / value
+
+
+@dataclass
+class Checked:
+    """The config after layers (a) and (b): only valid values, raw structure kept."""
+
+    sections: dict[str, dict[str, Any]]
+    arrays: dict[str, list[dict[str, Any]]]
+
+    @classmethod
+    def of(cls, clean: Mapping[str, Any]) -> Checked:
+        return cls(
+            {name: dict(clean.get(name, {})) for name in SECTIONS},
+            {name: list(clean.get(name, [])) for name in ARRAYS},
+        )
