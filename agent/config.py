@@ -171,6 +171,7 @@ class Config:
     outputs: list[OutputConfig]
     control: ControlConfig
     profiles: dict[str, Profile] = field(default_factory=dict)  # by profile id (file stem)
+    language: str = "zh"  # [site] language: of the texts the gateway writes (agent/texts.py)
 
 
 # --- constants -------------------------------------------------------------------------
@@ -514,8 +515,12 @@ OUTPUT: Schema = {
     "rule": Key(one_of(*OUTPUT_RULES), default="none"),
 }
 
+# The language of the texts the gateway writes itself (agent/texts.py); names stay as written.
+SITE: Schema = {"language": Key(one_of("zh", "en"), default="zh")}
+
 SECTIONS: dict[str, Schema] = {
     "identity": IDENTITY,
+    "site": SITE,
     "uplink": UPLINK,
     "buffer": BUFFER,
     "clock": CLOCK,
@@ -1139,6 +1144,7 @@ def build(path: Path, checked: Checked, profiles: dict[str, Profile]) -> Config:
         outputs=[_build_output(t) for t in a["outputs"]],
         control=ControlConfig(base / control["socket"], control["group"]),
         profiles=profiles,
+        language=_defaults(SITE, s["site"])["language"],
     )
 
 

@@ -4,7 +4,7 @@ A Unix stream socket (default /run/alarmgw/control.sock, mode 0660, owned by
 the service group) speaking JSON lines; docs/control-protocol.md is the
 contract. Each client gets its own thread, so a slow read on a dead RS-485
 device or a test alarm waiting for the broker never blocks another client,
-and nothing here waits on the broker. `ControlClient` is the CLI's side.
+and nothing here waits on the broker. The CLI's side is agent/cli/client.py.
 
 This module must never let a client crash the server or the agent: malformed,
 oversized or hostile input gets an error answer (or the connection closed),
@@ -30,8 +30,7 @@ import struct
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,7 +39,6 @@ from core.errors import AlarmgwError, FieldError, LineBusy, UnknownPoint
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
-DEFAULT_SOCKET = Path("/run/alarmgw/control.sock")
 MAX_LINE_BYTES = 64 * 1024  # a request is a few hundred bytes; anything near this is abuse
 MAX_CLIENTS = 8  # the Pi has 1 GB; a technician needs two or three at most
 MAX_EVENTS_LIMIT = 1000
@@ -51,23 +49,6 @@ _FOLLOW_POLL_S = 0.25  # how often a follow stream checks for disconnect and shu
 
 
 # --- errors -------------------------------------------------------------------
-
-
-class AgentNotRunning(AlarmgwError):
-    """No agent answers on the control socket (missing file or connection refused)."""
-
-
-class ControlAccessDenied(AlarmgwError):
-    """The socket exists but this user may not open it (not root, not in the group)."""
-
-
-class ControlError(AlarmgwError):
-    """The agent answered a request with an error, or the answer was unreadable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(f"{code}: {message}")
 
 
 class ControlSetupError(AlarmgwError):
@@ -127,85 +108,6 @@ class ControlTarget(Protocol):
     def silence(self) -> dict[str, Any]: ...
 
     def buffer(self) -> dict[str, Any]: ...
-
-
-class EventFanout:
-    """A ready-made source of EventSubscriptions: the runtime calls `publish()` with
-    each event's payload once the buffer has stored it; each follower gets its own
-    bounded queue, so a slow follower loses events (and is told how many) instead
-    of growing memory or slowing the publisher."""
-
-    def __init__(self, queue_size: int = 1000) -> None:
-        self._queue_size = queue_size
-        self._lock = threading.Lock()
-        self._subscribers: set[FanoutSubscription] = set()
-
-    def publish(self, event: dict[str, Any]) -> None:
-        with self._lock:
-            subscribers = list(self._subscribers)
-        for sub in subscribers:
-            sub.put(event)
-
-    def subscribe(self) -> FanoutSubscription:
-        sub = FanoutSubscription(self._queue_size, self._unsubscribe)
-        with self._lock:
-            self._subscribers.add(sub)
-        return sub
-
-    def subscriber_count(self) -> int:
-        with self._lock:
-            return len(self._subscribers)
-
-    def _unsubscribe(self, sub: FanoutSubscription) -> None:
-        with self._lock:
-            self._subscribers.discard(sub)
-
-
-class FanoutSubscription:
-    """One follower's bounded queue; see EventFanout."""
-
-    def __init__(self, size: int, on_close: Callable[[FanoutSubscription], None]) -> None:
-        self._items: deque[dict[str, Any]] = deque()
-        self._size = size
-        self._missed = 0
-        self._closed = False
-        self._cond = threading.Condition()
-        self._on_close = on_close
-
-    def put(self, event: dict[str, Any]) -> None:
-        with self._cond:
-            if self._closed:
-                return
-            if len(self._items) >= self._size:
-                self._items.popleft()
-                self._missed += 1
-            self._items.append(event)
-            self._cond.notify()
-
-    def next_event(self, timeout_s: float) -> dict[str, Any] | None:
-        with self._cond:
-            self._cond.wait_for(lambda: self._items or self._closed, timeout=timeout_s)
-            return self._items.popleft() if self._items else None
-
-    def take_missed(self) -> int:
-        with self._cond:
-            missed, self._missed = self._missed, 0
-            return missed
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._items.clear()
-            self._cond.notify_all()
-        self._on_close(self)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        while True:
-            event = self.next_event(timeout_s=1.0)
-            if event is not None:
-                yield event
-            elif self._closed:
-                return
 
 
 # --- wire format --------------------------------------------------------------
@@ -716,113 +618,3 @@ def _group_id(group: str | None) -> int | None:
         return grp.getgrnam(group).gr_gid
     except KeyError:
         raise ControlSetupError(f"control socket group {group!r} does not exist") from None
-
-
-# --- the client ---------------------------------------------------------------
-
-
-def _send_request(sock: socket.socket, cmd: str, args: dict[str, Any]) -> None:
-    """A full agent answers `busy` and hangs up at once: the request may then meet a
-    closed socket, but the answer is already waiting to be read, so read it."""
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        sock.sendall(encode_line({"id": 1, "cmd": cmd, "args": args}))
-
-
-def _ask(sock: socket.socket, cmd: str, args: dict[str, Any]) -> tuple[_LineReader, dict[str, Any]]:
-    """Send one request and read its first answer; the reader goes on for a stream."""
-    reader = _LineReader(sock)
-    _send_request(sock, cmd, args)
-    answer = reader.next_message()
-    if answer is None:
-        raise ControlError("no_answer", "the agent closed the connection without answering")
-    return reader, answer
-
-
-class ControlClient:
-    """The CLI's end: one connection per call. `timeout_s` bounds each answer; a test
-    alarm waits for the buffer and perhaps the broker, so keep it above that wait."""
-
-    def __init__(self, path: Path = DEFAULT_SOCKET, timeout_s: float = 15.0) -> None:
-        self.path = Path(path)
-        self.timeout_s = timeout_s
-
-    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
-        """Send one command; its result, or ControlError for an error answer."""
-        with self._connect() as sock:
-            _, answer = _ask(sock, cmd, args)
-            return _result_of(answer)
-
-    def stream(self, cmd: str, **args: Any) -> Iterator[dict[str, Any]]:
-        """Send a streaming command (`events` with follow=True is the one there is) and
-        yield each message: first {"result": ...}, then {"event": ...} or
-        {"notice": ...} lines until the agent ends the stream or the caller stops."""
-        with self._connect() as sock:
-            reader, first = _ask(sock, cmd, args)
-            yield {"result": _result_of(first)}
-            sock.settimeout(None)  # a quiet site may send no event for hours
-            while (message := reader.next_message()) is not None:
-                if "end" in message:
-                    end = message["end"]
-                    reason = end.get("reason", "?") if isinstance(end, dict) else end
-                    raise AgentNotRunning(f"the agent ended the stream ({reason})")
-                yield {k: v for k, v in message.items() if k != "id"}
-            # not Ctrl-C, not an end message: the agent died or was killed (watchdog?)
-            raise AgentNotRunning("the agent closed the stream without a word")
-
-    def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.settimeout(self.timeout_s)
-        try:
-            sock.connect(str(self.path))
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            sock.close()
-            raise AgentNotRunning(f"no agent answers on {self.path}: {exc.strerror}") from exc
-        except PermissionError as exc:
-            sock.close()
-            raise ControlAccessDenied(
-                f"no permission to open {self.path}: run as root or join the service group"
-            ) from exc
-        except OSError as exc:
-            sock.close()
-            raise AgentNotRunning(f"cannot reach the agent on {self.path}: {exc}") from exc
-        return sock
-
-
-def _result_of(answer: dict[str, Any]) -> dict[str, Any]:
-    if answer.get("ok") is True and isinstance(answer.get("result"), dict):
-        result: dict[str, Any] = answer["result"]
-        return result
-    error = answer.get("error")
-    if isinstance(error, dict):
-        raise ControlError(str(error.get("code", "error")), str(error.get("message", "")))
-    raise ControlError("bad_answer", f"unexpected answer: {answer!r}"[:300])
-
-
-class _LineReader:
-    """JSON lines from a socket, with the same size bound the server applies."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._pending = b""
-
-    def next_message(self) -> dict[str, Any] | None:
-        while b"\n" not in self._pending:
-            try:
-                chunk = self._sock.recv(65536)
-            except TimeoutError:
-                raise ControlError("timeout", "the agent did not answer in time") from None
-            except OSError as exc:
-                raise ControlError("connection_lost", str(exc)) from exc
-            if not chunk:
-                return None
-            self._pending += chunk
-            if len(self._pending) > 16 * 1024 * 1024:
-                raise ControlError("bad_answer", "answer line too long")
-        line, self._pending = self._pending.split(b"\n", 1)
-        try:
-            message = json.loads(line)
-        except ValueError as exc:
-            raise ControlError("bad_answer", f"unreadable answer: {exc}") from None
-        if not isinstance(message, dict):
-            raise ControlError("bad_answer", "answer is not a JSON object")
-        return message

@@ -66,6 +66,7 @@ from agent.mqtt import (
     load_credentials,
     tls_context,
 )
+from agent.texts import CHINESE, Msg, Texts
 from core.errors import UplinkError
 from core.events import Identity, Kind, Lane, Severity, dumps, now_ms, system_event
 
@@ -95,8 +96,17 @@ MAX_ROW_BYTES: Final = 64 * 1024
 # buffer, so such a refusal only reconnects, with a growing backoff)
 ROW_REFUSALS: Final = frozenset({0x95, 0x99})  # packet too large, payload format invalid
 
+SESSION: Final = "uplink_session"  # the fault cause of a bug in a connection's session
+
 HealthFn = Callable[[], Mapping[str, Any]]
 RowKey = tuple[Lane, int]
+
+
+class FaultReport(Protocol):
+    """Where a failure that is not the broker's becomes a fault event (agent.faults.Faults)."""
+
+    def failed(self, cause: str, exc: BaseException, *, what: str = "") -> None: ...
+    def worked(self, cause: str) -> None: ...
 
 
 class CommandFn(Protocol):
@@ -240,6 +250,8 @@ class Uplink:
         on_state: Callable[[bool], None] | None = None,
         rng: Callable[[], float] = random.random,
         resolver: Resolver | None = None,
+        faults: FaultReport | None = None,
+        texts: Texts = CHINESE,
     ) -> None:
         self.settings = settings
         self.identity = identity
@@ -252,6 +264,8 @@ class Uplink:
         self._commands = commands
         self.on_state = on_state
         self._rng = rng
+        self._faults = faults
+        self._texts = texts
         self.counters = UplinkCounters()
         self._endpoint = self._make_endpoint(settings)  # raises UplinkError: refuse to start
         endpoint = self._endpoint
@@ -281,8 +295,6 @@ class Uplink:
         # both only touched by the connection thread
         self._strikes: dict[RowKey, int] = {}
         self._probe: RowKey | None = None
-        if buffer.on_stored is None:
-            buffer.on_stored = self.wake
 
     @staticmethod
     def _make_endpoint(settings: UplinkSettings) -> Endpoint:
@@ -359,9 +371,14 @@ class Uplink:
         while not self._stopping.is_set():
             try:
                 start_over = self._session()
-            except Exception:  # the uplink thread must outlive any bug in one session
-                log.exception("uplink session failed")
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive a bug in a session
+                self._trouble(f"internal error: {type(exc).__name__}: {exc}")
+                if self._faults is not None:
+                    self._faults.failed(SESSION, exc)
                 start_over = False
+            else:
+                if start_over and self._faults is not None:
+                    self._faults.worked(SESSION)
             self._set_connected(False)
             if self._stopping.is_set():
                 return
@@ -657,7 +674,7 @@ class Uplink:
             Kind.FAULT,
             Severity.MAJOR,
             "set_aside",
-            f"{lane.value} seq {seq} was refused by the broker and set aside unsent: {why}",
+            self._texts(Msg.SET_ASIDE, lane=lane.value, seq=seq, why=why),
             point="uplink",
             clock_synced=self._clock_synced(),
             detail={"uplink": "set_aside", "lane": lane.value, "seq": seq, "why": why},

@@ -19,20 +19,21 @@ from typing import Any
 
 import pytest
 
-from agent.control import (
-    MAX_LINE_BYTES,
+from agent.cli.client import (
     AgentNotRunning,
     ControlClient,
     ControlError,
-    ControlServer,
-    ControlSetupError,
-    EventFanout,
-    FanoutSubscription,
-    _error,
     _LineReader,
     _send_request,
+)
+from agent.control import (
+    MAX_LINE_BYTES,
+    ControlServer,
+    ControlSetupError,
+    _error,
     encode_line,
 )
+from agent.fanout import EventFanout, FanoutSubscription
 from core.errors import FieldTimeout, UnknownPoint
 from tests.waiting import wait_until
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from agent import cli_render
+from agent.cli import render as cli_render
 from agent.commands import CommandHandler
 from agent.control import ControlServer, _error_code
 from core.errors import LineBusy

@@ -56,7 +56,7 @@ def test_manual_alarm_held_at_boot_sounds_the_buzzer(gateway: Gateway) -> None:
         while not gateway.rules.alarm.sounding and time.monotonic() < deadline:
             threading.Event().wait(0.01)  # the contact settles after its 20 ms debounce
         assert gateway.rules.alarm.sounding
-        assert [a.point for a in gateway.rules.active_alarms()] == ["manual-alarm"]
+        assert [a.device for a in gateway.rules.active_alarms()] == ["manual-alarm"]
         assert factory.pin(24).state  # the buzzer output is driven
     finally:
         if gateway.gpio is not None:
@@ -88,7 +88,7 @@ def test_a_locked_buffer_starts_degraded_and_keeps_watching(tmp_path: Path) -> N
     import sys
 
     from agent.buffer import EventBuffer
-    from agent.control import AgentNotRunning, ControlClient
+    from agent.cli.client import AgentNotRunning, ControlClient
     from core.events import Identity
     from tests.waiting import wait_until
 
@@ -141,9 +141,9 @@ def test_field_results_queued_behind_stored_events_keep_their_order(gateway: Gat
     stored = Event(Kind.STATE, Category.DOOR, Severity.INFO, "open", "门开", "gpio", "door")
     lost = CommChange("gas-1", lost=True, reason="timeout", failures=3, ts_ms=now_ms())
     back = CommChange("gas-1", lost=False, reason="", failures=0, ts_ms=now_ms())
-    gateway._field_queue.put(lost)
-    gateway._field_queue.put(back)
-    assert gateway._process_queued(stored.with_seq(1)) is True
+    gateway.field.line_output(lost)
+    gateway.field.line_output(back)
+    assert gateway.field.process_queued(stored.with_seq(1)) is True
     assert gateway.field_devices["gas-1"].lost is False
     deadline = time.monotonic() + 10
     rows = gateway.buffer.pending(Lane.EVENT, 0, 100)
@@ -167,12 +167,13 @@ def test_recent_events_page_forward_from_a_seq_and_limit_zero_gives_none(
     ]
     seqs = [f.result(5).seq for f in futures]
     deadline = time.monotonic() + 5
-    while len(gateway.recent) < 10 and time.monotonic() < deadline:
+    while len(gateway.pipeline.recent()) < 10 and time.monotonic() < deadline:
         threading.Event().wait(0.01)  # the stored callback runs on the buffer's thread
     first = seqs[0]
     assert first is not None
-    page = gateway.events(first, 3)
+    events = gateway.local_view.events
+    page = events(first, 3)
     assert [e["seq"] for e in page] == seqs[1:4]
-    assert [e["seq"] for e in gateway.events(None, 3)] == seqs[-3:]
-    assert gateway.events(None, 0) == []
-    assert gateway.events(first, 0) == []
+    assert [e["seq"] for e in events(None, 3)] == seqs[-3:]
+    assert events(None, 0) == []
+    assert events(first, 0) == []

@@ -54,6 +54,7 @@ def make(tmp_path: Path, b: Mosquitto, **kw: object) -> tuple[EventBuffer, Uplin
     buffer = EventBuffer(tmp_path / "buffer.db", IDENT, max_events)
     settings = Settings(b.host, b.port, **kw)  # type: ignore[arg-type]
     uplink = Uplink(settings, IDENT, buffer, version="9.9.9", config_digest="sha256:abc")
+    buffer.on_stored = uplink.wake  # as agent/runtime.py wires them
     return buffer, uplink
 
 
@@ -248,6 +249,7 @@ def test_full_disk_keeps_live_events_flowing_raises_a_fault_and_loses_nothing(
     uplink = Uplink(
         Settings(broker.host, broker.port), IDENT, buffer, version="t", config_digest="d"
     )
+    buffer.on_stored = uplink.wake  # as agent/runtime.py wires them
     big = "满" * 1500  # ~4.5 kB per event: the 40-page (160 kB) file fills quickly
     try:
         buffer.start()
