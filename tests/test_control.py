@@ -26,13 +26,8 @@ from agent.cli.client import (
     _LineReader,
     _send_request,
 )
-from agent.control import (
-    MAX_LINE_BYTES,
-    ControlServer,
-    ControlSetupError,
-    _error,
-    encode_line,
-)
+from agent.control import ControlServer, ControlSetupError
+from agent.control_protocol import MAX_LINE_BYTES, _error, encode_line
 from agent.fanout import EventFanout, FanoutSubscription
 from core.errors import FieldTimeout, UnknownPoint
 from tests.waiting import wait_until

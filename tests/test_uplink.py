@@ -18,9 +18,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from agent.backoff import Backoff, backoff_delay
 from agent.buffer import EventBuffer
 from agent.config import UPLINK
-from agent.uplink import MAX_ROW_BYTES, Backoff, Uplink, backoff_delay
+from agent.uplink import MAX_ROW_BYTES, Uplink
 from core.errors import UplinkError
 from core.events import Lane
 from simulator.broker import Mosquitto
