@@ -12,7 +12,10 @@ never a flood. The log keeps the traceback of the first failure of each run of t
 wraps an output a rule drives: one output failing must not stop the others.
 
 It must never raise into its caller (it runs inside the buffer's writer, the GPIO
-thread, the points thread), and never call `emit` while holding its own lock.
+thread, the points thread), and never call `emit` while holding its own lock. An
+output is driven from inside the rules' lock, and emit() feeds the rules: an
+output's fault and restore are emitted from a short-lived thread of their own (one
+per change of state, so a handful at most), never from the call that drove it.
 """
 
 from __future__ import annotations
@@ -82,7 +85,9 @@ class Faults:
         self._raise(cause, INTERNAL_ERROR, exc, Msg.INTERNAL_ERROR, what=what or cause)
 
     def output_failed(self, output: str, exc: BaseException) -> None:
-        self._raise(_output_cause(output), OUTPUT_FAILED, exc, Msg.OUTPUT_FAILED, output=output)
+        self._raise(
+            _output_cause(output), OUTPUT_FAILED, exc, Msg.OUTPUT_FAILED, later=True, output=output
+        )
 
     def worked(self, cause: str) -> None:
         """`cause` just worked: the restore of its fault, if one is out. Cheap when none
@@ -93,7 +98,8 @@ class Faults:
             state = self._failing.pop(cause, None)
         if state is None:
             return
-        if state == OUTPUT_FAILED:
+        output = state == OUTPUT_FAILED
+        if output:
             text = self._texts(Msg.OUTPUT_RESTORED, output=cause.removeprefix(_OUTPUT))
         else:
             text = self._texts(Msg.INTERNAL_RESTORED, what=cause)
@@ -107,7 +113,8 @@ class Faults:
                 point=cause,
                 clock_synced=self._clock_synced(),
                 detail={"restores": state},
-            )
+            ),
+            later=output,
         )
 
     def output_worked(self, output: str) -> None:
@@ -128,7 +135,16 @@ class Faults:
 
         return guarded
 
-    def _raise(self, cause: str, state: str, exc: BaseException, msg: Msg, **fields: str) -> None:
+    def _raise(
+        self,
+        cause: str,
+        state: str,
+        exc: BaseException,
+        msg: Msg,
+        *,
+        later: bool = False,
+        **fields: str,
+    ) -> None:
         cause = cause[:MAX_POINT]
         with self._lock:
             if cause in self._failing:
@@ -145,10 +161,16 @@ class Faults:
                 point=cause,
                 clock_synced=self._clock_synced(),
                 detail={"reason": reason},
-            )
+            ),
+            later=later,
         )
 
-    def _send(self, event: Event) -> None:
+    def _send(self, event: Event, *, later: bool = False) -> None:
+        if later:  # see the module's docstring: not from inside the rules' lock
+            threading.Thread(
+                target=self._send, args=(event,), name="fault-report", daemon=True
+            ).start()
+            return
         try:
             self._emit(event)
         except Exception:  # the last place to say it is the log
@@ -163,26 +185,32 @@ def _output_cause(output: str) -> str:
 
 
 class WatchedOutput:
-    """An output whose failures are faults (and whose next success is their restore)."""
+    """An output whose failures are faults, restored once the command that failed is
+    taken. (Only that one: an output repeats no command it is already in, so a later
+    `off` after a failed `on` may do nothing at all and proves nothing.)"""
 
     def __init__(self, output_id: str, output: Switchable, faults: Faults) -> None:
         self.id = output_id
         self._output = output
         self._faults = faults
+        self._failed: str | None = None  # the command that failed, until it is taken
 
     def on(self) -> None:
-        self._drive(self._output.on)
+        self._drive("on", self._output.on)
 
     def off(self) -> None:
-        self._drive(self._output.off)
+        self._drive("off", self._output.off)
 
     def blink(self, on_s: float, off_s: float) -> None:
-        self._drive(lambda: self._output.blink(on_s, off_s))
+        self._drive("blink", lambda: self._output.blink(on_s, off_s))
 
-    def _drive(self, command: Callable[[], None]) -> None:
+    def _drive(self, name: str, command: Callable[[], None]) -> None:
         try:
             command()
         except Exception as exc:  # noqa: BLE001 - the other outputs must still be driven
+            self._failed = name
             self._faults.output_failed(self.id, exc)
         else:
-            self._faults.output_worked(self.id)
+            if self._failed in (None, name):
+                self._failed = None
+                self._faults.output_worked(self.id)

@@ -228,7 +228,7 @@ def read_values(device: str, wanted: Iterable[PointSpec], outcome: ReadOutcome) 
     return {"device": device, "ts_ms": now_ms(), "points": values}
 
 
-def test_alarm_event(
+def make_test_alarm(
     identity: Identity,
     requested_by: str,
     note: str | None,
@@ -333,7 +333,7 @@ class Actions:
     def test_alarm(self, requested_by: str, note: str | None = None) -> Event:
         """A test-flagged alarm end to end; returns once it is stored durably."""
         parts = self.parts
-        event = test_alarm_event(
+        event = make_test_alarm(
             parts.cfg.identity, requested_by, note, synced=parts.clock_synced(), texts=parts.texts
         )
         stored = self._emit(event).result(timeout=STORE_WAIT_S)
