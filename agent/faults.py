@@ -24,6 +24,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Final, ParamSpec, Protocol
 
 from agent.texts import CHINESE, Msg, Texts
@@ -51,23 +52,18 @@ class Switchable(Protocol):
     def blink(self, on_s: float, off_s: float) -> None: ...
 
 
+@dataclass
 class Faults:
     """One fault per cause while it lasts, one restore when it works again. Thread-safe.
 
     `cause` is the event's point: an id naming what failed (`rules`, `output-buzzer`).
     """
 
-    def __init__(
-        self,
-        emit: Emit,
-        clock_synced: Callable[[], bool] = lambda: True,
-        texts: Texts = CHINESE,
-    ) -> None:
-        self._emit = emit
-        self._clock_synced = clock_synced
-        self._texts = texts
-        self._lock = threading.Lock()
-        self._failing: dict[str, str] = {}  # cause -> the state it was raised with
+    _emit: Emit
+    _clock_synced: Callable[[], bool] = lambda: True
+    _texts: Texts = CHINESE
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _failing: dict[str, str] = field(default_factory=dict, init=False)  # cause -> its state
 
     @property
     def quiet(self) -> bool:

@@ -20,13 +20,13 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from agent.buffer import MAX_HELD, EventBuffer, Key
+from agent.buffer import MAX_HELD, Key
 from agent.config import DeviceConfig
-from agent.faults import Faults
+from agent.pipeline import Pipeline
 from agent.points import DevicePoints
 from agent.pointstate import COMM, ActiveCondition, PointKey, PointStateStore
 from agent.texts import CHINESE, Msg, Texts
@@ -110,25 +110,16 @@ class FieldWorker:
     `start()`, then `stop()` after the lines are closed."""
 
     def __init__(
-        self,
-        devices: dict[str, DeviceRuntime],
-        pointstate: PointStateStore,
-        buffer: EventBuffer,
-        *,
-        emit: Callable[[Record], object],
-        emit_many: Callable[[list[Record]], None],
-        faults: Faults,
-        clock_synced: Callable[[], bool],
-        texts: Texts = CHINESE,
+        self, devices: dict[str, DeviceRuntime], pointstate: PointStateStore, pipeline: Pipeline
     ) -> None:
         self.devices = devices
         self.pointstate = pointstate
-        self._buffer = buffer
-        self._emit = emit
-        self._emit_many = emit_many
-        self._faults = faults
-        self._clock_synced = clock_synced
-        self._texts = texts
+        self._buffer = pipeline.buffer  # asked which stored events are held in RAM only
+        self._emit = pipeline.emit
+        self._emit_many = pipeline.emit_many
+        self._faults = pipeline.faults
+        self._clock_synced = pipeline.clock_synced
+        self._texts = pipeline.texts
         self._queue: queue.SimpleQueue[Queued] = queue.SimpleQueue()
         self._pointstate_problem: str | None = None  # as last announced
         # events held in RAM by a degraded buffer, recorded in the point state once safe

@@ -434,24 +434,12 @@ class MqttConnection:
 
     # -- paho callbacks (VERSION2), translated ----------------------------------
 
-    def _on_connect(
-        self,
-        _client: paho.Client,
-        _userdata: Any,
-        _flags: Any,
-        reason: ReasonCode,
-        _props: Properties | None,
-    ) -> None:
+    # paho's VERSION2 signatures: (client, userdata, flags, reason code, properties)
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
         self._cb.on_connect(not reason.is_failure, str(reason))
 
-    def _on_disconnect(
-        self,
-        _client: paho.Client,
-        _userdata: Any,
-        _flags: Any,
-        reason: ReasonCode,
-        _props: Properties | None,
-    ) -> None:
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
         if not self.closed:
             self.closed = True
             self.message_fault = reason.value in MESSAGE_FAULTS

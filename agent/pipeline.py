@@ -59,6 +59,8 @@ class Pipeline:
     ) -> None:
         self.buffer = buffer
         self.identity = identity
+        self.clock_synced = clock_synced  # for the parts that make events through here
+        self.texts = texts
         self.faults = Faults(self.emit, clock_synced, texts)
         self.followers = EventFanout()
         self._recent: deque[Event] = deque(maxlen=RECENT_EVENTS)  # serialised on demand

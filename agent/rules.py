@@ -301,21 +301,16 @@ def contact_event(
         text = texts(Msg.CONTACT, name=cfg.name, state=state)
     else:
         text = texts(Msg.CONTACT_KIND, name=cfg.name, state=state, word=texts(word))
+    # the input is the device (it shares the devices' id space), its one point the contact
     return Event(
-        kind=kind,
-        category=Category(cfg.category),
-        severity=severity,
-        state=state,
-        text=text,
-        device=cfg.id,
-        point=CONTACT_POINT,
+        kind, Category(cfg.category), severity, state, text, cfg.id, CONTACT_POINT,
         value=change.active,
         ts_ms=change.ts_ms,
         clock_synced=clock_synced,
         device_name=cfg.name,
         point_name=cfg.name,
         detail=detail,
-    )
+    )  # fmt: skip
 
 
 def _contact_kind(configured: Kind, active: bool) -> Kind:

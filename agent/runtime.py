@@ -106,16 +106,7 @@ class Gateway:
         self.pointstate = PointStateStore(cfg.buffer.path.with_name("pointstate.db"))
         self._remembered = self.pointstate.load()
         devices = field_devices(cfg.devices, cfg.profiles, self._remembered, texts)
-        self.field = FieldWorker(
-            devices,
-            self.pointstate,
-            self.buffer,
-            emit=pipeline.emit,
-            emit_many=pipeline.emit_many,
-            faults=self.faults,
-            clock_synced=clock_synced,
-            texts=texts,
-        )
+        self.field = FieldWorker(devices, self.pointstate, pipeline)
         pipeline.listen_stored("pointstate_listener", self.field.stored)
         self.parts = Parts(cfg, self.buffer, pipeline, devices, clock_synced, texts)
         actions = Actions(self.parts, pipeline.emit)
