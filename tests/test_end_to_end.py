@@ -138,6 +138,6 @@ def test_scenario_alarms_faults_and_restores_arrive_and_nothing_else(
     seqs = [int(e["seq"]) for e in events]  # type: ignore[call-overload]
     assert seqs == sorted(seqs)
     assert all(e["clock_synced"] is True for e in events)
-    manual = next(e for e in events if e["point"] == "manual-alarm" and e["kind"] == "alarm")
+    manual = next(e for e in events if e["device"] == "manual-alarm" and e["kind"] == "alarm")
     assert "手动报警" in str(manual["text"])  # Chinese names intact end to end
     assert any(s.get("state") == "online" for s in feed.statuses)
