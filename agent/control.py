@@ -32,6 +32,7 @@ from agent.control_protocol import (
     _peer_of,
     encode_line,
 )
+from agent.faults import FaultReport
 from core.errors import AlarmgwError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 MAX_CLIENTS = 8  # the Pi has 1 GB; a technician needs two or three at most
 CLOSE_GRACE_S = 1.0  # how long close() lets client threads finish before cutting them off
 _IDLE_TIMEOUT_S = 300.0  # a client that says nothing for this long is dropped
+ACCEPT = "control_accept"  # the fault causes of this module (the events' point)
+CLIENT = "control_client"
 
 
 class ControlSetupError(AlarmgwError):
@@ -59,9 +62,11 @@ class ControlServer:
         group: str | None = None,
         max_clients: int = MAX_CLIENTS,
         idle_timeout_s: float = _IDLE_TIMEOUT_S,
+        faults: FaultReport | None = None,
     ) -> None:
         self.path = Path(path)
         self._target = target
+        self._faults = faults  # a failing accept or client handler becomes a fault event
         self._gid = _group_id(group)
         self._max_clients = max_clients
         self._idle_timeout_s = idle_timeout_s
@@ -169,12 +174,13 @@ class ControlServer:
         while not self._stopping.is_set():
             try:
                 conn, _ = self._listener.accept()
-            except OSError:
+            except OSError as exc:
                 if self._stopping.is_set():
                     return
-                log.exception("control socket accept failed")
+                self._failed(ACCEPT, exc)
                 self._stopping.wait(0.5)  # e.g. EMFILE: do not spin
                 continue
+            self._worked(ACCEPT)
             self._admit(conn)
 
     def _admit(self, conn: socket.socket) -> None:
@@ -205,10 +211,22 @@ class ControlServer:
                     conn, peer, self._target, self._stopping, self._idle_timeout_s
                 )
                 session.run()
-        except Exception:
-            log.exception("control client handler failed")
+        except Exception as exc:  # noqa: BLE001 - one client's trouble, not the server's
+            self._failed(CLIENT, exc)
+        else:
+            self._worked(CLIENT)
         # The thread stays in _clients until the next admission prunes it, so that
         # close() can join every thread it ever started.
+
+    def _failed(self, cause: str, exc: Exception) -> None:
+        if self._faults is None:
+            log.error("%s failed", cause, exc_info=exc)
+        else:
+            self._faults.failed(cause, exc)
+
+    def _worked(self, cause: str) -> None:
+        if self._faults is not None:
+            self._faults.worked(cause)
 
 
 def _group_id(group: str | None) -> int | None:

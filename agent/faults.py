@@ -44,6 +44,13 @@ class Emit(Protocol):
     def __call__(self, record: Record) -> object: ...
 
 
+class FaultReport(Protocol):
+    """What a part needs to report its own failures (Faults fits)."""
+
+    def failed(self, cause: str, exc: BaseException, *, what: str = "") -> None: ...
+    def worked(self, cause: str) -> None: ...
+
+
 class Switchable(Protocol):
     """An output a rule drives (agent.rules.Switchable)."""
 

@@ -37,6 +37,7 @@ from drivers.profile import Profile, apply_overrides
 log = logging.getLogger("alarmgw")
 
 IDLE_S: Final = 1.0  # the points thread wakes at least this often (watchdog liveness)
+STORE: Final = "pointstate_store"  # the fault cause of a bug in the alarm memory's store
 
 Queued = PollResult | CommChange | Event | None  # None: stop
 
@@ -232,10 +233,12 @@ class FieldWorker:
     def _record_reported(self, events: list[Event]) -> None:
         if not events:
             return
-        try:
+        try:  # the store reports its own trouble (problem); this is for its bugs
             self.pointstate.record(events)
-        except Exception:  # the store logs its own trouble; it must never stop the points
-            log.exception("point state could not record %d events", len(events))
+        except Exception as exc:  # noqa: BLE001 - it must never stop the points
+            self._faults.failed(STORE, exc)
+        else:
+            self._faults.worked(STORE)
         self._announce_pointstate()
 
     def _keep_pointstate(self) -> None:
@@ -243,8 +246,8 @@ class FieldWorker:
         seconds, in the store; a no-op when it is up to date)."""
         try:
             self.pointstate.maintain()
-        except Exception:
-            log.exception("point state could not be written")
+        except Exception as exc:  # noqa: BLE001 - it must never stop the points
+            self._faults.failed(STORE, exc)
         self._announce_pointstate()
 
     def _announce_pointstate(self) -> None:

@@ -399,7 +399,7 @@ class Gateway:
         fault event says so), only the technician's CLI cannot reach it."""
         try:
             self.control = ControlServer(
-                self.cfg.control.socket, self.local_view, self.cfg.control.group
+                self.cfg.control.socket, self.local_view, self.cfg.control.group, faults=self.faults
             )
             self.control.start()
         except (ControlSetupError, OSError) as exc:

@@ -49,6 +49,7 @@ from agent import feed
 from agent.backoff import Backoff
 from agent.buffer import EventBuffer, ReadCursor
 from agent.downlink import CommandFn, Downlink
+from agent.faults import FaultReport
 from agent.mqtt import (
     Callbacks,
     Endpoint,
@@ -85,13 +86,6 @@ MAX_ROW_BYTES: Final = 64 * 1024
 SESSION: Final = "uplink_session"  # the fault cause of a bug in a connection's session
 
 HealthFn = Callable[[], Mapping[str, Any]]
-
-
-class FaultReport(Protocol):
-    """Where a failure that is not the broker's becomes a fault event (agent.faults.Faults)."""
-
-    def failed(self, cause: str, exc: BaseException, *, what: str = "") -> None: ...
-    def worked(self, cause: str) -> None: ...
 
 
 class UplinkSettings(Protocol):
