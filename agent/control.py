@@ -4,321 +4,48 @@ A Unix stream socket (default /run/alarmgw/control.sock, mode 0660, owned by
 the service group) speaking JSON lines; docs/control-protocol.md is the
 contract. Each client gets its own thread, so a slow read on a dead RS-485
 device or a test alarm waiting for the broker never blocks another client,
-and nothing here waits on the broker. `ControlClient` is the CLI's side.
+and nothing here waits on the broker. This module owns the socket, its
+permissions and the client threads; agent/control_protocol.py reads and answers
+one client's requests; the CLI's side is agent/cli/client.py.
 
-This module must never let a client crash the server or the agent: malformed,
-oversized or hostile input gets an error answer (or the connection closed),
-and every exception from the target becomes an error answer.
+This module must never let a client crash the server or the agent, nor keep
+more than MAX_CLIENTS threads, nor outlive close() by more than CLOSE_GRACE_S.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import enum
-import functools
 import grp
-import json
 import logging
-import math
 import os
-import pwd
-import select
 import socket
 import stat
-import struct
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
 
-from core.errors import AlarmgwError, FieldError, LineBusy, UnknownPoint
+from agent.control_protocol import (
+    ClientSession,
+    ControlTarget,
+    _error,
+    _peer_of,
+    encode_line,
+)
+from agent.faults import FaultReport
+from core.errors import AlarmgwError
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
-DEFAULT_SOCKET = Path("/run/alarmgw/control.sock")
-MAX_LINE_BYTES = 64 * 1024  # a request is a few hundred bytes; anything near this is abuse
 MAX_CLIENTS = 8  # the Pi has 1 GB; a technician needs two or three at most
-MAX_EVENTS_LIMIT = 1000
 CLOSE_GRACE_S = 1.0  # how long close() lets client threads finish before cutting them off
 _IDLE_TIMEOUT_S = 300.0  # a client that says nothing for this long is dropped
-_SEND_TIMEOUT_S = 10.0  # a client that stops reading is dropped, not waited on
-_FOLLOW_POLL_S = 0.25  # how often a follow stream checks for disconnect and shutdown
-
-
-# --- errors -------------------------------------------------------------------
-
-
-class AgentNotRunning(AlarmgwError):
-    """No agent answers on the control socket (missing file or connection refused)."""
-
-
-class ControlAccessDenied(AlarmgwError):
-    """The socket exists but this user may not open it (not root, not in the group)."""
-
-
-class ControlError(AlarmgwError):
-    """The agent answered a request with an error, or the answer was unreadable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(f"{code}: {message}")
+ACCEPT = "control_accept"  # the fault causes of this module (the events' point)
+CLIENT = "control_client"
 
 
 class ControlSetupError(AlarmgwError):
     """The control socket could not be created (bad group, path held by another agent...)."""
-
-
-class _RequestError(Exception):
-    """Internal: a request that gets an error answer with this code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(message)
-
-
-# --- what the runtime provides ------------------------------------------------
-
-
-class EventSubscription(Protocol):
-    """New events for one follower, in the order they were stored."""
-
-    def next_event(self, timeout_s: float) -> dict[str, Any] | None:
-        """The next new event, or None if none arrived within timeout_s."""
-        ...
-
-    def take_missed(self) -> int:
-        """How many events this follower lost since the last call (it was too slow)."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class ControlTarget(Protocol):
-    """What the running agent answers. Called from several client threads at once,
-    so every method must be thread-safe; each may raise AlarmgwError subclasses
-    (UnknownPoint, FieldError...), which become typed error answers."""
-
-    def status(self) -> dict[str, Any]: ...
-
-    def devices(self) -> list[dict[str, Any]]: ...
-
-    def events(self, since_seq: int | None, limit: int) -> list[dict[str, Any]]:
-        """Stored events, oldest first: those with seq > since_seq, or the latest `limit`."""
-        ...
-
-    def subscribe_events(self) -> EventSubscription: ...
-
-    def read_point(
-        self, device: str, point: str | None, gave_up: Callable[[], bool] | None = None
-    ) -> dict[str, Any]:
-        """A live read; `gave_up()` turns true once the client has hung up, so a read
-        still waiting for its line is dropped instead of run for nobody."""
-        ...
-
-    def test_alarm(self, requested_by: str) -> dict[str, Any]: ...
-
-    def silence(self) -> dict[str, Any]: ...
-
-    def buffer(self) -> dict[str, Any]: ...
-
-
-class EventFanout:
-    """A ready-made source of EventSubscriptions: the runtime calls `publish()` with
-    each event's payload once the buffer has stored it; each follower gets its own
-    bounded queue, so a slow follower loses events (and is told how many) instead
-    of growing memory or slowing the publisher."""
-
-    def __init__(self, queue_size: int = 1000) -> None:
-        self._queue_size = queue_size
-        self._lock = threading.Lock()
-        self._subscribers: set[FanoutSubscription] = set()
-
-    def publish(self, event: dict[str, Any]) -> None:
-        with self._lock:
-            subscribers = list(self._subscribers)
-        for sub in subscribers:
-            sub.put(event)
-
-    def subscribe(self) -> FanoutSubscription:
-        sub = FanoutSubscription(self._queue_size, self._unsubscribe)
-        with self._lock:
-            self._subscribers.add(sub)
-        return sub
-
-    def subscriber_count(self) -> int:
-        with self._lock:
-            return len(self._subscribers)
-
-    def _unsubscribe(self, sub: FanoutSubscription) -> None:
-        with self._lock:
-            self._subscribers.discard(sub)
-
-
-class FanoutSubscription:
-    """One follower's bounded queue; see EventFanout."""
-
-    def __init__(self, size: int, on_close: Callable[[FanoutSubscription], None]) -> None:
-        self._items: deque[dict[str, Any]] = deque()
-        self._size = size
-        self._missed = 0
-        self._closed = False
-        self._cond = threading.Condition()
-        self._on_close = on_close
-
-    def put(self, event: dict[str, Any]) -> None:
-        with self._cond:
-            if self._closed:
-                return
-            if len(self._items) >= self._size:
-                self._items.popleft()
-                self._missed += 1
-            self._items.append(event)
-            self._cond.notify()
-
-    def next_event(self, timeout_s: float) -> dict[str, Any] | None:
-        with self._cond:
-            self._cond.wait_for(lambda: self._items or self._closed, timeout=timeout_s)
-            return self._items.popleft() if self._items else None
-
-    def take_missed(self) -> int:
-        with self._cond:
-            missed, self._missed = self._missed, 0
-            return missed
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._items.clear()
-            self._cond.notify_all()
-        self._on_close(self)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        while True:
-            event = self.next_event(timeout_s=1.0)
-            if event is not None:
-                yield event
-            elif self._closed:
-                return
-
-
-# --- wire format --------------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types only: enums by value, paths as text, NaN/inf as null."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    return _scalar(value)
-
-
-def _scalar(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        value = value.value
-    elif isinstance(value, Path):
-        value = str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
-
-
-def encode_line(message: dict[str, Any]) -> bytes:
-    return (
-        json.dumps(_jsonable(message), ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-    )
-
-
-def _error(request_id: Any, code: str, message: str) -> dict[str, Any]:
-    return {"id": request_id, "ok": False, "error": {"code": code, "message": message}}
-
-
-# --- request validation -------------------------------------------------------
-
-
-def _parse_request(line: bytes) -> tuple[Any, str, dict[str, Any]]:
-    """-> (id, cmd, args); raises _RequestError. The id is echoed only if it is sane."""
-    try:
-        request = json.loads(line)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # Recursion: [[[[...
-        raise _RequestError("bad_json", f"not a JSON object: {exc!s:.200}") from None
-    if not isinstance(request, dict):
-        raise _RequestError("bad_request", "a request is a JSON object")
-    request_id = request.get("id")
-    if request_id is not None and (
-        isinstance(request_id, bool) or not isinstance(request_id, int | str)
-    ):
-        raise _RequestError("bad_request", "id must be an integer or a string")
-    cmd = request.get("cmd")
-    if not isinstance(cmd, str):
-        raise _RequestError("bad_request", "cmd must be a string")
-    args = request.get("args", {})
-    if not isinstance(args, dict):
-        raise _RequestError("bad_request", "args must be an object")
-    unknown = set(request) - {"id", "cmd", "args"}
-    if unknown:
-        raise _RequestError("bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
-    return request_id, cmd, args
-
-
-def _check_args(args: dict[str, Any], allowed: set[str]) -> None:
-    unknown = set(args) - allowed
-    if unknown:
-        raise _RequestError("bad_argument", f"unknown argument(s): {', '.join(sorted(unknown))}")
-
-
-def _int_arg(args: dict[str, Any], name: str, default: int | None, lo: int, hi: int) -> int | None:
-    value = args.get(name, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise _RequestError("bad_argument", f"{name} must be an integer in {lo}..{hi}")
-    return value
-
-
-def _str_arg(args: dict[str, Any], name: str, *, required: bool) -> str | None:
-    value = args.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value or len(value) > 200:
-        raise _RequestError("bad_argument", f"{name} must be a non-empty string")
-    return value
-
-
-# --- the server ---------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Peer:
-    """Who is on the other end, from the kernel (SO_PEERCRED), not from the client."""
-
-    pid: int
-    uid: int
-    gid: int
-
-    @property
-    def user(self) -> str:
-        try:
-            return pwd.getpwuid(self.uid).pw_name
-        except KeyError:
-            return str(self.uid)
-
-
-def _peer_of(sock: socket.socket) -> Peer:
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return Peer(pid, uid, gid)
 
 
 class ControlServer:
@@ -335,9 +62,11 @@ class ControlServer:
         group: str | None = None,
         max_clients: int = MAX_CLIENTS,
         idle_timeout_s: float = _IDLE_TIMEOUT_S,
+        faults: FaultReport | None = None,
     ) -> None:
         self.path = Path(path)
         self._target = target
+        self._faults = faults  # a failing accept or client handler becomes a fault event
         self._gid = _group_id(group)
         self._max_clients = max_clients
         self._idle_timeout_s = idle_timeout_s
@@ -445,12 +174,13 @@ class ControlServer:
         while not self._stopping.is_set():
             try:
                 conn, _ = self._listener.accept()
-            except OSError:
+            except OSError as exc:
                 if self._stopping.is_set():
                     return
-                log.exception("control socket accept failed")
+                self._failed(ACCEPT, exc)
                 self._stopping.wait(0.5)  # e.g. EMFILE: do not spin
                 continue
+            self._worked(ACCEPT)
             self._admit(conn)
 
     def _admit(self, conn: socket.socket) -> None:
@@ -477,236 +207,26 @@ class ControlServer:
         try:
             with conn:
                 peer = _peer_of(conn)
-                session = _ClientSession(conn, peer, self)
+                session = ClientSession(
+                    conn, peer, self._target, self._stopping, self._idle_timeout_s
+                )
                 session.run()
-        except Exception:
-            log.exception("control client handler failed")
+        except Exception as exc:  # noqa: BLE001 - one client's trouble, not the server's
+            self._failed(CLIENT, exc)
+        else:
+            self._worked(CLIENT)
         # The thread stays in _clients until the next admission prunes it, so that
         # close() can join every thread it ever started.
 
+    def _failed(self, cause: str, exc: Exception) -> None:
+        if self._faults is None:
+            log.error("%s failed", cause, exc_info=exc)
+        else:
+            self._faults.failed(cause, exc)
 
-class _ClientSession:
-    """Reads request lines from one connection and answers them, one at a time."""
-
-    def __init__(self, conn: socket.socket, peer: Peer, server: ControlServer) -> None:
-        self.conn = conn
-        self.peer = peer
-        self.server = server
-        self.target = server._target
-        self._pending = b""
-
-    def run(self) -> None:
-        while not self.server._stopping.is_set():
-            line = self._read_line()
-            if line is None:
-                return
-            if not line.strip():
-                continue
-            if not self._answer(line):
-                return
-
-    def _read_line(self) -> bytes | None:
-        """The next request line, or None when the client is gone or must be dropped."""
-        self.conn.settimeout(self.server._idle_timeout_s)
-        while b"\n" not in self._pending:
-            if len(self._pending) > MAX_LINE_BYTES:
-                self._send(
-                    _error(None, "request_too_large", f"a line is at most {MAX_LINE_BYTES} bytes")
-                )
-                return None
-            try:
-                chunk = self.conn.recv(16384)
-            except OSError:
-                return None  # idle timeout, reset, or shut down by close()
-            if not chunk:
-                return None
-            self._pending += chunk
-        line, self._pending = self._pending.split(b"\n", 1)
-        if len(line) > MAX_LINE_BYTES:
-            self._send(
-                _error(None, "request_too_large", f"a line is at most {MAX_LINE_BYTES} bytes")
-            )
-            return None
-        return line
-
-    def _send(self, message: dict[str, Any]) -> bool:
-        try:
-            data = encode_line(message)
-        except (TypeError, ValueError):
-            log.exception("control answer not serialisable")
-            data = encode_line(_error(message.get("id"), "internal", "answer not serialisable"))
-        self.conn.settimeout(_SEND_TIMEOUT_S)
-        try:
-            self.conn.sendall(data)
-        except OSError:
-            return False
-        return True
-
-    def _answer(self, line: bytes) -> bool:
-        """Answer one request; False when the connection should end."""
-        request_id: Any = None
-        try:
-            request_id, cmd, args = _parse_request(line)
-            if cmd == "events" and args.get("follow") is True:
-                return self._follow(request_id, args)
-            result = self._dispatch(cmd, args)
-        except Exception as exc:  # noqa: BLE001 - every failure is an answer, never a dead server
-            code, message = _error_code(exc)
-            return self._send(_error(request_id, code, message))
-        return self._send({"id": request_id, "ok": True, "result": result})
-
-    def _dispatch(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
-        handler = _COMMANDS.get(cmd)
-        if handler is None:
-            known = ", ".join(sorted(_COMMANDS))
-            raise _RequestError("unknown_command", f"unknown command {cmd!r}; known: {known}")
-        return handler(self, args)
-
-    # commands
-
-    def cmd_ping(self, args: dict[str, Any]) -> dict[str, Any]:
-        _check_args(args, set())
-        return {"pong": True, "protocol": PROTOCOL_VERSION, "pid": os.getpid()}
-
-    def cmd_status(self, args: dict[str, Any]) -> dict[str, Any]:
-        _check_args(args, set())
-        return self.target.status()
-
-    def cmd_devices(self, args: dict[str, Any]) -> dict[str, Any]:
-        _check_args(args, set())
-        return {"devices": self.target.devices()}
-
-    def cmd_events(self, args: dict[str, Any]) -> dict[str, Any]:
-        _check_args(args, {"since_seq", "limit", "follow"})
-        since_seq, limit = self._events_args(args)
-        return {"events": self.target.events(since_seq, limit)}
-
-    def cmd_read(self, args: dict[str, Any]) -> dict[str, Any]:
-        _check_args(args, {"device", "point"})
-        device = _str_arg(args, "device", required=True)
-        assert device is not None
-        point = _str_arg(args, "point", required=False)
-        gave_up = functools.partial(self._client_hung_up, keep_input=True)
-        return self.target.read_point(device, point, gave_up=gave_up)
-
-    def cmd_test_alarm(self, args: dict[str, Any]) -> dict[str, Any]:
-        _check_args(args, {"requested_by"})
-        tool = _str_arg(args, "requested_by", required=False) or "control"
-        # Who asked is taken from the kernel, not from the request: it goes on record.
-        requested_by = f"{tool}:{self.peer.user}"
-        log.warning("test alarm requested by %s (pid %d)", requested_by, self.peer.pid)
-        return self.target.test_alarm(requested_by)
-
-    def cmd_silence(self, args: dict[str, Any]) -> dict[str, Any]:
-        _check_args(args, set())
-        log.warning("local buzzer silenced by %s (pid %d)", self.peer.user, self.peer.pid)
-        return self.target.silence()
-
-    def cmd_buffer(self, args: dict[str, Any]) -> dict[str, Any]:
-        _check_args(args, set())
-        return self.target.buffer()
-
-    @staticmethod
-    def _events_args(args: dict[str, Any]) -> tuple[int | None, int]:
-        since_seq = _int_arg(args, "since_seq", None, 0, 2**63 - 1)
-        limit = _int_arg(args, "limit", 100, 0, MAX_EVENTS_LIMIT)
-        assert limit is not None
-        if "follow" in args and not isinstance(args["follow"], bool):
-            raise _RequestError("bad_argument", "follow must be true or false")
-        return since_seq, limit
-
-    # streaming
-
-    def _follow(self, request_id: Any, args: dict[str, Any]) -> bool:
-        _check_args(args, {"since_seq", "limit", "follow"})
-        since_seq, limit = self._events_args(args)
-        # Subscribe before reading the backlog so nothing falls between the two;
-        # events seen in both are skipped by seq.
-        subscription = self.target.subscribe_events()
-        try:
-            if since_seq is None:
-                backlog, skipped = self.target.events(None, limit), 0
-            else:  # every event since since_seq, or the newest `limit` and say how many not
-                after = self.target.events(since_seq, MAX_EVENTS_LIMIT)
-                backlog = after[len(after) - limit :] if limit else []
-                skipped = len(after) - len(backlog)
-            if not self._send({"id": request_id, "ok": True, "result": {"events": backlog}}):
-                return False
-            if skipped and not self._send(
-                {"id": request_id, "notice": {"code": "lagged", "missed": skipped}}
-            ):
-                return False
-            last_seq = max((_seq_of(e) for e in backlog), default=-1)
-            return self._stream(request_id, subscription, last_seq)
-        finally:
-            subscription.close()
-
-    def _stream(self, request_id: Any, subscription: EventSubscription, last_seq: int) -> bool:
-        while not self.server._stopping.is_set():
-            if self._client_hung_up():
-                break  # the client left, or close() shut our reading side
-            event = subscription.next_event(_FOLLOW_POLL_S)
-            missed = subscription.take_missed()
-            if missed and not self._send(
-                {"id": request_id, "notice": {"code": "lagged", "missed": missed}}
-            ):
-                return False
-            if event is None or _seq_of(event) <= last_seq:
-                continue
-            if not self._send({"id": request_id, "event": event}):
-                return False
-        if self.server._stopping.is_set():
-            self._send({"id": request_id, "end": {"reason": "shutdown"}})
-        return False
-
-    def _client_hung_up(self, *, keep_input: bool = False) -> bool:
-        """True once the client closed its end. Bytes it sent meanwhile are ignored (during
-        a stream), or left for its next request (`keep_input`, while a read waits)."""
-        readable, _, _ = select.select([self.conn], [], [], 0)
-        if not readable:
-            return False
-        try:
-            if keep_input:
-                return not self.conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            return not self.conn.recv(4096, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-
-
-def _error_code(exc: Exception) -> tuple[str, str]:
-    """The protocol's error code and message for an exception from parsing or the target."""
-    if isinstance(exc, _RequestError):
-        return exc.code, exc.message
-    if isinstance(exc, UnknownPoint):
-        return "unknown_point", str(exc)
-    if isinstance(exc, LineBusy):
-        return "busy", str(exc)
-    if isinstance(exc, FieldError):
-        return "field_error", f"{exc.reason}: {exc}"
-    if isinstance(exc, AlarmgwError):
-        return "agent_error", f"{type(exc).__name__}: {exc}"
-    log.error("control command failed", exc_info=exc)
-    return "internal", f"{type(exc).__name__}: {exc}"
-
-
-def _seq_of(event: dict[str, Any]) -> int:
-    seq = event.get("seq")
-    return seq if isinstance(seq, int) and not isinstance(seq, bool) else -1
-
-
-_Handler = Callable[[_ClientSession, dict[str, Any]], dict[str, Any]]
-_COMMANDS: dict[str, _Handler] = {
-    "ping": _ClientSession.cmd_ping,
-    "status": _ClientSession.cmd_status,
-    "devices": _ClientSession.cmd_devices,
-    "events": _ClientSession.cmd_events,
-    "read": _ClientSession.cmd_read,
-    "test_alarm": _ClientSession.cmd_test_alarm,
-    "silence": _ClientSession.cmd_silence,
-    "buffer": _ClientSession.cmd_buffer,
-}
+    def _worked(self, cause: str) -> None:
+        if self._faults is not None:
+            self._faults.worked(cause)
 
 
 def _group_id(group: str | None) -> int | None:
@@ -716,113 +236,3 @@ def _group_id(group: str | None) -> int | None:
         return grp.getgrnam(group).gr_gid
     except KeyError:
         raise ControlSetupError(f"control socket group {group!r} does not exist") from None
-
-
-# --- the client ---------------------------------------------------------------
-
-
-def _send_request(sock: socket.socket, cmd: str, args: dict[str, Any]) -> None:
-    """A full agent answers `busy` and hangs up at once: the request may then meet a
-    closed socket, but the answer is already waiting to be read, so read it."""
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        sock.sendall(encode_line({"id": 1, "cmd": cmd, "args": args}))
-
-
-def _ask(sock: socket.socket, cmd: str, args: dict[str, Any]) -> tuple[_LineReader, dict[str, Any]]:
-    """Send one request and read its first answer; the reader goes on for a stream."""
-    reader = _LineReader(sock)
-    _send_request(sock, cmd, args)
-    answer = reader.next_message()
-    if answer is None:
-        raise ControlError("no_answer", "the agent closed the connection without answering")
-    return reader, answer
-
-
-class ControlClient:
-    """The CLI's end: one connection per call. `timeout_s` bounds each answer; a test
-    alarm waits for the buffer and perhaps the broker, so keep it above that wait."""
-
-    def __init__(self, path: Path = DEFAULT_SOCKET, timeout_s: float = 15.0) -> None:
-        self.path = Path(path)
-        self.timeout_s = timeout_s
-
-    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
-        """Send one command; its result, or ControlError for an error answer."""
-        with self._connect() as sock:
-            _, answer = _ask(sock, cmd, args)
-            return _result_of(answer)
-
-    def stream(self, cmd: str, **args: Any) -> Iterator[dict[str, Any]]:
-        """Send a streaming command (`events` with follow=True is the one there is) and
-        yield each message: first {"result": ...}, then {"event": ...} or
-        {"notice": ...} lines until the agent ends the stream or the caller stops."""
-        with self._connect() as sock:
-            reader, first = _ask(sock, cmd, args)
-            yield {"result": _result_of(first)}
-            sock.settimeout(None)  # a quiet site may send no event for hours
-            while (message := reader.next_message()) is not None:
-                if "end" in message:
-                    end = message["end"]
-                    reason = end.get("reason", "?") if isinstance(end, dict) else end
-                    raise AgentNotRunning(f"the agent ended the stream ({reason})")
-                yield {k: v for k, v in message.items() if k != "id"}
-            # not Ctrl-C, not an end message: the agent died or was killed (watchdog?)
-            raise AgentNotRunning("the agent closed the stream without a word")
-
-    def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.settimeout(self.timeout_s)
-        try:
-            sock.connect(str(self.path))
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            sock.close()
-            raise AgentNotRunning(f"no agent answers on {self.path}: {exc.strerror}") from exc
-        except PermissionError as exc:
-            sock.close()
-            raise ControlAccessDenied(
-                f"no permission to open {self.path}: run as root or join the service group"
-            ) from exc
-        except OSError as exc:
-            sock.close()
-            raise AgentNotRunning(f"cannot reach the agent on {self.path}: {exc}") from exc
-        return sock
-
-
-def _result_of(answer: dict[str, Any]) -> dict[str, Any]:
-    if answer.get("ok") is True and isinstance(answer.get("result"), dict):
-        result: dict[str, Any] = answer["result"]
-        return result
-    error = answer.get("error")
-    if isinstance(error, dict):
-        raise ControlError(str(error.get("code", "error")), str(error.get("message", "")))
-    raise ControlError("bad_answer", f"unexpected answer: {answer!r}"[:300])
-
-
-class _LineReader:
-    """JSON lines from a socket, with the same size bound the server applies."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._pending = b""
-
-    def next_message(self) -> dict[str, Any] | None:
-        while b"\n" not in self._pending:
-            try:
-                chunk = self._sock.recv(65536)
-            except TimeoutError:
-                raise ControlError("timeout", "the agent did not answer in time") from None
-            except OSError as exc:
-                raise ControlError("connection_lost", str(exc)) from exc
-            if not chunk:
-                return None
-            self._pending += chunk
-            if len(self._pending) > 16 * 1024 * 1024:
-                raise ControlError("bad_answer", "answer line too long")
-        line, self._pending = self._pending.split(b"\n", 1)
-        try:
-            message = json.loads(line)
-        except ValueError as exc:
-            raise ControlError("bad_answer", f"unreadable answer: {exc}") from None
-        if not isinstance(message, dict):
-            raise ControlError("bad_answer", "answer is not a JSON object")
-        return message

@@ -99,15 +99,7 @@ def status_payload(
     """The retained status. `online=False` is the clean-shutdown message; use
     `will_payload` for the last will registered at connect time."""
     reason = None if online else OfflineReason.SHUTDOWN
-    return _status(
-        ident,
-        online=online,
-        version=version,
-        boot_ts_ms=boot_ts_ms,
-        config_digest=config_digest,
-        ts_ms=ts_ms,
-        reason=reason,
-    )
+    return _status(ident, version, boot_ts_ms, config_digest, ts_ms, reason)
 
 
 def will_payload(
@@ -118,30 +110,21 @@ def will_payload(
     `ts_ms` is when the will was registered (connect time): the broker does not
     stamp it, so consumers take the receipt time as the time of the loss.
     """
-    return _status(
-        ident,
-        online=False,
-        version=version,
-        boot_ts_ms=boot_ts_ms,
-        config_digest=config_digest,
-        ts_ms=ts_ms,
-        reason=OfflineReason.CONNECTION_LOST,
-    )
+    return _status(ident, version, boot_ts_ms, config_digest, ts_ms, OfflineReason.CONNECTION_LOST)
 
 
 def _status(
     ident: Identity,
-    *,
-    online: bool,
     version: str,
     boot_ts_ms: int,
     config_digest: str,
     ts_ms: int,
     reason: OfflineReason | None,
 ) -> dict[str, Any]:
+    """Online without a reason; offline with the reason it says why."""
     payload: dict[str, Any] = {
         "v": FEED_VERSION,
-        "state": "online" if online else "offline",
+        "state": "online" if reason is None else "offline",
         "ts": iso_ms(ts_ms),
         "ts_ms": ts_ms,
         "site": ident.site,

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -39,6 +39,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.mqtt_inbound import InboundLimit
 from core.errors import UplinkError
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,6 @@ log = logging.getLogger(__name__)
 # the broker then drops anything bigger for us. MQTT 3.1.1 cannot say it: InboundLimit
 # reads a bigger PUBLISH's head and throws its payload away unread (docs/feed.md, 9).
 MAX_INCOMING_PACKET: Final = 16 * 1024
-DISCARD_CHUNK: Final = 64 * 1024  # an oversized payload is read and dropped this much at a time
-PUBLISH_TYPE: Final = 3  # MQTT control packet type, the high nibble of the first byte
 
 # Reason codes of a loss that the last packet we sent may have caused (the broker found
 # it malformed or too big, or we could not parse its answer to it). A plain network loss
@@ -279,136 +278,6 @@ class Resolver:
                 self._threads -= 1
 
 
-class InboundLimit:
-    """The broker's byte stream as paho reads it, with every packet kept within `limit`.
-
-    Packets within the limit pass through untouched. A PUBLISH over it reaches paho as
-    its head alone (topic, packet id and MQTT 5 properties, with the remaining length
-    rewritten) and an empty payload; the payload is read and dropped DISCARD_CHUNK at a
-    time, and `too_large` holds its size until `take_too_large()` (on_message) takes it.
-    paho then acknowledges it as usual (QoS 1), so the broker does not send it again.
-    Any other packet over the limit, or a head that does not fit in it, ends the
-    connection (ConnectionAbortedError, with the reason kept in `refused`).
-
-    `raw` is paho's own socket read (TLS included); it raises BlockingIOError when no
-    byte is waiting, and this object keeps its place across that.
-    """
-
-    def __init__(self, raw: Callable[[int], bytes], limit: int, v5: bool) -> None:
-        self._raw = raw
-        self.limit = limit
-        self._v5 = v5
-        self._header = bytearray()  # the fixed header of the next packet, as it arrives
-        self._out = bytearray()  # bytes for paho before anything else is read
-        self._through = 0  # bytes of the current packet still to pass through as they come
-        self._first = 0  # first byte of the oversized PUBLISH whose head is being read
-        self._remaining = 0  # its remaining length
-        self._head = bytearray()  # its first bytes (at most `limit`)
-        self._head_size = 0  # how many of them to read
-        self._discard = 0  # bytes of an oversized payload still to read and drop
-        self.too_large: int | None = None
-        self.refused: str | None = None
-
-    def take_too_large(self) -> int | None:
-        size, self.too_large = self.too_large, None
-        return size
-
-    def recv(self, bufsize: int) -> bytes:
-        """paho's `_sock_recv`: up to bufsize bytes; b"" when the connection is closed."""
-        while not self._out:
-            if self._through:
-                data = self._raw(min(bufsize, self._through))
-                self._through -= len(data)
-                return data
-            if not self._step():
-                return b""
-        data = bytes(self._out[:bufsize])
-        del self._out[:bufsize]
-        return data
-
-    def _step(self) -> bool:
-        """Read what the state needs next; False when the broker closed the connection."""
-        if self._discard:
-            data = self._raw(min(DISCARD_CHUNK, self._discard))
-            self._discard -= len(data)
-        elif self._head_size:
-            data = self._raw(self._head_size - len(self._head))
-            self._head += data
-            if len(self._head) == self._head_size:
-                self._cut_publish()
-        else:
-            data = self._raw(1)
-            self._header += data
-            if data and len(self._header) > 1 and not data[0] & 0x80:
-                self._header_done()
-            elif len(self._header) == 5:
-                self._refuse("a malformed remaining length")
-        return bool(data)
-
-    def _header_done(self) -> None:
-        remaining = _varint(self._header[1:])
-        header, self._header = self._header, bytearray()
-        if remaining <= self.limit:
-            self._out += header
-            self._through = remaining
-            return
-        qos = (header[0] >> 1) & 3
-        if header[0] >> 4 != PUBLISH_TYPE or qos > 1:
-            self._refuse(f"a packet of {remaining} bytes (type {header[0] >> 4})")
-        self._first, self._remaining = header[0], remaining
-        self._head_size = min(remaining, self.limit)
-        self._head.clear()
-
-    def _cut_publish(self) -> None:
-        head = bytes(self._head)
-        size = publish_head_size(head, qos=(self._first >> 1) & 3, v5=self._v5)
-        if size is None:
-            self._refuse(f"a PUBLISH of {self._remaining} bytes whose head is over the limit")
-        self._out += bytes([self._first]) + _encode_varint(size) + head[:size]
-        self._discard = self._remaining - len(head)
-        self.too_large = self._remaining - size
-        self._head_size = 0
-        self._head.clear()
-        log.warning(
-            "broker sent a message of %d bytes (limit %d): payload dropped unread",
-            self._remaining,
-            self.limit,
-        )
-
-    def _refuse(self, what: str) -> NoReturn:
-        self.refused = f"the broker sent {what}, over the {self.limit}-byte limit"
-        raise ConnectionAbortedError(self.refused)
-
-
-def publish_head_size(head: bytes, *, qos: int, v5: bool) -> int | None:
-    """Length of a PUBLISH's variable header (topic, packet id, MQTT 5 properties) at the
-    start of `head`, the bytes after its fixed header; None if it does not end in them."""
-    if len(head) < 2:
-        return None
-    size = 2 + int.from_bytes(head[:2], "big") + (2 if qos else 0)
-    if v5:
-        props = head[size : size + 4]
-        ends = [i for i, byte in enumerate(props) if not byte & 0x80]
-        if not ends:
-            return None
-        size += ends[0] + 1 + _varint(props[: ends[0] + 1])
-    return size if size <= len(head) else None
-
-
-def _varint(data: bytes | bytearray) -> int:
-    """MQTT's variable byte integer (remaining length, property length)."""
-    return sum((byte & 0x7F) << (7 * i) for i, byte in enumerate(data))
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        value, byte = divmod(value, 128)
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 class _Client(paho.Client):
     """paho's client, reading the broker's bytes through an InboundLimit (paho reads the
     socket in this one method only)."""
@@ -565,24 +434,12 @@ class MqttConnection:
 
     # -- paho callbacks (VERSION2), translated ----------------------------------
 
-    def _on_connect(
-        self,
-        _client: paho.Client,
-        _userdata: Any,
-        _flags: Any,
-        reason: ReasonCode,
-        _props: Properties | None,
-    ) -> None:
+    # paho's VERSION2 signatures: (client, userdata, flags, reason code, properties)
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
         self._cb.on_connect(not reason.is_failure, str(reason))
 
-    def _on_disconnect(
-        self,
-        _client: paho.Client,
-        _userdata: Any,
-        _flags: Any,
-        reason: ReasonCode,
-        _props: Properties | None,
-    ) -> None:
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
         if not self.closed:
             self.closed = True
             self.message_fault = reason.value in MESSAGE_FAULTS

@@ -33,15 +33,14 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from agent.pointstate import ActiveCondition, PointKey
+from agent.texts import CHINESE, Msg, Texts
 from core.errors import FieldError
 from core.events import Category, Event, Kind, Reading, Record, Severity
 from drivers.codec import Value, decode, engineering_to_raw_units, why_unread
 from drivers.profile import Direction, PointSpec, Profile, StateSpec, ThresholdSpec
 from drivers.types import Block, PollClass, ReadRequest
 
-RESTORED = "恢复"  # appended to a threshold's or a wire break's label on restore
 WIRE_BREAK_STATE = "wire_break"
-WIRE_BREAK_LABEL = "断线"
 DECODE_ERROR_STATE = "decode_error"
 # A broken loop clears only 1 % of the raw span above fault_below, so a current
 # hovering at 3.8 mA cannot chatter between fault and restore.
@@ -82,7 +81,13 @@ class PointOwner:
 
 
 def _orphan_restore(
-    owner: PointOwner, point: str, point_name: str, cond: ActiveCondition, ts: int, synced: bool
+    owner: PointOwner,
+    point: str,
+    point_name: str,
+    cond: ActiveCondition,
+    ts: int,
+    synced: bool,
+    texts: Texts,
 ) -> Event:
     """The restore of a remembered condition the profile no longer has (a point or a
     threshold removed while the agent was down): it cannot be observed any more."""
@@ -91,7 +96,7 @@ def _orphan_restore(
         category=cond.category,
         severity=Severity.INFO,
         state="normal",
-        text=f"{owner.device_name} {point_name} {cond.state}{RESTORED}",
+        text=f"{owner.device_name} {point_name} {texts(Msg.RESTORED_LABEL, label=cond.state)}",
         device=owner.device_id,
         point=point,
         ts_ms=ts,
@@ -103,12 +108,12 @@ def _orphan_restore(
     )
 
 
-def state_of_code(spec: PointSpec, code: int) -> StateSpec:
+def state_of_code(spec: PointSpec, code: int, texts: Texts = CHINESE) -> StateSpec:
     """The state-table entry for a code; a code the profile does not list is a fault."""
     assert spec.states is not None
     return spec.states.get(code) or StateSpec(
         state=f"unknown_{code}",
-        label=f"未知状态码{code}",
+        label=texts(Msg.UNKNOWN_CODE, code=code),
         normal=False,
         kind=Kind.FAULT,
         category=spec.category,
@@ -139,9 +144,11 @@ class PointTracker:
         location: str | None,
         spec: PointSpec,
         remembered: Mapping[str, ActiveCondition] | None = None,
+        texts: Texts = CHINESE,
     ) -> None:
         self.owner = PointOwner(device_id, device_name, location)
         self.spec = spec
+        self._texts = texts
         self._started = False
         self._stale = False
         self._state: StateSpec | None = None  # state tables and flags: where we are now
@@ -224,7 +231,7 @@ class PointTracker:
         if first:
             owner, spec = self.owner, self.spec
             out.extend(
-                _orphan_restore(owner, spec.id, spec.name, c, ts_ms, clock_synced)
+                _orphan_restore(owner, spec.id, spec.name, c, ts_ms, clock_synced, self._texts)
                 for c in self._orphans
             )
             self._orphans = []
@@ -292,7 +299,7 @@ class PointTracker:
         several = len(self._held) > 1
         out: list[Record] = []
         for cond in self._held.values():
-            label = cond.label + RESTORED if several else new.label
+            label = self._restored(cond.label) if several else new.label
             what = _Meaning(Kind.RESTORE, cond.category, Severity.INFO, new.state, label)
             out.append(self._event(what, value, ts, synced, detail={"restores": cond.state}))
         self._held.clear()
@@ -321,7 +328,8 @@ class PointTracker:
         return [self._enter(new, previous, value, ts, synced)]
 
     def _update_states(self, code: int, first: bool, ts: int, synced: bool) -> list[Record]:
-        return self._transition(state_of_code(self.spec, code), first, code, ts, synced)
+        state = state_of_code(self.spec, code, self._texts)
+        return self._transition(state, first, code, ts, synced)
 
     def _flag_state(self, *, active: bool) -> StateSpec:
         flag = self.spec.flag
@@ -358,12 +366,11 @@ class PointTracker:
         if broken == self._wire_broken:
             return []
         self._wire_broken = broken
+        wire_break = self._texts(Msg.WIRE_BREAK)
         if broken:
-            what = _Meaning(
-                Kind.FAULT, spec.category, Severity.MINOR, WIRE_BREAK_STATE, WIRE_BREAK_LABEL
-            )
+            what = _Meaning(Kind.FAULT, spec.category, Severity.MINOR, WIRE_BREAK_STATE, wire_break)
             return [self._event(what, value, ts, synced)]
-        label = WIRE_BREAK_LABEL + RESTORED
+        label = self._restored(wire_break)
         what = _Meaning(Kind.RESTORE, spec.category, Severity.INFO, self._analog_state(), label)
         return [self._event(what, value, ts, synced, detail={"restores": WIRE_BREAK_STATE})]
 
@@ -409,12 +416,15 @@ class PointTracker:
                 what = _Meaning(thr.kind, thr.category, thr.severity, thr.state, thr.label)
                 out.append(self._event(what, value, ts, synced))
             elif tripped is False:
-                label = thr.label + RESTORED
+                label = self._restored(thr.label)
                 what = _Meaning(
                     Kind.RESTORE, thr.category, Severity.INFO, self._analog_state(), label
                 )
                 out.append(self._event(what, value, ts, synced, detail={"restores": thr.state}))
         return out
+
+    def _restored(self, label: str) -> str:
+        return self._texts(Msg.RESTORED_LABEL, label=label)
 
     # --- telemetry --------------------------------------------------------------------
 
@@ -463,8 +473,11 @@ class DevicePoints:
         location: str | None,
         profile: Profile,
         remembered: Mapping[PointKey, Mapping[str, ActiveCondition]] | None = None,
+        *,
+        texts: Texts = CHINESE,
     ) -> None:
         self.owner = PointOwner(device_id, device_name, location)
+        self._texts = texts
         self._undecodable: set[str] = set()
         self.trackers: dict[str, PointTracker] = {}
         mine = {p: c for (d, p), c in (remembered or {}).items() if d == device_id}
@@ -472,7 +485,7 @@ class DevicePoints:
             conds = dict(mine.get(pid, {}))
             if conds.pop(DECODE_ERROR_STATE, None) is not None:
                 self._undecodable.add(pid)  # reported before: restored when it decodes
-            self.trackers[pid] = PointTracker(device_id, device_name, location, spec, conds)
+            self.trackers[pid] = PointTracker(device_id, device_name, location, spec, conds, texts)
         # Points removed from the profile (or disabled) while conditions were active:
         # they will never be polled, so their restores go out with the first poll.
         self._orphans = [
@@ -497,7 +510,7 @@ class DevicePoints:
         block_list = list(blocks)
         failed_list = list(failed)
         out: list[Record] = [
-            _orphan_restore(self.owner, pid, pid, cond, ts_ms, clock_synced)
+            _orphan_restore(self.owner, pid, pid, cond, ts_ms, clock_synced, self._texts)
             for pid, cond in self._orphans
         ]
         self._orphans = []
@@ -533,13 +546,13 @@ class DevicePoints:
     ) -> Event:
         """A fault (with the reason) when a point stops decoding, a restore without."""
         failed = reason is not None
+        msg = Msg.DECODE_FAILED if failed else Msg.DECODE_RESTORED
         return Event(
             kind=Kind.FAULT if failed else Kind.RESTORE,
             category=Category.SYSTEM,
             severity=Severity.MINOR if failed else Severity.INFO,
             state=DECODE_ERROR_STATE if failed else "normal",
-            text=f"{self.owner.device_name} {tracker.spec.name} "
-            + ("数据无法解析" if failed else "数据恢复"),
+            text=self._texts(msg, device=self.owner.device_name, point=tracker.spec.name),
             device=self.owner.device_id,
             point=tracker.spec.id,
             ts_ms=ts,

@@ -12,7 +12,9 @@ hears of it, and the status LED tells a passer-by that the uplink is down.
   that turns into a fault is still a fire until its own restore comes.
 - `UplinkLedRule`: LED steady while the uplink is connected, blinking while
   it is not (including before the first connection).
-- `contact_event`: a debounced contact change -> an Event for the buffer.
+- `contact_event`: a debounced contact change -> an Event for the buffer. The input is
+  the event's device (docs/feed.md: inputs and field devices share one id space) and
+  its one point is `contact`.
 
 Rules drive anything with on()/off()/blink() (drivers.gpio.Output in the
 agent); they never touch pins themselves and never do I/O beyond that. They
@@ -27,13 +29,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from agent.pointstate import ActiveCondition, PointKey, condition_of
+from agent.texts import CHINESE, Msg, Texts
 from core.errors import ConfigError, ConfigProblem
 from core.events import LIFE_SAFETY, Category, Event, Kind, Severity
 
 if TYPE_CHECKING:
     from drivers.gpio import ContactChange
 
-GPIO_DEVICE = "gpio"  # the `device` of every contact event; the input id is the `point`
+CONTACT_POINT = "contact"  # the `point` of every contact event; the input id is the device
+# Versions before feed 1.2 sent every contact as device "gpio", point = the input id: the
+# alarm memory may still hold conditions under that key (agent.runtime restores them).
+LEGACY_GPIO_DEVICE = "gpio"
 
 RULE_ALARM = "alarm"
 RULE_UPLINK_DOWN_BLINK = "uplink-down-blink"
@@ -41,10 +47,10 @@ RULE_NONE = "none"  # an output no rule drives (a relay driven by commands later
 KNOWN_RULES = frozenset({RULE_ALARM, RULE_UPLINK_DOWN_BLINK, RULE_NONE})
 
 _KIND_WORD = {
-    Kind.ALARM: "报警",
-    Kind.FAULT: "故障",
-    Kind.SUPERVISORY: "监管",
-    Kind.RESTORE: "恢复",
+    Kind.ALARM: Msg.WORD_ALARM,
+    Kind.FAULT: Msg.WORD_FAULT,
+    Kind.SUPERVISORY: Msg.WORD_SUPERVISORY,
+    Kind.RESTORE: Msg.WORD_RESTORE,
 }
 
 
@@ -84,8 +90,9 @@ AlarmKey = tuple[str, str | None, str | None]
 class AlarmRule:
     """Buzzer on while a life-safety alarm is active and not silenced."""
 
-    def __init__(self, buzzers: Sequence[Switchable]) -> None:
+    def __init__(self, buzzers: Sequence[Switchable], texts: Texts = CHINESE) -> None:
         self._buzzers = list(buzzers)
+        self._texts = texts
         self._lock = threading.Lock()
         self._active: dict[AlarmKey, Event] = {}
         self._silenced = False
@@ -127,7 +134,13 @@ class AlarmRule:
                     if cond.kind is not Kind.ALARM:
                         continue
                     key = (device, point, cond.condition)
-                    self._active.setdefault(key, _remembered_alarm(device, point, cond))
+                    remembered_alarm = _remembered_alarm(device, point, cond, self._texts)
+                    self._active.setdefault(key, remembered_alarm)
+            self._apply_locked()
+
+    def reapply(self) -> None:
+        """Drive the buzzers again as they should be (an output that failed is retried)."""
+        with self._lock:
             self._apply_locked()
 
     def silence(self) -> bool:
@@ -170,14 +183,14 @@ class AlarmRule:
                 buzzer.off()
 
 
-def _remembered_alarm(device: str, point: str | None, cond: ActiveCondition) -> Event:
+def _remembered_alarm(device: str, point: str | None, cond: ActiveCondition, texts: Texts) -> Event:
     """Stands for the alarm event the agent sent before it restarted."""
     return Event(
         kind=Kind.ALARM,
         category=cond.category,
         severity=cond.severity,
         state=cond.state,
-        text=f"{device} {point or ''} {cond.state}（重启前已报）",
+        text=texts(Msg.REMEMBERED_ALARM, device=device, point=point or "", state=cond.state),
         device=device,
         point=point,
         ts_ms=cond.since_ms,
@@ -207,6 +220,10 @@ class UplinkLedRule:
             self._connected = connected
             self._apply_locked()
 
+    def reapply(self) -> None:
+        with self._lock:
+            self._apply_locked()
+
     def _apply_locked(self) -> None:
         for led in self._leds:
             if self._connected:
@@ -218,7 +235,9 @@ class UplinkLedRule:
 class LocalRules:
     """All local rules for a gateway's outputs, fed events and uplink changes."""
 
-    def __init__(self, rule_outputs: Iterable[tuple[str, str, Switchable]]) -> None:
+    def __init__(
+        self, rule_outputs: Iterable[tuple[str, str, Switchable]], texts: Texts = CHINESE
+    ) -> None:
         """`rule_outputs`: (output id, rule name, output) for every configured output."""
         by_rule: dict[str, list[Switchable]] = {rule: [] for rule in KNOWN_RULES}
         for output_id, rule, output in rule_outputs:
@@ -229,7 +248,7 @@ class LocalRules:
             by_rule[rule].append(output)
         for output in by_rule[RULE_NONE]:
             output.off()
-        self.alarm = AlarmRule(by_rule[RULE_ALARM])
+        self.alarm = AlarmRule(by_rule[RULE_ALARM], texts)
         self.uplink_led = UplinkLedRule(by_rule[RULE_UPLINK_DOWN_BLINK])
 
     def on_event(self, event: Event) -> None:
@@ -244,11 +263,23 @@ class LocalRules:
     def silence(self) -> bool:
         return self.alarm.silence()
 
+    def reapply(self) -> None:
+        """Drive every output again as its rule says (one that failed is retried)."""
+        self.alarm.reapply()
+        self.uplink_led.reapply()
+
     def active_alarms(self) -> list[Event]:
         return self.alarm.active_alarms()
 
 
-def contact_event(cfg: ContactSpec, change: ContactChange, clock_synced: bool) -> Event:
+def contact_key(input_id: str) -> PointKey:
+    """Where the alarm memory keeps an input's conditions."""
+    return (input_id, CONTACT_POINT)
+
+
+def contact_event(
+    cfg: ContactSpec, change: ContactChange, clock_synced: bool, texts: Texts = CHINESE
+) -> Event:
     """The event a debounced contact change raises.
 
     kind "alarm"/"fault"/"supervisory" inputs (a sprinkler flow switch is
@@ -266,21 +297,20 @@ def contact_event(cfg: ContactSpec, change: ContactChange, clock_synced: bool) -
         detail["initial"] = True
     if kind is Kind.RESTORE:
         detail["restores"] = cfg.active_state
-    text = f"{cfg.name}：{state}" + (f"（{word}）" if word else "")
+    if word is None:
+        text = texts(Msg.CONTACT, name=cfg.name, state=state)
+    else:
+        text = texts(Msg.CONTACT_KIND, name=cfg.name, state=state, word=texts(word))
+    # the input is the device (it shares the devices' id space), its one point the contact
     return Event(
-        kind=kind,
-        category=Category(cfg.category),
-        severity=severity,
-        state=state,
-        text=text,
-        device=GPIO_DEVICE,
-        point=cfg.id,
+        kind, Category(cfg.category), severity, state, text, cfg.id, CONTACT_POINT,
         value=change.active,
         ts_ms=change.ts_ms,
         clock_synced=clock_synced,
+        device_name=cfg.name,
         point_name=cfg.name,
         detail=detail,
-    )
+    )  # fmt: skip
 
 
 def _contact_kind(configured: Kind, active: bool) -> Kind:

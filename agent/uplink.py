@@ -19,17 +19,12 @@ PUBACK_TIMEOUT_S while something waits for one) is dropped like a lost
 connection: everything unacknowledged is resent on the next one, and
 `last_error` says why until the broker acknowledges again.
 
-A row the broker refuses (too big, malformed: it answers with a failure or drops
-the connection) would otherwise go first again on every reconnect and hold the
-lane forever. After the first refusal that row is sent alone (probe), so a later
-refusal is surely its own; after SET_ASIDE_AFTER refusals it is set aside: deleted
-from the buffer and announced by a small SYSTEM fault event naming its lane and
-seq (loss is never silent), and the lane moves on. A network loss never counts
-against a row.
+A row the broker keeps refusing is probed alone, then set aside and announced
+(agent/refusals.py). The waits between attempts are agent/backoff.py's.
 
 Also: the retained online status (and the offline last will), the periodic
-heartbeat, and downlink commands (run on a worker thread, answered on
-cmd-result).
+heartbeat, and downlink commands (agent/downlink.py: run on a worker thread,
+answered on cmd-result).
 
 It must never: ack a row before the broker's PUBACK (except a refused row set
 aside, which is announced), send rows out of next_rows' order, let a command or
@@ -41,20 +36,20 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import queue
 import random
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 from agent import feed
+from agent.backoff import Backoff
 from agent.buffer import EventBuffer, ReadCursor
+from agent.downlink import CommandFn, Downlink
+from agent.faults import FaultReport
 from agent.mqtt import (
     Callbacks,
     Endpoint,
@@ -66,13 +61,13 @@ from agent.mqtt import (
     load_credentials,
     tls_context,
 )
+from agent.refusals import ROW_REFUSALS, Refusals, RowKey
+from agent.texts import CHINESE, Texts
 from core.errors import UplinkError
-from core.events import Identity, Kind, Lane, Severity, dumps, now_ms, system_event
+from core.events import Identity, Lane, dumps, now_ms
 
 log = logging.getLogger(__name__)
 
-COMMAND_QUEUE: Final = 8  # commands waiting for the worker; more are answered "busy"
-RESULT_QUEUE: Final = 64  # results waiting for a connection; older ones are dropped
 CONTROL_INFLIGHT: Final = 16  # room in paho's window for status/cmd-result beside the rows
 OFFLINE_FLUSH_S: Final = 2.0  # how long a clean shutdown waits for the offline status PUBACK
 ALIVE_S: Final = 1.0  # the connection loop iterates at least this often
@@ -84,25 +79,13 @@ STABLE_S: Final = 30.0  # a session up this long (or one PUBACKed row) resets th
 # backoff (at most 2 x reconnect_min_s) keeps an alarm published into a dead connection
 # (a NAT that forgot us, a load balancer's hung backend) within the 10 s promise.
 PUBACK_TIMEOUT_S: Final = 5.0
-BACKOFF_FLOOR_S: Final = 0.1  # no reconnect sooner than this (capped by reconnect_min_s)
-SET_ASIDE_AFTER: Final = 3  # refusals of one row before it is set aside
-MAX_STRIKES: Final = 64  # rows with refusals remembered (bounded: the Pi has 1 GB)
 # A row bigger than this is set aside without being sent: no broker we deliver to takes
 # it for sure (many cap messages at 64-128 KiB), and trying would stall the lane first.
 MAX_ROW_BYTES: Final = 64 * 1024
-# PUBACK reason codes that speak about the message itself, not the topic or the client
-# (0x87 not authorized would refuse every row alike: setting them aside would drain the
-# buffer, so such a refusal only reconnects, with a growing backoff)
-ROW_REFUSALS: Final = frozenset({0x95, 0x99})  # packet too large, payload format invalid
+
+SESSION: Final = "uplink_session"  # the fault cause of a bug in a connection's session
 
 HealthFn = Callable[[], Mapping[str, Any]]
-RowKey = tuple[Lane, int]
-
-
-class CommandFn(Protocol):
-    """Answers one downlink message (agent.commands.CommandHandler.handle); never raises."""
-
-    def __call__(self, name: str, raw: bytes, retained: bool = False) -> Mapping[str, Any]: ...
 
 
 class UplinkSettings(Protocol):
@@ -136,41 +119,6 @@ class UplinkSettings(Protocol):
     def reconnect_max_s(self) -> float: ...
     @property
     def client_id(self) -> str | None: ...
-
-
-def backoff_delay(attempt: int, min_s: float, max_s: float, rng: Callable[[], float]) -> float:
-    """Exponential backoff with full jitter: uniform below min(max_s, min_s * 2**attempt),
-    and once that ceiling is max_s, uniform between max_s / 2 and max_s.
-
-    `attempt` is 1 for the first reconnect after a loss. The climb is jittered over its
-    whole range (no clamp to min_s, which would bring a fleet back in lockstep after a
-    broker restart); by the time the ceiling is reached the fleet's attempts are spread,
-    and the raised lower bound then halves the rate of attempts against a broker that is
-    down and flattens the peak when it returns, while max_s still bounds the wait. A small
-    floor keeps a broken broker from being hammered.
-    """
-    ceiling = min(max_s, min_s * float(2 ** min(max(attempt, 0), 30)))
-    low = ceiling / 2 if ceiling >= max_s else 0.0
-    floor = min(BACKOFF_FLOOR_S, min_s)
-    return max(floor, low + rng() * (ceiling - low))
-
-
-class Backoff:
-    """The waits between connection attempts: backoff_delay over a count of attempts
-    that starts over when the session that ended says so (Uplink._session)."""
-
-    def __init__(self, min_s: float, max_s: float, rng: Callable[[], float]) -> None:
-        self.min_s = min_s
-        self.max_s = max_s
-        self._rng = rng
-        self.attempt = 0
-
-    def next_delay(self, start_over: bool) -> float:
-        """The wait after a session ended. A session that reached CONNACK but did nothing
-        useful (a refused row, a broker that drops us at once) must not start the count
-        over: that was the 85-reconnects-in-6-s loop."""
-        self.attempt = 1 if start_over else min(self.attempt + 1, 30)
-        return backoff_delay(self.attempt, self.min_s, self.max_s, self._rng)
 
 
 @dataclass
@@ -240,6 +188,8 @@ class Uplink:
         on_state: Callable[[bool], None] | None = None,
         rng: Callable[[], float] = random.random,
         resolver: Resolver | None = None,
+        faults: FaultReport | None = None,
+        texts: Texts = CHINESE,
     ) -> None:
         self.settings = settings
         self.identity = identity
@@ -249,9 +199,10 @@ class Uplink:
         self.boot_ts_ms = boot_ts_ms if boot_ts_ms is not None else now_ms()
         self._clock_synced = clock_synced
         self._health = health
-        self._commands = commands
         self.on_state = on_state
         self._rng = rng
+        self._faults = faults
+        self._texts = texts
         self.counters = UplinkCounters()
         self._endpoint = self._make_endpoint(settings)  # raises UplinkError: refuse to start
         endpoint = self._endpoint
@@ -273,16 +224,9 @@ class Uplink:
         # time.monotonic() of the connection loop's last iteration (the loop turns at least
         # every ALIVE_S, connected or not): the systemd watchdog reads it
         self.alive = time.monotonic()
-        self._cmd_queue: queue.Queue[tuple[str, bytes, bool] | None] = queue.Queue(COMMAND_QUEUE)
-        self._cmd_thread: threading.Thread | None = None
-        self._results: deque[dict[str, Any]] = deque(maxlen=RESULT_QUEUE)
-        self._results_lock = threading.Lock()
-        # refusals per row, and the row being probed (sent alone until it is acked);
-        # both only touched by the connection thread
-        self._strikes: dict[RowKey, int] = {}
-        self._probe: RowKey | None = None
-        if buffer.on_stored is None:
-            buffer.on_stored = self.wake
+        self._downlink = Downlink(commands, identity, self.wake) if commands else None
+        # rows the broker refuses: only the connection thread touches them
+        self._refusals = Refusals(buffer, clock_synced, texts, self._count_set_aside)
 
     @staticmethod
     def _make_endpoint(settings: UplinkSettings) -> Endpoint:
@@ -317,11 +261,8 @@ class Uplink:
     def start(self) -> Uplink:
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
         self._thread.start()
-        if self._commands is not None:
-            self._cmd_thread = threading.Thread(
-                target=self._command_worker, name="uplink-commands", daemon=True
-            )
-            self._cmd_thread.start()
+        if self._downlink is not None:
+            self._downlink.start()
         return self
 
     def wake(self) -> None:
@@ -337,11 +278,8 @@ class Uplink:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-        if self._cmd_thread is not None:
-            with contextlib.suppress(queue.Full):
-                self._cmd_queue.put(None, timeout=timeout)
-            self._cmd_thread.join(timeout)
-            self._cmd_thread = None
+        if self._downlink is not None:
+            self._downlink.stop(timeout)
         self._wake_r.close()
         self._wake_w.close()
 
@@ -359,9 +297,14 @@ class Uplink:
         while not self._stopping.is_set():
             try:
                 start_over = self._session()
-            except Exception:  # the uplink thread must outlive any bug in one session
-                log.exception("uplink session failed")
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive a bug in a session
+                self._trouble(f"internal error: {type(exc).__name__}: {exc}")
+                if self._faults is not None:
+                    self._faults.failed(SESSION, exc)
                 start_over = False
+            else:
+                if start_over and self._faults is not None:
+                    self._faults.worked(SESSION)
             self._set_connected(False)
             if self._stopping.is_set():
                 return
@@ -418,7 +361,7 @@ class Uplink:
             self._say_offline(session)
             self._hand_over_acks(session)
         elif session.connected and session.conn.message_fault:
-            self._blame_loss(session)
+            self._refusals.blame_loss(session.inflight)
         session.conn.close()
         return stalled or session.proved()
 
@@ -507,7 +450,7 @@ class Uplink:
 
     def _fill(self, session: _Session) -> None:
         room = self.settings.inflight_window - len(session.inflight)
-        if self._probe is not None:
+        if self._refusals.probe is not None:
             room = min(room, 1 - len(session.inflight))  # the suspect row goes alone
         if room <= 0 or session.conn.closed:
             return
@@ -520,7 +463,8 @@ class Uplink:
             key = (row.lane, row.seq)
             if len(row.payload) > MAX_ROW_BYTES:
                 cursor.passed(row)
-                self._set_aside(key, f"{len(row.payload)} bytes, too large")
+                self._refusals.set_aside(key, f"{len(row.payload)} bytes, too large")
+                self._want_fill = True
                 continue
             try:
                 mid = publish(topics[row.lane], row.payload, 1)
@@ -550,7 +494,7 @@ class Uplink:
         session.connected_at = time.monotonic()
         # last_error stays until the broker acknowledges something: a broker that takes
         # the connection but never a message must not look healthy (_on_puback clears it)
-        self._check_probe()
+        self._refusals.check_probe()
         if self.counters.connects:
             self.counters.reconnects += 1
         self.counters.connects += 1
@@ -594,90 +538,25 @@ class Uplink:
             # the row itself and keeps coming (then it is set aside)
             self.counters.rejected += 1
             self._trouble(f"broker refused {row[0].value} seq {row[1]} (reason 0x{reason:02x})")
-            if reason in ROW_REFUSALS and self._strike(row, f"refused, reason 0x{reason:02x}"):
+            if reason in ROW_REFUSALS and self._refusals.strike(
+                row, f"refused, reason 0x{reason:02x}"
+            ):
+                self._want_fill = True
                 return  # set aside: the lane goes on without a reconnect
             session.conn.close()
             return
         session.acked[row[0]].append(row[1])
         session.acked_any = True
         self.counters.acked += 1
-        if self._strikes:
-            self._strikes.pop(row, None)  # it went through: its refusals are forgiven
-        if self._probe == row:
-            self._probe = None
-        self._want_fill = True
-
-    # -- rows the broker keeps refusing ----------------------------------------------
-
-    def _blame_loss(self, session: _Session) -> None:
-        """The broker dropped us over a protocol fault: blame the oldest row in flight,
-        but only once unless it was alone in flight (then it is surely the one)."""
-        if not session.inflight:
-            return
-        row = next(iter(session.inflight.values()))
-        if row in self._strikes and len(session.inflight) > 1:
-            return
-        self._strike(row, "the broker dropped the connection on it")
-
-    def _strike(self, row: RowKey, why: str) -> bool:
-        """Count one refusal of a row; set it aside at SET_ASIDE_AFTER. True if set aside."""
-        count = self._strikes.pop(row, 0) + 1
-        if count >= SET_ASIDE_AFTER:
-            self._set_aside(row, f"{why} ({count} times)")
-            return True
-        self._strikes[row] = count  # re-inserted last: the oldest entry goes first below
-        while len(self._strikes) > MAX_STRIKES:
-            del self._strikes[next(iter(self._strikes))]
-        self._probe = row
-        log.warning("uplink: %s seq %d: %s; sending it alone next", row[0].value, row[1], why)
-        return False
-
-    def _check_probe(self) -> None:
-        """Forget the probe if its row is no longer pending (acked, dropped). Not "no longer
-        the head of its lane": a life-safety alarm is sent before older rows, and a refused
-        one must still be probed and set aside, or it would hold every reconnect."""
-        if self._probe is None:
-            return
-        lane, seq = self._probe
-        still = self.buffer.pending(lane, seq - 1, 1)
-        if not still or still[0].seq != seq:
-            self._strikes.pop(self._probe, None)
-            self._probe = None
-
-    def _set_aside(self, row: RowKey, why: str) -> None:
-        """Delete a row the broker will never take, and say so with a small fault event."""
-        lane, seq = row
-        self._strikes.pop(row, None)
-        if self._probe == row:
-            self._probe = None
-        self.counters.set_aside += 1
-        log.error("uplink: %s seq %d set aside unsent: %s", lane.value, seq, why)
-        self.buffer.ack_many(lane, [seq])
-        fault = system_event(
-            Kind.FAULT,
-            Severity.MAJOR,
-            "set_aside",
-            f"{lane.value} seq {seq} was refused by the broker and set aside unsent: {why}",
-            point="uplink",
-            clock_synced=self._clock_synced(),
-            detail={"uplink": "set_aside", "lane": lane.value, "seq": seq, "why": why},
-        )
-        self.buffer.submit(fault).add_done_callback(_log_refusal)
+        self._refusals.forgive(row)
         self._want_fill = True
 
     def _on_message(self, message: Message) -> None:
         name = feed.command_name_of(self.settings.topic_prefix, self.identity, message.topic)
-        if name is None or self._commands is None:
+        if name is None or self._downlink is None:
             return
         self.counters.commands += 1
-        if message.too_large is not None:  # its payload was thrown away unread (agent.mqtt)
-            bad = feed.too_large(message.too_large)
-            self._queue_result(self._error_result(name, bad.code, bad.message))
-            return
-        try:
-            self._cmd_queue.put_nowait((name, message.payload, message.retain))
-        except queue.Full:
-            self._queue_result(self._busy_result(name, message.payload, message.retain))
+        self._downlink.received(name, message.payload, message.retain, message.too_large)
 
     # -- what the uplink publishes besides rows ------------------------------------
 
@@ -745,58 +624,20 @@ class Uplink:
 
     # -- downlink commands ----------------------------------------------------------
 
-    def _command_worker(self) -> None:
-        """Commands may wait on the field or the buffer: never in the connection thread."""
-        assert self._commands is not None
-        while True:
-            item = self._cmd_queue.get()
-            if item is None:
-                return
-            name, raw, retained = item
-            try:
-                result = dict(self._commands(name, raw, retained=retained))
-            except Exception as exc:  # the handler promises not to raise; belt and braces
-                log.exception("command handler raised")
-                result = self._error_result(name, feed.ErrorCode.INTERNAL, str(exc))
-            self._queue_result(result)
-
-    def _queue_result(self, result: dict[str, Any]) -> None:
-        with self._results_lock:
-            self._results.append(result)
-        self.wake()
+    def _count_set_aside(self) -> None:
+        self.counters.set_aside += 1
 
     def _publish_results(self, session: _Session) -> None:
+        if self._downlink is None:
+            return
         leaf = feed.Leaf.CMD_RESULT
-        while True:
-            with self._results_lock:
-                if not self._results:
-                    return
-                result = self._results.popleft()
+        while (result := self._downlink.take_result()) is not None:
             try:
                 mid = session.conn.publish(self._topics[leaf], dumps(result), feed.QOS[leaf])
             except UplinkError as exc:
                 log.warning("uplink: command result not sent: %s", exc)
                 return
             session.control_mids.add(mid)
-
-    def _busy_result(self, name: str, raw: bytes, retained: bool) -> dict[str, Any]:
-        request_id = None
-        with contextlib.suppress(feed.BadCommand):
-            request_id = feed.parse_command(name, raw, retained=retained).request_id
-        return self._error_result(name, feed.ErrorCode.BUSY, "too many commands queued", request_id)
-
-    def _error_result(
-        self, name: str, code: str, message: str, request_id: str | None = None
-    ) -> dict[str, Any]:
-        return feed.result_payload(
-            self.identity,
-            request_id,
-            name,
-            False,
-            None,
-            {"code": code, "message": message},
-            now_ms(),
-        )
 
     def _attempt_failed(self, why: str) -> None:
         """A connection attempt ended before the broker accepted us (each path ends the
@@ -818,10 +659,3 @@ class Uplink:
                 self.on_state(connected)
             except Exception:  # a broken LED rule must not take the uplink down
                 log.exception("uplink on_state callback raised")
-
-
-def _log_refusal(future: Future[Any]) -> None:
-    """The set-aside fault could not be stored: the log is the last place to say so."""
-    exc = future.exception()
-    if exc is not None:
-        log.error("uplink: set-aside fault event not stored: %s", exc)

@@ -83,6 +83,7 @@ def _gateway_main(config_path: str) -> int:
     buffer = EventBuffer(cfg.buffer.path, cfg.identity, cfg.buffer.max_events).start()
     uplink = Uplink(cfg.uplink, cfg.identity, buffer, version="bench", config_digest="backlog")
     uplink.on_state = on_state
+    buffer.on_stored = uplink.wake  # as agent/runtime.py wires them
     uplink.start()
     try:
         say("ready")

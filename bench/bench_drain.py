@@ -87,6 +87,7 @@ def ours(broker: Mosquitto, db: Path, count: int) -> float:
             version="bench",
             config_digest="bench",
         )
+        buffer.on_stored = uplink.wake  # as agent/runtime.py wires them
         t0 = time.perf_counter()
         uplink.start()
         try:

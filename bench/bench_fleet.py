@@ -112,6 +112,7 @@ def _worker(port: int, first: int, count: int, min_s: float, max_s: float, d: Pa
         buffer = EventBuffer(d / f"gw{i:04d}.db", ident, 1000).start()
         uplink = Uplink(settings, ident, buffer, version="fleet", config_digest="fleet")
         uplink.on_state = on_state(i)
+        buffer.on_stored = uplink.wake  # as agent/runtime.py wires them
         fleet.append((buffer, uplink.start()))
         time.sleep(0.02)  # pacing the first connects: the set-up is not what is measured
     say("ready")

@@ -34,7 +34,7 @@ def drive(r: Rig, count: int) -> tuple[list[float], list[float]]:
     for k in range(1, 2 * count + 1):
         do = "press" if k % 2 else "release"
         stimulus = r.control.call({"do": do, "input": INPUT})["logged"]
-        got = r.feed.wait_point(INPUT, k, timeout=10)
+        got = r.feed.wait_device(INPUT, k, timeout=10)
         if got is None:
             raise RuntimeError(f"edge {k} ({do}) never arrived\n{r.agent_log()[-2000:]}")
         expected = "alarm" if do == "press" else "restore"
@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         # one warm-up pair, not counted: it also waits until the agent is up and connected
         # (a press before the agent reads its pins is reported as active at boot)
         r.control.call({"do": "press", "input": INPUT})
-        if r.feed.wait_point(INPUT, 1, timeout=30) is None:
+        if r.feed.wait_device(INPUT, 1, timeout=30) is None:
             raise RuntimeError("agent never delivered the warm-up alarm\n" + r.agent_log()[-3000:])
         r.control.call({"do": "release", "input": INPUT})
-        if r.feed.wait_point(INPUT, 2, timeout=10) is None:
+        if r.feed.wait_device(INPUT, 2, timeout=10) is None:
             raise RuntimeError("agent never delivered the warm-up restore")
         with r.feed.changed:
             r.feed.events.clear()

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.control import ControlClient
+from agent.cli.client import ControlClient
 from bench.bench_footprint import setup as footprint_setup
 from bench.common import GATEWAY, ROOT, SITE, Rig, SimTcp, figure, rig, wait_for
 

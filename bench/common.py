@@ -357,10 +357,17 @@ class Feed:
 
     def wait_point(self, point: str, nth: int, timeout: float) -> Received | None:
         """The nth (1-based) event of `point`, waiting for it up to `timeout`."""
+        return self._wait("point", point, nth, timeout)
+
+    def wait_device(self, device: str, nth: int, timeout: float) -> Received | None:
+        """The nth (1-based) event of `device` (a GPIO input is a device of its own)."""
+        return self._wait("device", device, nth, timeout)
+
+    def _wait(self, key: str, value: str, nth: int, timeout: float) -> Received | None:
         deadline = time.monotonic() + timeout
         with self.changed:
             while True:
-                found = [r for r in self.events if r.event.get("point") == point]
+                found = [r for r in self.events if r.event.get(key) == value]
                 if len(found) >= nth:
                     return found[nth - 1]
                 left = deadline - time.monotonic()

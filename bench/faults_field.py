@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.control import AgentNotRunning, ControlClient, ControlError
+from agent.cli.client import AgentNotRunning, ControlClient, ControlError
 from bench.common import BIN, GATEWAY, SITE, Feed, figure, summary_ms, toml_table
 from drivers.profile import load_profile
 from simulator.blackhole import BlackHole

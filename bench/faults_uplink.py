@@ -153,7 +153,7 @@ class FaultRig:
     fires: int = 0  # fire/normal cycles played so far
 
     def agent_status(self) -> dict[str, Any]:
-        from agent.control import ControlClient
+        from agent.cli.client import ControlClient
 
         result: dict[str, Any] = ControlClient(self.dir / "agent.sock", timeout_s=5).call("status")
         return result
@@ -278,7 +278,7 @@ def broker_outage(*, smoke: bool = False, trials: int = 5) -> None:
 
 def broker_stops_acking(*, smoke: bool = False, trials: int = 5) -> None:
     """A broker that stops acknowledging for a while, a fire at the start of it."""
-    from agent.cli_render import problems
+    from agent.cli.render import problems
 
     mute_s = 8.0 if smoke else 20.0
     noticed, after = [], []

@@ -20,7 +20,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.watch import render
+from agent.cli.watch import render
 from simulator.broker import Mosquitto
 from simulator.procs import stop_process
 

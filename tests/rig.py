@@ -129,7 +129,7 @@ class Rig:
 
     def wait_agent_ready(self, timeout: float = 20.0) -> None:
         """Until the agent answers on its control socket and has polled every device."""
-        from agent.control import AgentNotRunning, ControlClient, ControlError
+        from agent.cli.client import AgentNotRunning, ControlClient, ControlError
 
         client = ControlClient(self.control_socket, timeout_s=5)
         deadline = time.monotonic() + timeout

@@ -33,7 +33,7 @@ from agent.cli import (
     EXIT_USAGE,
     main,
 )
-from agent.textwidth import width
+from agent.cli.textwidth import width
 from simulator.broker import Mosquitto
 from tests.rig import BIN, Rig, running_rig
 
@@ -248,7 +248,7 @@ def test_test_alarm_reaches_the_broker_and_the_event_list(cli: Run, rig: Rig) ->
 
 
 def test_events_follow_streams_until_ctrl_c(rig: Rig) -> None:
-    from agent.control import ControlClient
+    from agent.cli.client import ControlClient
 
     proc = subprocess.Popen(
         [

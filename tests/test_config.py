@@ -22,12 +22,12 @@ from hypothesis import strategies as st
 
 from agent import config_files
 from agent.cli import EXIT_BAD_CONFIG, EXIT_OK, EXIT_USAGE, main
+from agent.cli.textwidth import width
 from agent.config import (
     BUILTIN_PROFILE_DIR,
     config_digest,
     load_config,
 )
-from agent.textwidth import width
 from core.errors import ConfigError, ConfigProblem
 from core.events import Category, Kind, Severity
 from drivers.types import inter_frame_gap_ms

@@ -19,20 +19,16 @@ from typing import Any
 
 import pytest
 
-from agent.control import (
-    MAX_LINE_BYTES,
+from agent.cli.client import (
     AgentNotRunning,
     ControlClient,
     ControlError,
-    ControlServer,
-    ControlSetupError,
-    EventFanout,
-    FanoutSubscription,
-    _error,
     _LineReader,
     _send_request,
-    encode_line,
 )
+from agent.control import ControlServer, ControlSetupError
+from agent.control_protocol import MAX_LINE_BYTES, _error, encode_line
+from agent.fanout import EventFanout, FanoutSubscription
 from core.errors import FieldTimeout, UnknownPoint
 from tests.waiting import wait_until
 

@@ -103,10 +103,10 @@ EXPECTED = {
     ("gas-1", "low_alarm", "restore", "gas", "info"),
     ("efd-1", "ch1_leak", "alarm", "electrical", "major"),
     ("efd-1", "ch1_leak", "restore", "electrical", "info"),
-    ("gpio", "exit-door-1", "state", "door", "warning"),
-    ("gpio", "exit-door-1", "state", "door", "info"),
-    ("gpio", "manual-alarm", "alarm", "manual", "critical"),
-    ("gpio", "manual-alarm", "restore", "manual", "info"),
+    ("exit-door-1", "contact", "state", "door", "warning"),
+    ("exit-door-1", "contact", "state", "door", "info"),
+    ("manual-alarm", "contact", "alarm", "manual", "critical"),
+    ("manual-alarm", "contact", "restore", "manual", "info"),
     ("efd-2", None, "comm_loss", "comm", "minor"),
     ("efd-2", None, "comm_restore", "comm", "info"),
 }
@@ -138,6 +138,6 @@ def test_scenario_alarms_faults_and_restores_arrive_and_nothing_else(
     seqs = [int(e["seq"]) for e in events]  # type: ignore[call-overload]
     assert seqs == sorted(seqs)
     assert all(e["clock_synced"] is True for e in events)
-    manual = next(e for e in events if e["point"] == "manual-alarm" and e["kind"] == "alarm")
+    manual = next(e for e in events if e["device"] == "manual-alarm" and e["kind"] == "alarm")
     assert "手动报警" in str(manual["text"])  # Chinese names intact end to end
     assert any(s.get("state") == "online" for s in feed.statuses)

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from agent import cli_render
+from agent.cli import render as cli_render
 from agent.commands import CommandHandler
-from agent.control import ControlServer, _error_code
+from agent.control import ControlServer
+from agent.control_protocol import _error_code
 from core.errors import LineBusy
 from core.events import Event, Identity
 

@@ -44,6 +44,25 @@ def test_imports_only_point_down(package: str) -> None:
     assert violations(package) == []
 
 
+def test_the_running_agent_never_imports_the_technicians_tools() -> None:
+    """agent/cli/ sits on top of agent/: the tools may use the agent, never the reverse
+    (what runs unattended for years must not carry the CLI, its renderers or sqlite-utils)."""
+    found = []
+    for path in sorted((ROOT / "agent").rglob("*.py")):
+        if (ROOT / "agent" / "cli") in path.parents:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            if any(n == "agent.cli" or n.startswith("agent.cli.") for n in names):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert found == []
+
+
 def test_the_checker_sees_an_import_inside_a_function(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from agent.config import load_config\n    import simulator\n")

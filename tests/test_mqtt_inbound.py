@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.mqtt import DISCARD_CHUNK, InboundLimit, publish_head_size
+from agent.mqtt_inbound import DISCARD_CHUNK, InboundLimit, publish_head_size
 
 
 def varint(n: int) -> bytes:

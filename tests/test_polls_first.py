@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from agent.control import ControlClient, ControlError
+from agent.cli.client import ControlClient, ControlError
 from simulator.broker import Mosquitto
 from tests.rig import Rig, running_rig
 from tests.test_downlink import ROOT_TOPIC, Platform

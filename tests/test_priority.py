@@ -181,7 +181,9 @@ def test_rows_held_in_memory_on_a_full_disk_keep_the_delivery_order(tmp_path: Pa
 def make(db: Path, host: str, port: int, **kw: Any) -> tuple[EventBuffer, Uplink]:
     buffer = EventBuffer(db, IDENT, 1_000_000)
     settings = Settings(host, port, **kw)
-    return buffer, Uplink(settings, IDENT, buffer, version="t", config_digest="prio")
+    uplink = Uplink(settings, IDENT, buffer, version="t", config_digest="prio")
+    buffer.on_stored = uplink.wake  # as agent/runtime.py wires them
+    return buffer, uplink
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from gpiozero.pins.mock import MockFactory
 from agent.points import PointTracker
 from agent.pointstate import ActiveCondition
 from agent.rules import (
-    GPIO_DEVICE,
+    CONTACT_POINT,
     AlarmRule,
     LocalRules,
     UplinkLedRule,
@@ -291,7 +291,8 @@ def test_contact_event_for_each_example_input(input_id: str) -> None:
         state_off,
         False,
     )
-    assert (on.device, on.point, on.point_name) == (GPIO_DEVICE, input_id, cfg.name)
+    # the input is the device (docs/feed.md: devices and inputs share one id space)
+    assert (on.device, on.point, on.point_name) == (input_id, CONTACT_POINT, cfg.name)
     assert (on.ts_ms, on.clock_synced, off.clock_synced) == (1_764_444_001_123, False, True)
     assert cfg.name in on.text and state_on in on.text and cfg.name in off.text
     payload = on.with_seq(1).to_payload(Identity("site", "gw1"))
@@ -348,7 +349,7 @@ def test_manual_alarm_button_end_to_end_sounds_buzzer(factory: MockFactory) -> N
     finally:
         bank.close()
     # at boot every input reported its level once
-    assert sorted(e.point or "" for e in initial) == sorted(cfgs)
+    assert sorted(e.device for e in initial) == sorted(cfgs)
 
 
 # --- review fixes: conditions are kept apart, and only a normal state ends a fire ----

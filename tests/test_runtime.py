@@ -11,8 +11,9 @@ import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from agent.config import load_config
+from agent.config import Config, load_config
 from agent.runtime import Gateway
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,14 +26,18 @@ class HeldLowPin(MockPin):
         self.drive_low()
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
+def example_config(tmp_path: Path) -> Config:
     text = (ROOT / "config" / "example.toml").read_text(encoding="utf-8")
     text = text.replace("/var/lib/alarmgw/buffer.db", str(tmp_path / "buffer.db"))
     text = text.replace("/run/alarmgw/control.sock", str(tmp_path / "control.sock"))
     path = tmp_path / "alarmgw.toml"
     path.write_text(text, encoding="utf-8")
-    gw = Gateway(load_config(path))
+    return load_config(path)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    gw = Gateway(example_config(tmp_path))
     gw.buffer.start()
     try:
         yield gw
@@ -56,7 +61,7 @@ def test_manual_alarm_held_at_boot_sounds_the_buzzer(gateway: Gateway) -> None:
         while not gateway.rules.alarm.sounding and time.monotonic() < deadline:
             threading.Event().wait(0.01)  # the contact settles after its 20 ms debounce
         assert gateway.rules.alarm.sounding
-        assert [a.point for a in gateway.rules.active_alarms()] == ["manual-alarm"]
+        assert [a.device for a in gateway.rules.active_alarms()] == ["manual-alarm"]
         assert factory.pin(24).state  # the buzzer output is driven
     finally:
         if gateway.gpio is not None:
@@ -88,7 +93,7 @@ def test_a_locked_buffer_starts_degraded_and_keeps_watching(tmp_path: Path) -> N
     import sys
 
     from agent.buffer import EventBuffer
-    from agent.control import AgentNotRunning, ControlClient
+    from agent.cli.client import AgentNotRunning, ControlClient
     from core.events import Identity
     from tests.waiting import wait_until
 
@@ -141,9 +146,9 @@ def test_field_results_queued_behind_stored_events_keep_their_order(gateway: Gat
     stored = Event(Kind.STATE, Category.DOOR, Severity.INFO, "open", "门开", "gpio", "door")
     lost = CommChange("gas-1", lost=True, reason="timeout", failures=3, ts_ms=now_ms())
     back = CommChange("gas-1", lost=False, reason="", failures=0, ts_ms=now_ms())
-    gateway._field_queue.put(lost)
-    gateway._field_queue.put(back)
-    assert gateway._process_queued(stored.with_seq(1)) is True
+    gateway.field.line_output(lost)
+    gateway.field.line_output(back)
+    assert gateway.field.process_queued(stored.with_seq(1)) is True
     assert gateway.field_devices["gas-1"].lost is False
     deadline = time.monotonic() + 10
     rows = gateway.buffer.pending(Lane.EVENT, 0, 100)
@@ -167,12 +172,137 @@ def test_recent_events_page_forward_from_a_seq_and_limit_zero_gives_none(
     ]
     seqs = [f.result(5).seq for f in futures]
     deadline = time.monotonic() + 5
-    while len(gateway.recent) < 10 and time.monotonic() < deadline:
+    while len(gateway.pipeline.recent()) < 10 and time.monotonic() < deadline:
         threading.Event().wait(0.01)  # the stored callback runs on the buffer's thread
     first = seqs[0]
     assert first is not None
-    page = gateway.events(first, 3)
+    events = gateway.local_view.events
+    page = events(first, 3)
     assert [e["seq"] for e in page] == seqs[1:4]
-    assert [e["seq"] for e in gateway.events(None, 3)] == seqs[-3:]
-    assert gateway.events(None, 0) == []
-    assert gateway.events(first, 0) == []
+    assert [e["seq"] for e in events(None, 3)] == seqs[-3:]
+    assert events(None, 0) == []
+    assert events(first, 0) == []
+
+
+class BreakablePin(MockPin):
+    """An output whose GPIO line refuses to be driven while `broken` (a lost gpiochip, a
+    line claimed by another process): what gpiozero's factories raise then."""
+
+    broken = False
+
+    def _set_state(self, value: bool) -> None:
+        if BreakablePin.broken:
+            raise OSError(16, "Device or resource busy")
+        super()._set_state(value)
+
+
+def stored_events(gateway: Gateway, count: int) -> list[dict[str, object]]:
+    import json
+
+    from core.events import Lane
+
+    deadline = time.monotonic() + 10
+    rows = gateway.buffer.pending(Lane.EVENT, 0, 100)
+    while len(rows) < count and time.monotonic() < deadline:
+        threading.Event().wait(0.01)  # the group commit happens on the writer thread
+        rows = gateway.buffer.pending(Lane.EVENT, 0, 100)
+    return [json.loads(bytes(r.payload)) for r in rows]
+
+
+def test_a_buzzer_that_cannot_be_driven_is_one_fault_and_restored_when_it_sounds(
+    gateway: Gateway,
+) -> None:
+    factory = MockFactory()
+    factory.pin(24, pin_class=BreakablePin)  # the buzzer
+    Device.pin_factory = factory
+    try:
+        gateway._start_gpio()
+        BreakablePin.broken = True  # after it opened: the line is lost while running
+        for _ in range(2):  # the button pressed twice: one fault, not one a press
+            factory.pin(22).drive_low()
+            assert wait_until(lambda: gateway.rules.alarm.sounding)
+            factory.pin(22).drive_high()
+            assert wait_until(lambda: not gateway.rules.alarm.sounding)
+        events = stored_events(gateway, 5)
+        faults = [e for e in events if e["point"] == "output-buzzer"]
+        assert [(e["kind"], e["state"], e["device"]) for e in faults] == [
+            ("fault", "output_failed", "gateway")
+        ]
+        assert "Device or resource busy" in str(faults[0]["detail"])
+        factory.pin(22).drive_low()  # sounding again, into the still broken output
+        assert wait_until(lambda: gateway.rules.alarm.sounding)
+        BreakablePin.broken = False
+        gateway.rules.reapply()  # what the runtime's tick does while an output is failing
+        assert factory.pin(24).state
+        after = stored_events(gateway, 8)
+        assert [e["kind"] for e in after if e["point"] == "output-buzzer"] == [
+            "fault",
+            "restore",
+        ]
+    finally:
+        BreakablePin.broken = False
+        if gateway.gpio is not None:
+            gateway.gpio.close()
+            gateway.gpio = None
+        Device.pin_factory = None
+        factory.close()
+
+
+def test_an_uplink_whose_wake_up_raises_is_a_fault_not_a_dead_writer(gateway: Gateway) -> None:
+    from core.events import Category, Event, Kind, Severity
+
+    class BrokenUplink:
+        alive = 0.0
+        connected = False
+
+        def wake(self) -> None:
+            raise RuntimeError("a bug in a second uplink")
+
+        def start(self) -> None: ...
+
+        def stop(self) -> None: ...
+
+    gateway.uplinks.append(BrokenUplink())
+    for i in range(3):
+        gateway.emit(Event(Kind.STATE, Category.DOOR, Severity.INFO, "open", f"门{i}", "d"))
+    events = stored_events(gateway, 4)
+    assert [e["point"] for e in events].count("buffer_listener") == 1
+    assert len(events) == 4  # the writer kept storing
+
+
+def test_contact_conditions_remembered_under_the_old_gpio_device_are_restored(
+    tmp_path: Path,
+) -> None:
+    """Before feed 1.2 a contact was device "gpio", point = the input. An alarm remembered
+    that way would sound the buzzer after the upgrade and never be restored (the input now
+    reports as its own device): it is restored at start instead."""
+    from agent.pointstate import PointStateStore
+    from core.events import Category, Event, Kind, Severity
+
+    cfg = example_config(tmp_path)
+    old = Event(Kind.ALARM, Category.MANUAL, Severity.CRITICAL, "pressed", "按下", "gpio",
+                "manual-alarm")  # fmt: skip
+    store = PointStateStore(cfg.buffer.path.with_name("pointstate.db"))
+    store.record([old.with_seq(7)])
+    store.close()
+    upgraded = Gateway(cfg)
+    upgraded.buffer.start()
+    factory = MockFactory()  # every contact at rest
+    Device.pin_factory = factory
+    try:
+        upgraded._restore_gateway_conditions()
+        upgraded._start_gpio()
+        assert not upgraded.rules.alarm.sounding
+        events = stored_events(upgraded, 2)  # and the tamper lid, open on a bare bench
+        old_key = [e for e in events if e["device"] == "gpio"]
+        assert [(e["device"], e["point"], e["kind"], e["detail"]) for e in old_key] == [
+            ("gpio", "manual-alarm", "restore", {"restores": "pressed", "reason": "restart"})
+        ]
+    finally:
+        if upgraded.gpio is not None:
+            upgraded.gpio.close()
+        Device.pin_factory = None
+        factory.close()
+        upgraded.uplink.stop()
+        upgraded.buffer.close()
+        upgraded.pointstate.close()

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from agent.cli import EXIT_BUSY, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, main
+from agent.cli.textwidth import width
 from agent.config import BUILTIN_PROFILE_DIR
-from agent.textwidth import width
 from drivers.profile import load_profile
 from drivers.scan import judge, parse_units, profile_reads
 from drivers.types import Block

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agent.control import ControlClient
+from agent.cli.client import ControlClient
 from simulator.broker import Mosquitto
 from tests.mounts import fill, needs_root, remount, tmpfs
 from tests.rig import Rig, running_rig

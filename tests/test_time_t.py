@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import cli_render
+from agent.cli import render as cli_render
 
 ROOT = Path(__file__).resolve().parent.parent
 TIME_T_MAX = 2**31 - 1  # 2038-01-19T03:14:07Z

@@ -19,9 +19,10 @@ from typing import Any
 import jsonschema
 import pytest
 
+from agent.backoff import Backoff, backoff_delay
 from agent.buffer import EventBuffer
 from agent.config import UPLINK
-from agent.uplink import MAX_ROW_BYTES, Backoff, Uplink, backoff_delay
+from agent.uplink import MAX_ROW_BYTES, Uplink
 from core.errors import UplinkError
 from simulator.broker import Mosquitto
 from tests.uplink_helpers import (
@@ -54,6 +55,7 @@ def make(tmp_path: Path, b: Mosquitto, **kw: object) -> tuple[EventBuffer, Uplin
     buffer = EventBuffer(tmp_path / "buffer.db", IDENT, max_events)
     settings = Settings(b.host, b.port, **kw)  # type: ignore[arg-type]
     uplink = Uplink(settings, IDENT, buffer, version="9.9.9", config_digest="sha256:abc")
+    buffer.on_stored = uplink.wake  # as agent/runtime.py wires them
     return buffer, uplink
 
 
@@ -248,6 +250,7 @@ def test_full_disk_keeps_live_events_flowing_raises_a_fault_and_loses_nothing(
     uplink = Uplink(
         Settings(broker.host, broker.port), IDENT, buffer, version="t", config_digest="d"
     )
+    buffer.on_stored = uplink.wake  # as agent/runtime.py wires them
     big = "满" * 1500  # ~4.5 kB per event: the 40-page (160 kB) file fills quickly
     try:
         buffer.start()

@@ -17,7 +17,7 @@ import pytest
 
 from agent.buffer import EventBuffer
 from agent.cli import EXIT_OK, EXIT_PROBLEM, main
-from agent.cli_render import problems
+from agent.cli.render import problems
 from agent.uplink import PUBACK_TIMEOUT_S, Uplink
 from simulator.broker import Mosquitto
 from simulator.mqtt_proxy import MqttProxy

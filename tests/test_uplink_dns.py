@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from agent.buffer import EventBuffer
-from agent.cli_render import render_status
+from agent.cli.render import render_status
 from agent.mqtt import MAX_LOOKUPS, Resolver
 from agent.uplink import ALIVE_S, Uplink
 from simulator.broker import Mosquitto

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.watch import _RENDERERS, render
+from agent.cli.watch import _RENDERERS, render
 
 leaves = st.sampled_from([*_RENDERERS, "cmd/ping", "unknown"])
 json_values: st.SearchStrategy[Any] = st.recursive(

@@ -143,7 +143,10 @@ class Collector:
 
 @contextmanager
 def running(buffer: Any, uplink: Any) -> Iterator[None]:
-    """Start a buffer and an uplink; stop both (uplink first) whatever happens."""
+    """Start a buffer and an uplink (the buffer wakes it, as agent/runtime.py wires them,
+    unless the test wired something else); stop both (uplink first) whatever happens."""
+    if buffer.on_stored is None:
+        buffer.on_stored = uplink.wake
     buffer.start()
     try:
         uplink.start()

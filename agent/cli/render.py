@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.textwidth import fit, width
+from agent.cli.textwidth import fit, width
 
 if TYPE_CHECKING:  # the scan types pull in the serial layer; `status` must not load it
     from drivers.scan import FoundUnit, ProfileMatch, ScanReport, ScanSettings

@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from agent.textwidth import fit
+from agent.cli.textwidth import fit
 
 _MARK = {
     "alarm": "ALARM",
