@@ -140,6 +140,7 @@ class DeviceConfig:
     retries: int | None  # None: the line's
     backoff_max_s: float
     points: dict[str, PointOverride]
+    gb_system_address: int = 1  # GB/T 26875.3 system address (default: position in [[devices]])
 
 
 @dataclass(frozen=True)
@@ -260,8 +261,9 @@ def _build_override(clean: Mapping[str, Any]) -> PointOverride:
     )
 
 
-def _build_device(clean: Mapping[str, Any]) -> DeviceConfig:
+def _build_device(clean: Mapping[str, Any], position: int) -> DeviceConfig:
     v = DEVICE.with_defaults(clean)
+    gb_address = v["gb_system_address"]
     return DeviceConfig(
         id=v["id"],
         name=v["name"] if v["name"] is not None else v["id"],
@@ -276,6 +278,7 @@ def _build_device(clean: Mapping[str, Any]) -> DeviceConfig:
         retries=v["retries"],
         backoff_max_s=float(v["backoff_max_s"]),
         points={pid: _build_override(o) for pid, o in v["points"].items()},
+        gb_system_address=position if gb_address is None else gb_address,
     )
 
 
@@ -318,7 +321,7 @@ def build(path: Path, checked: Checked, profiles: dict[str, Profile]) -> Config:
         buffer=BufferConfig(base / buffer["path"], buffer["max_events"]),
         clock=ClockConfig(CLOCK.with_defaults(s["clock"])["source"]),
         lines=[_build_line(t) for t in a["lines"]],
-        devices=[_build_device(t) for t in a["devices"]],
+        devices=[_build_device(t, i) for i, t in enumerate(a["devices"], start=1)],
         inputs=[_build_input(t) for t in a["inputs"]],
         outputs=[_build_output(t) for t in a["outputs"]],
         control=ControlConfig(base / control["socket"], control["group"]),

@@ -238,6 +238,11 @@ DEVICE = Table(
         # within about this plus one poll (the 10 s promise needs it well under 10 s)
         "backoff_max_s": Key(number(gt=0, le=3600), default=5.0),
         "points": Key(OVERRIDES, default={}, doc="point id -> what this device changes"),
+        "gb_system_address": Key(
+            integer(0, 255),
+            doc="GB/T 26875.3 system address of this device's points; default: its position "
+            "in [[devices]] (1, 2, ...), so no two devices share one",
+        ),
     },
     rules=(
         Rule("slow_poll_s", lambda t: t.value("slow_poll_s") < t.value("fast_poll_s"),

@@ -44,6 +44,7 @@ from agent.config import GATEWAY_DEVICE_ID, Config, LineConfig, config_digest
 from agent.control import ControlServer, ControlSetupError
 from agent.faults import OUTPUT_FAILED, WatchedOutput
 from agent.field import DeviceRuntime, FieldWorker, field_devices
+from agent.gb26875.points import GbPoints
 from agent.journal import setup_logging
 from agent.pipeline import Pipeline
 from agent.pointstate import PointStateStore
@@ -105,7 +106,10 @@ class Gateway:
         # What the platform was told is active, across restarts (alarms, faults, comm loss).
         self.pointstate = PointStateStore(cfg.buffer.path.with_name("pointstate.db"))
         self._remembered = self.pointstate.load()
-        devices = field_devices(cfg.devices, cfg.profiles, self._remembered, texts)
+        # the field's points in GB/T 26875.3 coordinates: events carry them (detail["gb"]),
+        # the GB uplink finds Readings' and answers the centre's reads with them
+        self.gb_points = GbPoints.from_config(cfg.devices, cfg.profiles)
+        devices = field_devices(cfg.devices, cfg.profiles, self._remembered, texts, self.gb_points)
         self.field = FieldWorker(devices, self.pointstate, pipeline)
         pipeline.listen_stored("pointstate_listener", self.field.stored)
         self.parts = Parts(cfg, self.buffer, pipeline, devices, clock_synced, texts)

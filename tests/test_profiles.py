@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from agent.gb26875.points import GbDevice
 from agent.points import DevicePoints
 from core.errors import ConfigError
 from core.events import Category, Event, Kind, Severity
@@ -464,7 +465,9 @@ def test_golden(profile_id: str) -> None:
     golden = json.loads((GOLDEN / f"{profile_id}.json").read_text(encoding="utf-8"))
     profile = load_profile(BUILTIN / f"{profile_id}.toml")
     dev = golden["device"]
-    points = DevicePoints(dev["id"], dev["name"], dev["location"], profile)
+    # GB/T 26875.3 coordinates too: system address 1, unit 1 (detail.gb in every event)
+    gb = GbDevice(dev["id"], 1, 1, profile)
+    points = DevicePoints(dev["id"], dev["name"], dev["location"], profile, gb=gb)
     image: dict[Table, dict[int, int]] = {t: {} for t in Table}
     for i, step in enumerate(golden["steps"]):
         for table, registers in step["set"].items():

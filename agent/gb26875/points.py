@@ -1,0 +1,260 @@
+"""The field's points in GB/T 26875.3 coordinates: computed where the facts are.
+
+Each device's profile (drivers/gb_profile.py) says where its points sit: system type,
+component type (fixed, or a register field read at every poll, such as a GST panel's
+device-type byte), component address, the status bits of each state, analog type and scale;
+the device's config gives its system address. From those and the live point trackers this
+module makes the contract's `Event.detail["gb"]` (../notes/gb-contract.md, docs/feed.md):
+
+- a point's event: `{"tf": 2, sys_type, sys_addr, comp_type, zone, pos, status}`, the status
+  word of the whole component after the poll (every point at the same address on the
+  device, OR'ed: a gas detector's alarm and fault bits are one word), bit 0 set unless the
+  event is a test; an analog point's threshold alarm too (the status word is what says
+  "alarm"; its value goes out as readings, typeflag 3);
+- a point declared `record = "system"` (a panel's power and bus faults): `{"tf": 1,
+  sys_type, sys_addr, status}` with the system bits of every such point of the device;
+- a device's comm loss/restore: its own component (`[gb.device]`, default type 0 at 0/0)
+  with the fault bit while lost.
+
+`GbPoints` holds one `GbDevice` per configured device: the static `coordinates` of a point,
+`analog(reading)` for Readings, and the live answers to the centre's reads (`GbLive`, used
+by agent/gb26875/reads.py). Points without a mapping give None: not for the centre.
+
+This module must never do I/O, never read a device (only the blocks a poll already read)
+and never raise on a value: a field it cannot read keeps the last type (or the default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from agent.gb26875.tables import ANALOG_TYPES, ComponentStatus, SystemStatus
+from core.errors import FieldError
+from core.events import Event, Kind, Reading, Record
+from drivers.codec import decode_raw
+from drivers.gb_profile import KIND_BITS, GbField, GbSpec
+from drivers.profile import PointSpec, Profile, apply_overrides
+from drivers.types import Block, PointType, PollClass
+
+S16 = (-32768, 32767)
+Place = tuple[int, int, int, int]  # system type, system address, zone, position
+
+
+def _bits(names: Iterable[str], flags: type[ComponentStatus] | type[SystemStatus]) -> int:
+    value = 0
+    for name in names:
+        value |= int(flags[name.upper()])
+    return value
+
+
+def condition_bits(gb: GbSpec, conditions: Iterable[tuple[str, Kind]]) -> int:
+    """The status bits of a point's active conditions: as its `status` lists each state,
+    else by kind (alarm: fire, fault: fault, supervisory: supervisory)."""
+    flags = SystemStatus if gb.record == "system" else ComponentStatus
+    value = 0
+    for state, kind in conditions:
+        names = gb.status.get(state)
+        if names is None:
+            names = (KIND_BITS[kind.value],) if kind.value in KIND_BITS else ()
+        value |= _bits(names, flags)
+    return value
+
+
+class _Points(Protocol):
+    """What GbDevice reads of the live trackers (agent.points.DevicePoints)."""
+
+    @property
+    def trackers(self) -> Mapping[str, Any]: ...
+
+    def undecodable(self, point_id: str) -> bool: ...
+
+
+class GbDevice:
+    """One device's points in GB coordinates (its profile with overrides applied)."""
+
+    def __init__(self, device_id: str, system_address: int, unit_id: int, profile: Profile):
+        self.device_id = device_id
+        self.sys_addr = system_address
+        self.specs: dict[str, PointSpec] = {
+            pid: spec for pid, spec in profile.points.items() if spec.gb is not None
+        }
+        self._comp_types = {pid: self._static_type(spec) for pid, spec in self.specs.items()}
+        self._groups = self._group()
+        self.device_place: tuple[int, int, int, int] | None = None  # sys_type, type, zone, pos
+        if self.specs:
+            sys_type = next(iter(self.specs.values())).gb.system_type  # type: ignore[union-attr]
+            own = profile.gb_device
+            zone, pos = (0, 0) if own is None else own.address_of(unit_id)
+            self.device_place = (sys_type, 0 if own is None else own.component_type, zone, pos)
+
+    @staticmethod
+    def _static_type(spec: PointSpec) -> int:
+        assert spec.gb is not None
+        kind = spec.gb.component_type
+        return kind.default if isinstance(kind, GbField) else kind
+
+    def _group(self) -> dict[str, tuple[str, ...]]:
+        """Point -> every point whose conditions share its status word."""
+        by_key: dict[tuple[Any, ...], list[str]] = {}
+        keys = {}
+        for pid, spec in self.specs.items():
+            gb = spec.gb
+            assert gb is not None
+            key: tuple[Any, ...] = (gb.record, gb.system_type)
+            if gb.record == "component":
+                key += (gb.zone, gb.position)
+            keys[pid] = key
+            by_key.setdefault(key, []).append(pid)
+        return {pid: tuple(by_key[key]) for pid, key in keys.items()}
+
+    # --- static coordinates -----------------------------------------------------------
+
+    def component_type(self, point_id: str) -> int:
+        """The component type as last read (a field), or as declared."""
+        return self._comp_types[point_id]
+
+    def coordinates(self, point_id: str) -> dict[str, int] | None:
+        """The point's coordinates without status (contract shape), or None when unmapped."""
+        spec = self.specs.get(point_id)
+        if spec is None or spec.gb is None:
+            return None
+        gb = spec.gb
+        if gb.record == "system":
+            return {"tf": 1, "sys_type": gb.system_type, "sys_addr": self.sys_addr}
+        return {
+            "tf": 2,
+            "sys_type": gb.system_type,
+            "sys_addr": self.sys_addr,
+            "comp_type": self._comp_types[point_id],
+            "zone": gb.zone,
+            "pos": gb.position,
+        }
+
+    def analog(self, point_id: str, value: Any) -> dict[str, int] | None:
+        """A component analog (typeflag 3) of a value of the point, or None."""
+        spec = self.specs.get(point_id)
+        if spec is None or spec.gb is None or spec.gb.analog is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        analog = spec.gb.analog
+        scale = analog.scale
+        if scale is None:
+            scale = 1 / ANALOG_TYPES[analog.type].step
+        count = min(max(round(value * scale), S16[0]), S16[1])  # saturates: docs/gb26875.md
+        coords = self.coordinates(point_id)
+        assert coords is not None
+        return {**coords, "tf": 3, "analog_type": analog.type, "value": count}
+
+    # --- live -------------------------------------------------------------------------
+
+    def observe(self, poll: PollClass, blocks: list[Block]) -> None:
+        """Read the component-type fields of the points this poll covered."""
+        for pid, spec in self.specs.items():
+            field = spec.gb.component_type if spec.gb is not None else None
+            if spec.poll is not poll or not isinstance(field, GbField):
+                continue
+            word_spec = dataclasses.replace(
+                spec, address=spec.address + field.offset, type=PointType.U16, states=None
+            )
+            try:
+                word = decode_raw(word_spec, blocks)
+            except FieldError:
+                continue  # not read this time: the last type stands
+            self._comp_types[pid] = field.component_type(int(word))
+
+    def status(self, points: _Points, point_id: str, *, test: bool = False) -> int:
+        """The status word of the point's component (or system) as the trackers hold it."""
+        spec = self.specs[point_id]
+        assert spec.gb is not None
+        flags = SystemStatus if spec.gb.record == "system" else ComponentStatus
+        value = 0 if test else int(flags.NORMAL)
+        for pid in self._groups[point_id]:
+            tracker = points.trackers.get(pid)
+            if tracker is None:
+                continue
+            conditions = list(tracker.conditions())
+            if points.undecodable(pid):
+                conditions.append(("decode_error", Kind.FAULT))
+            value |= condition_bits(self.specs[pid].gb, conditions)  # type: ignore[arg-type]
+        return value
+
+    def stamp(
+        self, points: _Points, poll: PollClass, blocks: list[Block], records: list[Record]
+    ) -> list[Record]:
+        """The poll's records, each event of a mapped point with its detail["gb"]."""
+        self.observe(poll, blocks)
+        return [self._stamp_one(points, r) for r in records]
+
+    def _stamp_one(self, points: _Points, record: Record) -> Record:
+        if not isinstance(record, Event) or record.point not in self.specs:
+            return record
+        coords = self.coordinates(record.point)
+        assert coords is not None
+        gb = {**coords, "status": self.status(points, record.point, test=record.test)}
+        return with_gb(record, gb)
+
+    def comm(self, event: Event) -> Event:
+        """A comm loss/restore of this device, as a fault of its own component."""
+        if self.device_place is None:
+            return event
+        sys_type, comp_type, zone, pos = self.device_place
+        status = int(ComponentStatus.NORMAL)
+        if event.kind is Kind.COMM_LOSS:
+            status |= int(ComponentStatus.FAULT)
+        gb = {
+            "tf": 2, "sys_type": sys_type, "sys_addr": self.sys_addr, "comp_type": comp_type,
+            "zone": zone, "pos": pos, "status": status,
+        }  # fmt: skip
+        return with_gb(event, gb)
+
+
+def with_gb(event: Event, gb: dict[str, int]) -> Event:
+    return dataclasses.replace(event, detail={**(event.detail or {}), "gb": gb})
+
+
+class GbPoints:
+    """Every configured device's points in GB coordinates, built from the loaded config."""
+
+    def __init__(self, devices: Iterable[GbDevice]) -> None:
+        self.devices = {d.device_id: d for d in devices}
+
+    @classmethod
+    def from_config(cls, devices: Iterable[Any], profiles: Mapping[str, Profile]) -> GbPoints:
+        """From agent.config DeviceConfigs and the profiles they name (overrides applied)."""
+        return cls(
+            GbDevice(
+                d.id, d.gb_system_address, d.unit_id, apply_overrides(profiles[d.profile], d.points)
+            )
+            for d in devices
+        )
+
+    def device(self, device_id: str) -> GbDevice | None:
+        return self.devices.get(device_id)
+
+    def coordinates(self, device: str, point: str) -> dict[str, int] | None:
+        """The static coordinates of a point (no status), or None when it has none."""
+        dev = self.devices.get(device)
+        return None if dev is None else dev.coordinates(point)
+
+    def analog(self, reading: Reading) -> dict[str, int] | None:
+        """A Reading as a component analog (typeflag 3), or None: no analog mapping, or a
+        value the loop cannot vouch for (quality bad: the wire-break fault says why)."""
+        dev = self.devices.get(reading.device)
+        if dev is None or reading.point is None or reading.quality != "good":
+            return None
+        return dev.analog(reading.point, reading.value)
+
+    def places(self) -> dict[Place, list[tuple[str, str]]]:
+        """(sys_type, sys_addr, zone, pos) -> the (device, point)s of that component."""
+        out: dict[Place, list[tuple[str, str]]] = {}
+        for dev in self.devices.values():
+            for pid in dev.specs:
+                coords = dev.coordinates(pid)
+                if coords is None or coords["tf"] != 2:
+                    continue
+                place = (coords["sys_type"], coords["sys_addr"], coords["zone"], coords["pos"])
+                out.setdefault(place, []).append((dev.device_id, pid))
+        return out
