@@ -346,7 +346,22 @@ def point_template(
     if not merged.get("enabled", True):
         return None
     found = len(out)
-    made = template(merged, where, out.add)
+    mine = own or {}
+
+    def add(key: str, reason: str) -> None:
+        """A problem of a key the point inherited is the profile's: said once, at [gb]."""
+        path = key.removeprefix(f"{where}.").split(".")
+        written = path[0] in mine
+        if path[0] == "status" and len(path) > 1:
+            written = path[1] in mine.get("status", {})
+        if written or path[0] in ("system_type", "component_type"):
+            out.add(key, reason)
+            return
+        at = "gb." + ".".join(path)
+        if not any(p.key == at and p.reason == reason for p in out.items):
+            out.add(at, reason)
+
+    made = template(merged, where, add)
     reason = None if made is None else _point_problem(spec, made)
     if reason is not None:
         out.add(join(where, reason[0]), reason[1])

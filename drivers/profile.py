@@ -197,7 +197,7 @@ def load_profile(path: Path) -> Profile:
     clean, out = check_file(path, PROFILE_FILE)
     header = _header(clean.get("profile", {}), path.stem, out)
     category = header["category"] if header else Category.SYSTEM
-    shared = _Shared(clean.get("state_tables", {}), clean.get("gb"), out)
+    shared = _Shared(clean.get("state_tables", {}), clean.get("gb"), out, out.under("gb"))
     points = _points(clean.get("points", []), category, shared, out)
     device = gb_device_spec(shared.gb.get("device") if shared.gb else None, "gb.device", out.add)
     if out.items or header is None:
@@ -212,6 +212,7 @@ class _Shared:
     state_tables: Mapping[str, Any]
     gb: Mapping[str, Any] | None
     out: Problems
+    gb_refused: bool = False  # [gb] itself failed its shape: its points are not built
 
     def states(self, value: Any, where: str) -> Mapping[str, Any] | None:
         """A point's state table: its own, or the shared one it names."""
@@ -231,7 +232,7 @@ class _Shared:
         self, spec: PointSpec, own: Mapping[str, Any] | None, where: str
     ) -> GbTemplate | None:
         """The point's merged gb declaration, or None (none, disabled, or a problem)."""
-        if (self.gb is None and own is None) or self.out.under("gb"):
+        if (self.gb is None and own is None) or self.gb_refused:
             return None
         return point_template(self.gb, own, spec, where, self.out)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.gb26875.tables import ComponentStatus, SystemStatus
+from core.errors import ConfigError
 from drivers.gb_profile import COMPONENT_BITS, SYSTEM_BITS, Formula, FormulaError, GbField
 from drivers.profile import load_profile
 
@@ -158,3 +159,23 @@ def test_bit_names_are_the_standards() -> None:
 
     assert names(ComponentStatus) == COMPONENT_BITS
     assert names(SystemStatus) == SYSTEM_BITS
+
+
+def test_a_mistake_in_gb_is_said_once_where_it_was_written(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[profile]\nname = "x"\ncategory = "fire"\n'
+        '[gb]\nsystem_type = 1\ncomponent_type = 1\naddress = "pint"\n'
+        'status = { fire = ["burn"] }\n'
+        '[[points]]\nid = "a"\nname = "A"\ntable = "holding"\naddress = 0\ntype = "u16"\n'
+        '[[points]]\nid = "b"\nname = "B"\ntable = "holding"\naddress = 1\ntype = "u16"\n'
+        'gb = { status = { x = ["nope"] } }\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_profile(path)
+    assert sorted(p.key for p in info.value.problems) == [
+        "gb.address",
+        "gb.status.fire",
+        "points[1].gb.status.x",
+    ]

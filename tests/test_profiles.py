@@ -270,6 +270,14 @@ BAD_PROFILES = [
         "ends too early",
     ),
     (point(extra='states = "gst"\n'), "points[0].states", 'no state table "gst"'),
+    (  # a mistake in [gb] is the profile's, said once, not on every point inheriting it
+        HEADER
+        + '[gb]\nsystem_type = 1\ncomponent_type = 1\naddress = "pint"\n'
+        + GOOD_POINT
+        + GOOD_POINT.replace('"p1"', '"p2"'),
+        "gb.address",
+        'unknown name "pint"',
+    ),
     (
         HEADER + '[state_tables.gst.1]\nstate = "fire"\n' + GOOD_POINT,
         "state_tables.gst.1.kind",
