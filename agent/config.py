@@ -45,6 +45,7 @@ from agent.config_schema import (
     CONTROL,
     IDENTITY,
     INPUT,
+    INPUT_GB,
     LINE,
     OUTPUT,
     SITE,
@@ -156,6 +157,20 @@ class InputConfig:
     kind: Kind
     active_state: str
     inactive_state: str
+    gb: InputGb | None = None  # the contact as a GB/T 26875.3 component
+
+
+@dataclass(frozen=True)
+class InputGb:
+    """[inputs.gb]: where a contact sits in GB/T 26875.3 terms; `status`: its bits while
+    active (None: by its kind)."""
+
+    system_type: int
+    system_address: int
+    component_type: int
+    zone: int
+    position: int
+    status: tuple[str, ...] | None
 
 
 @dataclass(frozen=True)
@@ -298,7 +313,17 @@ def _build_input(clean: Mapping[str, Any]) -> InputConfig:
         kind=Kind(v["kind"]),
         active_state=v["active_state"],
         inactive_state=v["inactive_state"],
+        gb=None if v["gb"] is None else _build_input_gb(v["gb"]),
     )
+
+
+def _build_input_gb(clean: Mapping[str, Any]) -> InputGb:
+    v = INPUT_GB.with_defaults(clean)
+    status = None if v["status"] is None else tuple(v["status"])
+    return InputGb(
+        v["system_type"], v["system_address"], v["component_type"], v["zone"], v["position"],
+        status,
+    )  # fmt: skip
 
 
 def _build_output(clean: Mapping[str, Any]) -> OutputConfig:

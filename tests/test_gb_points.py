@@ -12,8 +12,11 @@ from agent.field import DeviceRuntime, comm_event, field_devices
 from agent.gb26875.points import GbDevice, GbPoints
 from agent.gb26875.tables import ComponentStatus, SystemStatus
 from agent.points import DevicePoints
+from agent.rules import contact_event
 from agent.texts import CHINESE
+from core.errors import ConfigError
 from core.events import Event, Kind, Reading
+from drivers.gpio import ContactChange
 from drivers.line import CommChange
 from drivers.plan import plan_device
 from drivers.profile import load_profile
@@ -158,3 +161,39 @@ def _first_coords(gb: GbPoints) -> dict[str, dict[str, int]]:
         assert coords is not None
         out[device_id] = coords
     return out
+
+
+def test_the_gateways_manual_alarm_button_is_a_uitd_manual_alarm(cfg: Config) -> None:
+    button = next(i for i in cfg.inputs if i.id == "manual-alarm")
+    pressed = contact_event(button, ContactChange(button.id, True, 1000), True)
+    assert pressed.detail is not None
+    assert pressed.detail["gb"] == {"tf": 24, "flags": 4, "operator": 0}
+    released = contact_event(button, ContactChange(button.id, False, 2000), True)
+    assert released.detail is not None and "gb" not in released.detail
+
+
+def test_a_contact_with_a_gb_table_is_a_component(cfg: Config) -> None:
+    pump = next(i for i in cfg.inputs if i.id == "fire-pump")
+    running = contact_event(pump, ContactChange(pump.id, True, 1000), True)
+    assert running.detail is not None
+    assert running.detail["gb"] == {
+        "tf": 2, "sys_type": 11, "sys_addr": 0, "comp_type": 91, "zone": 0, "pos": 1,
+        "status": NORMAL | ComponentStatus.STARTED,
+    }  # fmt: skip
+    stopped = contact_event(pump, ContactChange(pump.id, False, 2000), True)
+    assert stopped.detail is not None and stopped.detail["gb"]["status"] == NORMAL
+    door = next(i for i in cfg.inputs if i.id == "exit-door-1")
+    opened = contact_event(door, ContactChange(door.id, True, 1000), True)
+    assert opened.detail is not None and "gb" not in opened.detail  # not for the centre
+
+
+def test_a_contacts_gb_table_is_checked(tmp_path: Path) -> None:
+    text = (ROOT / "config" / "example.toml").read_text(encoding="utf-8")
+    text = text.replace('status = ["started"]', 'status = ["running"]')
+    path = tmp_path / "alarmgw.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert [(p.key, "not a component status bit" in p.reason) for p in info.value.problems] == [
+        ("inputs[1].gb.status", True)
+    ]

@@ -30,7 +30,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from agent.gb26875.tables import ANALOG_TYPES, ComponentStatus, SystemStatus
+from agent.gb26875.tables import ANALOG_TYPES, ComponentStatus, SystemStatus, UitdOperationFlags
 from core.events import Event, Kind, Reading, Record
 from drivers.gb_profile import KIND_BITS, GbField, GbSpec
 from drivers.profile import PointSpec, Profile, apply_overrides
@@ -230,6 +230,30 @@ def _state_bits(gb: GbSpec) -> tuple[dict[str, int], dict[Kind, int]]:
     by_state = {state: _bits(names, flags) for state, names in gb.status.items()}
     by_kind = {Kind(kind): _bits((name,), flags) for kind, name in KIND_BITS.items()}
     return by_state, by_kind
+
+
+def contact_gb(cfg: Any, active: bool) -> dict[str, int] | None:
+    """A GPIO contact's coordinates (agent.config.InputConfig, or anything with its fields):
+    its `[inputs.gb]` component, with its bits while active; else the gateway's own manual
+    alarm button (category manual, kind alarm), pressed: a UITD operation, manual alarm
+    (typeflag 24, flags bit 2), as GB 26875.1 asks of a UITD's button. None: not for the
+    centre (its release, other unmapped contacts)."""
+    gb = getattr(cfg, "gb", None)
+    if gb is not None:
+        names = gb.status
+        if names is None:
+            kind = str(getattr(cfg.kind, "value", cfg.kind))
+            names = (KIND_BITS[kind],) if kind in KIND_BITS else ()
+        status = int(ComponentStatus.NORMAL) | (_bits(names, ComponentStatus) if active else 0)
+        return {
+            "tf": 2, "sys_type": gb.system_type, "sys_addr": gb.system_address,
+            "comp_type": gb.component_type, "zone": gb.zone, "pos": gb.position,
+            "status": status,
+        }  # fmt: skip
+    manual = str(getattr(cfg.category, "value", cfg.category)) == "manual"
+    if manual and str(getattr(cfg.kind, "value", cfg.kind)) == "alarm" and active:
+        return {"tf": 24, "flags": int(UitdOperationFlags.MANUAL_ALARM), "operator": 0}
+    return None
 
 
 def with_gb(event: Event, gb: dict[str, int], *, fresh: bool = False) -> Event:
