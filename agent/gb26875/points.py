@@ -1,10 +1,11 @@
 """The field's points in GB/T 26875.3 coordinates: computed where the facts are.
 
 Each device's profile (drivers/gb_profile.py) says where its points sit: system type,
-component type (fixed, or a register field read at every poll, such as a GST panel's
-device-type byte), component address, the status bits of each state, analog type and scale;
-the device's config gives its system address. From those and the live point trackers this
-module makes the contract's `Event.detail["gb"]` (../notes/gb-contract.md, docs/feed.md):
+component type (fixed, or a register field read from the last poll's blocks when an event
+or a read needs it, such as a GST panel's device-type byte), component address, the status
+bits of each state, analog type and scale; the device's config gives its system address.
+From those and the live point trackers this module makes the contract's
+`Event.detail["gb"]` (../notes/gb-contract.md, docs/feed.md):
 
 - a point's event: `{"tf": 2, sys_type, sys_addr, comp_type, zone, pos, status}`, the status
   word of the whole component after the poll (every point at the same address on the
@@ -16,9 +17,12 @@ module makes the contract's `Event.detail["gb"]` (../notes/gb-contract.md, docs/
 - a device's comm loss/restore: its own component (`[gb.device]`, default type 0 at 0/0)
   with the fault bit while lost.
 
+- a GPIO contact (`contact_gb`): its `[inputs.gb]` component, or, for the gateway's own
+  manual alarm button, the UITD's manual alarm operation (typeflag 24, flag bit 2).
+
 `GbPoints` holds one `GbDevice` per configured device: the static `coordinates` of a point,
-`analog(reading)` for Readings, and the live answers to the centre's reads (`GbLive`, used
-by agent/gb26875/reads.py). Points without a mapping give None: not for the centre.
+`analog(reading)` for Readings, and what agent/gb26875/reads.py (FieldLive) answers the
+centre's reads with. Points without a mapping give None: not for the centre.
 
 This module must never do I/O, never read a device (only the blocks a poll already read)
 and never raise on a value: a field it cannot read keeps the last type (or the default).
@@ -44,19 +48,6 @@ def _bits(names: Iterable[str], flags: type[ComponentStatus] | type[SystemStatus
     value = 0
     for name in names:
         value |= int(flags[name.upper()])
-    return value
-
-
-def condition_bits(gb: GbSpec, conditions: Iterable[tuple[str, Kind]]) -> int:
-    """The status bits of a point's active conditions: as its `status` lists each state,
-    else by kind (alarm: fire, fault: fault, supervisory: supervisory)."""
-    flags = SystemStatus if gb.record == "system" else ComponentStatus
-    value = 0
-    for state, kind in conditions:
-        names = gb.status.get(state)
-        if names is None:
-            names = (KIND_BITS[kind.value],) if kind.value in KIND_BITS else ()
-        value |= _bits(names, flags)
     return value
 
 
