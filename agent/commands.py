@@ -92,6 +92,9 @@ class GatewayControl(Protocol):
 
     def silence(self) -> dict[str, Any]: ...
 
+    # starts (or restarts) the duty check's prompt; the answer comes later as an event
+    def duty_check(self, requested_by: str, timeout_s: float | None) -> dict[str, Any]: ...
+
 
 class CommandHandler:
     """Thread-safe; one instance serves the uplink's command worker."""
@@ -217,6 +220,9 @@ class CommandHandler:
             note = command.args.get("note")
             event = self.control.test_alarm(f"cmd:{command.request_id}", note)
             return {"event_id": event.id, "seq": event.seq}
+        if name is feed.CommandName.DUTY_CHECK:
+            timeout = command.args.get("timeout_s")
+            return dict(self.control.duty_check(f"cmd:{command.request_id}", timeout))
         return dict(self.control.silence())
 
     def _error(self, request_id: str | None, name: str, code: str, message: str) -> dict[str, Any]:

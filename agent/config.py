@@ -43,6 +43,7 @@ from agent.config_schema import (
     CLOCK,
     CONFIG_FILE,
     CONTROL,
+    DUTIES,
     IDENTITY,
     INPUT,
     LINE,
@@ -155,6 +156,7 @@ class InputConfig:
     kind: Kind
     active_state: str
     inactive_state: str
+    role: str = "contact"  # "contact" | "manual_call_point" | "duty_answer"
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,16 @@ class OutputConfig:
 @dataclass(frozen=True)
 class SiteConfig:
     language: str  # "zh" | "en": the language of event text
+
+
+@dataclass(frozen=True)
+class DutiesConfig:
+    """The UITD duties (GB 26875.1): duty check, transmission light, failure signal."""
+
+    duty_check_timeout_s: float = 600.0
+    transmission_hold_s: float = 300.0
+    transmission_fail_after_s: float = 40.0
+    link_fault_after_s: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -192,6 +204,7 @@ class Config:
     control: ControlConfig
     profiles: dict[str, Profile] = field(default_factory=dict)  # by profile id (file stem)
     site: SiteConfig = SiteConfig("zh")
+    duties: DutiesConfig = DutiesConfig()
 
 
 # --- building them from what passed the checks ------------------------------------------
@@ -283,6 +296,9 @@ def _build_input(clean: Mapping[str, Any]) -> InputConfig:
     v = INPUT.with_defaults(clean)
     # A pull-up idles high, so the contact is active when it pulls the pin low (and vice versa).
     active = v["active"] or ("low" if v["pull"] == "up" else "high")
+    # a duty_answer button raises no event of its own: its category and severity are unused
+    category = v["category"] or Category.MANUAL.value
+    severity = v["severity"] or Severity.INFO.value
     return InputConfig(
         id=v["id"],
         name=v["name"] if v["name"] is not None else v["id"],
@@ -290,11 +306,12 @@ def _build_input(clean: Mapping[str, Any]) -> InputConfig:
         pull=v["pull"],
         active=active,
         debounce_ms=v["debounce_ms"],
-        category=Category(v["category"]),
-        severity=Severity(v["severity"]),
+        category=Category(category),
+        severity=Severity(severity),
         kind=Kind(v["kind"]),
         active_state=v["active_state"],
         inactive_state=v["inactive_state"],
+        role=v["role"],
     )
 
 
@@ -302,6 +319,16 @@ def _build_output(clean: Mapping[str, Any]) -> OutputConfig:
     v = OUTPUT.with_defaults(clean)
     name = v["name"] if v["name"] is not None else v["id"]
     return OutputConfig(v["id"], name, v["pin"], v["type"], v["active"], v["rule"])
+
+
+def _build_duties(clean: Mapping[str, Any]) -> DutiesConfig:
+    v = DUTIES.with_defaults(clean)
+    return DutiesConfig(
+        duty_check_timeout_s=float(v["duty_check_timeout_s"]),
+        transmission_hold_s=float(v["transmission_hold_s"]),
+        transmission_fail_after_s=float(v["transmission_fail_after_s"]),
+        link_fault_after_s=float(v["link_fault_after_s"]),
+    )
 
 
 def build(path: Path, checked: Checked, profiles: dict[str, Profile]) -> Config:
@@ -324,6 +351,7 @@ def build(path: Path, checked: Checked, profiles: dict[str, Profile]) -> Config:
         control=ControlConfig(base / control["socket"], control["group"]),
         profiles=profiles,
         site=SiteConfig(SITE.with_defaults(s["site"])["language"]),
+        duties=_build_duties(s["duties"]),
     )
 
 

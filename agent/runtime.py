@@ -42,17 +42,24 @@ from agent.clock import clock_probe
 from agent.commands import CommandHandler
 from agent.config import GATEWAY_DEVICE_ID, Config, LineConfig, config_digest
 from agent.control import ControlServer, ControlSetupError
+from agent.duty import Duties, DutyCheck
 from agent.faults import OUTPUT_FAILED, WatchedOutput
 from agent.field import DeviceRuntime, FieldWorker, field_devices
 from agent.journal import setup_logging
 from agent.pipeline import Pipeline
 from agent.pointstate import PointStateStore
-from agent.rules import LEGACY_GPIO_DEVICE, LocalRules, contact_event, contact_key
+from agent.rules import (
+    LEGACY_GPIO_DEVICE,
+    ROLE_DUTY_ANSWER,
+    LocalRules,
+    contact_event,
+    contact_key,
+)
 from agent.texts import Msg, Texts
 from agent.uplink import Uplink
 from agent.views import Actions, DownlinkView, LocalView, Parts, health
 from core.errors import AlarmgwError
-from core.events import Event, Kind, Severity, now_ms, system_event
+from core.events import Event, Kind, Lane, Severity, now_ms, system_event
 from drivers.gpio import ContactChange, GpioBank
 from drivers.line import DevicePoll, Line
 from drivers.modbus import ModbusLink, RtuLink, TcpLink
@@ -109,6 +116,18 @@ class Gateway:
         self.field = FieldWorker(devices, self.pointstate, pipeline)
         pipeline.listen_stored("pointstate_listener", self.field.stored)
         self.parts = Parts(cfg, self.buffer, pipeline, devices, clock_synced, texts)
+        # The duty check (agent/duty.py): its prompt is the rules' as they are when it shows
+        self.duty = DutyCheck(
+            pipeline.emit,
+            lambda: self.parts.rules.duty_prompt,
+            timeout_s=cfg.duties.duty_check_timeout_s,
+            texts=texts,
+            clock_synced=clock_synced,
+        )
+        self.parts.duty = self.duty
+        # the GB uplink's `on_duty_check` (the centre's typeflag 91): see _wire_duty_hooks
+        self.on_duty_check = self.duty.request
+        pipeline.listen_stored("transmission_listener", self._transmission_stored)
         actions = Actions(self.parts, pipeline.emit)
         self.local_view = LocalView(self.parts, actions)
         downlink = DownlinkView(self.parts, actions)
@@ -132,10 +151,18 @@ class Gateway:
         )
         self.parts.uplink = self.uplink
         self.uplinks: list[UplinkPart] = [self.uplink]
-        self.duties: list[Running] = []  # parts with a duty of their own (UITD: next)
+        # parts with a duty of their own: the duty check's and the transmission light's timers
+        self.duty_timers = Duties(
+            [
+                self.faults.guard("duty_check", self.duty.tick),
+                self.faults.guard("transmission_light", self._transmission_tick),
+            ]
+        )
+        self.duties: list[Running] = [self.duty_timers]
+        self._wire_duty_hooks()
         # The runtime wires the buffer to its readers: every uplink is woken by a store.
         self.buffer.on_stored = self.faults.guard("buffer_listener", self._wake_uplinks)
-        self.buffer.on_settled = self.faults.guard("settled_listener", self.field.settled)
+        self.buffer.on_settled = self.faults.guard("settled_listener", self._settled)
         self.lines: dict[str, Line] = self.parts.lines
         self.gpio: GpioBank | None = None
         self.control: ControlServer | None = None
@@ -158,6 +185,31 @@ class Gateway:
     def _wake_uplinks(self) -> None:
         for uplink in self.uplinks:
             uplink.wake()
+
+    def _settled(self, keys: list[tuple[Lane, int]]) -> None:
+        self.field.settled(keys)
+        self.duty_timers.wake()  # the transmission light looks again now
+
+    # --- the duties of a user information transmission device ----------------------------
+
+    def _wire_duty_hooks(self) -> None:
+        """Hand the duty check to every uplink that takes one (the GB uplink's
+        `on_duty_check`, GB contract) and was not given one when it was built. Without a
+        GB uplink the platform's `duty-check` command is the only way in."""
+        for uplink in self.uplinks:
+            if getattr(uplink, "on_duty_check", False) is None:
+                uplink.on_duty_check = self.on_duty_check  # type: ignore[attr-defined]
+
+    def _transmission_stored(self, event: Event) -> None:
+        self.rules.transmission.stored(event)
+
+    def _transmission_tick(self) -> None:
+        self.rules.transmission.tick(self._unconfirmed)
+
+    def _unconfirmed(self, seq: int) -> bool:
+        """Is this event still in the buffer (not every uplink confirmed it yet)?"""
+        rows = self.buffer.pending(Lane.EVENT, seq - 1, 1)
+        return bool(rows) and rows[0].seq == seq
 
     def _running_parts(self) -> list[tuple[str, Running]]:
         """Every part the watchdog watches, by name (the first uplink is "uplink")."""
@@ -226,13 +278,13 @@ class Gateway:
 
     def _start_gpio(self) -> None:
         if not self.cfg.inputs and not self.cfg.outputs:
-            self._rules_built(LocalRules([], self.texts))
+            self._rules_built(LocalRules([], self.texts, self.cfg.duties))
             return
         try:
             self.gpio = GpioBank(self.cfg.inputs, self.cfg.outputs, self._contact_changed)
         except AlarmgwError as exc:  # GpioError, or a ConfigError from a rule
             log.exception("GPIO unavailable")
-            self._rules_built(LocalRules([], self.texts))
+            self._rules_built(LocalRules([], self.texts, self.cfg.duties))
             self.emit(
                 self._system_event(
                     Kind.FAULT,
@@ -249,7 +301,7 @@ class Gateway:
             (o.id, o.rule, WatchedOutput(o.id, outputs[o.id], self.faults))
             for o in self.cfg.outputs
         )
-        self._rules_built(LocalRules(watched, self.texts))
+        self._rules_built(LocalRules(watched, self.texts, self.cfg.duties))
         self.rules.uplink_changed(self._uplinks_connected())
 
     def _contact_changed(self, change: ContactChange) -> None:
@@ -258,6 +310,10 @@ class Gateway:
         if cfg is None:
             return
         reported = self._remembered.get(contact_key(cfg.id), {})
+        if cfg.role == ROLE_DUTY_ANSWER:
+            if change.active and not change.initial:  # a press, not a button held at boot
+                self.duty.answer(f"input:{cfg.id}")
+            return  # not an alarm contact: its press is the answer event, nothing more
         if change.initial and not change.active and not reported:
             return  # a contact at rest at boot is not news (unless it was reported active)
         if change.initial and change.active and cfg.active_state in reported:
@@ -425,6 +481,7 @@ class Gateway:
         self.field.stop()  # after the lines: their last results are processed
         for duty in self.duties:
             duty.stop()
+        self.duty.stop()  # a duty check still waiting is recorded unanswered
         self._closing = True
         for uplink in self.uplinks:
             uplink.stop()  # says offline (retained) while the buffer is still open
