@@ -47,6 +47,7 @@ class Feed:
 
     events: list[dict[str, Any]] = field(default_factory=list)
     statuses: list[dict[str, Any]] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)  # cmd-result
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def keys(self) -> set[tuple[object, ...]]:
@@ -182,6 +183,8 @@ def feed_subscriber(broker: Mosquitto, client_id: str) -> Iterator[Feed]:
                 feed.events.append(payload)
             elif msg.topic.endswith("/status"):
                 feed.statuses.append(payload)
+            elif msg.topic.endswith("/cmd-result"):
+                feed.results.append(payload)
             feed.changed.notify_all()
 
     sub.on_message = on_message

@@ -34,6 +34,7 @@ class FakeGateway:
         self.buffer = buffer
         self.silenced = 0
         self.test_alarms = 0
+        self.duty_checks: list[tuple[str, float | None]] = []
 
     def uptime_s(self) -> float:
         return 12.5
@@ -82,6 +83,10 @@ class FakeGateway:
         self.silenced += 1
         return {"silenced": True}
 
+    def duty_check(self, requested_by: str, timeout_s: float | None) -> dict[str, Any]:
+        self.duty_checks.append((requested_by, timeout_s))
+        return {"started": True, "timeout_s": timeout_s or 600.0, "restarted": False}
+
 
 def cmd(**body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False).encode()
@@ -117,6 +122,10 @@ def test_each_command_and_each_kind_of_bad_input_gets_a_result() -> None:
         assert result["ok"] is False and result["error"]["code"] == code, (name, raw, result)
     assert h.errors["bad_json"] == 2
     assert h.handle("silence", cmd(id="s"))["ok"]
+    duty = h.handle("duty-check", cmd(id="dc-1", args={"timeout_s": 300}))
+    check.validate(duty)
+    assert duty["result"] == {"started": True, "timeout_s": 300, "restarted": False}
+    assert h.control.duty_checks == [("cmd:dc-1", 300)]  # type: ignore[attr-defined]
 
 
 class ExplodingGateway(FakeGateway):
