@@ -282,3 +282,19 @@ def test_an_uplink_that_takes_a_duty_check_hook_gets_the_duty_checks_request(
     centre.on_duty_check(source="centre", timeout_s=600.0)
     assert gateway.duty.waiting is not None and gateway.duty.waiting["source"] == "centre"
     gateway.uplinks.remove(centre)  # type: ignore[arg-type]
+
+
+def test_status_shows_a_waiting_duty_check_and_a_failed_transmission_as_problems() -> None:
+    from agent.cli.render import problems, render_status
+
+    status: dict[str, Any] = {
+        "uplink": {"connected": True},
+        "duty_check": {"source": "centre", "waited_s": 42.0, "left_s": 558.0},
+        "transmission": {"light": "blink", "failed": ["unconfirmed:17"]},
+    }
+    assert problems(status) == ["duty check waiting: alarmgw ack", "transmission failed"]
+    text = "\n".join(render_status(status))
+    assert "duty check from centre: waiting 42s" in text
+    assert "transmission light blink; FAILED: unconfirmed:17" in text
+    quiet = {"uplink": {"connected": True}, "duty_check": None, "transmission": {"light": "on"}}
+    assert problems(quiet) == []
