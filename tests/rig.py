@@ -202,10 +202,18 @@ def feed_subscriber(broker: Mosquitto, client_id: str) -> Iterator[Feed]:
 
 
 def start_simulator(
-    tmp: Path, scenario: Path, env: dict[str, str], *, timeline: bool = True
+    tmp: Path,
+    scenario: Path,
+    env: dict[str, str],
+    *,
+    timeline: bool = True,
+    broker: Mosquitto | None = None,
 ) -> subprocess.Popen[bytes]:
-    """`alarmgw-sim run SCENARIO`, returned once it printed "ready" (its log: tmp/sim.log)."""
+    """`alarmgw-sim run SCENARIO`, returned once it printed "ready" (its log: tmp/sim.log);
+    its platform stand-in (duty checks) publishes to `broker`."""
     args = [str(BIN / "alarmgw-sim"), "run", str(scenario)]
+    if broker is not None:
+        args += ["--broker", f"{broker.host}:{broker.port}"]
     if not timeline:
         args.append("--no-timeline")
     with (tmp / "sim.log").open("wb") as sim_log:
@@ -250,7 +258,7 @@ def running_rig(
     env = rig_env(tmp) | (extra_env or {})
     with ExitStack() as stack:
         feed = stack.enter_context(feed_subscriber(broker, client_id))
-        sim = start_simulator(tmp, scenario, env, timeline=play_timeline)
+        sim = start_simulator(tmp, scenario, env, timeline=play_timeline, broker=broker)
         stack.callback(stop_process, sim)
         rig = Rig(
             tmp=tmp,

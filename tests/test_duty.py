@@ -21,7 +21,7 @@ from agent.rules import DutyPromptRule, LocalRules
 from agent.runtime import Gateway
 from core.events import Event, Identity, Kind, Lane, Record
 from drivers.gpio import Output
-from tests.test_runtime import example_config
+from tests.test_runtime import ROOT, example_config
 from tests.test_schemas import assert_valid
 from tests.waiting import wait_until
 
@@ -298,3 +298,29 @@ def test_status_shows_a_waiting_duty_check_and_a_failed_transmission_as_problems
     assert "transmission light blink; FAILED: unconfirmed:17" in text
     quiet = {"uplink": {"connected": True}, "duty_check": None, "transmission": {"light": "on"}}
     assert problems(quiet) == []
+
+
+def test_a_scenarios_duty_check_step_needs_a_platform_to_ask(tmp_path: Path) -> None:
+    from core.errors import ConfigError
+    from simulator.scenario import load_scenario
+
+    training = load_scenario(ROOT / "config" / "scenarios" / "training.toml")
+    assert training.platform is not None and training.platform.gateway == "gw1"
+    assert [s.action for s in training.steps if s.action["do"] == "duty-check"] == [
+        {"do": "duty-check"}
+    ]
+    lonely = tmp_path / "lonely.toml"
+    lonely.write_text(
+        '[[inputs]]\nid = "duty-answer"\npin = 5\n\n'
+        '[[timeline.steps]]\nat = 1\ndo = "duty-check"\ntimeout_s = 5\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(lonely)
+    keys = {p.key: p.reason for p in caught.value.problems}
+    assert "timeline.steps[0].timeout_s" in keys  # 10..3600
+    lonely.write_text('[[timeline.steps]]\nat = 1\ndo = "duty-check"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(lonely)
+    [problem] = caught.value.problems
+    assert (problem.key, "[platform]" in problem.reason) == ("timeline.steps[0].do", True)

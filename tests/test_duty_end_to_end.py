@@ -1,7 +1,8 @@
 """A duty check end to end on the rig: the platform publishes cmd/duty-check on a real
 mosquitto, `alarmgw run` prompts (through the simulator's pin factory), the simulator
 presses the answer button, and the answer arrives on the feed with its response time.
-A second request restarts the prompt; `alarmgw ack` answers it."""
+A second request restarts the prompt; `alarmgw ack` answers it. The simulator's own
+platform stand-in (a scenario's duty-check step) asks the same way."""
 
 from __future__ import annotations
 
@@ -93,3 +94,20 @@ def test_cmd_duty_check_is_answered_by_the_button_and_by_alarmgw_ack(
         assert by_request["cmd:dc-2"]["detail"]["ended"] == "superseded"
         assert by_request["cmd:dc-3"]["state"] == "answered"
         assert by_request["cmd:dc-3"]["detail"]["answered_by"].startswith("cli:")
+
+
+def test_the_simulators_duty_check_step_asks_and_its_button_answers(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    with running_rig(tmp_path, broker, play_timeline=False, client_id="duty-sim-feed") as rig:
+        rig.wait_agent_ready()
+        rig.sim_do(do="duty-check", timeout_s=120)  # as a timeline step does
+        with rig.feed.changed:
+            rig.feed.changed.wait_for(lambda: bool(rig.feed.results), timeout=20)
+            [asked] = rig.feed.results
+        assert asked["ok"] and asked["id"] == "sim-dc-1", rig.agent_log()[-3000:]
+        assert asked["result"]["timeout_s"] == 120
+        rig.sim_do(do="press", input="duty-answer")
+        answered = rig.feed.wait_event(lambda e: e["point"] == "duty_check", timeout=20)
+        assert answered is not None and answered["state"] == "answered"
+        assert answered["detail"]["requested_by"] == "cmd:sim-dc-1"
