@@ -40,6 +40,10 @@ from core.events import Category, Event, Kind
 LIT_CATEGORIES: Final = frozenset({Category.FIRE, Category.MANUAL})
 LIGHT_BLINK: Final = (0.5, 0.5)  # sending
 FAILED_BLINK: Final = (0.15, 0.15)  # rapid beeps: unlike the alarm's steady tone
+# A tick asks the buffer about the oldest sending records until this many are still
+# unconfirmed: the light blinks and the failure timer runs on the oldest anyway, and a
+# storm of fire alarms costs a bounded number of reads twice a second (bench_duties.py).
+CHECKS_PER_TICK: Final = 16
 GB_UITD_STATE: Final = 21
 GB_LINK_FAULT_BIT: Final = 1 << 5
 GATEWAY: Final = "gateway"
@@ -161,8 +165,16 @@ class TransmissionRule:
         """Look again (the duties' thread, about twice a second, and on every settled
         notification): which sending records are confirmed now, hold and failure timers."""
         with self._lock:
-            sending = list(self._sending)
-        done = [seq for seq in sending if not unconfirmed(seq)]  # outside the lock: a read
+            sending = sorted(self._sending)
+        done: list[int] = []
+        waiting = 0
+        for seq in sending:  # outside the lock: each is a read of the buffer
+            if not unconfirmed(seq):
+                done.append(seq)
+                continue
+            waiting += 1
+            if waiting >= CHECKS_PER_TICK:
+                break  # the newer ones are looked at once these are confirmed
         with self._lock:
             if done:
                 for seq in done:

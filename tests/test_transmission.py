@@ -195,3 +195,23 @@ def test_a_link_fault_sounds_until_its_restore_and_silence_holds_until_a_new_fai
     bench.emit(restore)
     assert bench.sounder.mode == "off"
     assert bench.rules.transmission.failed == []
+
+
+def test_a_storm_of_waiting_alarms_costs_a_bounded_number_of_reads_a_tick(bench: Bench) -> None:
+    """The oldest 16 still-unconfirmed alarms are read each tick, not every one: the light
+    blinks on them anyway, and the newer ones are looked at once they are confirmed."""
+    alarms = [bench.emit(fire(point=f"p{i}")) for i in range(100)]
+    reads: list[int] = []
+
+    def counted(seq: int) -> bool:
+        reads.append(seq)
+        return bench.unconfirmed(seq)
+
+    bench.rules.transmission.tick(counted)
+    assert reads == [a.seq for a in alarms[:16]]
+    assert bench.light.mode == "blink"
+    for alarm in alarms:
+        bench.confirm(alarm)
+    reads.clear()
+    bench.rules.transmission.tick(counted)
+    assert len(reads) == 100 and bench.light.mode == "on"  # all confirmed in one look
