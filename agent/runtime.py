@@ -154,8 +154,8 @@ class Gateway:
         # parts with a duty of their own: the duty check's and the transmission light's timers
         self.duty_timers = Duties(
             [
-                self.faults.guard("duty_check", self.duty.tick),
-                self.faults.guard("transmission_light", self._transmission_tick),
+                self.faults.guard("duty_timer", self.duty.tick),
+                self.faults.guard("transmission_timer", self._transmission_tick),
             ]
         )
         self.duties: list[Running] = [self.duty_timers]
@@ -389,6 +389,7 @@ class Gateway:
             self.field.announce_start_memory()
             self._start_gpio()
             self._start_lines()
+            self._wire_duty_hooks()  # again: an uplink added after __init__ gets it too
             for _, part in self._running_parts():
                 part.start()
             self._start_control()

@@ -215,3 +215,41 @@ def test_a_storm_of_waiting_alarms_costs_a_bounded_number_of_reads_a_tick(bench:
     reads.clear()
     bench.rules.transmission.tick(counted)
     assert len(reads) == 100 and bench.light.mode == "on"  # all confirmed in one look
+
+
+def test_the_running_gateway_lights_a_fire_being_sent_and_steadies_it_once_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """The runtime's wiring: the stored listener, the duties' thread and the buffer's
+    acknowledgement (what the uplink does on PUBACK), on the example config's outputs."""
+    from gpiozero import Device
+
+    from agent.runtime import Gateway
+    from tests.test_runtime import HeldLowPin, example_config
+    from tests.waiting import wait_until
+
+    gw = Gateway(example_config(tmp_path))
+    gw.buffer.start()
+    factory = MockFactory()
+    factory.pin(23, pin_class=HeldLowPin)  # the tamper switch, held closed by the lid
+    Device.pin_factory = factory
+    try:
+        gw._start_gpio()
+        gw.duty_timers.start()
+        light = factory.pin(16)  # transmission-led
+        stored = gw.emit(fire()).result(timeout=10)
+        assert wait_until(lambda: gw.rules.transmission.light == "blink")
+        assert gw.gpio is not None and gw.gpio.outputs["transmission-led"].mode == "blink"
+        assert stored.seq is not None
+        gw.buffer.ack(Lane.EVENT, stored.seq)
+        assert wait_until(lambda: gw.rules.transmission.light == "on")
+        assert wait_until(lambda: light.state)
+    finally:
+        gw.duty_timers.stop()
+        if gw.gpio is not None:
+            gw.gpio.close()
+        gw.uplink.stop()  # never started here; this releases its wake-up socket pair
+        gw.buffer.close()
+        gw.pointstate.close()
+        Device.pin_factory = None
+        factory.close()
