@@ -35,7 +35,7 @@ from typing import Any, Final, Protocol
 
 from agent.config import GATEWAY_DEVICE_ID
 from agent.texts import CHINESE, Msg, Texts
-from core.events import Category, Event, Kind, Record, Severity, now_ms
+from core.events import Category, Event, Kind, Lane, Record, Severity, now_ms
 
 log = logging.getLogger("alarmgw")
 
@@ -239,6 +239,97 @@ class DutyCheck:
 
 def _clamp(timeout_s: float) -> float:
     return min(MAX_TIMEOUT_S, max(MIN_TIMEOUT_S, float(timeout_s)))
+
+
+class DutySettings(Protocol):
+    @property
+    def duty_check_timeout_s(self) -> float: ...
+
+
+class Unconfirmed(Protocol):
+    def __call__(self, seq: int) -> bool: ...
+
+
+class LightRule(Protocol):
+    """agent.transmission.TransmissionRule, as the duties drive it."""
+
+    def stored(self, event: Event) -> None: ...
+    def tick(self, unconfirmed: Unconfirmed) -> None: ...
+
+
+class DutyRules(Protocol):
+    """What the duties need of the local rules (agent.rules.LocalRules fits)."""
+
+    @property
+    def duty_prompt(self) -> Prompt: ...
+    @property
+    def transmission(self) -> LightRule: ...
+
+
+class PendingRows(Protocol):
+    """The buffer, asked whether a record is still unacknowledged (EventBuffer fits)."""
+
+    def pending(self, lane: Lane, after_seq: int = 0, limit: int = 100) -> list[Any]: ...
+
+
+class Guard(Protocol):
+    """agent.faults.Faults: a callback that raises becomes a fault event of `cause`."""
+
+    def guard(self, cause: str, fn: Callable[[], None]) -> Callable[[], None]: ...
+
+
+class UitdDuties:
+    """The duties wired to the running gateway (agent/runtime.py builds one): the duty
+    check, the timers' thread, the transmission light's questions to the buffer, and the
+    hook the GB uplink calls on a centre's duty check."""
+
+    def __init__(
+        self,
+        emit: Emit,
+        buffer: PendingRows,
+        rules: Callable[[], DutyRules],
+        faults: Guard,
+        settings: DutySettings,
+        *,
+        texts: Texts = CHINESE,
+        clock_synced: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """`rules()` gives the local rules as they are now (built once GPIO is open)."""
+        self._buffer = buffer
+        self._rules = rules
+        self.check = DutyCheck(
+            emit,
+            lambda: rules().duty_prompt,
+            timeout_s=settings.duty_check_timeout_s,
+            texts=texts,
+            clock_synced=clock_synced,
+        )
+        self.timers = Duties(
+            [
+                faults.guard("duty_timer", self.check.tick),
+                faults.guard("transmission_timer", self._light_tick),
+            ]
+        )
+
+    def stored(self, event: Event) -> None:
+        """The pipeline's stored listener: an alarm the light shows is being sent."""
+        self._rules().transmission.stored(event)
+
+    def hand_to(self, uplinks: list[Any]) -> None:
+        """Give the duty check to every uplink that takes one (the GB uplink's
+        `on_duty_check`, GB contract) and was not given one when it was built. Without a
+        GB uplink the platform's `duty-check` command is the only way in."""
+        for uplink in uplinks:
+            if getattr(uplink, "on_duty_check", False) is None:
+                uplink.on_duty_check = self.check.request
+
+    def unconfirmed(self, seq: int) -> bool:
+        """Is this event still in the buffer (not every uplink confirmed it yet)?"""
+        rows = self._buffer.pending(Lane.EVENT, seq - 1, 1)
+        return bool(rows) and rows[0].seq == seq
+
+    def _light_tick(self) -> None:
+        self._rules().transmission.tick(self.unconfirmed)
 
 
 class Duties:

@@ -42,7 +42,7 @@ from agent.clock import clock_probe
 from agent.commands import CommandHandler
 from agent.config import GATEWAY_DEVICE_ID, Config, LineConfig, config_digest
 from agent.control import ControlServer, ControlSetupError
-from agent.duty import Duties, DutyCheck
+from agent.duty import UitdDuties
 from agent.faults import OUTPUT_FAILED, WatchedOutput
 from agent.field import DeviceRuntime, FieldWorker, field_devices
 from agent.journal import setup_logging
@@ -116,18 +116,14 @@ class Gateway:
         self.field = FieldWorker(devices, self.pointstate, pipeline)
         pipeline.listen_stored("pointstate_listener", self.field.stored)
         self.parts = Parts(cfg, self.buffer, pipeline, devices, clock_synced, texts)
-        # The duty check (agent/duty.py): its prompt is the rules' as they are when it shows
-        self.duty = DutyCheck(
-            pipeline.emit,
-            lambda: self.parts.rules.duty_prompt,
-            timeout_s=cfg.duties.duty_check_timeout_s,
-            texts=texts,
-            clock_synced=clock_synced,
-        )
-        self.parts.duty = self.duty
-        # the GB uplink's `on_duty_check` (the centre's typeflag 91): see _wire_duty_hooks
-        self.on_duty_check = self.duty.request
-        pipeline.listen_stored("transmission_listener", self._transmission_stored)
+        # The UITD duties (agent/duty.py): the duty check, the transmission light's timers
+        self.uitd = UitdDuties(
+            pipeline.emit, self.buffer, lambda: self.parts.rules, self.faults, cfg.duties,
+            texts=texts, clock_synced=clock_synced,
+        )  # fmt: skip
+        self.duty = self.parts.duty = self.uitd.check
+        self.on_duty_check = self.duty.request  # the GB uplink's (the centre's typeflag 91)
+        pipeline.listen_stored("transmission_listener", self.uitd.stored)
         actions = Actions(self.parts, pipeline.emit)
         self.local_view = LocalView(self.parts, actions)
         downlink = DownlinkView(self.parts, actions)
@@ -152,14 +148,9 @@ class Gateway:
         self.parts.uplink = self.uplink
         self.uplinks: list[UplinkPart] = [self.uplink]
         # parts with a duty of their own: the duty check's and the transmission light's timers
-        self.duty_timers = Duties(
-            [
-                self.faults.guard("duty_timer", self.duty.tick),
-                self.faults.guard("transmission_timer", self._transmission_tick),
-            ]
-        )
+        self.duty_timers = self.uitd.timers
         self.duties: list[Running] = [self.duty_timers]
-        self._wire_duty_hooks()
+        self.uitd.hand_to(self.uplinks)
         # The runtime wires the buffer to its readers: every uplink is woken by a store.
         self.buffer.on_stored = self.faults.guard("buffer_listener", self._wake_uplinks)
         self.buffer.on_settled = self.faults.guard("settled_listener", self._settled)
@@ -189,27 +180,6 @@ class Gateway:
     def _settled(self, keys: list[tuple[Lane, int]]) -> None:
         self.field.settled(keys)
         self.duty_timers.wake()  # the transmission light looks again now
-
-    # --- the duties of a user information transmission device ----------------------------
-
-    def _wire_duty_hooks(self) -> None:
-        """Hand the duty check to every uplink that takes one (the GB uplink's
-        `on_duty_check`, GB contract) and was not given one when it was built. Without a
-        GB uplink the platform's `duty-check` command is the only way in."""
-        for uplink in self.uplinks:
-            if getattr(uplink, "on_duty_check", False) is None:
-                uplink.on_duty_check = self.on_duty_check  # type: ignore[attr-defined]
-
-    def _transmission_stored(self, event: Event) -> None:
-        self.rules.transmission.stored(event)
-
-    def _transmission_tick(self) -> None:
-        self.rules.transmission.tick(self._unconfirmed)
-
-    def _unconfirmed(self, seq: int) -> bool:
-        """Is this event still in the buffer (not every uplink confirmed it yet)?"""
-        rows = self.buffer.pending(Lane.EVENT, seq - 1, 1)
-        return bool(rows) and rows[0].seq == seq
 
     def _running_parts(self) -> list[tuple[str, Running]]:
         """Every part the watchdog watches, by name (the first uplink is "uplink")."""
@@ -389,7 +359,7 @@ class Gateway:
             self.field.announce_start_memory()
             self._start_gpio()
             self._start_lines()
-            self._wire_duty_hooks()  # again: an uplink added after __init__ gets it too
+            self.uitd.hand_to(self.uplinks)  # again: an uplink added after __init__ too
             for _, part in self._running_parts():
                 part.start()
             self._start_control()

@@ -71,7 +71,7 @@ def main() -> int:
                 buffer.submit_many([door(i) for i in range(start, min(backlog, start + 1000))])
             fires = [buffer.submit(fire(i)).result(30) for i in range(max(counts))]
 
-            def unconfirmed(seq: int) -> bool:  # as agent.runtime.Gateway._unconfirmed
+            def unconfirmed(seq: int) -> bool:  # as agent.duty.UitdDuties.unconfirmed
                 rows = buffer.pending(Lane.EVENT, seq - 1, 1)
                 return bool(rows) and rows[0].seq == seq
 

@@ -277,7 +277,7 @@ def test_an_uplink_that_takes_a_duty_check_hook_gets_the_duty_checks_request(
 
     centre = CentreUplink()
     gateway.uplinks.append(centre)  # type: ignore[arg-type]
-    gateway._wire_duty_hooks()
+    gateway.uitd.hand_to(gateway.uplinks)
     assert centre.on_duty_check == gateway.duty.request
     centre.on_duty_check(source="centre", timeout_s=600.0)
     assert gateway.duty.waiting is not None and gateway.duty.waiting["source"] == "centre"

@@ -55,7 +55,7 @@ class Bench:
         """What the duties' thread does twice a second."""
         self.rules.transmission.tick(self.unconfirmed)
 
-    def unconfirmed(self, seq: int) -> bool:  # as agent.runtime.Gateway._unconfirmed
+    def unconfirmed(self, seq: int) -> bool:  # as agent.duty.UitdDuties.unconfirmed
         rows = self.buffer.pending(Lane.EVENT, seq - 1, 1)
         return bool(rows) and rows[0].seq == seq
 
