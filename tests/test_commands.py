@@ -15,7 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.buffer import EventBuffer
-from agent.commands import COMMAND_RATE, RECENT_REQUESTS, TEST_ALARM_RATE, CommandHandler
+from agent.commands import (
+    COMMAND_RATE,
+    DUTY_CHECK_RATE,
+    RECENT_REQUESTS,
+    TEST_ALARM_RATE,
+    CommandHandler,
+)
 from agent.mqtt import MAX_INCOMING_PACKET
 from agent.uplink import Uplink
 from core.errors import FieldTimeout, UnknownPoint
@@ -351,6 +357,21 @@ def test_test_alarms_past_the_rate_limit_get_an_error_result_and_make_no_event()
     assert again["ok"] and gateway.test_alarms == TEST_ALARM_RATE.burst + 1
     # the test-alarm limit does not hold other commands back
     assert h.handle("ping", cmd(id="p-after"))["ok"]
+
+
+def test_duty_checks_past_their_rate_limit_are_refused_and_restart_nothing() -> None:
+    gateway = FakeGateway()
+    clock = Clock()
+    h = CommandHandler(gateway, IDENT, monotonic=clock)
+    results = [h.handle("duty-check", cmd(id=f"dc-{i}")) for i in range(100)]
+    assert sum(r["ok"] for r in results) == DUTY_CHECK_RATE.burst == len(gateway.duty_checks)
+    refused = results[DUTY_CHECK_RATE.burst]
+    assert (
+        refused["error"]["code"] == "rate_limited" and "duty checks" in refused["error"]["message"]
+    )
+    clock.now += 1 / DUTY_CHECK_RATE.per_s  # one more after its interval
+    assert h.handle("duty-check", cmd(id="dc-later"))["ok"]
+    assert h.handle("ping", cmd(id="p-after"))["ok"]  # other commands are not held back
 
 
 def test_every_command_is_rate_limited_and_repeats_and_refusals_cost_nothing() -> None:
