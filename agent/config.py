@@ -43,6 +43,7 @@ from agent.config_schema import (
     CLOCK,
     CONFIG_FILE,
     CONTROL,
+    DUTIES,
     IDENTITY,
     INPUT,
     INPUT_GB,
@@ -158,6 +159,7 @@ class InputConfig:
     active_state: str
     inactive_state: str
     gb: InputGb | None = None  # the contact as a GB/T 26875.3 component
+    role: str = "contact"  # "contact" | "manual_call_point" | "duty_answer"
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,16 @@ class SiteConfig:
 
 
 @dataclass(frozen=True)
+class DutiesConfig:
+    """The UITD duties (GB 26875.1): duty check, transmission light, failure signal."""
+
+    duty_check_timeout_s: float = 600.0
+    transmission_hold_s: float = 300.0
+    transmission_fail_after_s: float = 40.0
+    link_fault_after_s: float = 100.0
+
+
+@dataclass(frozen=True)
 class ControlConfig:
     socket: Path
     group: str | None
@@ -208,6 +220,7 @@ class Config:
     control: ControlConfig
     profiles: dict[str, Profile] = field(default_factory=dict)  # by profile id (file stem)
     site: SiteConfig = SiteConfig("zh")
+    duties: DutiesConfig = DutiesConfig()
 
 
 # --- building them from what passed the checks ------------------------------------------
@@ -301,6 +314,9 @@ def _build_input(clean: Mapping[str, Any]) -> InputConfig:
     v = INPUT.with_defaults(clean)
     # A pull-up idles high, so the contact is active when it pulls the pin low (and vice versa).
     active = v["active"] or ("low" if v["pull"] == "up" else "high")
+    # a duty_answer button raises no event of its own: its category and severity are unused
+    category = v["category"] or Category.MANUAL.value
+    severity = v["severity"] or Severity.INFO.value
     return InputConfig(
         id=v["id"],
         name=v["name"] if v["name"] is not None else v["id"],
@@ -308,12 +324,13 @@ def _build_input(clean: Mapping[str, Any]) -> InputConfig:
         pull=v["pull"],
         active=active,
         debounce_ms=v["debounce_ms"],
-        category=Category(v["category"]),
-        severity=Severity(v["severity"]),
+        category=Category(category),
+        severity=Severity(severity),
         kind=Kind(v["kind"]),
         active_state=v["active_state"],
         inactive_state=v["inactive_state"],
         gb=None if v["gb"] is None else _build_input_gb(v["gb"]),
+        role=v["role"],
     )
 
 
@@ -330,6 +347,16 @@ def _build_output(clean: Mapping[str, Any]) -> OutputConfig:
     v = OUTPUT.with_defaults(clean)
     name = v["name"] if v["name"] is not None else v["id"]
     return OutputConfig(v["id"], name, v["pin"], v["type"], v["active"], v["rule"])
+
+
+def _build_duties(clean: Mapping[str, Any]) -> DutiesConfig:
+    v = DUTIES.with_defaults(clean)
+    return DutiesConfig(
+        duty_check_timeout_s=float(v["duty_check_timeout_s"]),
+        transmission_hold_s=float(v["transmission_hold_s"]),
+        transmission_fail_after_s=float(v["transmission_fail_after_s"]),
+        link_fault_after_s=float(v["link_fault_after_s"]),
+    )
 
 
 def build(path: Path, checked: Checked, profiles: dict[str, Profile]) -> Config:
@@ -352,6 +379,7 @@ def build(path: Path, checked: Checked, profiles: dict[str, Profile]) -> Config:
         control=ControlConfig(base / control["socket"], control["group"]),
         profiles=profiles,
         site=SiteConfig(SITE.with_defaults(s["site"])["language"]),
+        duties=_build_duties(s["duties"]),
     )
 
 

@@ -41,7 +41,18 @@ from drivers.gb_profile import COMPONENT_BITS
 from drivers.profile_schema import OVERRIDES
 
 STANDARD_BAUDRATES = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
-OUTPUT_RULES = ("alarm", "uplink-down-blink", "none")
+OUTPUT_RULES = (
+    "alarm",
+    "uplink-down-blink",
+    "duty-prompt",
+    "transmission-light",
+    "transmission-failed",
+    "none",
+)
+# What a contact input is for: a plain contact (its events go to the feed), the manual
+# call point (a contact with the highest priority and GB coordinates: component type 23),
+# or the duty-check answer button (not an alarm contact: a press answers a duty check).
+INPUT_ROLES = ("contact", "manual_call_point", "duty_answer")
 INPUT_KINDS = (Kind.ALARM, Kind.FAULT, Kind.SUPERVISORY, Kind.STATE)
 # Reserved for the gateway's own events; a contact cannot be a comm or system fault.
 INPUT_CATEGORIES = tuple(c for c in Category if c not in (Category.COMM, Category.SYSTEM))
@@ -151,6 +162,33 @@ CONTROL = Table(
 )
 
 PROFILES = Table({"dirs": Key(path_list, default=[])})
+
+# The duties of a user information transmission device (GB 26875.1), each default the
+# standard's behaviour: agent/duty.py and agent/transmission.py.
+DUTIES = Table(
+    {
+        "duty_check_timeout_s": Key(
+            number(ge=10, le=3600),
+            default=600,
+            doc="a duty check not answered by then is unanswered",
+        ),
+        "transmission_hold_s": Key(
+            number(ge=0, le=86400),
+            default=300,
+            doc="the transmission light stays on this long after the success or the reset",
+        ),
+        "transmission_fail_after_s": Key(
+            number(gt=0, le=3600),
+            default=40,
+            doc="a fire or manual alarm not confirmed by then is a failed transmission",
+        ),
+        "link_fault_after_s": Key(
+            number(gt=0, le=3600),
+            default=100,
+            doc="an uplink down this long sounds the transmission-failed signal",
+        ),
+    }
+)
 
 # --- arrays of tables ----------------------------------------------------------------------
 
@@ -286,6 +324,16 @@ INPUT_GB = Table(
     doc="the contact as a GB/T 26875.3 component (docs/gb26875.md)",
 )  # fmt: skip
 
+
+def _required_on_contacts(key: str) -> Rule:
+    return Rule(
+        key,
+        lambda t: t.value("role") != "duty_answer" and key not in t,
+        "required for a contact input",
+        reads=("role",),
+    )
+
+
 INPUT = Table(
     {
         **_ON_A_PIN,
@@ -293,13 +341,27 @@ INPUT = Table(
         "pull": Key(one_of("up", "down", "none"), default="up"),
         "active": Key(one_of("high", "low"), doc="default: low with a pull-up, else high"),
         "debounce_ms": Key(integer(0, 10000), default=50),
-        "category": Key(one_of(*(c.value for c in INPUT_CATEGORIES)), required=True),
-        "severity": Key(one_of(*(s.value for s in Severity)), required=True),
+        "role": Key(one_of(*INPUT_ROLES), default="contact"),
+        "category": Key(
+            one_of(*(c.value for c in INPUT_CATEGORIES)), doc="required unless a duty_answer"
+        ),
+        "severity": Key(one_of(*(s.value for s in Severity)), doc="required unless a duty_answer"),
         "kind": Key(one_of(*(k.value for k in INPUT_KINDS)), default="state"),
         "active_state": Key(text(40, nonempty=True), default="active"),
         "inactive_state": Key(text(40, nonempty=True), default="inactive"),
     },
     rules=(
+        _required_on_contacts("category"),
+        _required_on_contacts("severity"),
+        Rule("category", lambda t: t.value("role") == "manual_call_point"
+             and t.get("category") != "manual",
+             'must be "manual" on a manual call point', reads=("role",)),
+        Rule("kind", lambda t: t.value("role") == "manual_call_point"
+             and t.value("kind") != "alarm",
+             'must be "alarm" on a manual call point', reads=("role",)),
+        Rule("kind", lambda t: t.value("role") == "duty_answer" and t.value("kind") != "state",
+             "a duty_answer button is not an alarm contact: leave kind out (state)",
+             reads=("role",)),
         Rule("active", lambda t: t.value("pull") == "none" and "active" not in t,
              'required when pull = "none": nothing else says which level is active',
              reads=("pull",)),
@@ -326,6 +388,7 @@ SECTIONS: dict[str, Table] = {
     "clock": CLOCK,
     "control": CONTROL,
     "profiles": PROFILES,
+    "duties": DUTIES,
 }
 ARRAYS: dict[str, Table] = {"lines": LINE, "devices": DEVICE, "inputs": INPUT, "outputs": OUTPUT}
 REQUIRED_SECTIONS = ("identity", "uplink")

@@ -92,6 +92,8 @@ class ControlTarget(Protocol):
 
     def silence(self) -> dict[str, Any]: ...
 
+    def ack(self, answered_by: str) -> dict[str, Any]: ...  # answers the duty check
+
     def buffer(self) -> dict[str, Any]: ...
 
 
@@ -330,6 +332,13 @@ class ClientSession:
         log.warning("local buzzer silenced by %s (pid %d)", self.peer.user, self.peer.pid)
         return self.target.silence()
 
+    def cmd_ack(self, args: dict[str, Any]) -> dict[str, Any]:
+        _check_args(args, set())
+        # who answered is taken from the kernel, as for a test alarm: it goes on record
+        answered_by = f"cli:{self.peer.user}"
+        log.warning("duty check answered by %s (pid %d)", answered_by, self.peer.pid)
+        return self.target.ack(answered_by)
+
     def cmd_buffer(self, args: dict[str, Any]) -> dict[str, Any]:
         _check_args(args, set())
         return self.target.buffer()
@@ -433,5 +442,6 @@ _COMMANDS: dict[str, _Handler] = {
     "read": ClientSession.cmd_read,
     "test_alarm": ClientSession.cmd_test_alarm,
     "silence": ClientSession.cmd_silence,
+    "ack": ClientSession.cmd_ack,
     "buffer": ClientSession.cmd_buffer,
 }

@@ -42,6 +42,7 @@ from agent.clock import clock_probe
 from agent.commands import CommandHandler
 from agent.config import GATEWAY_DEVICE_ID, Config, LineConfig, config_digest
 from agent.control import ControlServer, ControlSetupError
+from agent.duty import UitdDuties
 from agent.faults import OUTPUT_FAILED, WatchedOutput
 from agent.field import DeviceRuntime, FieldWorker, field_devices
 from agent.gb26875.adu import Adu
@@ -50,12 +51,18 @@ from agent.gb26875.reads import FieldLive, answer_read
 from agent.journal import setup_logging
 from agent.pipeline import Pipeline
 from agent.pointstate import PointStateStore
-from agent.rules import LEGACY_GPIO_DEVICE, LocalRules, contact_event, contact_key
+from agent.rules import (
+    LEGACY_GPIO_DEVICE,
+    ROLE_DUTY_ANSWER,
+    LocalRules,
+    contact_event,
+    contact_key,
+)
 from agent.texts import Msg, Texts
 from agent.uplink import Uplink
 from agent.views import Actions, DownlinkView, LocalView, Parts, health
 from core.errors import AlarmgwError
-from core.events import Event, Kind, Severity, now_ms, system_event
+from core.events import Event, Kind, Lane, Severity, now_ms, system_event
 from drivers.gpio import ContactChange, GpioBank
 from drivers.line import DevicePoll, Line
 from drivers.modbus import ModbusLink, RtuLink, TcpLink
@@ -117,6 +124,14 @@ class Gateway:
         self.gb_live = FieldLive(self.gb_points, devices, lambda: not self.faults.quiet)
         pipeline.listen_stored("pointstate_listener", self.field.stored)
         self.parts = Parts(cfg, self.buffer, pipeline, devices, clock_synced, texts)
+        # The UITD duties (agent/duty.py): the duty check, the transmission light's timers
+        self.uitd = UitdDuties(
+            pipeline.emit, self.buffer, lambda: self.parts.rules, self.faults, cfg.duties,
+            texts=texts, clock_synced=clock_synced,
+        )  # fmt: skip
+        self.duty = self.parts.duty = self.uitd.check
+        self.on_duty_check = self.duty.request  # the GB uplink's (the centre's typeflag 91)
+        pipeline.listen_stored("transmission_listener", self.uitd.stored)
         actions = Actions(self.parts, pipeline.emit)
         self.local_view = LocalView(self.parts, actions)
         downlink = DownlinkView(self.parts, actions)
@@ -140,10 +155,13 @@ class Gateway:
         )
         self.parts.uplink = self.uplink
         self.uplinks: list[UplinkPart] = [self.uplink]
-        self.duties: list[Running] = []  # parts with a duty of their own (UITD: next)
+        # parts with a duty of their own: the duty check's and the transmission light's timers
+        self.duty_timers = self.uitd.timers
+        self.duties: list[Running] = [self.duty_timers]
+        self.uitd.hand_to(self.uplinks)
         # The runtime wires the buffer to its readers: every uplink is woken by a store.
         self.buffer.on_stored = self.faults.guard("buffer_listener", self._wake_uplinks)
-        self.buffer.on_settled = self.faults.guard("settled_listener", self.field.settled)
+        self.buffer.on_settled = self.faults.guard("settled_listener", self._settled)
         self.lines: dict[str, Line] = self.parts.lines
         self.gpio: GpioBank | None = None
         self.control: ControlServer | None = None
@@ -171,6 +189,10 @@ class Gateway:
     def _wake_uplinks(self) -> None:
         for uplink in self.uplinks:
             uplink.wake()
+
+    def _settled(self, keys: list[tuple[Lane, int]]) -> None:
+        self.field.settled(keys)
+        self.duty_timers.wake()  # the transmission light looks again now
 
     def _running_parts(self) -> list[tuple[str, Running]]:
         """Every part the watchdog watches, by name (the first uplink is "uplink")."""
@@ -239,13 +261,13 @@ class Gateway:
 
     def _start_gpio(self) -> None:
         if not self.cfg.inputs and not self.cfg.outputs:
-            self._rules_built(LocalRules([], self.texts))
+            self._rules_built(LocalRules([], self.texts, self.cfg.duties))
             return
         try:
             self.gpio = GpioBank(self.cfg.inputs, self.cfg.outputs, self._contact_changed)
         except AlarmgwError as exc:  # GpioError, or a ConfigError from a rule
             log.exception("GPIO unavailable")
-            self._rules_built(LocalRules([], self.texts))
+            self._rules_built(LocalRules([], self.texts, self.cfg.duties))
             self.emit(
                 self._system_event(
                     Kind.FAULT,
@@ -262,7 +284,7 @@ class Gateway:
             (o.id, o.rule, WatchedOutput(o.id, outputs[o.id], self.faults))
             for o in self.cfg.outputs
         )
-        self._rules_built(LocalRules(watched, self.texts))
+        self._rules_built(LocalRules(watched, self.texts, self.cfg.duties))
         self.rules.uplink_changed(self._uplinks_connected())
 
     def _contact_changed(self, change: ContactChange) -> None:
@@ -271,6 +293,10 @@ class Gateway:
         if cfg is None:
             return
         reported = self._remembered.get(contact_key(cfg.id), {})
+        if cfg.role == ROLE_DUTY_ANSWER:
+            if change.active and not change.initial:  # a press, not a button held at boot
+                self.duty.answer(f"input:{cfg.id}")
+            return  # not an alarm contact: its press is the answer event, nothing more
         if change.initial and not change.active and not reported:
             return  # a contact at rest at boot is not news (unless it was reported active)
         if change.initial and change.active and cfg.active_state in reported:
@@ -346,6 +372,7 @@ class Gateway:
             self.field.announce_start_memory()
             self._start_gpio()
             self._start_lines()
+            self.uitd.hand_to(self.uplinks)  # again: an uplink added after __init__ too
             for _, part in self._running_parts():
                 part.start()
             self._start_control()
@@ -438,6 +465,7 @@ class Gateway:
         self.field.stop()  # after the lines: their last results are processed
         for duty in self.duties:
             duty.stop()
+        self.duty.stop()  # a duty check still waiting is recorded unanswered
         self._closing = True
         for uplink in self.uplinks:
             uplink.stop()  # says offline (retained) while the buffer is still open

@@ -52,6 +52,11 @@ class Msg(enum.StrEnum):
     INTERNAL_RESTORED = "internal_restored"
     OUTPUT_FAILED = "output_failed"
     OUTPUT_RESTORED = "output_restored"
+    # the duties of a user information transmission device
+    DUTY_ANSWERED = "duty_answered"
+    DUTY_UNANSWERED = "duty_unanswered"
+    WORD_SOURCE_CENTRE = "word_source_centre"
+    WORD_SOURCE_PLATFORM = "word_source_platform"
     # delivery: the uplink and the buffer
     SET_ASIDE = "set_aside"
     BUFFER_DEGRADED = "buffer_degraded"
@@ -91,6 +96,10 @@ ZH: Final[Mapping[Msg, str]] = {
     Msg.INTERNAL_RESTORED: "网关内部处理恢复正常（{what}）",
     Msg.OUTPUT_FAILED: "输出 {output} 无法驱动：{reason}",
     Msg.OUTPUT_RESTORED: "输出 {output} 恢复驱动",
+    Msg.DUTY_ANSWERED: "{source}查岗已应答（{response_s:.0f} 秒，{how}）",
+    Msg.DUTY_UNANSWERED: "{source}查岗无人应答（等待 {waited_s:.0f} 秒）",
+    Msg.WORD_SOURCE_CENTRE: "监控中心",
+    Msg.WORD_SOURCE_PLATFORM: "平台",
     Msg.SET_ASIDE: "{lane} 序号 {seq} 被服务器拒收，未发送即移除：{why}",
     Msg.BUFFER_DEGRADED: "缓存降级：数据库拒绝写入（{reason}），事件暂存内存",
     Msg.BUFFER_RESTORED: "缓存恢复：事件重新写入磁盘",
@@ -135,6 +144,10 @@ EN: Final[Mapping[Msg, str]] = {
     Msg.INTERNAL_RESTORED: "gateway internal processing works again ({what})",
     Msg.OUTPUT_FAILED: "output {output} cannot be driven: {reason}",
     Msg.OUTPUT_RESTORED: "output {output} driven again",
+    Msg.DUTY_ANSWERED: "{source} duty check answered ({response_s:.0f} s, {how})",
+    Msg.DUTY_UNANSWERED: "{source} duty check not answered (waited {waited_s:.0f} s)",
+    Msg.WORD_SOURCE_CENTRE: "monitoring centre",
+    Msg.WORD_SOURCE_PLATFORM: "platform",
     Msg.SET_ASIDE: "{lane} seq {seq} was refused by the broker and set aside unsent: {why}",
     Msg.BUFFER_DEGRADED: (
         "buffer degraded: database refuses writes ({reason}); events held in memory"

@@ -8,8 +8,9 @@ each can be built and checked on parts that were never started
 (tests/test_views.py). The two askers get their own shape: `LocalView` answers as
 docs/control-protocol.md says, `DownlinkView` as docs/schemas/cmd-result says.
 
-A view must never change what the gateway does, except the two that are asked to:
-a test alarm (through the same emit() as every event) and silencing the buzzer.
+A view must never change what the gateway does, except those that are asked to: a
+test alarm (through the same emit() as every event), silencing the buzzer, and starting
+or answering a duty check (agent/duty.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Final, Protocol
 from agent import __version__
 from agent.buffer import EventBuffer
 from agent.config import GATEWAY_DEVICE_ID, Config, InputConfig, LineConfig
+from agent.duty import DutyCheck
 from agent.field import DeviceRuntime
 from agent.pipeline import Pipeline
 from agent.points import value_state
@@ -70,6 +72,7 @@ class Parts:
     lines: dict[str, Line] = field(default_factory=dict)
     gpio: GpioBank | None = None
     rules: LocalRules = field(default_factory=lambda: LocalRules([]))
+    duty: DutyCheck | None = None  # the duty check (agent/duty.py)
     loop: asyncio.AbstractEventLoop | None = None  # the field loop, once it runs
     reads_closed: threading.Event = field(default_factory=threading.Event)  # stopping
 
@@ -191,6 +194,11 @@ def status(parts: Parts) -> dict[str, Any]:
             for a in parts.rules.active_alarms()
         ],
         "silenced": parts.rules.alarm.silenced,
+        "duty_check": parts.duty.waiting if parts.duty is not None else None,
+        "transmission": {
+            "light": parts.rules.transmission.light,
+            "failed": parts.rules.transmission.failed,
+        },
     }
 
 
@@ -392,6 +400,12 @@ class LocalView:
     def silence(self) -> dict[str, Any]:
         return {"silenced": True, "was_sounding": self.parts.rules.silence()}
 
+    def ack(self, answered_by: str) -> dict[str, Any]:
+        """`alarmgw ack`: answer the duty check waiting (answered false if none was)."""
+        if self.parts.duty is None:
+            return {"answered": False, "response_s": None}
+        return self.parts.duty.answer(answered_by)
+
     def buffer(self) -> dict[str, Any]:
         return self.parts.buffer.stats()
 
@@ -420,6 +434,15 @@ class DownlinkView:
         return self.actions.test_alarm(requested_by, note)
 
     def silence(self) -> dict[str, Any]:
-        sounding = self.parts.rules.silence()
-        buzzers = [o.id for o in self.parts.cfg.outputs if o.rule == "alarm"]
-        return {"silenced": buzzers if sounding else []}
+        rules = self.parts.rules
+        sounding = {
+            "alarm": rules.alarm.silence(),
+            "transmission-failed": rules.transmission.silence(),
+        }
+        return {"silenced": [o.id for o in self.parts.cfg.outputs if sounding.get(o.rule)]}
+
+    def duty_check(self, requested_by: str, timeout_s: float | None) -> dict[str, Any]:
+        """The platform's duty check: the prompt starts (again); the answer is an event."""
+        if self.parts.duty is None:
+            raise AlarmgwError("no duty check on this gateway")
+        return self.parts.duty.request("platform", timeout_s, requested_by)

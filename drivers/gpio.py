@@ -294,6 +294,7 @@ class Output:
         self.type = cfg.type
         self._lock = threading.Lock()
         self._mode: tuple[str, float, float] = ("off", 0.0, 0.0)
+        self._closed = False
         try:
             self._device = DigitalOutputDevice(
                 cfg.pin,
@@ -330,12 +331,13 @@ class Output:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._device.close()  # stops and joins the blink thread
 
     def _command(self, mode: tuple[str, float, float], apply: Callable[[], None]) -> None:
         with self._lock:
-            if mode == self._mode:
-                return
+            if mode == self._mode or self._closed:
+                return  # closed: a rule still running at shutdown must not start a blink
             apply()
             self._mode = mode
 

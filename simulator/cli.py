@@ -1,6 +1,7 @@
 """`alarmgw-sim`: run a scenario, or drive a running simulator by hand (a training rig).
 
     alarmgw-sim run SCENARIO [--control SOCK] [--log FILE] [--gpio SOCK] [--no-timeline] [--loop]
+                             [--broker HOST:PORT]
     alarmgw-sim trigger DEVICE POINT STATE      alarmgw-sim set DEVICE POINT VALUE
     alarmgw-sim press INPUT | release INPUT     alarmgw-sim silence DEVICE | revive DEVICE
     alarmgw-sim fault TARGET KIND [--rate R] [--delay S] [--code C]
@@ -51,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--gpio", type=Path, help="GPIO socket for the pin factory")
     run.add_argument("--no-timeline", action="store_true", help="do not play the timeline")
     run.add_argument("--loop", action="store_true", help="repeat the timeline every period")
+    run.add_argument(
+        "--broker",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="the broker the platform's stand-in publishes to (default: the scenario's)",
+    )
     for name, args, text in (
         ("trigger", ("device", "point", "state"), "put a point into a state"),
         ("set", ("device", "point", "value"), "give an analog point a value"),
@@ -62,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text)
         for arg in args:
             sp.add_argument(arg)
+    duty = sub.add_parser("duty-check", help="ask the gateway for a duty check, as the platform")
+    duty.add_argument("--timeout-s", type=int, metavar="S", help="10..3600 (default the gateway's)")
     fault = sub.add_parser("fault", help="inject (or --clear) a fault on a device or line")
     fault.add_argument("--clear", action="store_true")
     fault.add_argument("target")
@@ -86,10 +95,20 @@ _SIMPLE = {
 }
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
 def _request(args: argparse.Namespace) -> dict[str, Any]:
     if args.cmd in _SIMPLE:
         do, names = _SIMPLE[args.cmd]
         return {"do": do, **{n: getattr(args, n) for n in names}}
+    if args.cmd == "duty-check":
+        req: dict[str, Any] = {"do": "duty-check"}
+        return {**req, "timeout_s": args.timeout_s} if args.timeout_s else req
     if args.cmd == "fault":
         if args.clear:
             req = {"do": "clear-fault", "target": args.target}
@@ -168,7 +187,11 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     control_path = Path(args.control) if args.control else scenario.control
     sim = Simulator(
-        scenario, log=args.log, gpio_socket=args.gpio, run_timeline=not args.no_timeline
+        scenario,
+        log=args.log,
+        gpio_socket=args.gpio,
+        run_timeline=not args.no_timeline,
+        broker=args.broker,
     )
     with sim:
         control = ControlServer(sim, control_path).start()

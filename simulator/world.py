@@ -22,6 +22,7 @@ from typing import IO, Any
 from simulator.devices import SimDevice, SimulatorError, unknown
 from simulator.faults import FaultSet, make_fault
 from simulator.gpio_server import GpioBoard, GpioServer, SimInput, SimOutput, wall_ms
+from simulator.platform import PlatformError, PlatformStandIn
 from simulator.pty import PtyPair
 from simulator.scenario import DeviceSpec, Scenario
 from simulator.tcp import TcpDeviceServer
@@ -75,8 +76,13 @@ class Simulator:
         log: Path | None = None,
         gpio_socket: Path | None = None,
         run_timeline: bool = True,
+        broker: tuple[str, int] | None = None,
     ) -> None:
         self.scenario = scenario
+        # the platform's stand-in, for duty-check steps (simulator/platform.py)
+        self.platform = (
+            PlatformStandIn(scenario.platform, broker) if scenario.platform is not None else None
+        )
         self.devices: dict[str, SimDevice] = {}
         self.device_line: dict[str, str] = {}
         self.line_faults: dict[str, FaultSet] = {}
@@ -227,11 +233,21 @@ class Simulator:
                 int(a.get("code", 4)),
             )
             self._fault_target(str(a["target"])).set(fault)
+        elif do == "duty-check":
+            self._duty_check(a.get("timeout_s"))
         elif do == "clear-fault":
             kind = a.get("kind")
             self._fault_target(str(a["target"])).clear(make_fault(str(kind)).kind if kind else None)
         else:
             raise SimulatorError(f"unknown action {do!r}")
+
+    def _duty_check(self, timeout_s: Any) -> None:
+        if self.platform is None:
+            raise SimulatorError("no [platform] in the scenario: nobody to ask for a duty check")
+        try:
+            self.platform.duty_check(None if timeout_s is None else int(timeout_s))
+        except PlatformError as exc:
+            raise SimulatorError(str(exc)) from None
 
     def state(self) -> dict[str, Any]:
         """The whole simulated world, as plain data (what `alarmgw-sim state` prints)."""

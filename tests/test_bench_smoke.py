@@ -53,6 +53,10 @@ EXPECTED_FIGURES = {
     "uplink_flood_fire",
     "uplink_flood_commands",
     "bus_dead_3_9600",
+    "duties_baseline",
+    "duties_tick_16",
+    "duties_tick_100_unbounded",
+    "duties_stored_fire",
 }
 # the field-side fault scenarios of bench_faults.py: each event must have arrived
 FAULT_FIGURES = {

@@ -402,6 +402,8 @@ ACCEPTED = [
     ("test-alarm", {"id": "t1"}),
     ("test-alarm", {"id": "t2", "args": {"note": "月度模拟火警传输测试"}}),
     ("silence", {"id": "s1", "from": "platform-7"}),  # unknown top-level keys are ignored
+    ("duty-check", {"id": "d1"}),
+    ("duty-check", {"id": "d2", "args": {"timeout_s": 600}}),
 ]
 
 REJECTED_BY_BOTH = [
@@ -428,6 +430,11 @@ REJECTED_BY_BOTH = [
     ("test-alarm", {"id": "t", "args": {"note": "x" * 201}}, ErrorCode.BAD_ARGS),
     ("test-alarm", {"id": "t", "args": {"note": "line\nbreak"}}, ErrorCode.BAD_ARGS),
     ("silence", {"id": "s", "args": {"output": "buzzer"}}, ErrorCode.BAD_ARGS),
+    ("duty-check", {"id": "d", "args": {"timeout_s": 5}}, ErrorCode.BAD_ARGS),
+    ("duty-check", {"id": "d", "args": {"timeout_s": 3601}}, ErrorCode.BAD_ARGS),
+    ("duty-check", {"id": "d", "args": {"timeout_s": 60.5}}, ErrorCode.BAD_ARGS),
+    ("duty-check", {"id": "d", "args": {"timeout_s": True}}, ErrorCode.BAD_ARGS),
+    ("duty-check", {"id": "d", "args": {"minutes": 10}}, ErrorCode.BAD_ARGS),
 ]
 
 
@@ -470,7 +477,7 @@ JSON_SCALARS = st.one_of(
 @given(
     name=st.sampled_from([c.value for c in CommandName]),
     args=st.dictionaries(
-        st.sampled_from(["device", "point", "note", "x"]), JSON_SCALARS, max_size=3
+        st.sampled_from(["device", "point", "note", "timeout_s", "x"]), JSON_SCALARS, max_size=3
     ),
 )
 def test_parser_and_schema_agree_on_any_args(name: str, args: dict[str, Any]) -> None:
@@ -567,6 +574,7 @@ OK_RESULTS = [
     ),
     ("test-alarm", {"event_id": "3f1c9a52-4f0e-4a59-9d7c-0c9a3e2b7d11", "seq": 42}),
     ("silence", {"silenced": ["buzzer"]}),
+    ("duty-check", {"started": True, "timeout_s": 600.0, "restarted": False}),
 ]
 
 

@@ -8,7 +8,7 @@ Offline (no agent needed):
 Talking to the running agent over its control socket (--socket PATH, or the
 [control] socket of --config FILE, default /run/alarmgw/control.sock):
   status | devices | events [--since SEQ] [--limit N] [--follow] | read DEVICE [POINT]
-  test-alarm | silence | buffer         (--json on every one: the raw answer as JSON)
+  test-alarm | silence | ack | buffer         (--json on every one: the raw answer as JSON)
 
 Exit codes mean something to scripts and to systemd:
   0   ok
@@ -16,6 +16,7 @@ Exit codes mean something to scripts and to systemd:
       fault, an active alarm, a degraded buffer or an unsynchronised clock (the
       last line says which); `devices` shows a device in comm fault; `buffer`
       is degraded; `test-alarm` was stored but not acknowledged by the broker;
+      `ack` found no duty check waiting;
       `read` failed (unknown point, device not answering); `scan` found no unit
       or could not open the port; the agent answered with an error
   2   usage error (bad arguments)
@@ -47,6 +48,7 @@ from agent import __version__
 from agent.cli.client import DEFAULT_SOCKET
 from agent.cli.live import (
     agent_command,
+    run_ack,
     run_buffer,
     run_devices,
     run_events,
@@ -166,6 +168,7 @@ def _add_agent_commands(sub: Any) -> None:
         ("devices", "every device with its comm state and last good poll", run_devices),
         ("test-alarm", "fire a test-flagged alarm end to end", run_test_alarm),
         ("silence", "silence the local buzzer until the next new alarm", run_silence),
+        ("ack", "answer the duty check (查岗) the gateway is prompting for", run_ack),
         ("buffer", "buffer depth per lane, oldest age, drops", run_buffer),
     )
     for name, text, run in simple:

@@ -30,7 +30,14 @@ from agent.cli.output import (
 from agent.cli.render import COLUMNS
 from agent.cli.textwidth import fit
 from agent.cli.watch import render_payload
-from agent.config import Config, DeviceConfig, LineConfig, config_digest, load_config
+from agent.config import (
+    Config,
+    DeviceConfig,
+    InputConfig,
+    LineConfig,
+    config_digest,
+    load_config,
+)
 from agent.storage_check import check_storage
 from core.errors import BufferError_, ConfigError, ConfigProblem
 from core.events import topic_root
@@ -80,7 +87,7 @@ def summary_lines(config: Config) -> list[str]:
         devices = [d for d in config.devices if d.line == line.id]
         out.append(_device_header() if devices else "  (no devices)")
         out.extend(_device_row(d) for d in devices)
-    out.extend(f"input  {i.id} pin {i.pin} {i.kind}/{i.category}  {i.name}" for i in config.inputs)
+    out.extend(f"input  {i.id} pin {i.pin} {_input_role(i)}  {i.name}" for i in config.inputs)
     out.extend(
         f"output {o.id} pin {o.pin} {o.type} rule {o.rule}  {o.name}" for o in config.outputs
     )
@@ -293,3 +300,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
             print("\r" + " " * 40 + "\r", end="", file=sys.stderr, flush=True)
     emit(args, render.scan_json(settings, report), render.render_scan(report))
     return EXIT_OK if report.found else EXIT_PROBLEM
+
+
+def _input_role(contact: InputConfig) -> str:
+    """kind/category of a contact; what the two special inputs are for."""
+    if contact.role == "duty_answer":
+        return "duty-answer button"
+    what = f"{contact.kind}/{contact.category}"
+    return f"{what} manual call point" if contact.role == "manual_call_point" else what

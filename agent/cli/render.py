@@ -97,7 +97,8 @@ def problems(status: Mapping[str, Any]) -> list[str]:
     broker has acknowledged nothing since the last error), a line down, a device or the
     GPIO in comm fault, a device not polled for longer than its comm-fault window
     (starved: what it reports is stale, whatever its comm state says), an active alarm, a
-    degraded buffer, an unsynchronised clock. Empty when all is well."""
+    degraded buffer, an unsynchronised clock, a duty check waiting for its answer, a
+    failed transmission. Empty when all is well."""
     found: list[str] = []
     uplink = _get(status, "uplink", {})
     if not _get(uplink, "connected", False):
@@ -126,7 +127,30 @@ def problems(status: Mapping[str, Any]) -> list[str]:
         found.append(f"buffer degraded ({_get(buffer, 'degraded_reason', '?')})")
     if _get(status, "clock_synced", True) is False:
         found.append("clock not synchronised")
+    if _get(status, "duty_check", None):
+        found.append("duty check waiting: alarmgw ack")
+    if _get(_get(status, "transmission", {}), "failed", []):
+        found.append("transmission failed")
     return found
+
+
+def _duties_lines(status: Mapping[str, Any]) -> list[str]:
+    """The duty check waiting (if one is) and the transmission light and failure signal."""
+    out = []
+    duty = _get(status, "duty_check", None)
+    if duty:
+        out.append(
+            f"duty check from {_get(duty, 'source', '?')}: waiting {age(duty.get('waited_s'))},"
+            f" {age(duty.get('left_s'))} left (answer button or `alarmgw ack`)"
+        )
+    transmission = _get(status, "transmission", {})
+    if transmission:
+        failed = list(_get(transmission, "failed", []))
+        light = _get(transmission, "light", "off")
+        out.append(
+            f"transmission light {light}" + (f"; FAILED: {', '.join(failed)}" if failed else "")
+        )
+    return out
 
 
 def _uplink_line(status: Mapping[str, Any]) -> str:
@@ -248,6 +272,7 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
     silenced = " (buzzer silenced)" if _get(status, "silenced", False) else ""
     out.append(f"active alarms: {len(alarms) or 'none'}{silenced}")
     out.extend(alarm_row(a) for a in alarms)
+    out.extend(_duties_lines(status))
     found = problems(status)
     out.append("PROBLEMS: " + "; ".join(found) if found else "all ok")
     return [clip(text) for text in out]
