@@ -48,11 +48,15 @@ from agent.journal import setup_logging
 from agent.pipeline import Pipeline
 from agent.pointstate import PointStateStore
 from agent.rules import LEGACY_GPIO_DEVICE, LocalRules, contact_event, contact_key
+from agent.selftest_probes import GatewayProbes
 from agent.texts import Msg, Texts
+from agent.uitd_duty import UitdDuty
+from agent.uitd_records import FILE_NAME as UITD_RECORDS
+from agent.uitd_records import UitdRecords
 from agent.uplink import Uplink
 from agent.views import Actions, DownlinkView, LocalView, Parts, health
 from core.errors import AlarmgwError
-from core.events import Event, Kind, Severity, now_ms, system_event
+from core.events import Event, Kind, Lane, Severity, now_ms, system_event
 from drivers.gpio import ContactChange, GpioBank
 from drivers.line import DevicePoll, Line
 from drivers.modbus import ModbusLink, RtuLink, TcpLink
@@ -133,6 +137,7 @@ class Gateway:
         self.parts.uplink = self.uplink
         self.uplinks: list[UplinkPart] = [self.uplink]
         self.duties: list[Running] = []  # parts with a duty of their own (UITD: next)
+        self._add_uitd_duty(actions)
         # The runtime wires the buffer to its readers: every uplink is woken by a store.
         self.buffer.on_stored = self.faults.guard("buffer_listener", self._wake_uplinks)
         self.buffer.on_settled = self.faults.guard("settled_listener", self.field.settled)
@@ -146,6 +151,24 @@ class Gateway:
         self._closing = False
         self._input_cfg = {i.id: i for i in cfg.inputs}
         self.watchdog = sdnotify.Watchdog()
+
+    def _add_uitd_duty(self, actions: Actions) -> None:
+        """The daily self-test, the simulated fire count and the self-check reports
+        (agent/uitd_duty.py); its records file lives beside the buffer."""
+        records = UitdRecords(self.cfg.buffer.path.with_name(UITD_RECORDS))
+        probes = GatewayProbes(
+            self.parts, actions, self.faults, records,
+            pointstate_problem=lambda: self.pointstate.problem,
+            uplinks=lambda: dict(self._running_parts()[: len(self.uplinks)]),
+        )  # fmt: skip
+        duty = UitdDuty(
+            self.cfg.duties, records, probes, self.emit, self.faults,
+            is_confirmed=lambda seq: actions.confirmed(Lane.EVENT, seq),
+            synced=self.clock_synced, texts=self.texts,
+        )  # fmt: skip
+        self.pipeline.listen_stored("uitd_listener", duty.stored)
+        self.parts.uitd = duty
+        self.duties.append(duty)
 
     @property
     def field_devices(self) -> dict[str, DeviceRuntime]:

@@ -52,6 +52,13 @@ class Msg(enum.StrEnum):
     INTERNAL_RESTORED = "internal_restored"
     OUTPUT_FAILED = "output_failed"
     OUTPUT_RESTORED = "output_restored"
+    # the UITD duties: self-test, simulated fire transmissions, monthly self-check
+    SELFTEST_PASSED = "selftest_passed"
+    SELFTEST_FAILED = "selftest_failed"
+    SELFTEST_ITEM_FAILED = "selftest_item_failed"
+    SELFTEST_ITEM_RESTORED = "selftest_item_restored"
+    SIMULATED_FIRES_DUE = "simulated_fires_due"
+    SELFCHECK_REPORT = "selfcheck_report"
     # delivery: the uplink and the buffer
     SET_ASIDE = "set_aside"
     BUFFER_DEGRADED = "buffer_degraded"
@@ -91,6 +98,14 @@ ZH: Final[Mapping[Msg, str]] = {
     Msg.INTERNAL_RESTORED: "网关内部处理恢复正常（{what}）",
     Msg.OUTPUT_FAILED: "输出 {output} 无法驱动：{reason}",
     Msg.OUTPUT_RESTORED: "输出 {output} 恢复驱动",
+    Msg.SELFTEST_PASSED: "网关自检通过（{count}项）",
+    Msg.SELFTEST_FAILED: "网关自检发现{count}项异常：{items}",
+    Msg.SELFTEST_ITEM_FAILED: "自检异常：{part} {item}（{reason}）",
+    Msg.SELFTEST_ITEM_RESTORED: "自检恢复正常：{part} {item}",
+    Msg.SIMULATED_FIRES_DUE: "本月模拟火警传输仅{count}次（至少{required}次），请尽快进行",
+    Msg.SELFCHECK_REPORT: (
+        "月度自检（{operator}）：通过{passed}，失败{failed}，未测{untested}，模拟火警确认{confirmed}次"
+    ),
     Msg.SET_ASIDE: "{lane} 序号 {seq} 被服务器拒收，未发送即移除：{why}",
     Msg.BUFFER_DEGRADED: "缓存降级：数据库拒绝写入（{reason}），事件暂存内存",
     Msg.BUFFER_RESTORED: "缓存恢复：事件重新写入磁盘",
@@ -135,6 +150,17 @@ EN: Final[Mapping[Msg, str]] = {
     Msg.INTERNAL_RESTORED: "gateway internal processing works again ({what})",
     Msg.OUTPUT_FAILED: "output {output} cannot be driven: {reason}",
     Msg.OUTPUT_RESTORED: "output {output} driven again",
+    Msg.SELFTEST_PASSED: "gateway self-test passed ({count} items)",
+    Msg.SELFTEST_FAILED: "gateway self-test: {count} items failed: {items}",
+    Msg.SELFTEST_ITEM_FAILED: "self-test failed: {part} {item} ({reason})",
+    Msg.SELFTEST_ITEM_RESTORED: "self-test passes again: {part} {item}",
+    Msg.SIMULATED_FIRES_DUE: (
+        "only {count} simulated fire transmissions this month (at least {required}): run them soon"
+    ),
+    Msg.SELFCHECK_REPORT: (
+        "monthly self-check ({operator}): {passed} passed, {failed} failed, {untested} untested, "
+        "{confirmed} simulated fire transmissions confirmed"
+    ),
     Msg.SET_ASIDE: "{lane} seq {seq} was refused by the broker and set aside unsent: {why}",
     Msg.BUFFER_DEGRADED: (
         "buffer degraded: database refuses writes ({reason}); events held in memory"

@@ -29,6 +29,7 @@ from agent.field import DeviceRuntime
 from agent.pipeline import Pipeline
 from agent.points import value_state
 from agent.rules import LocalRules
+from agent.selfcheck import check_points, parse_report
 from agent.texts import CHINESE, Msg, Texts
 from core.errors import AlarmgwError, FieldError, FieldTimeout, UnknownPoint
 from core.events import Category, Event, Identity, Kind, Lane, Record, Severity, now_ms
@@ -52,6 +53,15 @@ class UplinkState(Protocol):
     def health(self) -> dict[str, Any]: ...
 
 
+class UitdDuties(Protocol):
+    """What the views ask of the UITD duties (agent.uitd_duty.UitdDuty)."""
+
+    def summary(self) -> dict[str, Any]: ...
+    def run_selftest(self, trigger: str) -> Any: ...
+    def store_report(self, report: dict[str, Any]) -> dict[str, Any]: ...
+    def reports(self, limit: int) -> list[dict[str, Any]]: ...
+
+
 @dataclass
 class Parts:
     """The running gateway's parts, as the views see them. The runtime fills in the
@@ -72,6 +82,7 @@ class Parts:
     rules: LocalRules = field(default_factory=lambda: LocalRules([]))
     loop: asyncio.AbstractEventLoop | None = None  # the field loop, once it runs
     reads_closed: threading.Event = field(default_factory=threading.Event)  # stopping
+    uitd: UitdDuties | None = None  # the self-test and self-check duties (uitd_duty.py)
 
     def uptime_s(self) -> float:
         return time.monotonic() - self.boot_mono
@@ -191,6 +202,7 @@ def status(parts: Parts) -> dict[str, Any]:
             for a in parts.rules.active_alarms()
         ],
         "silenced": parts.rules.alarm.silenced,
+        "duties": parts.uitd.summary() if parts.uitd is not None else None,
     }
 
 
@@ -341,11 +353,15 @@ class Actions:
             raise AlarmgwError("the buffer answered a test alarm with a reading")
         return stored
 
+    def confirmed(self, lane: Lane, seq: int) -> bool:
+        """The row is acknowledged by every uplink (gone from the buffer)."""
+        return not any(r.seq == seq for r in self.parts.buffer.pending(lane, seq - 1, 1))
+
     def acked(self, lane: Lane, seq: int, timeout: float) -> bool:
         """Wait until the row is acknowledged (gone from the buffer); False at timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not any(r.seq == seq for r in self.parts.buffer.pending(lane, seq - 1, 1)):
+            if self.confirmed(lane, seq):
                 return True
             time.sleep(0.05)  # the buffer has no per-row ack notification to await
         return False
@@ -394,6 +410,30 @@ class LocalView:
 
     def buffer(self) -> dict[str, Any]:
         return self.parts.buffer.stats()
+
+    # the UITD duties (agent/uitd_duty.py): self-test, monthly self-check
+
+    def _duties(self) -> UitdDuties:
+        if self.parts.uitd is None:
+            raise AlarmgwError("the self-test duties are not running")
+        return self.parts.uitd
+
+    def selftest(self, requested_by: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._duties().run_selftest(requested_by).as_dict()
+        return result
+
+    def selfcheck_points(self) -> dict[str, Any]:
+        return {
+            "points": check_points(self.parts.cfg),
+            "point_timeout_s": self.parts.cfg.duties.point_timeout_s,
+        }
+
+    def selfcheck_report(self, report: dict[str, Any], handed_in_by: str) -> dict[str, Any]:
+        parsed = parse_report(report) | {"handed_in_by": handed_in_by}
+        return self._duties().store_report(parsed)
+
+    def selfcheck_reports(self, limit: int) -> dict[str, Any]:
+        return {"reports": self._duties().reports(limit)}
 
 
 class DownlinkView:

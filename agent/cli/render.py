@@ -126,7 +126,63 @@ def problems(status: Mapping[str, Any]) -> list[str]:
         found.append(f"buffer degraded ({_get(buffer, 'degraded_reason', '?')})")
     if _get(status, "clock_synced", True) is False:
         found.append("clock not synchronised")
+    found.extend(duty_problems(_get(status, "duties", {})))
     return found
+
+
+def duty_problems(duties: Mapping[str, Any]) -> list[str]:
+    """The UITD duties' part of `problems`: the last self-test failed, simulated fire
+    transmissions due this month."""
+    found = []
+    last = _get(duties, "last_selftest", {})
+    if last and last.get("ok") is False:
+        found.append("self-test failed: " + ", ".join(last.get("failed", [])))
+    fires = _get(duties, "simulated_fires", {})
+    if fires and fires.get("due"):
+        found.append(f"simulated fires due ({fires.get('count')} of {fires.get('required')})")
+    return found
+
+
+def date_time(ts_ms: Any) -> str:
+    """Local date and time of a timestamp (as clock_time: no libc localtime)."""
+    if not isinstance(ts_ms, int | float):
+        return "----------- --:--"
+    try:
+        moment = _UTC_EPOCH + datetime.timedelta(milliseconds=ts_ms)
+        return moment.astimezone(_site_zone()).strftime("%Y-%m-%d %H:%M")
+    except (OverflowError, ValueError):
+        return "----------- --:--"
+
+
+def duty_lines(duties: Mapping[str, Any]) -> list[str]:
+    """`status`: the last self-test, this month's simulated fires, the last self-check."""
+    if not duties:
+        return []
+    out = []
+    last = _get(duties, "last_selftest", {})
+    if last:
+        verdict = "passed" if last.get("ok") else "FAILED: " + ", ".join(last.get("failed", []))
+        when = date_time(last.get("ts_ms"))
+        out.append(f"self-test    {when} ({last.get('trigger')}) {verdict}")
+    else:
+        out.append(f"self-test    not run yet (daily at {_get(duties, 'selftest_time', '?')})")
+    fires = _get(duties, "simulated_fires", {})
+    if fires.get("month"):
+        due = "  REMINDER: run them" if fires.get("due") else ""
+        out.append(
+            f"simulated fires {fires['month']}: {fires.get('count')} of {fires.get('required')}"
+            f" confirmed (reminder from day {fires.get('reminder_day')}){due}"
+        )
+    elif fires:
+        out.append("simulated fires: month unknown until the clock is synchronised")
+    check = _get(duties, "last_selfcheck", {})
+    if check:
+        out.append(
+            f"self-check   #{check.get('number')} {date_time(check.get('ts_ms'))} "
+            f"{check.get('operator')}: {check.get('passed')} passed, {check.get('failed')} "
+            f"failed, {check.get('untested')} untested"
+        )
+    return out
 
 
 def _uplink_line(status: Mapping[str, Any]) -> str:
@@ -248,6 +304,7 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
     silenced = " (buzzer silenced)" if _get(status, "silenced", False) else ""
     out.append(f"active alarms: {len(alarms) or 'none'}{silenced}")
     out.extend(alarm_row(a) for a in alarms)
+    out.extend(duty_lines(_get(status, "duties", {})))
     found = problems(status)
     out.append("PROBLEMS: " + "; ".join(found) if found else "all ok")
     return [clip(text) for text in out]
