@@ -55,6 +55,10 @@ STEP_KEYS: dict[str, tuple[str, ...]] = {
     "release": ("input",),
     "fault": ("target", "kind"),
     "clear-fault": ("target",),
+    # a point's own alarm, whatever its kind of meaning (a state, a flag, a threshold): the
+    # training rig and the scripted monthly self-check (simulator/world.py alarm_stimulus)
+    "alarm": ("device", "point"),
+    "clear-alarm": ("device", "point"),
 }
 OPTIONAL_STEP_KEYS = {
     "ramp": ("step",),

@@ -25,6 +25,10 @@ from agent.uitd_records import UitdRecords
 from agent.views import make_test_alarm
 from core.errors import FieldTimeout
 from core.events import Event, Identity, Record
+from simulator.devices import SimulatorError
+from simulator.world import alarm_stimulus
+from tests.mounts import fill, needs_root, tmpfs
+from tests.test_schemas import assert_invalid, assert_valid
 
 ROOT = Path(__file__).resolve().parent.parent
 BEIJING = timezone(timedelta(hours=8))
@@ -423,3 +427,54 @@ def test_the_default_points_are_the_alarm_inputs_and_alarm_points() -> None:
     assert "efd-2/ch4_temp" not in ids  # disabled on that device
     manual = check_points(cfg)[0]
     assert (manual["device"], manual["point"]) == ("manual-alarm", "contact")
+
+
+@needs_root
+@pytest.mark.world  # mounts a tmpfs (a `mount` process)
+def test_a_full_card_fails_space_and_write(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "card", "1m") as card:
+        records = UitdRecords(card / "uitd.db")
+        try:
+            gateway = Gateway(records, card)
+            assert selftest.run(gateway, "daily").ok  # the file exists, with room to spare
+            fill(card)
+            failed = {(i.id, i.detail[:16]) for i in selftest.run(gateway, "daily").failed}
+            assert {i for i, _ in failed} == {"space", "write"}, failed
+        finally:
+            records.close()
+
+
+# --- the feed contract: the events as sent match docs/schemas/event.schema.json --------------
+
+
+def test_the_duties_events_match_the_event_schema(rig: Rig) -> None:
+    rig.clock.now = datetime(2026, 12, 26, 3, 30, tzinfo=BEIJING)
+    rig.gateway.dead.add("gas-1")
+    duty = rig.duty()
+    duty.tick()  # the daily self-test (failing one item) and the simulated-fires reminder
+    duty.store_report(parse_report(REPORT) | {"handed_in_by": "root"})
+    states = {e.state for e in rig.emitted}
+    assert {"selftest_failed", "simulated_fires_due", "selfcheck_report"} <= states
+    ident = Identity("cn-sz-futian-yl001", "gw1")
+    for seq, event in enumerate(rig.emitted, 1):
+        assert_valid("event", _stored(event, seq).to_payload(ident))
+    bad = _stored(rig.points("selftest")[0], 1).to_payload(ident)
+    bad["detail"]["gb"]["flags"] = 32
+    assert_invalid("event", bad)
+
+
+# --- the training rig: what `alarmgw-sim alarm/clear-alarm/pulse` put into the points --------
+
+
+def test_the_simulator_knows_each_points_alarm_and_its_normal() -> None:
+    cfg = load_config(ROOT / "config" / "scenarios" / "care-home-agent.toml")
+    panel = cfg.profiles["fire-panel-gst"].points["point3"]
+    assert (alarm_stimulus(panel, active=True), alarm_stimulus(panel, active=False)) == (
+        "fire", "normal")  # fmt: skip
+    leak = cfg.profiles["electrical-fire-4ch"].points["ch1_leak"]
+    alarm = next(t for t in leak.thresholds.values() if t.kind.value == "alarm")
+    assert alarm_stimulus(leak, active=True) > alarm.value
+    assert alarm_stimulus(leak, active=False) < alarm.value - alarm.hysteresis
+    power = cfg.profiles["fire-panel-gst"].points["main_power"]  # a fault flag: no alarm
+    with pytest.raises(SimulatorError, match="no alarm"):
+        alarm_stimulus(power, active=True)

@@ -1,0 +1,186 @@
+"""The UITD duties on the bench: broker + simulator + agent as real processes. The
+self-test passes, then names a device that stopped answering (and its fault reaches the
+feed); the scripted monthly self-check triggers each point through the simulator
+(`alarmgw-sim pulse`), sees its alarm and restore, sends a simulated fire the broker
+confirms, stores the report, sends it, and keeps it across a restart of the agent; the
+confirmed simulated fire counts in `status`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.cli import main
+from agent.cli.output import EXIT_OK, EXIT_PROBLEM
+from simulator.broker import Mosquitto
+from tests.rig import BIN, Rig, running_rig
+from tests.waiting import wait_until
+
+pytestmark = [pytest.mark.world, pytest.mark.slow]
+
+GB_SELF_TEST = {"tf": 24, "flags": 16, "operator": 0}
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    tmp = tmp_path_factory.mktemp("uitd-rig")
+    with (
+        Mosquitto(tmp / "broker") as broker,
+        running_rig(tmp, broker, play_timeline=False, client_id="uitd-feed") as running,
+    ):
+        running.wait_agent_ready()
+        yield running
+
+
+@pytest.fixture
+def own_rig(tmp_path: Path) -> Iterator[Rig]:
+    """A rig of the test's own: the test restarts its agent."""
+    with (
+        Mosquitto(tmp_path / "broker") as broker,
+        running_rig(tmp_path, broker, play_timeline=False, client_id="uitd-own") as running,
+    ):
+        running.wait_agent_ready()
+        yield running
+
+
+Run = Callable[..., tuple[int, Any]]
+
+
+def _cli(rig: Rig, capsys: pytest.CaptureFixture[str]) -> Run:
+    """`alarmgw ARGS --json --socket <the rig's>` in process: (exit code, the JSON)."""
+
+    def run(*args: str) -> tuple[int, Any]:
+        code = main([*args, "--json", "--socket", str(rig.control_socket)])
+        out, err = capsys.readouterr()
+        assert out, err
+        return code, json.loads(out)
+
+    return run
+
+
+@pytest.fixture
+def cli(rig: Rig, capsys: pytest.CaptureFixture[str]) -> Run:
+    return _cli(rig, capsys)
+
+
+def _failed(result: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(i["part"], i["id"]) for i in result["items"] if not i["ok"]]
+
+
+def test_selftest_passes_then_names_a_device_that_stopped_answering(rig: Rig, cli: Run) -> None:
+    code, result = cli("selftest")
+    assert (code, _failed(result)) == (EXIT_OK, []), result
+    parts = {i["part"] for i in result["items"]}
+    assert parts == {"input", "output", "storage", "link"}
+    assert ("input", "efd-2") in {(i["part"], i["id"]) for i in result["items"]}
+    sent = rig.feed.wait_event(
+        lambda e: e["point"] == "selftest" and e["detail"]["selftest"]["ts_ms"] == result["ts_ms"],
+        timeout=20,
+    )
+    assert sent is not None and sent["state"] == "selftest_passed"
+    assert sent["detail"]["gb"] == GB_SELF_TEST
+
+    rig.sim_do(do="silence", device="efd-2")
+    try:
+        code, result = cli("selftest")
+    finally:
+        rig.sim_do(do="revive", device="efd-2")
+    assert (code, _failed(result)) == (EXIT_PROBLEM, [("input", "efd-2")])
+    fault = rig.feed.wait_event(
+        lambda e: e["point"] == "selftest-input-efd-2" and e["kind"] == "fault", timeout=20
+    )
+    assert fault is not None and fault["state"] == "selftest_failed"
+    assert wait_until(lambda: cli("selftest")[0] == EXIT_OK, timeout=30)
+    restore = rig.feed.wait_event(
+        lambda e: e["point"] == "selftest-input-efd-2" and e["kind"] == "restore", timeout=20
+    )
+    assert restore is not None
+
+
+def _script(rig: Rig, name: str, body: str) -> Path:
+    path = rig.tmp / name
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+def _selfcheck(rig: Rig, *args: str) -> subprocess.CompletedProcess[str]:
+    """`alarmgw selfcheck` as a technician's shell runs it (a process of its own)."""
+    return subprocess.run(
+        [str(BIN / "alarmgw"), "selfcheck", *args, "--socket", str(rig.control_socket)],
+        capture_output=True,
+        text=True,
+        env=rig.env,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_scripted_selfcheck_on_the_simulator_stored_sent_and_kept(
+    own_rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rig, cli = own_rig, _cli(own_rig, capsys)
+    pulse = [str(BIN / "alarmgw-sim"), "--control", str(rig.sim_control), "pulse"]
+    script = _script(rig, "check.toml", f"""
+operator = "张三"
+simulated_fires = 1
+only = ["manual-alarm", "tamper", "fap/point3"]
+untested = ["tamper"]
+point_timeout_s = 30
+trigger_command = {json.dumps([*pulse, "{device}", "{point}", "--hold", "1.5"])}
+""")  # fmt: skip
+    done = _selfcheck(rig, "--script", str(script), "--json")
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    results = {p["id"]: p["result"] for p in report["points"]}
+    assert results == {"manual-alarm": "passed", "tamper": "untested", "fap/point3": "passed"}
+    assert report["operator"] == "张三"
+    assert [s["confirmed"] for s in report["simulated"]] == [True]
+    assert report["summary"]["simulated_confirmed"] == 1
+    sent = rig.feed.wait_event(
+        lambda e: (
+            e["point"] == "selfcheck" and e["detail"]["selfcheck"]["number"] == report["number"]
+        ),
+        timeout=20,
+    )
+    assert sent is not None and sent["state"] == "selfcheck_report"
+
+    # the confirmed simulated fire counts this month
+    def counted() -> bool:
+        return cli("status")[1]["duties"]["simulated_fires"]["count"] >= 1
+
+    assert wait_until(counted, timeout=20)
+
+    # durable: the agent restarts, the report is still there
+    rig.stop_agent()
+    rig.start_agent()
+    rig.wait_agent_ready()
+    code, latest = cli("selfcheck", "--show")
+    assert (code, latest["number"], latest["operator"]) == (EXIT_OK, report["number"], "张三")
+    code, listed = cli("selfcheck", "--show", "list")
+    assert report["number"] in [r["number"] for r in listed["reports"]]
+    assert cli("status")[1]["duties"]["last_selfcheck"]["number"] == report["number"]
+
+
+def test_a_point_nobody_triggers_fails_and_the_run_says_so(rig: Rig) -> None:
+    script = _script(rig, "idle.toml", """
+operator = "李四"
+simulated_fires = 0
+only = ["fap/point5"]
+point_timeout_s = 0.5
+""")  # fmt: skip
+    done = _selfcheck(rig, "--script", str(script))
+    assert done.returncode == EXIT_PROBLEM, done.stdout + done.stderr
+    assert "FAILED - no alarm within 0.5 s" in done.stdout
+    assert "passed 0 failed 1 untested 0" in done.stdout
+
+
+def test_a_script_naming_an_unknown_point_is_a_config_error(rig: Rig) -> None:
+    script = _script(rig, "bad.toml", 'operator = "x"\nonly = ["fap/nope"]\n')
+    done = _selfcheck(rig, "--script", str(script))
+    assert done.returncode == 78
+    assert 'only[0]: "fap/nope" is not a self-check point here' in done.stderr + done.stdout
