@@ -44,6 +44,8 @@ READ_TIMEOUT_S: Final = 10.0
 READ_CHECK_S: Final = 0.1  # how often a waiting read looks whether its caller is still there
 TEST_ALARM_ACK_WAIT_S: Final = 10.0
 STORE_WAIT_S: Final = 10.0
+# GB/T 26875.3 UITD operation (typeflag 24), bit 6 "test": a simulated fire transmission
+GB_TEST_OPERATION: Final = {"tf": 24, "flags": 64, "operator": 0}
 
 
 class UplinkState(Protocol):
@@ -262,7 +264,9 @@ def make_test_alarm(
         point="test_alarm",
         test=True,
         clock_synced=synced,
-        detail={"requested_by": requested_by} | ({"note": note} if note else {}),
+        detail={"requested_by": requested_by}
+        | ({"note": note} if note else {})
+        | {"gb": dict(GB_TEST_OPERATION)},  # to the centre too: a UITD test operation
     )
 
 
