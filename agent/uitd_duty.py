@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from agent import selftest
+from agent.clock import local_now
 from agent.config import DutyConfig
 from agent.faults import Faults
 from agent.selftest import Probes, Result
@@ -47,10 +48,6 @@ REMINDED: Final = "simulated_reminded_month"
 RECORDS_CAUSE: Final = "uitd_records"
 
 Now = Callable[[], datetime]
-
-
-def local_now() -> datetime:
-    return datetime.now().astimezone()
 
 
 def month_of(moment: datetime) -> str:

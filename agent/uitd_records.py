@@ -108,10 +108,11 @@ class UitdRecords:
     def date_undated(self, month: str) -> int:
         """Confirmed transmissions whose month was unknown (clock unsynced) count in
         `month`, the first month the clock was synced again. Returns how many."""
-        return self._write(
-            "UPDATE simulated SET month = ? WHERE month IS NULL AND confirmed_ms IS NOT NULL",
-            (month,),
-        )
+        # looked at every tick: read first, so an idle gateway writes nothing (SD wear)
+        undated = "month IS NULL AND confirmed_ms IS NOT NULL"
+        if not self._query(f"SELECT 1 FROM simulated WHERE {undated} LIMIT 1"):  # noqa: S608
+            return 0
+        return self._write(f"UPDATE simulated SET month = ? WHERE {undated}", (month,))  # noqa: S608
 
     def simulated_in(self, month: str) -> list[Simulated]:
         return [

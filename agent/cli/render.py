@@ -15,16 +15,13 @@ still needs to see the rest.
 from __future__ import annotations
 
 import datetime
-import functools
-import os
 import time
-import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.cli.textwidth import fit, width
+from agent.clock import local_zone
 
 if TYPE_CHECKING:  # the scan types pull in the serial layer; `status` must not load it
     from drivers.scan import FoundUnit, ProfileMatch, ScanReport, ScanSettings
@@ -70,18 +67,8 @@ def clock_time(ts_ms: Any) -> str:
         return "--:--:--"
 
 
-@functools.cache
-def _site_zone() -> datetime.tzinfo:
-    """The zone libc's localtime would use ($TZ, else /etc/localtime), as zoneinfo data."""
-    name = os.environ.get("TZ")
-    try:
-        if name is None:
-            with Path("/etc/localtime").open("rb") as data:
-                return zoneinfo.ZoneInfo.from_file(data)
-        return zoneinfo.ZoneInfo(name.removeprefix(":"))
-    except (OSError, ValueError, zoneinfo.ZoneInfoNotFoundError):
-        # no zone database, or a POSIX rule such as TZ=CST-8: the offset libc applies now
-        return datetime.timezone(datetime.timedelta(seconds=time.localtime().tm_gmtoff))
+# the zone libc's localtime would use, without libc's localtime (agent/clock.py)
+_site_zone = local_zone
 
 
 def _get(data: Mapping[str, Any], key: str, default: Any = None) -> Any:
