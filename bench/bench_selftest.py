@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.cli.client import ControlClient, ControlError
+from agent.cli.client import AgentNotRunning, ControlClient, ControlError
 from bench.bench_wear import write_bytes
 from bench.common import (
     Rig,
@@ -57,7 +57,7 @@ def setup() -> Setup:
 def ready(client: ControlClient) -> bool:
     try:
         devices = client.call("devices")["devices"]
-    except ControlError:
+    except (AgentNotRunning, ControlError):
         return False
     return bool(devices) and all(d["comm"] == "ok" for d in devices)
 

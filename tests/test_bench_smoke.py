@@ -49,6 +49,9 @@ EXPECTED_FIGURES = {
     "uplink_flood_fire",
     "uplink_flood_commands",
     "bus_dead_3_9600",
+    "selftest_duration",
+    "selftest_panel_cycle",
+    "selftest_writes",
 }
 # the field-side fault scenarios of bench_faults.py: each event must have arrived
 FAULT_FIGURES = {
