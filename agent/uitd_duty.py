@@ -6,7 +6,8 @@ reports. A duty of the runtime (`start`, `stop`, `alive`: agent/runtime.py's `du
   calendar day: it waits for a synchronised clock (no RTC: until NTP has set it, "today"
   means nothing), and the day it last ran is kept in the records file (agent/uitd_records.py)
   so a restart never runs it twice the same day. A gateway started after the time runs it
-  at once. `alarmgw selftest` runs it on demand (not counted as the day's run).
+  once its uplinks and lines had two minutes to come up. `alarmgw selftest` runs it on
+  demand (not counted as the day's run).
 - Simulated fire transmissions: every stored test alarm (`point: test_alarm`, from the CLI
   or the platform) is noted; once the buffer no longer holds it, every uplink confirmed it
   (acknowledged rows are deleted), and it counts in the local calendar month of that
@@ -40,7 +41,10 @@ from core.events import Category, Event, Kind, Record, Severity, now_ms, system_
 
 log = logging.getLogger("alarmgw")
 
-CHECK_S: Final = 20.0  # how often the schedule and the reminder are looked at
+CHECK_S: Final = 20.0
+# after a start, the day's self-test waits this long: the uplink connects and every device
+# is polled first, so a reboot after the test's time does not report a link "failure"
+STARTUP_GRACE_S: Final = 120.0  # how often the schedule and the reminder are looked at
 CONFIRM_CHECK_S: Final = 1.0  # while a test alarm waits for its confirmation
 LAST_DAY: Final = "selftest_day"
 LAST_RESULT: Final = "selftest_last"
@@ -74,6 +78,7 @@ class UitdDuty:
         synced: Callable[[], bool],
         texts: Texts,
         now: Now = local_now,
+        startup_grace_s: float = STARTUP_GRACE_S,
     ) -> None:
         self.cfg = cfg
         self.records = records
@@ -95,6 +100,7 @@ class UitdDuty:
         self._reminded: str | None = None
         self._waiting: dict[str, int] = {}  # test alarms stored, not yet confirmed: id -> seq
         self._loaded = False
+        self._not_before = time.monotonic() + startup_grace_s
 
     # --- Running --------------------------------------------------------------------
 
@@ -139,7 +145,8 @@ class UitdDuty:
         now = self._now()
         self._date_undated(now)
         day = now.date().isoformat()
-        if self._last_day != day and (now.hour, now.minute) >= self._at:
+        due = self._last_day != day and (now.hour, now.minute) >= self._at
+        if due and time.monotonic() >= self._not_before:
             self._last_day = day
             self._guarded_put(LAST_DAY, day)  # first: a run cut short is not run again today
             self.run_selftest("daily")

@@ -105,6 +105,7 @@ class Rig:
     confirmed: set[int] = field(default_factory=set)
     duties: list[UitdDuty] = field(default_factory=list)
     cfg: DutyConfig = field(default_factory=DutyConfig)
+    grace_s: float = 0.0  # the agent waits 120 s after a start; these tests need not
 
     def emit(self, record: Record) -> None:
         assert isinstance(record, Event)
@@ -119,6 +120,7 @@ class Rig:
             self.cfg, records, self.gateway, self.emit, faults,
             is_confirmed=lambda seq: seq in self.confirmed,
             synced=lambda: self.clock.synced, texts=Texts("en"), now=self.clock,
+            startup_grace_s=self.grace_s,
         )  # fmt: skip
         self.duties.append(duty)
         return duty
@@ -257,6 +259,16 @@ def test_no_daily_self_test_before_the_clock_is_synchronised(rig: Rig) -> None:
     rig.clock.synced = True
     duty.tick()  # started after its time: runs at once, once
     duty.tick()
+    assert len(rig.points("selftest")) == 1
+
+
+def test_not_right_after_a_start_the_uplink_and_lines_come_up_first(rig: Rig) -> None:
+    rig.grace_s = 3600.0
+    rig.clock.now = rig.clock.now.replace(hour=9)
+    duty = rig.duty()
+    duty.tick()
+    assert rig.points("selftest") == []
+    duty.run_selftest("cli:root")  # on demand: at once
     assert len(rig.points("selftest")) == 1
 
 

@@ -135,7 +135,7 @@ trigger_command = {json.dumps([*pulse, "{device}", "{point}", "--hold", "1.5"])}
 """)  # fmt: skip
     done = _selfcheck(rig, "--script", str(script), "--json")
     assert done.returncode == EXIT_OK, done.stdout + done.stderr
-    report = json.loads(done.stdout.splitlines()[-1])
+    report = json.loads(done.stdout)  # --json: progress went to stderr
     results = {p["id"]: p["result"] for p in report["points"]}
     assert results == {"manual-alarm": "passed", "tamper": "untested", "fap/point3": "passed"}
     assert report["operator"] == "张三"
@@ -184,3 +184,38 @@ def test_a_script_naming_an_unknown_point_is_a_config_error(rig: Rig) -> None:
     done = _selfcheck(rig, "--script", str(script))
     assert done.returncode == 78
     assert 'only[0]: "fap/nope" is not a self-check point here' in done.stderr + done.stdout
+
+
+def test_guided_selfcheck_asks_the_technician_and_watches_the_points(
+    rig: Rig, cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The technician's session: asked for a name, each point prompted; they press the
+    manual alarm button (the simulator's GPIO, across processes) and Enter, skip the
+    tamper switch with `s`."""
+    prompts: list[str] = []
+
+    def technician(prompt: str) -> str:
+        prompts.append(prompt)
+        if prompt.startswith("operator"):
+            return "王五"
+        if "manual-alarm" in prompt:  # pressed until its alarm is out, then released
+            seen = len(rig.feed.events)
+            rig.sim_do(do="alarm", device="manual-alarm", point="contact")
+            assert rig.feed.wait_event(
+                lambda e: e in rig.feed.events[seen:] and e["device"] == "manual-alarm",
+                timeout=20,
+            )
+            rig.sim_do(do="clear-alarm", device="manual-alarm", point="contact")
+            return ""
+        return "s"
+
+    monkeypatch.setattr("builtins.input", technician)
+    code, report = cli("selfcheck", "--simulated", "0", "--timeout", "20")
+    points = {p["id"]: p["result"] for p in report["points"]}
+    assert points["manual-alarm"] == "passed", report
+    assert points["tamper"] == "untested"
+    assert set(points.values()) == {"passed", "untested"}
+    assert code == EXIT_OK
+    assert report["operator"] == "王五"
+    assert prompts[0].startswith("operator")
+    assert any("manual-alarm" in p and "trigger it now" in p for p in prompts)

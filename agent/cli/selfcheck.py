@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -286,7 +287,8 @@ def run_selfcheck(args: argparse.Namespace, client: ControlClient) -> int:
     started = int(time.time() * 1000)
     watch = EventWatch(client.open_stream("events", follow=True, limit=0)).start()
     try:
-        walk = Walk(client, watch, timeout_s, ask=None if script else input, script=script)
+        walk = Walk(client, watch, timeout_s, ask=None if script else input, script=script,
+                    say=_progress(args.json))  # fmt: skip
         checked = [walk.point(n, len(points), p) for n, p in enumerate(points, 1)]
     finally:
         watch.close()
@@ -297,6 +299,13 @@ def run_selfcheck(args: argparse.Namespace, client: ControlClient) -> int:
     emit(args, stored, render_report(stored))
     failed = stored["summary"]["failed"] or not all(s["confirmed"] for s in simulated)
     return EXIT_PROBLEM if failed else EXIT_OK
+
+
+def _progress(as_json: bool) -> Callable[[str], None]:
+    """Progress lines: on stdout for a person; on stderr with --json (stdout is the report)."""
+    if not as_json:
+        return print
+    return lambda text: print(text, file=sys.stderr, flush=True)
 
 
 def _chosen(points: Iterable[dict[str, Any]], script: dict[str, Any] | None,
