@@ -157,7 +157,8 @@ class UitdDuty:
             self._last_day = self.records.get(LAST_DAY)
             self._last = self.records.get(LAST_RESULT)
             self._reminded = self.records.get(REMINDED)
-            self._waiting = {s.event_id: s.seq for s in self.records.unconfirmed()}
+            # merged: a test alarm stored meanwhile (the buffer's writer) stays watched
+            self._waiting.update({s.event_id: s.seq for s in self.records.unconfirmed()})
         except RecordsError as exc:
             self._faults.failed(RECORDS_CAUSE, exc)
         else:

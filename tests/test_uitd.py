@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from agent import selftest
+from agent.cli import render
+from agent.cli.textwidth import width
 from agent.config import DutyConfig, load_config
 from agent.faults import OUTPUT_FAILED, Faults
 from agent.selfcheck import BadReport, check_points, parse_report
@@ -490,3 +492,25 @@ def test_the_simulator_knows_each_points_alarm_and_its_normal() -> None:
     power = cfg.profiles["fire-panel-gst"].points["main_power"]  # a fault flag: no alarm
     with pytest.raises(SimulatorError, match="no alarm"):
         alarm_stimulus(power, active=True)
+
+
+# --- what `alarmgw status` shows of them ---------------------------------------------------
+
+
+def test_status_shows_the_duties_and_counts_their_problems(rig: Rig) -> None:
+    rig.clock.now = datetime(2026, 12, 26, 3, 30, tzinfo=BEIJING)
+    rig.gateway.connected = False
+    duty = rig.duty()
+    duty.tick()
+    duty.store_report(parse_report(REPORT) | {"handed_in_by": "root"})
+    duties = duty.summary()
+    lines = render.duty_lines(duties)
+    assert lines[0].endswith("(daily) FAILED: link uplink")
+    assert lines[1] == ("simulated fires 2026-12: 0 of 2 confirmed, reminder day 25  DUE: run them")
+    assert "张三: 1 passed, 1 failed, 1 untested" in lines[2]
+    assert all(width(line) <= 80 for line in lines)
+    assert render.duty_problems(duties) == ["self-test failed: link uplink",
+                                            "simulated fires due (0 of 2)"]  # fmt: skip
+    rig.gateway.connected = True
+    duty.run_selftest("cli:root")
+    assert render.duty_problems(duty.summary()) == ["simulated fires due (0 of 2)"]

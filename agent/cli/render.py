@@ -155,10 +155,10 @@ def duty_lines(duties: Mapping[str, Any]) -> list[str]:
         out.append(f"self-test    not run yet (daily at {_get(duties, 'selftest_time', '?')})")
     fires = _get(duties, "simulated_fires", {})
     if fires.get("month"):
-        due = "  REMINDER: run them" if fires.get("due") else ""
+        due = "  DUE: run them" if fires.get("due") else ""
         out.append(
             f"simulated fires {fires['month']}: {fires.get('count')} of {fires.get('required')}"
-            f" confirmed (reminder from day {fires.get('reminder_day')}){due}"
+            f" confirmed, reminder day {fires.get('reminder_day')}{due}"
         )
     elif fires:
         out.append("simulated fires: month unknown until the clock is synchronised")
