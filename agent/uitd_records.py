@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from agent.storage import open_read_only
 from core.errors import AlarmgwError
 
 FILE_NAME: Final = "uitd.db"
@@ -58,6 +59,24 @@ class Simulated:
     ts_ms: int
     month: str | None
     confirmed_ms: int | None
+
+
+def read_reports(path: Path, limit: int = MAX_LIST) -> list[dict[str, Any]]:
+    """The reports of a records file, newest first, read-only (never written, locked or
+    created): `alarmgw selfcheck --show --file` with the agent stopped."""
+    try:
+        conn = open_read_only(Path(path))
+    except sqlite3.Error as exc:
+        raise RecordsError(f"{path}: cannot be read: {exc}") from exc
+    try:
+        rows = conn.execute(
+            "SELECT id, body FROM reports ORDER BY id DESC LIMIT ?", (min(limit, MAX_LIST),)
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise RecordsError(f"{path}: not a records file with reports: {exc}") from exc
+    finally:
+        conn.close()
+    return [{**json.loads(body), "number": number} for number, body in rows]
 
 
 class UitdRecords:

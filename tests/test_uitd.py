@@ -7,6 +7,7 @@ across a restart. Real records files (SQLite), a working fake of the gateway's p
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -16,7 +17,8 @@ from typing import Any
 import pytest
 
 from agent import selftest
-from agent.cli import render
+from agent.cli import main, render
+from agent.cli.output import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from agent.cli.textwidth import width
 from agent.config import DutyConfig, load_config
 from agent.faults import OUTPUT_FAILED, Faults
@@ -514,3 +516,26 @@ def test_status_shows_the_duties_and_counts_their_problems(rig: Rig) -> None:
     rig.gateway.connected = True
     duty.run_selftest("cli:root")
     assert render.duty_problems(duty.summary()) == ["simulated fires due (0 of 2)"]
+
+
+def test_reports_are_readable_offline_with_the_agent_stopped(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    duty = rig.duty()
+    first = duty.store_report(parse_report(REPORT) | {"handed_in_by": "root"})
+    second = duty.store_report(parse_report(REPORT | {"operator": "李四"}) | {"handed_in_by": "x"})
+    duty.records.close()
+    path = str(rig.tmp / "uitd.db")
+    before = (rig.tmp / "uitd.db").stat().st_mtime_ns
+    assert main(["selfcheck", "--show", "--file", path, "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["number"] == second["number"]
+    assert main(["selfcheck", "--show", "list", "--file", path]) == EXIT_OK
+    shown = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in shown] == [f"#{second['number']}", f"#{first['number']}"]
+    assert "李四" in shown[0]
+    assert (rig.tmp / "uitd.db").stat().st_mtime_ns == before  # read-only: never written
+    assert main(["selfcheck", "--file", path]) == EXIT_USAGE
+    missing = rig.tmp / "none.db"
+    assert main(["selfcheck", "--show", "--file", str(missing)]) == EXIT_PROBLEM
+    assert "cannot be read" in capsys.readouterr().err
+    assert not missing.exists()

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from agent.cli.client import ControlClient, OpenStream
-from agent.cli.output import EXIT_OK, EXIT_PROBLEM, emit
+from agent.cli.output import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, emit, error
 from agent.cli.render import clip, date_time
 from agent.cli.textwidth import fit
 from agent.config_schema import CHECK_POINTS
+from agent.uitd_records import RecordsError, read_reports
 from core.checks import Key, Table, Value, integer, number, shown, text
 from core.errors import ConfigError, ConfigProblem
 
@@ -98,9 +99,17 @@ def render_selftest(result: dict[str, Any]) -> list[str]:
 # --- alarmgw selfcheck --show ---------------------------------------------------------------
 
 
-def run_show(args: argparse.Namespace, client: ControlClient) -> int:
+def run_show(args: argparse.Namespace, client: ControlClient | None) -> int:
     which = args.show
-    reports = client.call("selfcheck_reports", limit=1 if which == "latest" else 100)["reports"]
+    limit = 1 if which == "latest" else 100
+    if client is None:  # --file: the records file, read-only, no agent needed
+        try:
+            reports = read_reports(Path(args.file), limit)
+        except RecordsError as exc:
+            error(str(exc))
+            return EXIT_PROBLEM
+    else:
+        reports = client.call("selfcheck_reports", limit=limit)["reports"]
     if which == "latest":
         emit(args, reports[0] if reports else {}, render_report(reports[0]) if reports else
              ["no self-check report stored yet"])  # fmt: skip
@@ -345,4 +354,20 @@ def add_commands(sub: Any, agent_options: Callable[[argparse.ArgumentParser], No
     check.add_argument("--timeout", type=float, metavar="S", help="per point (default: config)")
     check.add_argument("--show", nargs="?", const="latest", choices=("latest", "list"),
                        help="show the stored reports instead (default latest)")  # fmt: skip
-    check.set_defaults(handler=wrap(run_selfcheck))
+    check.add_argument("--file", metavar="DB", help="with --show: read the records file "
+                       "(/var/lib/alarmgw/uitd.db) offline instead (agent stopped)")  # fmt: skip
+    check.set_defaults(handler=_offline_or(wrap(run_selfcheck)))
+
+
+def _offline_or(online: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`selfcheck --show --file DB` reads the file; everything else asks the agent."""
+
+    def handler(args: argparse.Namespace) -> int:
+        if args.file is None:
+            return online(args)
+        if not args.show:
+            error("--file goes with --show (a self-check needs the running agent)")
+            return EXIT_USAGE
+        return run_show(args, None)
+
+    return handler
