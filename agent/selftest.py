@@ -24,6 +24,7 @@ It must never raise: a check that blows up is a failed item with the reason.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ GB_SELF_TEST: Final = {"tf": 24, "flags": 16, "operator": 0}  # UITD operation b
 MIN_FREE_BYTES: Final = 1024 * 1024  # less room than this on the card fails the storage item
 PROBE_KEY: Final = "selftest_probe"
 PARTS: Final = ("input", "output", "storage", "link")
+_NOT_ID: Final = re.compile(r"[^A-Za-z0-9_-]")
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,8 @@ class Item:
 
     @property
     def cause(self) -> str:
-        """The point of this item's fault event."""
-        return f"selftest-{self.part}-{self.id}"[:64]
+        """The point of this item's fault event (an id: "uplink 1" becomes "uplink_1")."""
+        return _NOT_ID.sub("_", f"selftest-{self.part}-{self.id}")[:64]
 
     def as_dict(self) -> dict[str, Any]:
         return {"part": self.part, "id": self.id, "ok": self.ok, "detail": self.detail}

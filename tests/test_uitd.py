@@ -217,6 +217,11 @@ def test_the_result_event_carries_each_item_and_the_gb_self_test_operation(rig: 
 # --- the duty: faults, the daily schedule --------------------------------------------------
 
 
+def test_an_items_fault_point_is_an_id_whatever_the_uplinks_name() -> None:
+    item = selftest.Item("link", "uplink 1", ok=False, detail="not connected")
+    assert item.cause == "selftest-link-uplink_1"
+
+
 def test_a_failed_item_is_a_fault_once_and_restored_when_it_passes(rig: Rig) -> None:
     duty = rig.duty()
     rig.gateway.dead.add("gas-1")

@@ -16,8 +16,9 @@ Talking to the running agent over its control socket (--socket PATH, or the
 Exit codes mean something to scripts and to systemd:
   0   ok
   1   a problem was found: `status` shows the uplink down, a device in comm
-      fault, an active alarm, a degraded buffer or an unsynchronised clock (the
-      last line says which); `devices` shows a device in comm fault; `buffer`
+      fault, an active alarm, a degraded buffer, an unsynchronised clock, the
+      last self-test failed or simulated fire transmissions due (the last line
+      says which); `devices` shows a device in comm fault; `buffer`
       is degraded; `test-alarm` was stored but not acknowledged by the broker;
       `selftest` found an item failing; `selfcheck` has a failed point or an
       unconfirmed simulated fire;
