@@ -299,7 +299,9 @@ class UitdDuty:
         return self.records.reports(limit)
 
     def store_report(self, report: dict[str, Any]) -> dict[str, Any]:
-        """Store a self-check report once and send it as an event (`point: selfcheck`)."""
+        """Store a self-check report once and send it as an event (`point: selfcheck`).
+        A records file that refuses it (a sick card) is a fault, and the report still
+        goes out on the feed (`number` null): the technician's work is not lost."""
         summary = {
             "passed": sum(1 for p in report["points"] if p["result"] == "passed"),
             "failed": sum(1 for p in report["points"] if p["result"] == "failed"),
@@ -308,7 +310,13 @@ class UitdDuty:
             "simulated_sent": len(report["simulated"]),
         }
         body = report | {"summary": summary, "ts_ms": now_ms(), "clock_synced": self._synced()}
-        number = self.records.add_report(body["ts_ms"], report["operator"], body)
+        number: int | None = None
+        try:
+            number = self.records.add_report(body["ts_ms"], report["operator"], body)
+        except RecordsError as exc:
+            self._faults.failed(RECORDS_CAUSE, exc)
+        else:
+            self._faults.worked(RECORDS_CAUSE)
         text = self._texts(
             Msg.SELFCHECK_REPORT,
             operator=report["operator"],

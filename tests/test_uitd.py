@@ -544,3 +544,16 @@ def test_reports_are_readable_offline_with_the_agent_stopped(
     assert main(["selfcheck", "--show", "--file", str(missing)]) == EXIT_PROBLEM
     assert "cannot be read" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_a_report_the_card_refuses_is_still_sent_and_said_so(rig: Rig) -> None:
+    duty = rig.duty()
+    duty.records.close()
+    duty.records.path = rig.tmp / "no-such-dir" / "uitd.db"
+    stored = duty.store_report(parse_report(REPORT) | {"handed_in_by": "root"})
+    assert stored["number"] is None
+    sent = rig.points("selfcheck")
+    assert len(sent) == 1 and sent[0].detail is not None
+    assert sent[0].detail["selfcheck"]["operator"] == "张三"
+    assert any(e.point == "uitd_records" and e.kind.value == "fault" for e in rig.emitted)
+    assert_valid("event", _stored(sent[0], 1).to_payload(Identity("s", "g")))

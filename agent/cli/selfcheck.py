@@ -130,7 +130,8 @@ def _report_line(report: dict[str, Any]) -> str:
 def render_report(report: dict[str, Any]) -> list[str]:
     synced = "" if report.get("clock_synced", True) else "  (clock NOT synchronised)"
     lines = [
-        f"self-check #{report.get('number')}  {date_time(report.get('ts_ms', 0))}{synced}",
+        f"self-check #{report.get('number') or '- (NOT stored)'}  "
+        f"{date_time(report.get('ts_ms', 0))}{synced}",
         f"operator {report.get('operator')}  (handed in by {report.get('handed_in_by')})",
     ]
     lines.extend(
@@ -306,7 +307,11 @@ def run_selfcheck(args: argparse.Namespace, client: ControlClient) -> int:
               "simulated": simulated}  # fmt: skip
     stored = client.call("selfcheck_report", report=report)
     emit(args, stored, render_report(stored))
+    if stored.get("number") is None:
+        error("the report could NOT be stored on the gateway (see `alarmgw status`, the "
+              "uitd_records fault); it was sent on the feed")  # fmt: skip
     failed = stored["summary"]["failed"] or not all(s["confirmed"] for s in simulated)
+    failed = failed or stored.get("number") is None
     return EXIT_PROBLEM if failed else EXIT_OK
 
 
