@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from agent.cli import main
+from agent.cli.client import ControlClient, ControlError
 from agent.cli.output import EXIT_OK, EXIT_PROBLEM
 from simulator.broker import Mosquitto
 from tests.rig import BIN, Rig, running_rig
@@ -219,3 +220,18 @@ def test_guided_selfcheck_asks_the_technician_and_watches_the_points(
     assert report["operator"] == "王五"
     assert prompts[0].startswith("operator")
     assert any("manual-alarm" in p and "trigger it now" in p for p in prompts)
+
+
+def test_a_bad_report_or_argument_is_an_error_answer_and_nothing_is_stored(rig: Rig) -> None:
+    client = ControlClient(rig.control_socket)
+    before = client.call("selfcheck_reports")["reports"]
+    bad = {"operator": "x", "points": [{"id": "fap/point3", "result": "maybe"}]}
+    with pytest.raises(ControlError) as refused:
+        client.call("selfcheck_report", report=bad)
+    assert refused.value.code == "agent_error"
+    assert "report.points[0].result" in refused.value.message
+    with pytest.raises(ControlError) as extra:
+        client.call("selftest", now=True)
+    assert extra.value.code == "bad_argument"
+    assert client.call("selfcheck_reports")["reports"] == before
+    assert client.call("ping")["pong"] is True  # the agent is fine
