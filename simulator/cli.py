@@ -72,7 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     pulse.add_argument("device", help="a device, or an input (with point `contact`)")
     pulse.add_argument("point")
-    pulse.add_argument("--hold", type=float, default=2.0, help="seconds in alarm (2)")
+    pulse.add_argument(
+        "--hold",
+        type=float,
+        default=5.0,
+        help="seconds in alarm (5): longer than the point's confirm_s plus one poll",
+    )
     fault = sub.add_parser("fault", help="inject (or --clear) a fault on a device or line")
     fault.add_argument("--clear", action="store_true")
     fault.add_argument("target")

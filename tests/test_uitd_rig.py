@@ -129,16 +129,21 @@ def test_scripted_selfcheck_on_the_simulator_stored_sent_and_kept(
     script = _script(rig, "check.toml", f"""
 operator = "张三"
 simulated_fires = 1
-only = ["manual-alarm", "tamper", "fap/point3"]
+only = ["manual-alarm", "tamper", "fap/point3", "efd-1/ch1_leak"]
 untested = ["tamper"]
 point_timeout_s = 30
-trigger_command = {json.dumps([*pulse, "{device}", "{point}", "--hold", "1.5"])}
+trigger_command = {json.dumps([*pulse, "{device}", "{point}", "--hold", "3.5"])}
 """)  # fmt: skip
     done = _selfcheck(rig, "--script", str(script), "--json")
     assert done.returncode == EXIT_OK, done.stdout + done.stderr
     report = json.loads(done.stdout)  # --json: progress went to stderr
     results = {p["id"]: p["result"] for p in report["points"]}
-    assert results == {"manual-alarm": "passed", "tamper": "untested", "fap/point3": "passed"}
+    assert results == {
+        "manual-alarm": "passed",
+        "tamper": "untested",
+        "fap/point3": "passed",
+        "efd-1/ch1_leak": "passed",
+    }  # a threshold held past its confirm_s
     assert report["operator"] == "张三"
     assert [s["confirmed"] for s in report["simulated"]] == [True]
     assert report["summary"]["simulated_confirmed"] == 1
