@@ -304,10 +304,14 @@ def alarm_stimulus(spec: PointSpec, *, active: bool) -> str | float:
     for threshold in spec.thresholds.values():
         if threshold.kind is not Kind.ALARM:
             continue
-        margin = max(threshold.hysteresis, 1.0) * (2 if not active else 1)
-        up = threshold.direction is Direction.ABOVE
-        sign = 1 if up == active else -1
-        return threshold.value + sign * margin
+        # well past the profile's value: a site may have raised it (a device's override),
+        # which the simulator does not know; within the point's range when it has one
+        step = max(threshold.hysteresis, abs(threshold.value) / 2) or 1.0
+        sign = 1 if threshold.direction is Direction.ABOVE else -1
+        value = threshold.value + sign * (step if active else -2 * step)
+        if spec.eng_range is not None:
+            value = min(max(value, spec.eng_range[0]), spec.eng_range[1])
+        return value
     raise SimulatorError(f"point {spec.id!r} has no alarm to trigger")
 
 

@@ -496,6 +496,13 @@ def test_the_simulator_knows_each_points_alarm_and_its_normal() -> None:
     alarm = next(t for t in leak.thresholds.values() if t.kind.value == "alarm")
     assert alarm_stimulus(leak, active=True) > alarm.value
     assert alarm_stimulus(leak, active=False) < alarm.value - alarm.hysteresis
+    assert alarm_stimulus(leak, active=True) >= 400  # past a site's raised threshold too
+    pressure = cfg.profiles["analog-4-20ma"].points["ch1_pressure"]  # alarms below 0.1 MPa
+    low = next(t for t in pressure.thresholds.values() if t.kind.value == "alarm")
+    assert 0 <= alarm_stimulus(pressure, active=True) < low.value
+    assert alarm_stimulus(pressure, active=False) > low.value + low.hysteresis
+    gas = cfg.profiles["gas-detector"].points["low_alarm"]  # the detector's own alarm bit
+    assert (alarm_stimulus(gas, active=True), alarm_stimulus(gas, active=False)) == (1.0, 0.0)
     power = cfg.profiles["fire-panel-gst"].points["main_power"]  # a fault flag: no alarm
     with pytest.raises(SimulatorError, match="no alarm"):
         alarm_stimulus(power, active=True)

@@ -125,14 +125,15 @@ def test_scripted_selfcheck_on_the_simulator_stored_sent_and_kept(
     own_rig: Rig, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rig, cli = own_rig, _cli(own_rig, capsys)
-    pulse = [str(BIN / "alarmgw-sim"), "--control", str(rig.sim_control), "pulse"]
+    sim = [str(BIN / "alarmgw-sim"), "--control", str(rig.sim_control)]
     script = _script(rig, "check.toml", f"""
 operator = "张三"
 simulated_fires = 1
 only = ["manual-alarm", "tamper", "fap/point3", "efd-1/ch1_leak"]
 untested = ["tamper"]
 point_timeout_s = 30
-trigger_command = {json.dumps([*pulse, "{device}", "{point}", "--hold", "3.5"])}
+trigger_command = {json.dumps([*sim, "alarm", "{device}", "{point}"])}
+clear_command = {json.dumps([*sim, "clear-alarm", "{device}", "{point}"])}
 """)  # fmt: skip
     done = _selfcheck(rig, "--script", str(script), "--json")
     assert done.returncode == EXIT_OK, done.stdout + done.stderr
@@ -240,3 +241,20 @@ def test_a_bad_report_or_argument_is_an_error_answer_and_nothing_is_stored(rig: 
     assert extra.value.code == "bad_argument"
     assert client.call("selfcheck_reports")["reports"] == before
     assert client.call("ping")["pong"] is True  # the agent is fine
+
+
+def test_guided_without_a_keyboard_says_to_use_a_script_and_stores_nothing(rig: Rig) -> None:
+    before = ControlClient(rig.control_socket).call("selfcheck_reports")["reports"]
+    done = subprocess.run(
+        [str(BIN / "alarmgw"), "selfcheck", "--operator", "x", "--socket", str(rig.control_socket)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=rig.env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--script FILE" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert ControlClient(rig.control_socket).call("selfcheck_reports")["reports"] == before

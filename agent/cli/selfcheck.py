@@ -10,8 +10,9 @@ each, and hands the report to the agent, which stores it once and sends it on th
 
 A scripted mode (`--script FILE`, a TOML file checked like every file a person writes)
 needs nobody at the keyboard: operator, points left untested, how many simulated fires,
-and optionally a command that triggers each point (the simulator's `alarmgw-sim pulse`
-in CI and on the training rig).
+and optionally the commands that trigger each point and, once the gateway saw its alarm,
+clear it (the simulator's `alarmgw-sim alarm` / `clear-alarm` in CI and on the training
+rig; `alarmgw-sim pulse` does both with a fixed hold).
 
 It must never leave the agent's state changed but by what it says: the test alarms and
 the report. A point it could not trigger is reported failed, never passed.
@@ -58,8 +59,10 @@ SCRIPT = Table(
         "untested": Key(CHECK_POINTS, default=[]),
         "only": Key(CHECK_POINTS, doc="default: every point the agent lists"),
         "point_timeout_s": Key(number(gt=0, le=3600), doc="default: the agent's"),
-        # {device} {point} {id} are replaced; it runs when the walk reaches the point
+        # {device} {point} {id} are replaced. trigger_command runs when the walk reaches the
+        # point, clear_command once its alarm was seen (a person releasing the test button)
         "trigger_command": Key(ARGV),
+        "clear_command": Key(ARGV),
     },
     doc="A scripted monthly self-check (alarmgw selfcheck --script FILE).",
 )
@@ -237,6 +240,7 @@ class Walk:
             return out
         out["alarm_seq"] = alarm.get("seq")
         self.say(clip(f"{head}: alarm seen (seq {alarm.get('seq')}); now restore it"))
+        self._run("clear_command", head, point, out)  # released once the gateway saw it
         restore = self.watch.wait(_of(point, "restore", alarm.get("seq") or 0), since, deadline)
         if restore is None:
             out |= {"result": "failed", "note": "alarm seen, no restore in time"}
@@ -255,20 +259,26 @@ class Walk:
         if point["id"] in self.script["untested"]:
             out["note"] = "untested (script)"
             return False
-        command = self.script.get("trigger_command")
-        if command:
-            argv = [a.format(device=point["device"], point=point["point"], id=point["id"])
-                    for a in command]  # fmt: skip
-            self.say(clip(f"{head}: triggering ({' '.join(argv)})"))
-            try:
-                done = subprocess.run(argv, capture_output=True, timeout=TRIGGER_COMMAND_TIMEOUT_S,
-                                      check=False)  # fmt: skip
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                out["note"] = f"trigger command failed: {exc}"[:200]
-                return True  # watched anyway: it fails unless the point was triggered
-            if done.returncode:
-                out["note"] = f"trigger command exited {done.returncode}"
+        self._run("trigger_command", head, point, out)
         return True
+
+    def _run(self, key: str, head: str, point: dict[str, Any], out: dict[str, Any]) -> None:
+        """The script's trigger (or clear) command for this point, if it has one. A command
+        that fails is noted: the point then fails unless its events come all the same."""
+        command = (self.script or {}).get(key)
+        if not command:
+            return
+        argv = [a.format(device=point["device"], point=point["point"], id=point["id"])
+                for a in command]  # fmt: skip
+        self.say(clip(f"{head}: {key.removesuffix('_command')} ({' '.join(argv)})"))
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=TRIGGER_COMMAND_TIMEOUT_S,
+                                  check=False)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            out["note"] = f"{key} failed: {exc}"[:200]
+            return
+        if done.returncode:
+            out["note"] = f"{key} exited {done.returncode}"
 
     def simulated(self, count: int) -> list[dict[str, Any]]:
         self.client.timeout_s = max(self.client.timeout_s, TEST_ALARM_TIMEOUT_S)
@@ -282,16 +292,42 @@ class Walk:
         return out
 
 
+EXIT_ABANDONED: Final = 130  # as a shell reports Ctrl-C
+
+
 def run_selfcheck(args: argparse.Namespace, client: ControlClient) -> int:
     if args.show:
         return run_show(args, client)
     script = load_script(Path(args.script)) if args.script else None
+    try:
+        report = _walk(args, client, script)
+    except KeyboardInterrupt:
+        error("self-check abandoned: no report stored (the alarms seen are on the feed)")
+        return EXIT_ABANDONED
+    except EOFError:
+        error("no answer on the keyboard: run it in a terminal, or with --script FILE")
+        return EXIT_USAGE
+    stored = client.call("selfcheck_report", report=report)
+    emit(args, stored, render_report(stored))
+    if stored.get("number") is None:
+        error("the report could NOT be stored on the gateway (see `alarmgw status`, the "
+              "uitd_records fault); it was sent on the feed")  # fmt: skip
+    failed = stored["summary"]["failed"] or not all(s["confirmed"] for s in report["simulated"])
+    return EXIT_PROBLEM if failed or stored.get("number") is None else EXIT_OK
+
+
+def _walk(
+    args: argparse.Namespace, client: ControlClient, script: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Ask who, walk the points with the live events watched, send the simulated fires:
+    the report to hand in. The command line wins over the script, the script over the
+    agent's config."""
     operator = args.operator or (script["operator"] if script else "")
     while not operator.strip():
         operator = input("operator (your name): ")
     listed = client.call("selfcheck_points")
     points = _chosen(listed["points"], script, args.script)
-    timeout_s = (script or {}).get("point_timeout_s") or args.timeout or listed["point_timeout_s"]
+    timeout_s = args.timeout or (script or {}).get("point_timeout_s") or listed["point_timeout_s"]
     fires = args.simulated if args.simulated is not None else (script or {}).get(
         "simulated_fires", 2)  # fmt: skip
     started = int(time.time() * 1000)
@@ -302,17 +338,8 @@ def run_selfcheck(args: argparse.Namespace, client: ControlClient) -> int:
         checked = [walk.point(n, len(points), p) for n, p in enumerate(points, 1)]
     finally:
         watch.close()
-    simulated = walk.simulated(fires)
-    report = {"operator": operator, "started_ms": started, "points": checked,
-              "simulated": simulated}  # fmt: skip
-    stored = client.call("selfcheck_report", report=report)
-    emit(args, stored, render_report(stored))
-    if stored.get("number") is None:
-        error("the report could NOT be stored on the gateway (see `alarmgw status`, the "
-              "uitd_records fault); it was sent on the feed")  # fmt: skip
-    failed = stored["summary"]["failed"] or not all(s["confirmed"] for s in simulated)
-    failed = failed or stored.get("number") is None
-    return EXIT_PROBLEM if failed else EXIT_OK
+    return {"operator": operator, "started_ms": started, "points": checked,
+            "simulated": walk.simulated(fires)}  # fmt: skip
 
 
 def _progress(as_json: bool) -> Callable[[str], None]:
