@@ -46,6 +46,7 @@ from agent.config_schema import (
     CONTROL,
     IDENTITY,
     INPUT,
+    INPUT_GB,
     LINE,
     OUTPUT,
     SELFCHECK,
@@ -143,6 +144,7 @@ class DeviceConfig:
     retries: int | None  # None: the line's
     backoff_max_s: float
     points: dict[str, PointOverride]
+    gb_system_address: int = 1  # GB/T 26875.3 system address (default: position in [[devices]])
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,20 @@ class InputConfig:
     kind: Kind
     active_state: str
     inactive_state: str
+    gb: InputGb | None = None  # the contact as a GB/T 26875.3 component
+
+
+@dataclass(frozen=True)
+class InputGb:
+    """[inputs.gb]: where a contact sits in GB/T 26875.3 terms; `status`: its bits while
+    active (None: by its kind)."""
+
+    system_type: int
+    system_address: int
+    component_type: int
+    zone: int
+    position: int
+    status: tuple[str, ...] | None
 
 
 @dataclass(frozen=True)
@@ -275,8 +291,9 @@ def _build_override(clean: Mapping[str, Any]) -> PointOverride:
     )
 
 
-def _build_device(clean: Mapping[str, Any]) -> DeviceConfig:
+def _build_device(clean: Mapping[str, Any], position: int) -> DeviceConfig:
     v = DEVICE.with_defaults(clean)
+    gb_address = v["gb_system_address"]
     return DeviceConfig(
         id=v["id"],
         name=v["name"] if v["name"] is not None else v["id"],
@@ -291,6 +308,7 @@ def _build_device(clean: Mapping[str, Any]) -> DeviceConfig:
         retries=v["retries"],
         backoff_max_s=float(v["backoff_max_s"]),
         points={pid: _build_override(o) for pid, o in v["points"].items()},
+        gb_system_address=position if gb_address is None else gb_address,
     )
 
 
@@ -310,7 +328,17 @@ def _build_input(clean: Mapping[str, Any]) -> InputConfig:
         kind=Kind(v["kind"]),
         active_state=v["active_state"],
         inactive_state=v["inactive_state"],
+        gb=None if v["gb"] is None else _build_input_gb(v["gb"]),
     )
+
+
+def _build_input_gb(clean: Mapping[str, Any]) -> InputGb:
+    v = INPUT_GB.with_defaults(clean)
+    status = None if v["status"] is None else tuple(v["status"])
+    return InputGb(
+        v["system_type"], v["system_address"], v["component_type"], v["zone"], v["position"],
+        status,
+    )  # fmt: skip
 
 
 def _build_output(clean: Mapping[str, Any]) -> OutputConfig:
@@ -333,7 +361,7 @@ def build(path: Path, checked: Checked, profiles: dict[str, Profile]) -> Config:
         buffer=BufferConfig(base / buffer["path"], buffer["max_events"]),
         clock=ClockConfig(CLOCK.with_defaults(s["clock"])["source"]),
         lines=[_build_line(t) for t in a["lines"]],
-        devices=[_build_device(t) for t in a["devices"]],
+        devices=[_build_device(t, i) for i, t in enumerate(a["devices"], start=1)],
         inputs=[_build_input(t) for t in a["inputs"]],
         outputs=[_build_output(t) for t in a["outputs"]],
         control=ControlConfig(base / control["socket"], control["group"]),

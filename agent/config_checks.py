@@ -103,8 +103,17 @@ def check_lines(checked: Checked, out: Problems) -> None:
 def check_devices(checked: Checked, out: Problems) -> None:
     lines = {line["id"]: line for line in checked.arrays["lines"] if "id" in line}
     used_units: dict[tuple[str, int], str] = {}
+    gb_addresses: dict[int, str] = {}
     for i, device in enumerate(checked.arrays["devices"]):
         here = f"devices[{i}]"
+        gb_address = device.get("gb_system_address", i + 1)  # the default: its position
+        if gb_address in gb_addresses:
+            out.add(
+                f"{here}.gb_system_address",
+                f"GB system address {gb_address} is already {gb_addresses[gb_address]}'s: the "
+                "centre could not tell their points apart",
+            )
+        gb_addresses.setdefault(gb_address, f"{here} ({device.get('id', '?')})")
         line_id = device.get("line")
         if line_id is None:
             continue

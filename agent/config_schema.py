@@ -37,6 +37,7 @@ from core.checks import (
     text,
 )
 from core.events import Category, Kind, Severity
+from drivers.gb_profile import COMPONENT_BITS
 from drivers.profile_schema import OVERRIDES
 
 STANDARD_BAUDRATES = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
@@ -279,6 +280,11 @@ DEVICE = Table(
         # within about this plus one poll (the 10 s promise needs it well under 10 s)
         "backoff_max_s": Key(number(gt=0, le=3600), default=5.0),
         "points": Key(OVERRIDES, default={}, doc="point id -> what this device changes"),
+        "gb_system_address": Key(
+            integer(0, 255),
+            doc="GB/T 26875.3 system address of this device's points; default: its position "
+            "in [[devices]] (1, 2, ...), so no two devices share one",
+        ),
     },
     rules=(
         Rule("slow_poll_s", lambda t: t.value("slow_poll_s") < t.value("fast_poll_s"),
@@ -293,9 +299,38 @@ _ON_A_PIN = {
     "pin": Key(integer(0, 27), required=True),
 }
 
+
+def _component_bits(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return f'must be a list of status bit names such as ["started"], got {shown(value)}'
+    wrong = [v for v in value if v not in COMPONENT_BITS]
+    if wrong:
+        return (
+            f"not a component status bit: {', '.join(wrong)} (known: {', '.join(COMPONENT_BITS)})"
+        )
+    return None
+
+
+INPUT_GB = Table(
+    {
+        "system_type": Key(integer(0, 255), required=True, doc="e.g. 11 消火栓系统"),
+        "system_address": Key(integer(0, 255), default=0,
+                              doc="default 0: the gateway's own inputs"),
+        "component_type": Key(integer(0, 255), required=True, doc="e.g. 91 消防水泵"),
+        "zone": Key(integer(0, 65535), default=0),
+        "position": Key(integer(0, 65535), default=0),
+        "status": Key(Value(_component_bits, {"type": "array", "items": {"type": "string"}},
+                            (list,)),
+                      doc="bits while active; default by kind (alarm fire, fault fault, "
+                      "supervisory supervisory, state none)"),
+    },
+    doc="the contact as a GB/T 26875.3 component (docs/gb26875.md)",
+)  # fmt: skip
+
 INPUT = Table(
     {
         **_ON_A_PIN,
+        "gb": Key(INPUT_GB),
         "pull": Key(one_of("up", "down", "none"), default="up"),
         "active": Key(one_of("high", "low"), doc="default: low with a pull-up, else high"),
         "debounce_ms": Key(integer(0, 10000), default=50),

@@ -28,6 +28,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from agent.gb26875.points import contact_gb
 from agent.pointstate import ActiveCondition, PointKey, condition_of
 from agent.texts import CHINESE, Msg, Texts
 from core.errors import ConfigError, ConfigProblem
@@ -297,6 +298,9 @@ def contact_event(
         detail["initial"] = True
     if kind is Kind.RESTORE:
         detail["restores"] = cfg.active_state
+    gb = contact_gb(cfg, change.active)
+    if gb is not None:
+        detail["gb"] = gb
     if word is None:
         text = texts(Msg.CONTACT, name=cfg.name, state=state)
     else:

@@ -44,6 +44,9 @@ from agent.config import GATEWAY_DEVICE_ID, Config, LineConfig, config_digest
 from agent.control import ControlServer, ControlSetupError
 from agent.faults import OUTPUT_FAILED, WatchedOutput
 from agent.field import DeviceRuntime, FieldWorker, field_devices
+from agent.gb26875.adu import Adu
+from agent.gb26875.points import GbPoints
+from agent.gb26875.reads import FieldLive, answer_read
 from agent.journal import setup_logging
 from agent.pipeline import Pipeline
 from agent.pointstate import PointStateStore
@@ -109,8 +112,13 @@ class Gateway:
         # What the platform was told is active, across restarts (alarms, faults, comm loss).
         self.pointstate = PointStateStore(cfg.buffer.path.with_name("pointstate.db"))
         self._remembered = self.pointstate.load()
-        devices = field_devices(cfg.devices, cfg.profiles, self._remembered, texts)
+        # the field's points in GB/T 26875.3 coordinates: events carry them (detail["gb"]),
+        # the GB uplink finds Readings' and answers the centre's reads with them
+        self.gb_points = GbPoints.from_config(cfg.devices, cfg.profiles)
+        devices = field_devices(cfg.devices, cfg.profiles, self._remembered, texts, self.gb_points)
         self.field = FieldWorker(devices, self.pointstate, pipeline)
+        # the centre's reads (61-63, 81) are answered from these last known values
+        self.gb_live = FieldLive(self.gb_points, devices, lambda: not self.faults.quiet)
         pipeline.listen_stored("pointstate_listener", self.field.stored)
         self.parts = Parts(cfg, self.buffer, pipeline, devices, clock_synced, texts)
         actions = Actions(self.parts, pipeline.emit)
@@ -151,6 +159,11 @@ class Gateway:
         self._closing = False
         self._input_cfg = {i.id: i for i in cfg.inputs}
         self.watchdog = sdnotify.Watchdog()
+
+    def answer_read(self, adu: Adu) -> Adu | None:
+        """The GB uplink's hook for the centre's reads (../notes/gb-contract.md): the
+        response ADU from live state, or None to deny."""
+        return answer_read(adu, self.gb_live)
 
     def _add_uitd_duty(self, actions: Actions) -> None:
         """The daily self-test, the simulated fire count and the self-check reports

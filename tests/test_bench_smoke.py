@@ -19,6 +19,10 @@ from bench.common import parse_figures
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPECTED_FIGURES = {
+    "gbmap_storm_baseline",
+    "gbmap_storm",
+    "gbmap_idle_baseline",
+    "gbmap_idle",
     "gpio_baseline_paho",
     "gpio_alarm_latency",
     "gpio_all_edges_latency",
@@ -148,3 +152,11 @@ def test_smoke_run_prints_every_figure_and_loses_nothing(smoke_output: str) -> N
         assert name in figures and figures[name].get("parsed") != "NO", smoke_output[-3000:]
         assert _positive(figures[name]["ours_per_s"])
         assert _positive(figures[name]["baseline_per_s"])
+
+
+def test_smoke_gb_mapping_bench_stamped_every_storm_event(smoke_output: str) -> None:
+    figures = parse_figures(smoke_output)
+    assert figures["gbmap_storm_baseline"]["events_per_poll"] == "10000"
+    assert figures["gbmap_idle_baseline"]["events_per_poll"] == "0"
+    for name in ("gbmap_storm", "gbmap_idle"):
+        assert _positive(figures[name]["ratio"]) and _positive(figures[name]["ms_per_poll"])

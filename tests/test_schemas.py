@@ -772,3 +772,52 @@ def test_payloads_stored_by_the_real_buffer_match_the_schemas(tmp_path: Path) ->
     payload = a_heartbeat(buffer=stats, drops=stats["drops"])
     assert_valid("heartbeat", payload)
     assert payload["drops"]["telemetry"] >= 1
+
+
+# --- detail.gb (feed 1.3): the GB/T 26875.3 coordinates of an event ---------------------
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def _golden_gb() -> list[dict[str, Any]]:
+    found = []
+    for path in sorted(GOLDEN.glob("*.json")):
+        for step in json.loads(path.read_text(encoding="utf-8"))["steps"]:
+            found += [r["detail"]["gb"] for r in step["records"] if "gb" in r.get("detail", {})]
+    return found
+
+
+def test_every_golden_events_gb_detail_matches_the_schema() -> None:
+    shapes = _golden_gb()
+    assert {gb["tf"] for gb in shapes} == {1, 2}  # the field side's two shapes
+    for gb in shapes:
+        assert_valid("event", an_event(detail={"restores": "fire", "gb": gb}).to_payload(IDENT))
+
+
+@pytest.mark.parametrize(
+    "gb",
+    [
+        {"tf": 3, "sys_type": 0, "sys_addr": 2, "comp_type": 17, "zone": 0, "pos": 1,
+         "analog_type": 128, "value": -5},
+        {"tf": 21, "status": 1},
+        {"tf": 24, "flags": 32, "operator": 0},
+    ],
+)  # fmt: skip
+def test_the_other_gb_shapes_match_the_schema(gb: dict[str, Any]) -> None:
+    assert_valid("event", an_event(detail={"gb": gb}).to_payload(IDENT))
+
+
+@pytest.mark.parametrize(
+    "gb",
+    [
+        {"tf": 2, "sys_type": 1, "sys_addr": 1, "comp_type": 1, "zone": 0, "status": 1},
+        {"tf": 2, "sys_type": 1, "sys_addr": 1, "comp_type": 1, "zone": 0, "pos": 0,
+         "status": 70000},
+        {"tf": 1, "sys_type": 1, "sys_addr": 1, "status": 1, "comp_type": 1},
+        {"tf": 9, "status": 1},
+        {"tf": 3, "sys_type": 0, "sys_addr": 2, "comp_type": 17, "zone": 0, "pos": 1,
+         "analog_type": 128, "value": 40000},
+    ],
+)  # fmt: skip
+def test_a_wrong_gb_detail_is_rejected(gb: dict[str, Any]) -> None:
+    assert not validator("event").is_valid(an_event(detail={"gb": gb}).to_payload(IDENT))
