@@ -32,10 +32,12 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from agent.faults import OUTPUT_FAILED
+from agent.gb26875.tables import UitdOperationFlags
 from agent.texts import Msg, Texts
 from core.events import Event, Kind, Severity, now_ms, system_event
 
-GB_SELF_TEST: Final = {"tf": 24, "flags": 16, "operator": 0}  # UITD operation bit 4
+# GB/T 26875.3 UITD operation (typeflag 24) with the self-test bit; operator 0: the gateway
+GB_SELF_TEST: Final = {"tf": 24, "flags": int(UitdOperationFlags.SELF_TEST), "operator": 0}
 MIN_FREE_BYTES: Final = 1024 * 1024  # less room than this on the card fails the storage item
 PROBE_KEY: Final = "selftest_probe"
 PARTS: Final = ("input", "output", "storage", "link")

@@ -26,6 +26,7 @@ from agent import __version__
 from agent.buffer import EventBuffer
 from agent.config import GATEWAY_DEVICE_ID, Config, InputConfig, LineConfig
 from agent.field import DeviceRuntime
+from agent.gb26875.tables import UitdOperationFlags
 from agent.pipeline import Pipeline
 from agent.points import value_state
 from agent.rules import LocalRules
@@ -45,7 +46,7 @@ READ_CHECK_S: Final = 0.1  # how often a waiting read looks whether its caller i
 TEST_ALARM_ACK_WAIT_S: Final = 10.0
 STORE_WAIT_S: Final = 10.0
 # GB/T 26875.3 UITD operation (typeflag 24), bit 6 "test": a simulated fire transmission
-GB_TEST_OPERATION: Final = {"tf": 24, "flags": 64, "operator": 0}
+GB_TEST_OPERATION: Final = {"tf": 24, "flags": int(UitdOperationFlags.TEST), "operator": 0}
 
 
 class UplinkState(Protocol):
