@@ -18,6 +18,7 @@ import pytest
 from agent.cli import main
 from agent.cli.client import ControlClient, ControlError
 from agent.cli.output import EXIT_OK, EXIT_PROBLEM
+from agent.cli.textwidth import width
 from simulator.broker import Mosquitto
 from tests.rig import BIN, Rig, running_rig
 from tests.waiting import wait_until
@@ -258,3 +259,14 @@ def test_guided_without_a_keyboard_says_to_use_a_script_and_stores_nothing(rig: 
     assert "--script FILE" in done.stderr
     assert "Traceback" not in done.stderr
     assert ControlClient(rig.control_socket).call("selfcheck_reports")["reports"] == before
+
+
+def test_human_output_fits_80_columns(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
+    socket = ["--socket", str(rig.control_socket)]
+    assert main(["selftest", *socket]) == EXIT_OK
+    assert main(["status", *socket]) in (EXIT_OK, EXIT_PROBLEM)
+    assert main(["selfcheck", "--show", "list", *socket]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "self-test passed" in out and "self-test " in out
+    too_wide = [line for line in out.splitlines() if width(line) > 80]
+    assert too_wide == []
