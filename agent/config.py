@@ -35,6 +35,7 @@ from agent.config_checks import SYSTEM_PROFILE_DIR as SYSTEM_PROFILE_DIR  # noqa
 from agent.config_checks import (
     WHOLE_CONFIG_CHECKS,
     check_device_overrides,
+    check_selfcheck_points,
     load_profiles,
 )
 from agent.config_files import check_uplink_files
@@ -49,6 +50,8 @@ from agent.config_schema import (
     INPUT_GB,
     LINE,
     OUTPUT,
+    SELFCHECK,
+    SELFTEST,
     SITE,
     Checked,
     config_relative,
@@ -207,6 +210,17 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class SelfTestConfig:
+    """[selftest] and [selfcheck]: the UITD duties of agent/uitd_duty.py."""
+
+    selftest_time: str = "03:00"  # local "HH:MM"
+    min_simulated_fires: int = 2
+    reminder_day: int = 25
+    check_points: tuple[str, ...] | None = None  # None: every alarm input and point
+    point_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     identity: Identity
@@ -221,6 +235,7 @@ class Config:
     profiles: dict[str, Profile] = field(default_factory=dict)  # by profile id (file stem)
     site: SiteConfig = SiteConfig("zh")
     duties: DutiesConfig = DutiesConfig()
+    selftests: SelfTestConfig = SelfTestConfig()
 
 
 # --- building them from what passed the checks ------------------------------------------
@@ -380,6 +395,19 @@ def build(path: Path, checked: Checked, profiles: dict[str, Profile]) -> Config:
         profiles=profiles,
         site=SiteConfig(SITE.with_defaults(s["site"])["language"]),
         duties=_build_duties(s["duties"]),
+        selftests=_build_selftests(s["selftest"], s["selfcheck"]),
+    )
+
+
+def _build_selftests(selftest: Mapping[str, Any], selfcheck: Mapping[str, Any]) -> SelfTestConfig:
+    t, c = SELFTEST.with_defaults(selftest), SELFCHECK.with_defaults(selfcheck)
+    points = c["points"]
+    return SelfTestConfig(
+        selftest_time=t["time"],
+        min_simulated_fires=c["min_simulated_fires"],
+        reminder_day=c["reminder_day"],
+        check_points=None if points is None else tuple(points),
+        point_timeout_s=float(c["point_timeout_s"]),
     )
 
 
@@ -395,6 +423,7 @@ def load_config(path: str | Path) -> Config:
         check_uplink_files(checked, path.parent, out)
     profiles = load_profiles(checked, path.parent, out)
     check_device_overrides(checked, profiles, out)
+    check_selfcheck_points(checked, profiles, out)
     out.raise_if_any()
     return build(path, checked, profiles)
 

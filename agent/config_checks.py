@@ -222,6 +222,29 @@ def check_device_overrides(
             check_overrides(profile, device.get("points", {}), f"devices[{i}].points", out)
 
 
+def check_selfcheck_points(
+    checked: Checked, profiles: Mapping[str, Profile], out: Problems
+) -> None:
+    """Each `[selfcheck] points` entry names an input, or a point of a device's profile."""
+    points = checked.sections["selfcheck"].get("points")
+    if points is None:
+        return
+    inputs = {i.get("id") for i in checked.arrays["inputs"]}
+    devices = {d.get("id"): profiles.get(d.get("profile", "")) for d in checked.arrays["devices"]}
+    for n, entry in enumerate(points):
+        device, _, point = entry.partition("/")
+        key = f"selfcheck.points[{n}]"
+        if not point:
+            if device not in inputs:
+                out.add(key, f'no input "{device}" (a device point is written "device/point")')
+        elif device not in devices:
+            out.add(key, f'no device "{device}"')
+        else:
+            profile = devices[device]
+            if profile is not None and point not in profile.points:
+                out.add(key, f'device "{device}" has no point "{point}"')
+
+
 def check_control_group(checked: Checked, out: Problems) -> None:
     """The control socket's group must exist on this machine (the agent would start
     without its socket otherwise: the CLI could not reach it)."""

@@ -190,6 +190,47 @@ DUTIES = Table(
     }
 )
 
+# --- the UITD duties: daily self-test, monthly self-check (agent/uitd_duty.py) -------------
+
+_HH_MM_RE = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+_CHECK_POINT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64})?")
+
+
+def _check_points(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and _CHECK_POINT_RE.fullmatch(v) for v in value
+    ):
+        return f'must be a list of "device/point" or input ids, got {shown(value)}'
+    return None
+
+
+CHECK_POINTS = Value(
+    _check_points,
+    {"type": "array", "items": {"type": "string", "pattern": _CHECK_POINT_RE.pattern}},
+    (list,),
+)
+
+SELFTEST = Table(
+    {
+        # local time (the Pi's time zone, Asia/Shanghai on an installed gateway); the test
+        # waits for a synchronised clock and runs once a calendar day, restarts included
+        "time": Key(matching(_HH_MM_RE, 'a local time "HH:MM"'), default="03:00"),
+    }
+)
+
+SELFCHECK = Table(
+    {
+        # GB 26875.1: at least two simulated fire transmissions a month; a reminder
+        # (event + status line) when fewer were confirmed by this day of the month
+        "min_simulated_fires": Key(integer(0, 31), default=2),
+        "reminder_day": Key(integer(1, 28), default=25),
+        # the points a technician walks through; default: every input of kind alarm and
+        # every device point whose profile can raise an alarm
+        "points": Key(CHECK_POINTS, doc="default: every alarm input and alarm point"),
+        "point_timeout_s": Key(number(gt=0, le=3600), default=120),
+    }
+)
+
 # --- arrays of tables ----------------------------------------------------------------------
 
 
@@ -389,6 +430,8 @@ SECTIONS: dict[str, Table] = {
     "control": CONTROL,
     "profiles": PROFILES,
     "duties": DUTIES,
+    "selftest": SELFTEST,
+    "selfcheck": SELFCHECK,
 }
 ARRAYS: dict[str, Table] = {"lines": LINE, "devices": DEVICE, "inputs": INPUT, "outputs": OUTPUT}
 REQUIRED_SECTIONS = ("identity", "uplink")

@@ -71,6 +71,8 @@ class Faults:
     _texts: Texts = CHINESE
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _failing: dict[str, str] = field(default_factory=dict, init=False)  # cause -> its state
+    # the restore's text of a condition raised with its own texts (check_failed)
+    _restore_text: dict[str, str] = field(default_factory=dict, init=False)
 
     @property
     def quiet(self) -> bool:
@@ -92,6 +94,30 @@ class Faults:
             _output_cause(output), OUTPUT_FAILED, exc, Msg.OUTPUT_FAILED, later=True, output=output
         )
 
+    def check_failed(
+        self, cause: str, state: str, text: str, *, restore_text: str, reason: str
+    ) -> None:
+        """A check of the gateway's own (a self-test item) failed: a fault event with
+        its own texts, once while it lasts; `worked(cause)` restores it."""
+        cause = cause[:MAX_POINT]
+        with self._lock:
+            if cause in self._failing:
+                return
+            self._failing[cause] = state
+            self._restore_text[cause] = restore_text
+        log.error("%s failed: %s", cause, reason)
+        self._send(
+            system_event(
+                Kind.FAULT,
+                Severity.MINOR,
+                state,
+                text,
+                point=cause,
+                clock_synced=self._clock_synced(),
+                detail={"reason": reason[:MAX_REASON]},
+            )
+        )
+
     def worked(self, cause: str) -> None:
         """`cause` just worked: the restore of its fault, if one is out. Cheap when none
         is (it runs on hot paths: once per event for the rules)."""
@@ -99,10 +125,13 @@ class Faults:
             return
         with self._lock:
             state = self._failing.pop(cause, None)
+            own_text = self._restore_text.pop(cause, None)
         if state is None:
             return
         output = state == OUTPUT_FAILED
-        if output:
+        if own_text is not None:
+            text = own_text
+        elif output:
             text = self._texts(Msg.OUTPUT_RESTORED, output=cause.removeprefix(_OUTPUT))
         else:
             text = self._texts(Msg.INTERNAL_RESTORED, what=cause)

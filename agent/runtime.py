@@ -58,7 +58,11 @@ from agent.rules import (
     contact_event,
     contact_key,
 )
+from agent.selftest_probes import GatewayProbes
 from agent.texts import Msg, Texts
+from agent.uitd_duty import UitdDuty
+from agent.uitd_records import FILE_NAME as UITD_RECORDS
+from agent.uitd_records import UitdRecords
 from agent.uplink import Uplink
 from agent.views import Actions, DownlinkView, LocalView, Parts, health
 from core.errors import AlarmgwError
@@ -159,6 +163,7 @@ class Gateway:
         self.duty_timers = self.uitd.timers
         self.duties: list[Running] = [self.duty_timers]
         self.uitd.hand_to(self.uplinks)
+        self._add_selftests(actions)  # the daily self-test and the monthly self-check's records
         # The runtime wires the buffer to its readers: every uplink is woken by a store.
         self.buffer.on_stored = self.faults.guard("buffer_listener", self._wake_uplinks)
         self.buffer.on_settled = self.faults.guard("settled_listener", self._settled)
@@ -177,6 +182,24 @@ class Gateway:
         """The GB uplink's hook for the centre's reads (../notes/gb-contract.md): the
         response ADU from live state, or None to deny."""
         return answer_read(adu, self.gb_live)
+
+    def _add_selftests(self, actions: Actions) -> None:
+        """The daily self-test, the simulated fire count and the self-check reports
+        (agent/uitd_duty.py); its records file lives beside the buffer."""
+        records = UitdRecords(self.cfg.buffer.path.with_name(UITD_RECORDS))
+        probes = GatewayProbes(
+            self.parts, actions, self.faults, records,
+            pointstate_problem=lambda: self.pointstate.problem,
+            uplinks=lambda: dict(self._running_parts()[: len(self.uplinks)]),
+        )  # fmt: skip
+        duty = UitdDuty(
+            self.cfg.selftests, records, probes, self.emit, self.faults,
+            is_confirmed=lambda seq: actions.confirmed(Lane.EVENT, seq),
+            synced=self.clock_synced, texts=self.texts,
+        )  # fmt: skip
+        self.pipeline.listen_stored("uitd_listener", duty.stored)
+        self.parts.selftests = duty
+        self.duties.append(duty)
 
     @property
     def field_devices(self) -> dict[str, DeviceRuntime]:

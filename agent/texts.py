@@ -57,6 +57,13 @@ class Msg(enum.StrEnum):
     DUTY_UNANSWERED = "duty_unanswered"
     WORD_SOURCE_CENTRE = "word_source_centre"
     WORD_SOURCE_PLATFORM = "word_source_platform"
+    # the UITD duties: self-test, simulated fire transmissions, monthly self-check
+    SELFTEST_PASSED = "selftest_passed"
+    SELFTEST_FAILED = "selftest_failed"
+    SELFTEST_ITEM_FAILED = "selftest_item_failed"
+    SELFTEST_ITEM_RESTORED = "selftest_item_restored"
+    SIMULATED_FIRES_DUE = "simulated_fires_due"
+    SELFCHECK_REPORT = "selfcheck_report"
     # delivery: the uplink and the buffer
     SET_ASIDE = "set_aside"
     BUFFER_DEGRADED = "buffer_degraded"
@@ -100,6 +107,14 @@ ZH: Final[Mapping[Msg, str]] = {
     Msg.DUTY_UNANSWERED: "{source}查岗无人应答（等待 {waited_s:.0f} 秒）",
     Msg.WORD_SOURCE_CENTRE: "监控中心",
     Msg.WORD_SOURCE_PLATFORM: "平台",
+    Msg.SELFTEST_PASSED: "网关自检通过（{count}项）",
+    Msg.SELFTEST_FAILED: "网关自检发现{count}项异常：{items}",
+    Msg.SELFTEST_ITEM_FAILED: "自检异常：{part} {item}（{reason}）",
+    Msg.SELFTEST_ITEM_RESTORED: "自检恢复正常：{part} {item}",
+    Msg.SIMULATED_FIRES_DUE: "本月模拟火警传输仅{count}次（至少{required}次），请尽快进行",
+    Msg.SELFCHECK_REPORT: (
+        "月度自检（{operator}）：通过{passed}，失败{failed}，未测{untested}，模拟火警确认{confirmed}次"
+    ),
     Msg.SET_ASIDE: "{lane} 序号 {seq} 被服务器拒收，未发送即移除：{why}",
     Msg.BUFFER_DEGRADED: "缓存降级：数据库拒绝写入（{reason}），事件暂存内存",
     Msg.BUFFER_RESTORED: "缓存恢复：事件重新写入磁盘",
@@ -148,6 +163,17 @@ EN: Final[Mapping[Msg, str]] = {
     Msg.DUTY_UNANSWERED: "{source} duty check not answered (waited {waited_s:.0f} s)",
     Msg.WORD_SOURCE_CENTRE: "monitoring centre",
     Msg.WORD_SOURCE_PLATFORM: "platform",
+    Msg.SELFTEST_PASSED: "gateway self-test passed ({count} items)",
+    Msg.SELFTEST_FAILED: "gateway self-test: {count} items failed: {items}",
+    Msg.SELFTEST_ITEM_FAILED: "self-test failed: {part} {item} ({reason})",
+    Msg.SELFTEST_ITEM_RESTORED: "self-test passes again: {part} {item}",
+    Msg.SIMULATED_FIRES_DUE: (
+        "only {count} simulated fire transmissions this month (at least {required}): run them soon"
+    ),
+    Msg.SELFCHECK_REPORT: (
+        "monthly self-check ({operator}): {passed} passed, {failed} failed, {untested} untested, "
+        "{confirmed} simulated fire transmissions confirmed"
+    ),
     Msg.SET_ASIDE: "{lane} seq {seq} was refused by the broker and set aside unsent: {why}",
     Msg.BUFFER_DEGRADED: (
         "buffer degraded: database refuses writes ({reason}); events held in memory"

@@ -28,9 +28,11 @@ from agent.buffer import EventBuffer
 from agent.config import GATEWAY_DEVICE_ID, Config, InputConfig, LineConfig
 from agent.duty import DutyCheck
 from agent.field import DeviceRuntime
+from agent.gb26875.tables import UitdOperationFlags
 from agent.pipeline import Pipeline
 from agent.points import value_state
 from agent.rules import LocalRules
+from agent.selfcheck import check_points, parse_report
 from agent.texts import CHINESE, Msg, Texts
 from core.errors import AlarmgwError, FieldError, FieldTimeout, UnknownPoint
 from core.events import Category, Event, Identity, Kind, Lane, Record, Severity, now_ms
@@ -45,6 +47,8 @@ READ_TIMEOUT_S: Final = 10.0
 READ_CHECK_S: Final = 0.1  # how often a waiting read looks whether its caller is still there
 TEST_ALARM_ACK_WAIT_S: Final = 10.0
 STORE_WAIT_S: Final = 10.0
+# GB/T 26875.3 UITD operation (typeflag 24), bit 6 "test": a simulated fire transmission
+GB_TEST_OPERATION: Final = {"tf": 24, "flags": int(UitdOperationFlags.TEST), "operator": 0}
 
 
 class UplinkState(Protocol):
@@ -52,6 +56,15 @@ class UplinkState(Protocol):
 
     def stats(self) -> dict[str, Any]: ...
     def health(self) -> dict[str, Any]: ...
+
+
+class SelfTests(Protocol):
+    """What the views ask of the UITD duties (agent.uitd_duty.UitdDuty)."""
+
+    def summary(self) -> dict[str, Any]: ...
+    def run_selftest(self, trigger: str) -> Any: ...
+    def store_report(self, report: dict[str, Any]) -> dict[str, Any]: ...
+    def reports(self, limit: int) -> list[dict[str, Any]]: ...
 
 
 @dataclass
@@ -75,6 +88,7 @@ class Parts:
     duty: DutyCheck | None = None  # the duty check (agent/duty.py)
     loop: asyncio.AbstractEventLoop | None = None  # the field loop, once it runs
     reads_closed: threading.Event = field(default_factory=threading.Event)  # stopping
+    selftests: SelfTests | None = None  # the self-test and self-check duties (uitd_duty.py)
 
     def uptime_s(self) -> float:
         return time.monotonic() - self.boot_mono
@@ -199,6 +213,7 @@ def status(parts: Parts) -> dict[str, Any]:
             "light": parts.rules.transmission.light,
             "failed": parts.rules.transmission.failed,
         },
+        "duties": parts.selftests.summary() if parts.selftests is not None else None,
     }
 
 
@@ -258,7 +273,9 @@ def make_test_alarm(
         point="test_alarm",
         test=True,
         clock_synced=synced,
-        detail={"requested_by": requested_by} | ({"note": note} if note else {}),
+        detail={"requested_by": requested_by}
+        | ({"note": note} if note else {})
+        | {"gb": dict(GB_TEST_OPERATION)},  # to the centre too: a UITD test operation
     )
 
 
@@ -349,11 +366,15 @@ class Actions:
             raise AlarmgwError("the buffer answered a test alarm with a reading")
         return stored
 
+    def confirmed(self, lane: Lane, seq: int) -> bool:
+        """The row is acknowledged by every uplink (gone from the buffer)."""
+        return not any(r.seq == seq for r in self.parts.buffer.pending(lane, seq - 1, 1))
+
     def acked(self, lane: Lane, seq: int, timeout: float) -> bool:
         """Wait until the row is acknowledged (gone from the buffer); False at timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not any(r.seq == seq for r in self.parts.buffer.pending(lane, seq - 1, 1)):
+            if self.confirmed(lane, seq):
                 return True
             time.sleep(0.05)  # the buffer has no per-row ack notification to await
         return False
@@ -408,6 +429,30 @@ class LocalView:
 
     def buffer(self) -> dict[str, Any]:
         return self.parts.buffer.stats()
+
+    # the UITD duties (agent/uitd_duty.py): self-test, monthly self-check
+
+    def _duties(self) -> SelfTests:
+        if self.parts.selftests is None:
+            raise AlarmgwError("the self-test duties are not running")
+        return self.parts.selftests
+
+    def selftest(self, requested_by: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._duties().run_selftest(requested_by).as_dict()
+        return result
+
+    def selfcheck_points(self) -> dict[str, Any]:
+        return {
+            "points": check_points(self.parts.cfg),
+            "point_timeout_s": self.parts.cfg.selftests.point_timeout_s,
+        }
+
+    def selfcheck_report(self, report: dict[str, Any], handed_in_by: str) -> dict[str, Any]:
+        parsed = parse_report(report) | {"handed_in_by": handed_in_by}
+        return self._duties().store_report(parsed)
+
+    def selfcheck_reports(self, limit: int) -> dict[str, Any]:
+        return {"reports": self._duties().reports(limit)}
 
 
 class DownlinkView:

@@ -183,6 +183,14 @@ class ContactInput:
         with self._state_lock:
             return self._reported
 
+    def read_now(self) -> bool:
+        """The contact's level read from the pin now, undebounced (the self-test: can the
+        input be read at all). Raises GpioError when the pin cannot be read."""
+        try:
+            return self._read_level()
+        except Exception as exc:  # the pin factory's own types
+            raise GpioError(f"input {self.id!r}: {exc}") from exc
+
     def close(self) -> None:
         with self._state_lock:
             if self._closed:

@@ -57,6 +57,10 @@ STEP_KEYS: dict[str, tuple[str, ...]] = {
     "fault": ("target", "kind"),
     "clear-fault": ("target",),
     "duty-check": (),  # the platform asks (simulator/platform.py): needs [platform]
+    # a point's own alarm, whatever its kind of meaning (a state, a flag, a threshold): the
+    # training rig and the scripted monthly self-check (simulator/world.py alarm_stimulus)
+    "alarm": ("device", "point"),
+    "clear-alarm": ("device", "point"),
 }
 OPTIONAL_STEP_KEYS = {
     "duty-check": ("timeout_s",),

@@ -57,6 +57,9 @@ EXPECTED_FIGURES = {
     "duties_tick_16",
     "duties_tick_100_unbounded",
     "duties_stored_fire",
+    "selftest_duration",
+    "selftest_panel_cycle",
+    "selftest_writes",
 }
 # the field-side fault scenarios of bench_faults.py: each event must have arrived
 FAULT_FIGURES = {

@@ -15,16 +15,13 @@ still needs to see the rest.
 from __future__ import annotations
 
 import datetime
-import functools
-import os
 import time
-import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.cli.textwidth import fit, width
+from agent.clock import local_zone
 
 if TYPE_CHECKING:  # the scan types pull in the serial layer; `status` must not load it
     from drivers.scan import FoundUnit, ProfileMatch, ScanReport, ScanSettings
@@ -70,18 +67,8 @@ def clock_time(ts_ms: Any) -> str:
         return "--:--:--"
 
 
-@functools.cache
-def _site_zone() -> datetime.tzinfo:
-    """The zone libc's localtime would use ($TZ, else /etc/localtime), as zoneinfo data."""
-    name = os.environ.get("TZ")
-    try:
-        if name is None:
-            with Path("/etc/localtime").open("rb") as data:
-                return zoneinfo.ZoneInfo.from_file(data)
-        return zoneinfo.ZoneInfo(name.removeprefix(":"))
-    except (OSError, ValueError, zoneinfo.ZoneInfoNotFoundError):
-        # no zone database, or a POSIX rule such as TZ=CST-8: the offset libc applies now
-        return datetime.timezone(datetime.timedelta(seconds=time.localtime().tm_gmtoff))
+# the zone libc's localtime would use, without libc's localtime (agent/clock.py)
+_site_zone = local_zone
 
 
 def _get(data: Mapping[str, Any], key: str, default: Any = None) -> Any:
@@ -131,10 +118,11 @@ def problems(status: Mapping[str, Any]) -> list[str]:
         found.append("duty check waiting: alarmgw ack")
     if _get(_get(status, "transmission", {}), "failed", []):
         found.append("transmission failed")
+    found.extend(duty_problems(_get(status, "duties", {})))
     return found
 
 
-def _duties_lines(status: Mapping[str, Any]) -> list[str]:
+def _duty_check_lines(status: Mapping[str, Any]) -> list[str]:
     """The duty check waiting (if one is) and the transmission light and failure signal."""
     out = []
     duty = _get(status, "duty_check", None)
@@ -149,6 +137,61 @@ def _duties_lines(status: Mapping[str, Any]) -> list[str]:
         light = _get(transmission, "light", "off")
         out.append(
             f"transmission light {light}" + (f"; FAILED: {', '.join(failed)}" if failed else "")
+        )
+    return out
+
+
+def duty_problems(duties: Mapping[str, Any]) -> list[str]:
+    """The UITD duties' part of `problems`: the last self-test failed, simulated fire
+    transmissions due this month."""
+    found = []
+    last = _get(duties, "last_selftest", {})
+    if last and last.get("ok") is False:
+        found.append("self-test failed: " + ", ".join(last.get("failed", [])))
+    fires = _get(duties, "simulated_fires", {})
+    if fires and fires.get("due"):
+        found.append(f"simulated fires due ({fires.get('count')} of {fires.get('required')})")
+    return found
+
+
+def date_time(ts_ms: Any) -> str:
+    """Local date and time of a timestamp (as clock_time: no libc localtime)."""
+    if not isinstance(ts_ms, int | float):
+        return "----------- --:--"
+    try:
+        moment = _UTC_EPOCH + datetime.timedelta(milliseconds=ts_ms)
+        return moment.astimezone(_site_zone()).strftime("%Y-%m-%d %H:%M")
+    except (OverflowError, ValueError):
+        return "----------- --:--"
+
+
+def duty_lines(duties: Mapping[str, Any]) -> list[str]:
+    """`status`: the last self-test, this month's simulated fires, the last self-check."""
+    if not duties:
+        return []
+    out = []
+    last = _get(duties, "last_selftest", {})
+    if last:
+        verdict = "passed" if last.get("ok") else "FAILED: " + ", ".join(last.get("failed", []))
+        when = date_time(last.get("ts_ms"))
+        out.append(f"self-test    {when} ({last.get('trigger')}) {verdict}")
+    else:
+        out.append(f"self-test    not run yet (daily at {_get(duties, 'selftest_time', '?')})")
+    fires = _get(duties, "simulated_fires", {})
+    if fires.get("month"):
+        due = "  DUE: run them" if fires.get("due") else ""
+        out.append(
+            f"simulated fires {fires['month']}: {fires.get('count')} of {fires.get('required')}"
+            f" confirmed, reminder day {fires.get('reminder_day')}{due}"
+        )
+    elif fires:
+        out.append("simulated fires: month unknown until the clock is synchronised")
+    check = _get(duties, "last_selfcheck", {})
+    if check:
+        out.append(
+            f"self-check   #{check.get('number')} {date_time(check.get('ts_ms'))} "
+            f"{check.get('operator')}: {check.get('passed')} passed, {check.get('failed')} "
+            f"failed, {check.get('untested')} untested"
         )
     return out
 
@@ -272,7 +315,8 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
     silenced = " (buzzer silenced)" if _get(status, "silenced", False) else ""
     out.append(f"active alarms: {len(alarms) or 'none'}{silenced}")
     out.extend(alarm_row(a) for a in alarms)
-    out.extend(_duties_lines(status))
+    out.extend(_duty_check_lines(status))
+    out.extend(duty_lines(_get(status, "duties", {})))
     found = problems(status)
     out.append("PROBLEMS: " + "; ".join(found) if found else "all ok")
     return [clip(text) for text in out]
