@@ -85,6 +85,31 @@ class UplinkConfig:
 
 
 @dataclass(frozen=True)
+class GbConfig:
+    """[gb26875]: the GB/T 26875.3 uplink to the city's fire remote-monitoring centre
+    (agent/gb26875/uplink.py; docs/gb26875.md). Addresses are the 6-byte integers."""
+
+    host: str
+    port: int
+    uitd_address: int
+    centre_address: int
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    minor_version: int = 0
+    heartbeat_s: float = 30.0
+    confirm_timeout_s: float = 5.0
+    resends: int = 3
+    set_clock: bool = False
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 8.0
+
+    @property
+    def tls(self) -> bool:
+        return self.ca_file is not None
+
+
+@dataclass(frozen=True)
 class BufferConfig:
     path: Path
     max_events: int
@@ -192,6 +217,7 @@ class Config:
     control: ControlConfig
     profiles: dict[str, Profile] = field(default_factory=dict)  # by profile id (file stem)
     site: SiteConfig = SiteConfig("zh")
+    gb26875: GbConfig | None = None  # None: no [gb26875] section, no GB uplink
 
 
 # --- building them from what passed the checks ------------------------------------------

@@ -59,6 +59,12 @@ class Msg(enum.StrEnum):
     BUFFER_OVERFLOW = "buffer_overflow"
     BUFFER_LOST_RANGE = "buffer_lost_range"
     BUFFER_CONTINUITY_UNKNOWN = "buffer_continuity_unknown"
+    # the GB/T 26875.3 uplink to the fire remote-monitoring centre
+    GB_LINK_FAULT = "gb_link_fault"
+    GB_LINK_RESTORED = "gb_link_restored"
+    GB_DENIED = "gb_denied"
+    GB_CLOCK_SYNC = "gb_clock_sync"
+    GB_INITIALISE = "gb_initialise"
 
 
 ZH: Final[Mapping[Msg, str]] = {
@@ -97,6 +103,11 @@ ZH: Final[Mapping[Msg, str]] = {
     Msg.BUFFER_OVERFLOW: "缓存已满：丢弃 {total} 条记录（上限 {max_events}）",
     Msg.BUFFER_LOST_RANGE: "{why}；{lane} 序号 {low}..{high} 可能丢失",
     Msg.BUFFER_CONTINUITY_UNKNOWN: "{why}；{lane} 序号连续性未知",
+    Msg.GB_LINK_FAULT: "与消防远程监控中心通信故障：{reason}",
+    Msg.GB_LINK_RESTORED: "与消防远程监控中心通信恢复",
+    Msg.GB_DENIED: "消防远程监控中心拒收 {lane} 序号 {seqs}（重发{sends}次），不再向中心发送",
+    Msg.GB_CLOCK_SYNC: "监控中心校时：中心时间 {centre}，网关时钟相差 {offset_s} 秒，{action}",
+    Msg.GB_INITIALISE: "监控中心要求初始化传输装置：重新上报运行状态、版本和配置，缓存记录保留",
 }
 
 EN: Final[Mapping[Msg, str]] = {
@@ -143,6 +154,19 @@ EN: Final[Mapping[Msg, str]] = {
     Msg.BUFFER_OVERFLOW: "buffer full: {total} records dropped (max_events {max_events})",
     Msg.BUFFER_LOST_RANGE: "{why}; {lane} seqs {low}..{high} may have been lost",
     Msg.BUFFER_CONTINUITY_UNKNOWN: "{why}; {lane} sequence continuity unknown",
+    Msg.GB_LINK_FAULT: "link to the fire remote-monitoring centre failed: {reason}",
+    Msg.GB_LINK_RESTORED: "link to the fire remote-monitoring centre restored",
+    Msg.GB_DENIED: (
+        "the fire remote-monitoring centre denied {lane} seqs {seqs} ({sends} sends); "
+        "not sent to the centre again"
+    ),
+    Msg.GB_CLOCK_SYNC: (
+        "clock sync from the centre: centre time {centre}, gateway clock {offset_s} s off, {action}"
+    ),
+    Msg.GB_INITIALISE: (
+        "the centre asked the device to initialise: running state, version and config sent "
+        "again, buffered records kept"
+    ),
 }
 
 CATALOGUE: Final[Mapping[str, Mapping[Msg, str]]] = {"zh": ZH, "en": EN}

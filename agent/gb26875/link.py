@@ -230,6 +230,7 @@ class LinkCounters:
     faults: int = 0
     bad_frames: int = 0
     requests: int = 0
+    answers: int = 0  # confirms and denies of an in-flight serial, heartbeats included
 
 
 class Link:
@@ -421,6 +422,7 @@ class Link:
             )
             return
         self._last_confirmed = self.clock.monotonic()
+        self.counters.answers += 1
         if self._faulted:
             self._faulted = False
             self._events.append(LinkRestored())

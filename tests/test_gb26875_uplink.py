@@ -1,0 +1,384 @@
+"""The GB/T 26875.3 uplink end to end: a real buffer (two readers), GbUplink over real TCP,
+the simulated centre (simulator/centre.py) confirming, denying, dropping, delaying, cutting
+and restarting; the centre's requests; kill -9 of a process running the uplink."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.buffer import EventBuffer, ReadCursor, Reader
+from agent.config import GbConfig
+from agent.faults import Faults
+from agent.gb26875.adu import Adu, UitdState
+from agent.gb26875.mapping import carries
+from agent.gb26875.uplink import READER, GbUplink
+from agent.texts import Texts
+from core.events import Category, Event, Kind, Record, Severity
+from simulator.centre import Centre
+from tests.uplink_helpers import IDENT, info_event
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.world
+
+BASE = {"tf": 2, "sys_type": 1, "sys_addr": 1, "comp_type": 40, "zone": 1}
+
+
+def gb_event(
+    pos: int,
+    kind: Kind = Kind.ALARM,
+    category: Category = Category.FIRE,
+    gb: dict[str, Any] | None = None,
+) -> Event:
+    status = {Kind.ALARM: 0b11, Kind.FAULT: 0b101, Kind.RESTORE: 0b1}.get(kind, 1)
+    return Event(
+        kind,
+        category,
+        Severity.CRITICAL if kind is Kind.ALARM else Severity.MAJOR,
+        kind.value,
+        f"{pos}号 {kind.value}",
+        "fap",
+        f"p{pos}",
+        location="一层",
+        point_name=f"{pos}号探测器",
+        detail={"gb": gb or {**BASE, "pos": pos, "status": status}},
+    )
+
+
+def settings(port: int, **kw: Any) -> GbConfig:
+    base = GbConfig(
+        host="127.0.0.1",
+        port=port,
+        uitd_address=0x0379,
+        centre_address=1,
+        heartbeat_s=1.0,
+        confirm_timeout_s=0.3,
+        resends=3,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.2,
+    )
+    return dataclasses.replace(base, **kw)
+
+
+class Emitted:
+    """The pipeline's emit for a test: what the uplink and its faults said."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, record: Record) -> None:
+        assert isinstance(record, Event)
+        with self.cond:
+            self.events.append(record)
+            self.cond.notify_all()
+
+    def wait_state(self, state: str, timeout: float = 10.0) -> Event | None:
+        with self.cond:
+            self.cond.wait_for(lambda: any(e.state == state for e in self.events), timeout)
+            return next((e for e in self.events if e.state == state), None)
+
+
+@dataclasses.dataclass
+class Rig:
+    centre: Centre
+    buffer: EventBuffer
+    uplink: GbUplink
+    emitted: Emitted
+
+    def store(self, *records: Record) -> list[int]:
+        return list(self.buffer.submit_many(records).result(10).seqs)
+
+    def positions(self) -> list[int]:
+        """Component positions the centre received (typeflag 2 and 3), in arrival order."""
+        return [
+            obj["component_address"][1]
+            for r in list(self.centre.records)
+            if r["dir"] == "in" and r.get("typeflag") in (2, 3)
+            for obj in r.get("objects", [])
+        ]
+
+    def wait_positions(self, wanted: set[int], timeout: float = 15.0) -> bool:
+        return self.centre.wait_for(lambda _: wanted <= set(self.positions()), timeout=timeout)
+
+    def gb_depth(self) -> int:
+        return len(self.buffer.next_rows(ReadCursor(reader=READER), 100_000))
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    readers = ("mqtt", Reader(READER, carries))
+    emitted = Emitted()
+    faults = Faults(emitted, _texts=Texts("en"))
+    with (
+        Centre() as centre,
+        EventBuffer(tmp_path / "b.db", IDENT, 100_000, readers=readers) as buffer,
+    ):
+        uplink = GbUplink(
+            settings(centre.port), buffer, faults=faults, emit=emitted, texts=Texts("en")
+        )
+        buffer.on_stored = uplink.wake
+        uplink.start()
+        try:
+            yield Rig(centre, buffer, uplink, emitted)
+        finally:
+            uplink.stop()
+
+
+def test_alarms_restores_faults_analogs_and_power_faults_reach_the_centre(rig: Rig) -> None:
+    analog = {**BASE, "tf": 3, "comp_type": 17, "pos": 4, "analog_type": 128, "value": 420}
+    power = {**BASE, "pos": 5, "status": 0x101}  # normal + power fault
+    rig.store(
+        gb_event(1),
+        gb_event(2, Kind.FAULT, Category.POWER),
+        gb_event(3, Kind.RESTORE),
+        gb_event(4, Kind.ALARM, Category.ELECTRICAL, gb=analog),
+        gb_event(5, Kind.FAULT, Category.POWER, gb=power),
+        info_event(6),  # no GB coordinates: MQTT only
+    )
+    assert rig.wait_positions({1, 2, 3, 4, 5})
+    assert wait_until(lambda: rig.gb_depth() == 0)
+    states = {
+        o["component_address"][1]: o
+        for r in rig.centre.records
+        if r["dir"] == "in"
+        for o in r.get("objects", [])
+        if "component_address" in o
+    }
+    assert states[1]["status"] == 0b11 and states[1]["description"] == "一层 1号探测器"
+    assert states[4]["type"] == "ComponentAnalog" and states[4]["value"] == 420
+    assert states[5]["status"] == 0x101
+    # the MQTT reader was never told: everything is still there for it
+    assert len(rig.buffer.next_rows(ReadCursor(reader="mqtt"), 100)) == 6
+    assert rig.uplink.stats()["confirmed_rows"] == 5
+
+
+def test_a_fire_alarm_overtakes_a_backlog_as_a_priority_packet(rig: Rig) -> None:
+    rig.centre.set_mode("delay", delay_s=0.2)  # the backlog drains slowly
+    backlog = [gb_event(100 + n, Kind.FAULT, Category.POWER) for n in range(300)]
+    rig.store(*backlog)
+    assert rig.centre.wait_for(lambda _: len(rig.positions()) >= 22)
+    rig.store(gb_event(7))
+    assert rig.wait_positions({7})
+    got = rig.positions()
+    assert got.index(7) < 300, "the fire waited for the whole backlog"
+    assert rig.gb_depth() > 200  # most of the backlog is still to go
+    fire = next(r for r in rig.centre.records if r["dir"] == "in" and 7 in _positions(r))
+    assert fire["objects"][0]["status"] == 0b11
+
+
+def _positions(record: dict[str, Any]) -> list[int]:
+    return [
+        o["component_address"][1] for o in record.get("objects", []) if "component_address" in o
+    ]
+
+
+def test_a_lost_confirm_is_resent_and_the_centre_counts_the_duplicate(rig: Rig) -> None:
+    rig.centre.set_mode("drop", count=1)
+    rig.store(gb_event(1, Kind.FAULT, Category.POWER))
+    assert wait_until(lambda: rig.gb_depth() == 0)
+    assert rig.positions().count(1) == 2
+    assert rig.centre.counts["duplicates"] == 1
+    assert rig.uplink.stats()["resent"] == 1
+
+
+def test_a_delayed_confirm_within_the_timeout_is_not_resent(rig: Rig) -> None:
+    rig.centre.set_mode("delay", count=1, delay_s=0.1)
+    rig.store(gb_event(1, Kind.FAULT, Category.POWER))
+    assert wait_until(lambda: rig.gb_depth() == 0)
+    assert rig.positions() == [1]
+
+
+def test_a_packet_denied_after_every_resend_is_set_aside_and_announced(rig: Rig) -> None:
+    rig.centre.set_mode("deny", count=4)  # the first send and its 3 resends
+    seqs = rig.store(gb_event(1, Kind.FAULT, Category.POWER))
+    denied = rig.emitted.wait_state("gb_denied")
+    assert denied is not None and denied.detail is not None
+    assert denied.detail["seqs"] == seqs and denied.kind is Kind.FAULT
+    assert wait_until(lambda: rig.gb_depth() == 0)
+    rig.store(gb_event(2, Kind.FAULT, Category.POWER))  # the link goes on
+    assert rig.wait_positions({2})
+    # still there for MQTT: only the centre's copy was set aside
+    assert seqs[0] in [r.seq for r in rig.buffer.next_rows(ReadCursor(reader="mqtt"), 10)]
+
+
+def test_the_connection_cut_mid_packet_reconnects_and_delivers(rig: Rig) -> None:
+    rig.centre.set_mode("close", count=1)
+    rig.store(gb_event(1, Kind.FAULT, Category.POWER))
+    assert wait_until(lambda: rig.gb_depth() == 0)
+    assert rig.centre.counts["connections"] >= 2
+    assert 1 in rig.positions()
+
+
+@pytest.mark.slow
+def test_a_dead_centre_is_a_link_fault_with_uitd_bit_5_then_a_restore(tmp_path: Path) -> None:
+    emitted = Emitted()
+    faults = Faults(emitted, _texts=Texts("en"))
+    readers = ("mqtt", Reader(READER, carries))
+    with Centre() as centre:
+        port = centre.port
+        centre.close()  # nobody listens: every connect is refused
+        cfg = settings(port, heartbeat_s=0.5, confirm_timeout_s=0.2)
+        with EventBuffer(tmp_path / "b.db", IDENT, 1000, readers=readers) as buffer:
+            uplink = GbUplink(cfg, buffer, faults=faults, emit=emitted).start()
+            try:
+                fault = emitted.wait_state("link_fault")
+                assert fault is not None and fault.point == "gb26875-link"
+                assert uplink.stats()["link_fault"]
+                buffer.submit(gb_event(9)).result(5)  # an alarm while the centre is away
+                uplink.wake()
+                with Centre(port=port) as back:
+                    assert back.wait_for(lambda rs: 9 in [p for r in rs for p in _positions(r)])
+                    states = back.wait_for(lambda rs: any(_uitd(r) for r in rs), timeout=10)
+                    assert states
+                    first = next(_uitd(r) for r in back.records if _uitd(r))
+                    assert first & 0b100000, "the centre was not told of the link fault"
+                    assert emitted.wait_state("normal") is not None  # the restore
+                    assert wait_until(lambda: not uplink.stats()["link_fault"])
+            finally:
+                uplink.stop()
+    limit = cfg.heartbeat_s + (cfg.resends + 1) * cfg.confirm_timeout_s
+    assert limit < 100
+
+
+def _received(centre: Centre) -> set[int]:
+    return {p for r in list(centre.records) if r["dir"] == "in" for p in _positions(r)}
+
+
+def _uitd(record: dict[str, Any]) -> int:
+    if record["dir"] != "in" or record.get("typeflag") != 21:
+        return 0
+    return int(record["objects"][0]["status"]) | 0x100  # 0x100: "a state was seen"
+
+
+def test_a_centre_restart_loses_nothing(rig: Rig) -> None:
+    rig.store(gb_event(1, Kind.FAULT, Category.POWER))
+    assert wait_until(lambda: rig.gb_depth() == 0)
+    port = rig.centre.port
+    rig.centre.close()
+    rig.store(gb_event(2, Kind.FAULT, Category.POWER), gb_event(3))
+    with Centre(port=port) as again:
+        assert again.wait_for(
+            lambda rs: {2, 3} <= {p for r in rs if r["dir"] == "in" for p in _positions(r)},
+            timeout=15,
+        )
+    assert wait_until(lambda: rig.gb_depth() == 0)
+
+
+def test_the_centres_requests_are_answered(tmp_path: Path) -> None:
+    duty_calls: list[dict[str, Any]] = []
+    emitted = Emitted()
+    readers = ("mqtt", Reader(READER, carries))
+    with Centre() as centre, EventBuffer(tmp_path / "b.db", IDENT, 1000, readers=readers) as buffer:
+        uplink = GbUplink(
+            settings(centre.port),
+            buffer,
+            emit=emitted,
+            on_duty_check=lambda **kw: duty_calls.append(kw),
+        ).start()
+        try:
+            assert wait_until(lambda: uplink.connected)
+            centre.duty_check(minutes=3)
+            assert wait_until(lambda: duty_calls == [{"source": "centre", "timeout_s": 180.0}])
+            centre.clock_sync()
+            sync = emitted.wait_state("gb_clock_sync")
+            assert sync is not None and sync.detail is not None
+            assert sync.detail["action"] == "clock not set (set_clock = false)"
+            centre.initialise()
+            assert emitted.wait_state("gb_initialise") is not None
+            assert centre.wait_for(lambda rs: any(r.get("typeflag") == 25 for r in rs))
+            centre.read(81)
+            assert centre.wait_for(
+                lambda rs: any(r["dir"] == "in" and r["command"] == 5 for r in rs)
+            )
+            centre.read(62, [[1, 1, 1, 2]])  # no answer_read wired: denied
+            assert centre.wait_for(
+                lambda rs: any(r["dir"] == "in" and r["command"] == 6 for r in rs)
+            )
+            confirms = [r for r in centre.records if r["dir"] == "in" and r["command"] == 3]
+            assert len(confirms) >= 3  # duty check, clock sync, initialise
+        finally:
+            uplink.stop()
+
+
+def test_a_stopped_uplink_leaves_no_thread(tmp_path: Path) -> None:
+    with (
+        Centre() as centre,
+        EventBuffer(tmp_path / "b.db", IDENT, 100, readers=("mqtt", "gb")) as b,
+    ):
+        before = threading.active_count()
+        uplink = GbUplink(settings(centre.port), b).start()
+        assert wait_until(lambda: uplink.connected)
+        uplink.stop()
+        assert wait_until(lambda: threading.active_count() == before)
+        assert UitdState  # the UITD state type the heartbeat carries
+        assert Adu
+
+
+_CHILD = """
+import sys, time
+from dataclasses import replace
+from pathlib import Path
+from agent.buffer import EventBuffer, Reader
+from agent.gb26875.mapping import carries
+from agent.gb26875.uplink import GbUplink
+from tests.test_gb26875_uplink import gb_event, settings
+from tests.uplink_helpers import IDENT
+from core.events import Category, Kind
+
+db, port, first, count = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+buf = EventBuffer(db, IDENT, 100_000, readers=("mqtt", Reader("gb", carries))).start()
+uplink = GbUplink(settings(port), buf)
+buf.on_stored = uplink.wake
+uplink.start()
+for n in range(first, first + count):
+    buf.submit(gb_event(n, Kind.FAULT, Category.POWER)).result(10)
+    print(n, flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_agent_loses_nothing_the_centre_counts_duplicates(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    root = Path(__file__).resolve().parent.parent
+    stored: list[int] = []
+    with Centre() as centre:
+        centre.set_mode("delay", delay_s=0.05)  # confirms lag: kills land mid-exchange
+        for first in (1, 201, 401):
+            with subprocess.Popen(
+                [sys.executable, "-c", _CHILD, str(db), str(centre.port), str(first), "200"],
+                cwd=root,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            ) as child:
+                assert child.stdout is not None
+                # killed after 150 of 200 were stored
+                stored += [int(child.stdout.readline()) for _ in range(150)]
+                child.kill()
+                child.wait(10)
+                stored += [int(line) for line in child.stdout.read().split()]
+        centre.set_mode("confirm")
+        readers = ("mqtt", Reader(READER, carries))
+        with EventBuffer(db, IDENT, 100_000, readers=readers) as buffer:
+            uplink = GbUplink(settings(centre.port), buffer).start()
+            try:
+                got = partial(_received, centre)
+                assert centre.wait_for(lambda _: set(stored) <= got(), timeout=30)
+                assert wait_until(
+                    lambda: not buffer.next_rows(ReadCursor(reader=READER), 10), timeout=10
+                )
+            finally:
+                uplink.stop()
+        received = [p for r in centre.records if r["dir"] == "in" for p in _positions(r)]
+        dupes = len(received) - len(set(received))
+        assert centre.counts["duplicates"] == dupes  # every duplicate seen and counted
