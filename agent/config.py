@@ -43,6 +43,7 @@ from agent.config_schema import (
     CLOCK,
     CONFIG_FILE,
     CONTROL,
+    GB26875,
     IDENTITY,
     INPUT,
     LINE,
@@ -249,6 +250,28 @@ def _build_uplink(clean: Mapping[str, Any], ident: Identity, base: Path) -> Upli
     )
 
 
+def _build_gb(clean: Mapping[str, Any], base: Path) -> GbConfig | None:
+    if not clean:  # no [gb26875] section: no GB uplink
+        return None
+    v = GB26875.with_defaults(clean)
+    return GbConfig(
+        host=v["host"],
+        port=v["port"],
+        uitd_address=v["uitd_address"],
+        centre_address=v["centre_address"],
+        ca_file=config_relative(v["ca_file"], base),
+        cert_file=config_relative(v["cert_file"], base),
+        key_file=config_relative(v["key_file"], base),
+        minor_version=v["minor_version"],
+        heartbeat_s=float(v["heartbeat_s"]),
+        confirm_timeout_s=float(v["confirm_timeout_s"]),
+        resends=v["resends"],
+        set_clock=v["set_clock"],
+        reconnect_min_s=float(v["reconnect_min_s"]),
+        reconnect_max_s=float(v["reconnect_max_s"]),
+    )
+
+
 def _build_line(clean: Mapping[str, Any]) -> LineConfig:
     v = LINE.with_defaults(clean)
     rtu = v["type"] == "rtu"
@@ -350,6 +373,7 @@ def build(path: Path, checked: Checked, profiles: dict[str, Profile]) -> Config:
         control=ControlConfig(base / control["socket"], control["group"]),
         profiles=profiles,
         site=SiteConfig(SITE.with_defaults(s["site"])["language"]),
+        gb26875=_build_gb(s["gb26875"], base),
     )
 
 

@@ -1,0 +1,56 @@
+"""The optional [gb26875] section: defaults, limits and the rule that keeps a link fault
+within 100 s (agent/config_schema.py GB26875)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config
+from agent.gb26875.uplink import link_settings
+from tests.test_config import good_text, problems_of, write
+
+GB = """
+[gb26875]
+host = "10.1.2.3"
+port = 9000
+uitd_address = 0x0379
+centre_address = 88888
+"""
+
+
+def test_without_the_section_there_is_no_gb_uplink(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, good_text())).gb26875 is None
+
+
+def test_the_section_with_its_defaults(tmp_path: Path) -> None:
+    gb = load_config(write(tmp_path, good_text() + GB)).gb26875
+    assert gb is not None
+    assert (gb.host, gb.port, gb.uitd_address, gb.centre_address) == ("10.1.2.3", 9000, 889, 88888)
+    assert (gb.heartbeat_s, gb.confirm_timeout_s, gb.resends) == (30.0, 5.0, 3)
+    assert gb.set_clock is False and gb.tls is False and gb.minor_version == 0
+    # the defaults keep the standard's limits: the link accepts them
+    assert link_settings(gb).fault_detection_s == 50.0
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "reason"),
+    [
+        ("confirm_timeout_s = 12", "gb26875.confirm_timeout_s", "10"),
+        ("heartbeat_s = 90\nresends = 5", "gb26875.heartbeat_s", "100 s"),
+        ("uitd_address = 281474976710656", "gb26875.uitd_address", "281474976710655"),
+        ("set_clock = 1", "gb26875.set_clock", "true or false"),
+        ('cert_file = "c.pem"\nkey_file = "k.pem"', "gb26875.cert_file", "ca_file"),
+        ("hots = 1", "gb26875.hots", "unknown key"),
+    ],
+)
+def test_one_mistake_in_the_section_is_one_problem(
+    tmp_path: Path, line: str, key: str, reason: str
+) -> None:
+    text = good_text() + GB.replace("uitd_address = 0x0379\n", "") + line + "\n"
+    if "uitd_address" not in line:
+        text += "uitd_address = 889\n"
+    problems = problems_of(write(tmp_path, text))
+    assert [p.key for p in problems] == [key], problems
+    assert reason in problems[0].reason
