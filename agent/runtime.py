@@ -37,13 +37,16 @@ from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from agent import __version__, sdnotify
-from agent.buffer import EventBuffer
+from agent.buffer import FIRST_READER, EventBuffer, Reader
 from agent.clock import clock_probe
 from agent.commands import CommandHandler
 from agent.config import GATEWAY_DEVICE_ID, Config, LineConfig, config_digest
 from agent.control import ControlServer, ControlSetupError
 from agent.faults import OUTPUT_FAILED, WatchedOutput
 from agent.field import DeviceRuntime, FieldWorker, field_devices
+from agent.gb26875 import mapping as gb_mapping
+from agent.gb26875.uplink import READER as GB_READER
+from agent.gb26875.uplink import GbUplink, set_system_clock
 from agent.journal import setup_logging
 from agent.pipeline import Pipeline
 from agent.pointstate import PointStateStore
@@ -52,7 +55,7 @@ from agent.texts import Msg, Texts
 from agent.uplink import Uplink
 from agent.views import Actions, DownlinkView, LocalView, Parts, health
 from core.errors import AlarmgwError
-from core.events import Event, Kind, Severity, now_ms, system_event
+from core.events import Event, Kind, Record, Severity, now_ms, system_event
 from drivers.gpio import ContactChange, GpioBank
 from drivers.line import DevicePoll, Line
 from drivers.modbus import ModbusLink, RtuLink, TcpLink
@@ -94,8 +97,19 @@ class Gateway:
         self.cfg = cfg
         self.texts = texts = Texts(cfg.site.language)
         self.clock_synced = clock_synced = clock_probe(cfg.clock.source)
+        # Readings reach the centre through gb-mapping's GbPoints (static coordinates per
+        # point); until it is wired here, the GB reader sets every Reading aside.
+        self.gb_analogs = gb_mapping.default_analogs()
+        # The buffer's readers: MQTT first (its bit in the file), the GB uplink when configured.
+        readers: list[str | Reader] = [FIRST_READER]
+        if cfg.gb26875 is not None:
+            readers.append(Reader(GB_READER, self._gb_carries))
         self.buffer = EventBuffer(
-            cfg.buffer.path, cfg.identity, cfg.buffer.max_events, clock_synced=clock_synced
+            cfg.buffer.path,
+            cfg.identity,
+            cfg.buffer.max_events,
+            clock_synced=clock_synced,
+            readers=readers,
         )
         self.pipeline = pipeline = Pipeline(
             self.buffer, cfg.identity, clock_synced=clock_synced, texts=texts
@@ -132,6 +146,22 @@ class Gateway:
         )
         self.parts.uplink = self.uplink
         self.uplinks: list[UplinkPart] = [self.uplink]
+        self.gb_uplink: GbUplink | None = None
+        if cfg.gb26875 is not None:
+            # on_duty_check and answer_read: the duties' and gb-mapping's hooks, None until
+            # they are wired (a duty check is then only confirmed, a read denied)
+            self.gb_uplink = GbUplink(
+                cfg.gb26875,
+                self.buffer,
+                faults=self.faults,
+                emit=pipeline.emit,
+                texts=texts,
+                analogs=self.gb_analogs,
+                clock_synced=clock_synced,
+                set_clock=set_system_clock,
+            )
+            self.uplinks.append(self.gb_uplink)
+            self.parts.gb_uplink = self.gb_uplink
         self.duties: list[Running] = []  # parts with a duty of their own (UITD: next)
         # The runtime wires the buffer to its readers: every uplink is woken by a store.
         self.buffer.on_stored = self.faults.guard("buffer_listener", self._wake_uplinks)
@@ -155,6 +185,9 @@ class Gateway:
     def rules(self) -> LocalRules:
         return self.parts.rules
 
+    def _gb_carries(self, record: Record) -> bool:
+        return gb_mapping.carries(record, self.gb_analogs)
+
     def _wake_uplinks(self) -> None:
         for uplink in self.uplinks:
             uplink.wake()
@@ -162,7 +195,7 @@ class Gateway:
     def _running_parts(self) -> list[tuple[str, Running]]:
         """Every part the watchdog watches, by name (the first uplink is "uplink")."""
         named: list[tuple[str, Running]] = [
-            ("uplink" if i == 0 else f"uplink {i}", u) for i, u in enumerate(self.uplinks)
+            (_uplink_name(i, u), u) for i, u in enumerate(self.uplinks)
         ]
         return named + [(f"duty {i}", d) for i, d in enumerate(self.duties)]
 
@@ -472,3 +505,9 @@ def run(cfg: Config, *, broker: tuple[str, int] | None = None) -> int:
         log.exception("cannot start")
         return 78
     return asyncio.run(gateway.run())
+
+
+def _uplink_name(index: int, uplink: UplinkPart) -> str:
+    if index == 0:
+        return "uplink"
+    return "gb26875 uplink" if isinstance(uplink, GbUplink) else f"uplink {index}"

@@ -4,7 +4,9 @@ and restarting; the centre's requests; kill -9 of a process running the uplink."
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +26,7 @@ from agent.gb26875.uplink import READER, GbUplink
 from agent.texts import Texts
 from core.events import Category, Event, Kind, Record, Severity
 from simulator.centre import Centre
-from tests.uplink_helpers import IDENT, info_event
+from tests.uplink_helpers import IDENT, Collector, info_event
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.world
@@ -382,3 +384,90 @@ def test_kill_9_of_the_agent_loses_nothing_the_centre_counts_duplicates(tmp_path
         received = [p for r in centre.records if r["dir"] == "in" for p in _positions(r)]
         dupes = len(received) - len(set(received))
         assert centre.counts["duplicates"] == dupes  # every duplicate seen and counted
+
+
+# --- wired into the gateway: one buffer, two uplinks -------------------------------------
+
+
+def _gateway(tmp_path: Path, centre_port: int, topic: str, broker: tuple[str, int]) -> Any:
+    from agent.runtime import Gateway
+    from tests.test_runtime import example_config
+
+    cfg = example_config(tmp_path)
+    gb = settings(centre_port)
+    text = cfg.path.read_text(encoding="utf-8").replace(
+        'topic_prefix = "alarmgw"', f'topic_prefix = "{topic}"'
+    )
+    text += (
+        f'\n[gb26875]\nhost = "127.0.0.1"\nport = {centre_port}\nuitd_address = 889\n'
+        "centre_address = 1\nreconnect_min_s = 0.05\nreconnect_max_s = 0.2\n"
+    )
+    cfg.path.write_text(text, encoding="utf-8")
+    from agent.config import load_config
+
+    loaded = load_config(cfg.path)
+    assert loaded.gb26875 is not None and loaded.gb26875.port == gb.port
+    return Gateway(loaded, broker=broker)
+
+
+@contextlib.contextmanager
+def _running(gw: Any) -> Iterator[Any]:
+    gw.buffer.start()
+    for uplink in gw.uplinks:
+        uplink.start()
+    try:
+        yield gw
+    finally:
+        for uplink in gw.uplinks:
+            uplink.stop()
+        gw.buffer.close()
+        gw.pointstate.close()
+
+
+def _mqtt_events(collector: Collector) -> list[str]:
+    return [p.get("point") for p in collector.payloads("event")]
+
+
+def test_the_gateway_feeds_both_uplinks_from_one_buffer_and_one_down_never_stops_the_other(
+    tmp_path: Path, shared_broker_url: tuple[str, int], unique_topic: str
+) -> None:
+    collector = Collector(*shared_broker_url, f"{unique_topic}/#")
+    centre = Centre().start()
+    port = centre.port
+    try:
+        gw = _gateway(tmp_path, port, unique_topic, shared_broker_url)
+        assert [r.name for r in gw.buffer.readers] == ["mqtt", "gb"]
+        assert gw.gb_uplink in gw.uplinks
+        with _running(gw):
+            gw.emit(gb_event(1))
+            assert collector.wait_for(lambda: "p1" in _mqtt_events(collector))
+            assert centre.wait_for(lambda rs: 1 in [p for r in rs for p in _positions(r)])
+            assert wait_until(lambda: gw.buffer.stats()["event_depth"] == 0)
+            assert gw.local_view.status()["gb26875"]["confirmed_rows"] >= 1
+            # the centre goes away: MQTT keeps delivering, the GB copy waits
+            centre.close()
+            gw.emit(gb_event(2))
+            assert collector.wait_for(lambda: "p2" in _mqtt_events(collector))
+            assert wait_until(lambda: gw.buffer.stats()["readers"] == {"mqtt": 0, "gb": 1})
+            with Centre(port=port) as back:
+                assert back.wait_for(lambda rs: 2 in [p for r in rs for p in _positions(r)])
+            assert wait_until(lambda: gw.buffer.stats()["event_depth"] == 0)
+    finally:
+        centre.close()
+        collector.close()
+
+
+def test_with_the_broker_down_the_centre_still_gets_everything(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on: the broker is down
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    with Centre() as centre:
+        gw = _gateway(tmp_path, centre.port, "alarmgw-t", ("127.0.0.1", dead))
+        with _running(gw):
+            gw.emit(gb_event(3))
+            gw.emit(gb_event(4, Kind.FAULT, Category.POWER))
+            assert centre.wait_for(
+                lambda rs: {3, 4} <= {p for r in rs if r["dir"] == "in" for p in _positions(r)}
+            )
+            assert wait_until(lambda: gw.buffer.stats()["readers"]["gb"] == 0)
+            assert gw.buffer.stats()["readers"]["mqtt"] >= 2  # kept for the broker's return
