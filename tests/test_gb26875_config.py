@@ -54,3 +54,29 @@ def test_one_mistake_in_the_section_is_one_problem(
     problems = problems_of(write(tmp_path, text))
     assert [p.key for p in problems] == [key], problems
     assert reason in problems[0].reason
+
+
+def test_status_shows_the_centre_link_and_what_each_uplink_has_to_send() -> None:
+    from agent.cli.render import problems, render_status
+
+    status = {
+        "uplink": {"connected": True},
+        "gb26875": {
+            "connected": False,
+            "link_fault": True,
+            "centre": "10.1.2.3:9000",
+            "confirmed_rows": 12,
+            "queued_packets": 2,
+            "resent": 4,
+        },
+        "buffer": {"event_depth": 5, "readers": {"mqtt": 0, "gb": 5}},
+    }
+    lines = render_status(status)
+    assert any(
+        line.startswith("centre   LINK FAULT 10.1.2.3:9000, confirmed 12") for line in lines
+    ), lines
+    assert any("to send mqtt 0, gb 5" in line for line in lines), lines
+    assert "centre link down" in problems(status)
+    without = {"uplink": {"connected": True}, "gb26875": None, "buffer": {}}
+    assert not any(line.startswith("centre") for line in render_status(without))
+    assert problems(without) == []

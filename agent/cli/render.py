@@ -162,16 +162,16 @@ def _buffer_line(buffer: Mapping[str, Any]) -> str:
     return (
         f"buffer   events {_get(buffer, 'event_depth', 0)}, "
         f"telemetry {_get(buffer, 'telemetry_depth', 0)} queued, "
-        f"oldest {age(buffer.get('oldest_age_s'))}, {state}" + _readers_text(buffer)
+        f"oldest {age(buffer.get('oldest_age_s'))}, {state}"
     )
 
 
-def _readers_text(buffer: Mapping[str, Any]) -> str:
+def _readers_line(buffer: Mapping[str, Any]) -> str | None:
     """With several uplinks: what each still has to send."""
     readers = _get(buffer, "readers", {})
     if not isinstance(readers, Mapping) or len(readers) < 2:
-        return ""
-    return "; to send " + ", ".join(f"{name} {n}" for name, n in readers.items())
+        return None
+    return "         to send " + ", ".join(f"{name} {n}" for name, n in readers.items())
 
 
 def _drops_line(buffer: Mapping[str, Any]) -> str | None:
@@ -257,6 +257,9 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
         out.append(_gb_line(gb))
     buffer = _get(status, "buffer", {})
     out.append(_buffer_line(buffer))
+    readers = _readers_line(buffer)
+    if readers:
+        out.append(readers)
     drops = _drops_line(buffer)
     if drops:
         out.append(drops)

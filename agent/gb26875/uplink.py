@@ -74,7 +74,9 @@ from agent.gb26875.link import (
 )
 from agent.gb26875.mapping import AnalogLookup, Batch, Mapped, batches, map_row
 from agent.gb26875.tables import UitdStatus
+from agent.mqtt import Resolver
 from agent.texts import CHINESE, Msg, Texts
+from core.errors import AlarmgwError
 from core.events import Event, Kind, Lane, Record, Severity, system_event
 
 log = logging.getLogger("alarmgw.gb26875")
@@ -148,6 +150,7 @@ class GbUplink:
         self._set_clock = set_clock
         self._clock = clock
         self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, rng)
+        self._resolver = Resolver(cfg.host, cfg.port)  # a name lookup never stalls the thread
         self._cursor = ReadCursor(reader=READER)
         self._stop = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -211,7 +214,7 @@ class GbUplink:
             self.alive = time.monotonic()
             try:
                 sock = self._connect()
-            except OSError as exc:
+            except (OSError, AlarmgwError) as exc:  # AlarmgwError: the name does not resolve
                 self._last_error = f"connect: {exc}"
                 log.debug("gb26875: cannot connect to %s:%s: %s", self.cfg.host, self.cfg.port, exc)
                 sock = None
@@ -238,7 +241,10 @@ class GbUplink:
 
     def _connect(self) -> socket.socket:
         cfg = self.cfg
-        raw = socket.create_connection((cfg.host, cfg.port), timeout=CONNECT_TIMEOUT_S)
+        addresses = self._resolver.addresses(self._tick)
+        if not addresses:
+            raise ConnectionAbortedError("stopping")
+        raw = _first_connection(addresses, cfg.port)
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if not cfg.tls:
@@ -250,6 +256,10 @@ class GbUplink:
         except (OSError, ssl.SSLError):
             raw.close()
             raise
+
+    def _tick(self) -> bool:
+        self.alive = time.monotonic()
+        return not self._stop.is_set()
 
     def _session(self, sock: socket.socket) -> bool:
         """One connection's life. True if the centre confirmed anything (the backoff starts
@@ -562,6 +572,16 @@ class GbUplink:
             self._emit(event)
         except Exception:
             log.exception("gb26875: could not emit %s", state)
+
+
+def _first_connection(addresses: list[str], port: int) -> socket.socket:
+    error: OSError = ConnectionError("no address")
+    for address in addresses:
+        try:
+            return socket.create_connection((address, port), timeout=CONNECT_TIMEOUT_S)
+        except OSError as exc:
+            error = exc
+    raise error
 
 
 def set_system_clock(epoch_s: float) -> None:
