@@ -272,7 +272,7 @@ def test_a_centre_restart_loses_nothing(rig: Rig) -> None:
             lambda rs: {2, 3} <= {p for r in rs if r["dir"] == "in" for p in _positions(r)},
             timeout=15,
         )
-    assert wait_until(lambda: rig.gb_depth() == 0)
+        assert wait_until(lambda: rig.gb_depth() == 0)  # its confirms came back
 
 
 def test_the_centres_requests_are_answered(tmp_path: Path) -> None:
@@ -287,8 +287,9 @@ def test_the_centres_requests_are_answered(tmp_path: Path) -> None:
             on_duty_check=lambda **kw: duty_calls.append(kw),
         ).start()
         try:
-            assert wait_until(lambda: uplink.connected)
-            centre.duty_check(minutes=3)
+            # the centre sends to the UITDs it has accepted: wait for its side, not ours
+            assert wait_until(lambda: bool(centre.state()["peers"]))
+            assert centre.duty_check(minutes=3)
             assert wait_until(lambda: duty_calls == [{"source": "centre", "timeout_s": 180.0}])
             centre.clock_sync()
             sync = emitted.wait_state("gb_clock_sync")
@@ -451,7 +452,7 @@ def test_the_gateway_feeds_both_uplinks_from_one_buffer_and_one_down_never_stops
             assert wait_until(lambda: gw.buffer.stats()["readers"] == {"mqtt": 0, "gb": 1})
             with Centre(port=port) as back:
                 assert back.wait_for(lambda rs: 2 in [p for r in rs for p in _positions(r)])
-            assert wait_until(lambda: gw.buffer.stats()["event_depth"] == 0)
+                assert wait_until(lambda: gw.buffer.stats()["event_depth"] == 0)
     finally:
         centre.close()
         collector.close()
