@@ -472,3 +472,45 @@ def test_with_the_broker_down_the_centre_still_gets_everything(tmp_path: Path) -
             )
             assert wait_until(lambda: gw.buffer.stats()["readers"]["gb"] == 0)
             assert gw.buffer.stats()["readers"]["mqtt"] >= 2  # kept for the broker's return
+
+
+@pytest.mark.parametrize(
+    ("set_clock", "ntp", "action"),
+    [
+        (True, False, "clock set"),
+        (True, True, "clock not set (kept by NTP)"),
+        (False, False, "clock not set (set_clock = false)"),
+    ],
+)
+def test_a_clock_sync_sets_the_clock_only_when_configured_and_not_kept_by_ntp(
+    tmp_path: Path, set_clock: bool, ntp: bool, action: str
+) -> None:
+    from agent.gb26875.codec import GbTime
+
+    calls: list[float] = []
+    emitted = Emitted()
+    with (
+        Centre() as centre,
+        EventBuffer(
+            tmp_path / "b.db", IDENT, 100, readers=("mqtt", Reader(READER, carries))
+        ) as buffer,
+    ):
+        seq = buffer.submit(gb_event(1, Kind.FAULT, Category.POWER)).result(5).seq
+        uplink = GbUplink(
+            settings(centre.port, set_clock=set_clock),
+            buffer,
+            emit=emitted,
+            clock_synced=lambda: ntp,
+            set_clock=calls.append,
+        ).start()
+        try:
+            assert wait_until(lambda: bool(centre.state()["peers"]))
+            assert centre.clock_sync(GbTime(0, 0, 12, 5, 12, 26))  # 12:00 Beijing = 04:00 UTC
+            sync = emitted.wait_state("gb_clock_sync")
+            assert sync is not None and sync.detail is not None
+            assert sync.detail["action"] == action
+            assert calls == ([1_796_443_200] if action == "clock set" else [])
+            # the buffered record keeps its seq: nothing is renumbered
+            assert seq in [r.seq for r in buffer.next_rows(ReadCursor(reader="mqtt"), 10)]
+        finally:
+            uplink.stop()

@@ -289,6 +289,12 @@ class Link:
         (self._priority if packet.priority else self._ordinary).append(packet)
         self._pump()
 
+    def resubmit(self, packet: Packet) -> None:
+        """A packet handed back by Failed, to go again first (ahead of what was queued
+        after it), so that a reconnect keeps the owner's order."""
+        (self._priority if packet.priority else self._ordinary).appendleft(packet)
+        self._pump()
+
     def receive(self, data: bytes) -> None:
         if not self._up:
             return  # bytes from a connection the link has given up on

@@ -407,8 +407,8 @@ class GbUplink:
     def _failed(self, event: Failed) -> None:
         batch = event.packet.tag
         if event.reason == "timeout":
-            # the connection is being dropped: the packet goes again on the next one
-            self.link.submit(event.packet)
+            # the connection is being dropped: the packet goes again first on the next one
+            self.link.resubmit(event.packet)
             return
         if not isinstance(batch, Batch):
             return
