@@ -294,7 +294,7 @@ def test_the_centres_requests_are_answered(tmp_path: Path) -> None:
             centre.clock_sync()
             sync = emitted.wait_state("gb_clock_sync")
             assert sync is not None and sync.detail is not None
-            assert sync.detail["action"] == "clock not set (set_clock = false)"
+            assert sync.detail["action"] == "not_configured"
             centre.initialise()
             assert emitted.wait_state("gb_initialise") is not None
             assert centre.wait_for(lambda rs: any(r.get("typeflag") == 25 for r in rs))
@@ -477,9 +477,10 @@ def test_with_the_broker_down_the_centre_still_gets_everything(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("set_clock", "ntp", "action"),
     [
-        (True, False, "clock set"),
-        (True, True, "clock not set (kept by NTP)"),
-        (False, False, "clock not set (set_clock = false)"),
+        (True, False, "set"),
+        (True, True, "kept_by_ntp"),
+        (False, False, "not_configured"),
+        (True, False, "refused"),  # no CAP_SYS_TIME: said, not raised
     ],
 )
 def test_a_clock_sync_sets_the_clock_only_when_configured_and_not_kept_by_ntp(
@@ -488,6 +489,12 @@ def test_a_clock_sync_sets_the_clock_only_when_configured_and_not_kept_by_ntp(
     from agent.gb26875.codec import GbTime
 
     calls: list[float] = []
+
+    def setter(epoch: float) -> None:
+        if action == "refused":
+            raise PermissionError(1, "Operation not permitted")
+        calls.append(epoch)
+
     emitted = Emitted()
     with (
         Centre() as centre,
@@ -501,7 +508,7 @@ def test_a_clock_sync_sets_the_clock_only_when_configured_and_not_kept_by_ntp(
             buffer,
             emit=emitted,
             clock_synced=lambda: ntp,
-            set_clock=calls.append,
+            set_clock=setter,
         ).start()
         try:
             assert wait_until(lambda: bool(centre.state()["peers"]))
@@ -509,8 +516,41 @@ def test_a_clock_sync_sets_the_clock_only_when_configured_and_not_kept_by_ntp(
             sync = emitted.wait_state("gb_clock_sync")
             assert sync is not None and sync.detail is not None
             assert sync.detail["action"] == action
-            assert calls == ([1_796_443_200] if action == "clock set" else [])
+            if action == "refused":
+                assert sync.detail["why"] == "Operation not permitted"
+            assert calls == ([1_796_443_200] if action == "set" else [])
             # the buffered record keeps its seq: nothing is renumbered
             assert seq in [r.seq for r in buffer.next_rows(ReadCursor(reader="mqtt"), 10)]
+        finally:
+            uplink.stop()
+
+
+def test_a_hook_that_raises_is_a_fault_and_a_deny_and_the_link_goes_on(tmp_path: Path) -> None:
+    emitted = Emitted()
+    faults = Faults(emitted, _texts=Texts("en"))
+
+    def broken_read(adu: Adu) -> Adu | None:
+        raise RuntimeError("read hook bug")
+
+    with (
+        Centre() as centre,
+        EventBuffer(
+            tmp_path / "b.db", IDENT, 100, readers=("mqtt", Reader(READER, carries))
+        ) as buffer,
+    ):
+        uplink = GbUplink(
+            settings(centre.port), buffer, faults=faults, answer_read=broken_read
+        ).start()
+        buffer.on_stored = uplink.wake
+        try:
+            assert wait_until(lambda: bool(centre.state()["peers"]))
+            assert centre.read(62, [[1, 1, 1, 2]])
+            fault = emitted.wait_state("internal_error")
+            assert fault is not None and fault.point == "gb26875-request-62"
+            assert centre.wait_for(
+                lambda rs: any(r["dir"] == "in" and r["command"] == 6 for r in rs)
+            )
+            buffer.submit(gb_event(5, Kind.FAULT, Category.POWER)).result(5)
+            assert centre.wait_for(lambda rs: 5 in [p for r in rs for p in _positions(r)])
         finally:
             uplink.stop()

@@ -17,14 +17,8 @@ Link behaviour (docs/gb26875.md, "Link behaviour"):
   with defaults within 100 s (GB 26875.1).
 - a packet the centre denies after every resend is set aside for the centre (the MQTT feed
   still gets its rows) and announced with a fault event naming the seqs;
-- 89 initialise: confirm, then send the UITD's running state and version again; the
-  buffer is never wiped and serials simply continue;
-- 90 clock sync: confirm, record an event (centre time, our offset); the system clock is set
-  only when `set_clock` is configured (default off) and the kernel's clock is not kept by
-  NTP; buffered records keep their seqs, times and order;
-- 91 duty check: confirm, then `on_duty_check(source="centre", timeout_s=...)` (the duties);
-- reads 61-68 / 81-88: `answer_read(adu)` (None, or a None answer: deny; the UITD's own
-  running state, 81, is answered here when no one else does).
+- the centre's requests (89 initialise, 90 clock sync, 91 duty check, reads) are answered by
+  agent/gb26875/requests.py on this thread.
 
 It must never block the buffer or another uplink, lose a row (a row leaves the buffer for
 "gb" only when confirmed or set aside and said so), or stop on what the centre sends.
@@ -41,7 +35,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from agent.backoff import Backoff
@@ -50,12 +44,7 @@ from agent.config import GbConfig
 from agent.faults import Faults
 from agent.gb26875.adu import (
     Adu,
-    DutyCheck,
-    InitialiseUitd,
-    ReadUitdState,
-    SyncClock,
     UitdState,
-    UitdVersion,
 )
 from agent.gb26875.codec import GbTime
 from agent.gb26875.link import (
@@ -69,10 +58,16 @@ from agent.gb26875.link import (
     LinkSettings,
     Notice,
     Packet,
-    Request,
     RequestReceived,
 )
 from agent.gb26875.mapping import AnalogLookup, Batch, Mapped, batches, map_row
+from agent.gb26875.requests import (
+    CentreRequests,
+    ClockSetter,
+    DutyHook,
+    Hooks,
+    ReadHook,
+)
 from agent.gb26875.tables import UitdStatus
 from agent.mqtt import Resolver
 from agent.texts import CHINESE, Msg, Texts
@@ -87,10 +82,6 @@ READ_ROWS: Final = 200  # rows read per fill
 MAX_QUEUED: Final = 4  # ordinary packets handed to the link ahead of its confirms
 TICK_S: Final = 0.5  # the loop wakes at least this often (alive, timers)
 CONNECT_TIMEOUT_S: Final = 5.0
-
-DutyHook = Callable[..., object]  # on_duty_check(source="centre", timeout_s=float)
-ReadHook = Callable[[Adu], "Adu | None"]  # answer_read(adu) -> the answer or None (deny)
-ClockSetter = Callable[[float], None]  # set the system clock to this Unix time
 
 
 def link_settings(cfg: GbConfig) -> LinkSettings:
@@ -114,7 +105,6 @@ class GbCounters:
     drop_announcements: int = 0  # the buffer's drop announcements this reader was given
     connects: int = 0
     link_faults: int = 0
-    requests: dict[str, int] = field(default_factory=dict)
 
 
 class GbUplink:
@@ -144,13 +134,20 @@ class GbUplink:
         self._emit = emit
         self._texts = texts
         self._analogs = analogs
-        self._on_duty_check = on_duty_check
-        self._answer_read = answer_read
         self._clock_synced = clock_synced
-        self._set_clock = set_clock
         self._clock = clock
         self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, rng)
         self._resolver = Resolver(cfg.host, cfg.port)  # a name lookup never stalls the thread
+        self._requests = CentreRequests(
+            self.link,
+            cfg,
+            Hooks(on_duty_check, answer_read, set_clock, clock_synced),
+            running_state=self._running_state,
+            resend_state=self._submit_state,
+            announce=self._announce,
+            faults=faults,
+            texts=texts,
+        )
         self._cursor = ReadCursor(reader=READER)
         self._stop = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -204,7 +201,7 @@ class GbUplink:
             "denied_rows": c.denied_rows,
             "link_faults": c.link_faults,
             "connects": c.connects,
-            "requests": dict(c.requests),
+            "requests": dict(self._requests.counts),
         }
 
     # --- the thread ---------------------------------------------------------------------------
@@ -389,7 +386,7 @@ class GbUplink:
             elif isinstance(event, LinkRestored):
                 self._link_works()
             elif isinstance(event, RequestReceived):
-                self._request(event.request)
+                self._requests.handle(event.request)
             elif isinstance(event, Notice):
                 log.info("gb26875: %s: %s", event.kind, event.text)
 
@@ -459,100 +456,11 @@ class GbUplink:
     def _now_label(self) -> GbTime:
         return GbTime.from_epoch(self._clock.time(), self.link.settings.utc_offset_s)
 
+    def _running_state(self) -> Adu:
+        return Adu.of(UitdState(self._uitd_status() & 0xFF, self._now_label()))
+
     def _submit_state(self) -> None:
-        state = Adu.of(UitdState(self._uitd_status() & 0xFF, self._now_label()))
-        self.link.submit(Packet(state.encode(), tag="state"))
-
-    # --- the centre's requests ----------------------------------------------------------------
-
-    def _request(self, request: Request) -> None:
-        typeflag = request.typeflag
-        name = str(typeflag)
-        self.counters.requests[name] = self.counters.requests.get(name, 0) + 1
-        adu = request.adu
-        try:
-            if typeflag == InitialiseUitd.TYPEFLAG:
-                self.link.confirm(request)
-                self._initialise()
-            elif typeflag == SyncClock.TYPEFLAG and isinstance(adu, Adu):
-                self.link.confirm(request)
-                self._clock_sync(adu)
-            elif typeflag == DutyCheck.TYPEFLAG and isinstance(adu, Adu):
-                self.link.confirm(request)
-                self._duty_check(adu)
-            elif isinstance(adu, Adu):
-                self._answer(request, adu)
-            else:
-                self.link.deny(request)
-        except Exception as exc:  # a hook's bug: deny, report, keep the link
-            if self._faults is not None:
-                self._faults.failed(f"gb26875-request-{typeflag}", exc)
-            else:
-                log.exception("gb26875: request %s failed", typeflag)
-            self.link.deny(request)
-
-    def _answer(self, request: Request, adu: Adu) -> None:
-        answer = self._answer_read(adu) if self._answer_read is not None else None
-        if answer is None and adu.typeflag == ReadUitdState.TYPEFLAG:
-            answer = Adu.of(UitdState(self._uitd_status() & 0xFF, self._now_label()))
-        if answer is None:
-            self.link.deny(request)
-        else:
-            self.link.respond(request, answer)
-
-    def _initialise(self) -> None:
-        """89: the centre wants the device's state from scratch: send the running state and
-        the version again. Serials continue; the buffer is never wiped."""
-        self._submit_state()
-        version = Adu.of(UitdVersion(1, self.cfg.minor_version & 0xFF))
-        self.link.submit(Packet(version.encode(), tag="version"))
-        self._announce(
-            Kind.STATE,
-            Severity.INFO,
-            "gb_initialise",
-            self._texts(Msg.GB_INITIALISE),
-            {"uplink": "gb26875", "request": 89},
-        )
-
-    def _clock_sync(self, adu: Adu) -> None:
-        obj = adu.objects[0]
-        assert isinstance(obj, SyncClock)
-        centre: int | None = None
-        with contextlib.suppress(ValueError):  # no time (one codec's form) or not a date
-            if obj.time is not None:
-                centre = obj.time.to_epoch(self.link.settings.utc_offset_s)
-        now = self._clock.time()
-        offset = None if centre is None else round(now - centre, 3)
-        action = self._apply_clock(centre)
-        text = self._texts(Msg.GB_CLOCK_SYNC, centre=str(obj.time), offset_s=offset, action=action)
-        detail = {
-            "uplink": "gb26875",
-            "request": 90,
-            "centre_time": str(obj.time),
-            "offset_s": offset,
-            "action": action,
-        }
-        self._announce(Kind.STATE, Severity.INFO, "gb_clock_sync", text, detail)
-
-    def _apply_clock(self, centre: float | None) -> str:
-        if centre is None:
-            return "invalid time, ignored"
-        if not self.cfg.set_clock or self._set_clock is None:
-            return "clock not set (set_clock = false)"
-        if self._clock_synced():
-            return "clock not set (kept by NTP)"
-        try:
-            self._set_clock(centre)
-        except (OSError, OverflowError) as exc:  # no CAP_SYS_TIME; beyond a 32-bit time_t
-            return f"clock not set ({getattr(exc, 'strerror', None) or exc})"
-        return "clock set"
-
-    def _duty_check(self, adu: Adu) -> None:
-        obj = adu.objects[0]
-        assert isinstance(obj, DutyCheck)
-        timeout_s = float(obj.timeout_min * 60)  # the centre's minutes; 10 when it sends 0
-        if self._on_duty_check is not None:
-            self._on_duty_check(source="centre", timeout_s=timeout_s)
+        self.link.submit(Packet(self._running_state().encode(), tag="state"))
 
     def _announce(
         self, kind: Kind, severity: Severity, state: str, text: str, detail: dict[str, Any]
