@@ -497,6 +497,10 @@ class EventBuffer:
         # Called by the writer with the event-lane keys of rows that were held in memory
         # and are now safe: committed to disk, or acknowledged by the broker.
         self.on_settled: Callable[[list[Key]], None] | None = None
+        # Called by the writer with the event-lane keys of rows every reader has confirmed
+        # or set aside (delivered wherever they go): the UITD's "sent" (transmission light).
+        self.on_delivered: Callable[[list[Key]], None] | None = None
+        self._delivered_keys: list[Key] = []
         self._max_pages = max_pages  # cap the file (small partitions; tests of a full disk)
         self._max_held = max_held
         self._retry_s = retry_s
@@ -1128,6 +1132,7 @@ class EventBuffer:
             rows = [r for r in rows if (r.lane, r.seq) not in doomed]
             victims = [v for v in victims if v not in incoming]
         self._write(rows, acks, victims, marks)
+        self._deliver(acks)
         if rows:
             self.stored_batches += 1  # readable now (stored or held), before anyone is told
         # resolved only now: the rows are committed (or held, degraded, and said so)
@@ -1141,6 +1146,21 @@ class EventBuffer:
                 future.set_result(StoredRecords(group.records, group_seqs))
         if rows and self.on_stored is not None:
             self.on_stored()
+
+    def _deliver(self, acks: list[Key]) -> None:
+        """on_delivered: event-lane rows every reader has now confirmed or set aside (one
+        reader: its acks, whether the delete is committed yet or not)."""
+        keys, self._delivered_keys = self._delivered_keys, []
+        if self.on_delivered is None:
+            return
+        if self._all == 1:
+            keys = acks
+        events = sorted(key for key in keys if key[0] is Lane.EVENT)
+        if events:
+            try:
+                self.on_delivered(events)
+            except Exception:  # a listener's bug must not stop the writer
+                log.exception("buffer: on_delivered failed")
 
     def _stamp(self, groups: list[_Group]) -> tuple[list[StoredRow], list[list[int]]]:
         """Give each record its seq and its final payload bytes (the seq spliced into the
@@ -1231,6 +1251,7 @@ class EventBuffer:
         if marks and self._holding():
             marks, finished = self._mark_held(marks)
             acks = acks + finished  # every reader is done with these held rows
+            self._delivered_keys += finished
             with self._held_lock:
                 self._acked.update(finished)
         if marks:
@@ -1339,8 +1360,9 @@ class EventBuffer:
             gone = _delete(db, deletes + victims)
             if rows:
                 _insert(db, rows)
+            finished: list[Key] | None = [] if self.on_delivered is not None else None
             if marks:
-                for lane, count in _mark(db, marks, self._all).items():
+                for lane, count in _mark(db, marks, self._all, finished).items():
                     gone[lane] = gone.get(lane, 0) + count
             stored = self._lagging(rows)
             _store_meta(db, stored)
@@ -1355,6 +1377,7 @@ class EventBuffer:
             self._enter_degraded(_reason(exc, self.path))
             return False
         self.commits += 1
+        self._delivered_keys += finished or []
         self._meta_next.update(stored)
         self._after_commit(rows, gone, deletes)
         if marks or (rows and self._held_done):
@@ -1677,9 +1700,15 @@ def _forget_finished(db: sqlite3.Connection, all_bits: int) -> None:
         db.execute("DELETE FROM records WHERE done != 0 AND (done & ?) = ?", (all_bits, all_bits))
 
 
-def _mark(db: sqlite3.Connection, marks: list[tuple[int, Key]], all_bits: int) -> dict[Lane, int]:
+def _mark(
+    db: sqlite3.Connection,
+    marks: list[tuple[int, Key]],
+    all_bits: int,
+    finished: list[Key] | None = None,
+) -> dict[Lane, int]:
     """Record which readers are done with which rows, and delete the rows every reader is
-    done with (one statement per run of consecutive seqs, as _delete). Rows deleted per lane."""
+    done with (one statement per run of consecutive seqs, as _delete). Rows deleted per lane;
+    their keys added to `finished` when one is given (on_delivered wants them)."""
     by_bit: dict[int, list[Key]] = {}
     for bit, key in marks:
         by_bit.setdefault(bit, []).append(key)
@@ -1690,12 +1719,18 @@ def _mark(db: sqlite3.Connection, marks: list[tuple[int, Key]], all_bits: int) -
                 "UPDATE records SET done = done | ? WHERE lane = ? AND seq BETWEEN ? AND ?",
                 (bit, lane, first, last),
             )
-            cur = db.execute(
-                "DELETE FROM records WHERE lane = ? AND seq BETWEEN ? AND ? AND done = ?",
-                (lane, first, last, all_bits),
-            )
-            if cur.rowcount > 0:
-                gone[lane] = gone.get(lane, 0) + cur.rowcount
+            where = (lane, first, last, all_bits)
+            if finished is not None:  # not DELETE ... RETURNING: SQLite < 3.35 (bullseye)
+                cur = db.execute(
+                    "SELECT seq FROM records WHERE lane = ? AND seq BETWEEN ? AND ? AND done = ?",
+                    where,
+                )
+                finished += [(lane, seq) for (seq,) in cur.fetchall()]
+            count = db.execute(
+                "DELETE FROM records WHERE lane = ? AND seq BETWEEN ? AND ? AND done = ?", where
+            ).rowcount
+            if count > 0:
+                gone[lane] = gone.get(lane, 0) + count
     return gone
 
 

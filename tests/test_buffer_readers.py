@@ -215,3 +215,36 @@ def test_which_reader_confirmed_what_survives_kill_9(tmp_path: Path) -> None:
         gb_left = set(_seqs(buf, "gb"))
     assert mqtt_left & set(seqs) == set(seqs[30:])
     assert gb_left & set(seqs) == {s for s in gb_has if s in seqs[:10]}
+
+
+class Delivered:
+    def __init__(self) -> None:
+        self.keys: list[tuple[Lane, int]] = []
+
+    def __call__(self, keys: list[tuple[Lane, int]]) -> None:
+        self.keys += keys
+
+
+def test_delivered_means_every_reader_confirmed_or_set_it_aside(tmp_path: Path) -> None:
+    """The UITD's "sent" (the duties' transmission light): a fire is delivered once MQTT
+    and the centre both confirmed it; a door event once MQTT did (the centre set it aside
+    at store time)."""
+    delivered = Delivered()
+    with _open(tmp_path / "b.db") as buf:
+        buf.on_delivered = delivered
+        fire = buf.submit(_gb_alarm()).result(5).seq
+        door = buf.submit(info_event(1)).result(5).seq
+        buf.ack_many(Lane.EVENT, [fire, door], "mqtt")
+        assert wait_until(lambda: delivered.keys == [(Lane.EVENT, door)])
+        buf.ack(Lane.EVENT, fire, "gb")
+        assert wait_until(lambda: delivered.keys == [(Lane.EVENT, door), (Lane.EVENT, fire)])
+
+
+def test_delivered_with_one_reader_is_its_ack(tmp_path: Path) -> None:
+    delivered = Delivered()
+    with EventBuffer(tmp_path / "b.db", IDENT, 100) as buf:
+        buf.on_delivered = delivered
+        seq = buf.submit(alarm()).result(5).seq
+        assert delivered.keys == []
+        buf.ack(Lane.EVENT, seq)
+        assert wait_until(lambda: delivered.keys == [(Lane.EVENT, seq)])
