@@ -248,3 +248,24 @@ def test_delivered_with_one_reader_is_its_ack(tmp_path: Path) -> None:
         assert delivered.keys == []
         buf.ack(Lane.EVENT, seq)
         assert wait_until(lambda: delivered.keys == [(Lane.EVENT, seq)])
+
+
+def test_on_a_full_disk_held_rows_leave_ram_once_every_reader_is_done(tmp_path: Path) -> None:
+    """Degraded (the card is full): new rows are held in RAM; each reader's confirmation
+    is kept with the row there, and the row leaves RAM when the last reader confirms."""
+    big = "满" * 2000
+    with _open(tmp_path / "b.db", max_pages=30, retry_s=60) as buf:
+        buf.submit_many([_gb_alarm() for _ in range(5)]).result(5)
+        held = buf.submit_many(
+            [dataclasses.replace(_gb_alarm(), text=big) for _ in range(40)]
+        ).result(5)
+        assert buf.degraded
+        seqs = list(held.seqs)
+        buf.ack_many(Lane.EVENT, seqs, "mqtt")
+        assert wait_until(lambda: not set(seqs) & set(_seqs(buf, "mqtt")))
+        assert set(seqs) <= set(_seqs(buf, "gb"))  # still the centre's to send
+        assert all(buf.is_held(Lane.EVENT, seq) for seq in seqs)  # in RAM, for the centre
+        buf.ack_many(Lane.EVENT, seqs, "gb")
+        assert wait_until(lambda: not any(buf.is_held(Lane.EVENT, seq) for seq in seqs))
+        assert buf.degraded  # still: they left RAM because both readers are done
+        assert not set(seqs) & set(_seqs(buf, "gb"))
