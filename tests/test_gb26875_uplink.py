@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import socket
 import subprocess
 import sys
@@ -327,21 +328,24 @@ def test_a_stopped_uplink_leaves_no_thread(tmp_path: Path) -> None:
 
 
 _CHILD = """
-import sys, time
-from dataclasses import replace
+import sys
 from pathlib import Path
 from agent.buffer import EventBuffer, Reader
 from agent.gb26875.mapping import carries
 from agent.gb26875.uplink import GbUplink
+from agent.uplink import Uplink
 from tests.test_gb26875_uplink import gb_event, settings
-from tests.uplink_helpers import IDENT
+from tests.uplink_helpers import IDENT, Settings
 from core.events import Category, Kind
 
-db, port, first, count = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+db, gb_port, mqtt_port, first, count = Path(sys.argv[1]), *map(int, sys.argv[2:6])
 buf = EventBuffer(db, IDENT, 100_000, readers=("mqtt", Reader("gb", carries))).start()
-uplink = GbUplink(settings(port), buf)
-buf.on_stored = uplink.wake
-uplink.start()
+gb = GbUplink(settings(gb_port), buf)
+mqtt = Uplink(Settings("127.0.0.1", mqtt_port, topic_prefix="gbkill", client_id="gbkill"),
+              IDENT, buf, version="test", config_digest="kill")
+buf.on_stored = lambda: (gb.wake(), mqtt.wake())
+gb.start()
+mqtt.start()
 for n in range(first, first + count):
     buf.submit(gb_event(n, Kind.FAULT, Category.POWER)).result(10)
     print(n, flush=True)
@@ -349,42 +353,62 @@ sys.stdin.read()  # until killed
 """
 
 
-@pytest.mark.slow
-def test_kill_9_of_the_agent_loses_nothing_the_centre_counts_duplicates(tmp_path: Path) -> None:
-    db = tmp_path / "b.db"
+def _run_and_kill(db: Path, centre: Centre, broker: Any, first: int) -> list[int]:
+    """A process with the buffer and both uplinks stores 200 records; SIGKILL after 150."""
     root = Path(__file__).resolve().parent.parent
+    args = [str(db), str(centre.port), str(broker.port), str(first), "200"]
+    with subprocess.Popen(
+        [sys.executable, "-c", _CHILD, *args],
+        cwd=root,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        assert child.stdout is not None
+        stored = [int(child.stdout.readline()) for _ in range(150)]
+        child.kill()
+        child.wait(10)
+        return stored + [int(line) for line in child.stdout.read().split()]
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_agent_loses_nothing_on_either_uplink(tmp_path: Path, broker: Any) -> None:
+    """kill -9 three times while both uplinks deliver from one buffer (the centre's confirms
+    lag, so kills land mid-exchange); then a clean run drains. The centre has every record
+    at least once and counted each duplicate; the MQTT feed has every record too."""
+    db = tmp_path / "b.db"
+    collector = Collector(broker.host, broker.port, "gbkill/#")
     stored: list[int] = []
-    with Centre() as centre:
-        centre.set_mode("delay", delay_s=0.05)  # confirms lag: kills land mid-exchange
-        for first in (1, 201, 401):
-            with subprocess.Popen(
-                [sys.executable, "-c", _CHILD, str(db), str(centre.port), str(first), "200"],
-                cwd=root,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            ) as child:
-                assert child.stdout is not None
-                # killed after 150 of 200 were stored
-                stored += [int(child.stdout.readline()) for _ in range(150)]
-                child.kill()
-                child.wait(10)
-                stored += [int(line) for line in child.stdout.read().split()]
-        centre.set_mode("confirm")
-        readers = ("mqtt", Reader(READER, carries))
-        with EventBuffer(db, IDENT, 100_000, readers=readers) as buffer:
-            uplink = GbUplink(settings(centre.port), buffer).start()
-            try:
-                got = partial(_received, centre)
-                assert centre.wait_for(lambda _: set(stored) <= got(), timeout=30)
-                assert wait_until(
-                    lambda: not buffer.next_rows(ReadCursor(reader=READER), 10), timeout=10
-                )
-            finally:
-                uplink.stop()
-        received = [p for r in centre.records if r["dir"] == "in" for p in _positions(r)]
-        dupes = len(received) - len(set(received))
-        assert centre.counts["duplicates"] == dupes  # every duplicate seen and counted
+    try:
+        with Centre() as centre:
+            centre.set_mode("delay", delay_s=0.05)
+            for first in (1, 201, 401):
+                stored += _run_and_kill(db, centre, broker, first)
+            centre.set_mode("confirm")
+            readers = ("mqtt", Reader(READER, carries))
+            with EventBuffer(db, IDENT, 100_000, readers=readers) as buffer:
+                uplink = GbUplink(settings(centre.port), buffer).start()
+                try:
+                    got = partial(_received, centre)
+                    assert centre.wait_for(lambda _: set(stored) <= got(), timeout=30)
+                    assert wait_until(
+                        lambda: not buffer.next_rows(ReadCursor(reader=READER), 10), timeout=10
+                    )
+                    # what MQTT has not confirmed is still there for it: nothing left the
+                    # buffer because only the centre had it
+                    pending_mqtt = buffer.next_rows(ReadCursor(reader="mqtt"), 100_000)
+                finally:
+                    uplink.stop()
+            received = [p for r in centre.records if r["dir"] == "in" for p in _positions(r)]
+            dupes = len(received) - len(set(received))
+            assert centre.counts["duplicates"] == dupes  # every duplicate seen and counted
+        on_feed = {p["point"] for p in collector.payloads("event")}
+        waiting = {int(json.loads(r.payload)["point"][1:]) for r in pending_mqtt}
+        assert on_feed, "the MQTT uplink published nothing: the test proves nothing"
+        missing = {n for n in stored if f"p{n}" not in on_feed and n not in waiting}
+        assert not missing, f"neither published nor still buffered for MQTT: {sorted(missing)[:5]}"
+    finally:
+        collector.close()
 
 
 # --- wired into the gateway: one buffer, two uplinks -------------------------------------
