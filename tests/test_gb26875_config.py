@@ -80,3 +80,14 @@ def test_status_shows_the_centre_link_and_what_each_uplink_has_to_send() -> None
     without = {"uplink": {"connected": True}, "gb26875": None, "buffer": {}}
     assert not any(line.startswith("centre") for line in render_status(without))
     assert problems(without) == []
+
+
+def test_check_config_summary_names_the_centre(tmp_path: Path) -> None:
+    from agent.cli.offline import summary_json, summary_lines
+
+    config = load_config(write(tmp_path, good_text() + GB))
+    line = next(line for line in summary_lines(config) if line.startswith("centre"))
+    assert line == "centre   10.1.2.3:9000  GB/T 26875.3, no TLS, UITD 889 -> 88888, fault <= 50 s"
+    assert summary_json(config)["gb26875"]["uitd_address"] == 889
+    plain = load_config(write(tmp_path, good_text(), "plain.toml"))
+    assert not any(line.startswith("centre") for line in summary_lines(plain))
