@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -578,3 +579,47 @@ def test_a_hook_that_raises_is_a_fault_and_a_deny_and_the_link_goes_on(tmp_path:
             assert centre.wait_for(lambda rs: 5 in [p for r in rs for p in _positions(r)])
         finally:
             uplink.stop()
+
+
+def _self_signed(d: Path, *san: str) -> tuple[Path, Path]:
+    cert, key = d / "c.pem", d / "c.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=" + ",".join(san),
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI missing")
+def test_over_tls_records_arrive_and_a_wrong_certificate_is_a_link_fault(tmp_path: Path) -> None:
+    import ssl
+
+    cert, key = _self_signed(tmp_path, "IP:127.0.0.1")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    (tmp_path / "other").mkdir()
+    other, _ = _self_signed(tmp_path / "other", "IP:127.0.0.1")  # a certificate we do not trust
+    readers = ("mqtt", Reader(READER, carries))
+    with (
+        Centre(tls=server) as centre,
+        EventBuffer(tmp_path / "b.db", IDENT, 100, readers=readers) as buffer,
+    ):
+        good = GbUplink(settings(centre.port, ca_file=cert), buffer).start()
+        buffer.on_stored = good.wake
+        try:
+            buffer.submit(gb_event(1)).result(5)
+            assert centre.wait_for(lambda rs: 1 in [p for r in rs for p in _positions(r)])
+        finally:
+            good.stop()
+        emitted = Emitted()
+        faults = Faults(emitted, _texts=Texts("en"))
+        cfg = settings(centre.port, ca_file=other, heartbeat_s=0.3, confirm_timeout_s=0.1)
+        wrong = GbUplink(cfg, buffer, faults=faults).start()
+        try:
+            fault = emitted.wait_state("link_fault")
+            assert fault is not None and "CERTIFICATE_VERIFY_FAILED" in (fault.text or "")
+        finally:
+            wrong.stop()
