@@ -158,6 +158,7 @@ class GbUplink:
         self._faulted = False  # a link fault is out (event raised, UITD bit 5)
         self._down_since = clock.monotonic()
         self._last_error: str | None = None
+        self._queued = 0  # link.queued as the thread last saw it (stats() runs elsewhere)
         self.alive = time.monotonic()
 
     # --- the UplinkPart surface ---------------------------------------------------------------
@@ -193,7 +194,7 @@ class GbUplink:
             "connected": self.connected,
             "link_fault": self._faulted,
             "last_error": self._last_error,
-            "queued_packets": self.link.queued,
+            "queued_packets": self._queued,  # the link is the thread's: read its copy
             "sent": lc.sent,
             "resent": lc.resent,
             "confirmed_rows": c.rows_confirmed,
@@ -355,6 +356,7 @@ class GbUplink:
             self._set_aside(aside)
             for batch in batches(mapped):
                 self.link.submit(Packet(batch.adu.encode(), batch.priority, batch))
+            self._queued = self.link.queued
             if full or len(rows) < READ_ROWS:
                 return
 
@@ -376,6 +378,7 @@ class GbUplink:
     # --- what the link says -------------------------------------------------------------------
 
     def _handle_events(self) -> None:
+        self._queued = self.link.queued
         for event in self.link.events():
             if isinstance(event, Confirmed):
                 self._confirmed(event.packet)
