@@ -532,6 +532,7 @@ class EventBuffer:
         self._confirmed: dict[int, set[Key]] = {bit: set() for bit in self._bits.values()}
         self._held_done: dict[Key, int] = {}
         self._deferred_marks: list[tuple[int, Key]] = []  # marks a failed commit must retry
+        self._old_file = False  # read-only file without the `done` column (not migrated)
         self._drops: dict[str, int] = {"event": 0, "telemetry": 0, "alarm": 0}
         self._tally = DropTally()
         self._last_announce = 0.0
@@ -696,6 +697,7 @@ class EventBuffer:
         self._db = db
         self._meta_next = stored
         self._depth = depths
+        self._old_file = False  # migrated on opening for writes
 
     def _continue(self, stored: dict[Lane, int] | None, fresh_why: str | None) -> None:
         """Each lane's next seq at start: the database's (`stored`; None when it cannot be
@@ -981,20 +983,29 @@ class EventBuffer:
             return []
         lane = stream.lane
         with self._read_lock:
-            try:
-                if bit and self._all != 1:
+            for _ in range(2):
+                try:
+                    if bit and self._all != 1 and not self._old_file:
+                        cur = self._reader.execute(
+                            _READER_SQL[stream.life_safety], (lane.value, after_seq, bit, limit)
+                        )
+                        return [
+                            StoredRow(lane, s, t, p, c, 0, d) for s, t, p, c, d in cur.fetchall()
+                        ]
                     cur = self._reader.execute(
-                        _READER_SQL[stream.life_safety], (lane.value, after_seq, bit, limit)
+                        _READ_SQL[stream.life_safety], (lane.value, after_seq, limit)
                     )
-                    return [StoredRow(lane, s, t, p, c, 0, d) for s, t, p, c, d in cur.fetchall()]
-                cur = self._reader.execute(
-                    _READ_SQL[stream.life_safety], (lane.value, after_seq, limit)
-                )
-                return [StoredRow(lane, s, t, p, c) for s, t, p, c in cur.fetchall()]
-            except sqlite3.Error as exc:
-                self.read_failures += 1
-                log.warning("buffer read failed: %s", exc)
-                return []
+                    return [StoredRow(lane, s, t, p, c) for s, t, p, c in cur.fetchall()]
+                except sqlite3.Error as exc:
+                    if "no such column: done" in str(exc) and not self._old_file:
+                        # a file from before several readers that this run cannot migrate
+                        # (a read-only card): no reader has marked anything in it
+                        self._old_file = True
+                        continue
+                    self.read_failures += 1
+                    log.warning("buffer read failed: %s", exc)
+                    return []
+        return []
 
     def stats(self) -> dict[str, Any]:
         """Depth per lane, oldest age, drop counters, degraded flag (for the heartbeat)."""
@@ -1513,6 +1524,9 @@ class EventBuffer:
                     self._held[lane] = deque(
                         r for r in self._held[lane] if (lane, r.seq) not in hit
                     )
+                if self._held_done:  # several readers: their marks leave RAM with the row
+                    for key in hit:
+                        self._held_done.pop(key, None)
         return hit
 
     def is_held(self, lane: Lane, seq: int) -> bool:

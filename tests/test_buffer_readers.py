@@ -269,3 +269,28 @@ def test_on_a_full_disk_held_rows_leave_ram_once_every_reader_is_done(tmp_path: 
         assert wait_until(lambda: not any(buf.is_held(Lane.EVENT, seq) for seq in seqs))
         assert buf.degraded  # still: they left RAM because both readers are done
         assert not set(seqs) & set(_seqs(buf, "gb"))
+
+
+@pytest.mark.slow
+def test_a_file_from_before_readers_that_cannot_be_migrated_is_still_read(
+    tmp_path: Path,
+) -> None:
+    """Upgraded on a card that refuses writes (here: another process holds the write
+    lock): the old file cannot gain its column, yet both readers get its records."""
+    db = tmp_path / "b.db"
+    with EventBuffer(db, IDENT, 100) as buf:
+        seq = buf.submit(_gb_alarm()).result(5).seq
+    conn = sqlite3.connect(db)
+    conn.execute("ALTER TABLE records DROP COLUMN done")
+    conn.commit()
+    conn.close()
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with _open(db, retry_s=60) as buf:  # waits out busy_timeout (5 s), then degrades
+            assert buf.degraded
+            assert seq in _seqs(buf, "mqtt") and seq in _seqs(buf, "gb")
+            assert buf.read_failures == 0
+    finally:
+        other.close()
