@@ -45,6 +45,7 @@ from agent.config_schema import (
     CONFIG_FILE,
     CONTROL,
     DUTIES,
+    GB26875,
     IDENTITY,
     INPUT,
     INPUT_GB,
@@ -83,6 +84,31 @@ class UplinkConfig:
     reconnect_min_s: float
     reconnect_max_s: float
     client_id: str
+
+    @property
+    def tls(self) -> bool:
+        return self.ca_file is not None
+
+
+@dataclass(frozen=True)
+class GbConfig:
+    """[gb26875]: the GB/T 26875.3 uplink to the city's fire remote-monitoring centre
+    (agent/gb26875/uplink.py; docs/gb26875.md). Addresses are the 6-byte integers."""
+
+    host: str
+    port: int
+    uitd_address: int
+    centre_address: int
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    minor_version: int = 0
+    heartbeat_s: float = 30.0
+    confirm_timeout_s: float = 5.0
+    resends: int = 3
+    set_clock: bool = False
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 8.0
 
     @property
     def tls(self) -> bool:
@@ -236,6 +262,7 @@ class Config:
     site: SiteConfig = SiteConfig("zh")
     duties: DutiesConfig = DutiesConfig()
     selftests: SelfTestConfig = SelfTestConfig()
+    gb26875: GbConfig | None = None  # None: no [gb26875] section, no GB uplink
 
 
 # --- building them from what passed the checks ------------------------------------------
@@ -264,6 +291,28 @@ def _build_uplink(clean: Mapping[str, Any], ident: Identity, base: Path) -> Upli
         reconnect_min_s=float(v["reconnect_min_s"]),
         reconnect_max_s=float(v["reconnect_max_s"]),
         client_id=v["client_id"] or f"alarmgw-{ident.site}-{ident.gateway}",
+    )
+
+
+def _build_gb(clean: Mapping[str, Any], base: Path) -> GbConfig | None:
+    if not clean:  # no [gb26875] section: no GB uplink
+        return None
+    v = GB26875.with_defaults(clean)
+    return GbConfig(
+        host=v["host"],
+        port=v["port"],
+        uitd_address=v["uitd_address"],
+        centre_address=v["centre_address"],
+        ca_file=config_relative(v["ca_file"], base),
+        cert_file=config_relative(v["cert_file"], base),
+        key_file=config_relative(v["key_file"], base),
+        minor_version=v["minor_version"],
+        heartbeat_s=float(v["heartbeat_s"]),
+        confirm_timeout_s=float(v["confirm_timeout_s"]),
+        resends=v["resends"],
+        set_clock=v["set_clock"],
+        reconnect_min_s=float(v["reconnect_min_s"]),
+        reconnect_max_s=float(v["reconnect_max_s"]),
     )
 
 
@@ -396,6 +445,7 @@ def build(path: Path, checked: Checked, profiles: dict[str, Profile]) -> Config:
         site=SiteConfig(SITE.with_defaults(s["site"])["language"]),
         duties=_build_duties(s["duties"]),
         selftests=_build_selftests(s["selftest"], s["selfcheck"]),
+        gb26875=_build_gb(s["gb26875"], base),
     )
 
 

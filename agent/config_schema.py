@@ -27,6 +27,7 @@ from core.checks import (
     Rule,
     Table,
     Value,
+    boolean,
     integer,
     matching,
     number,
@@ -230,6 +231,47 @@ SELFCHECK = Table(
         "point_timeout_s": Key(number(gt=0, le=3600), default=120),
     }
 )
+# The GB/T 26875.3 uplink (agent/gb26875/uplink.py). Optional: without the section the
+# gateway has the MQTT uplink only, exactly as before. Addresses are the standard's 6-byte
+# little-endian integers (decimal or 0x... hex in TOML); docs/gb26875.md, "Configuration".
+_GB_MAX_DETECTION_S = 100  # GB 26875.1: a link fault is signalled within 100 s
+GB26875 = Table(
+    {
+        "host": Key(HOST, required=True, doc="the monitoring centre's host name or IP address"),
+        "port": Key(integer(1, 65535), required=True),
+        "uitd_address": Key(integer(0, 2**48 - 1), required=True, doc="this device, 6 bytes"),
+        "centre_address": Key(integer(0, 2**48 - 1), required=True, doc="the centre, 6 bytes"),
+        "ca_file": Key(path_text, doc="TLS where the centre offers it: its CA"),
+        "cert_file": Key(path_text),
+        "key_file": Key(path_text),
+        "minor_version": Key(integer(0, 255), default=0, doc="the version's user-defined byte"),
+        "heartbeat_s": Key(number(gt=0, le=90), default=30),
+        # 5 s: one lost packet is resent and still confirmed within the 10 s promise
+        "confirm_timeout_s": Key(number(gt=0, le=10), default=5),
+        "resends": Key(integer(0, 10), default=3),
+        "set_clock": Key(boolean, default=False, doc="let the centre's clock sync set the clock"),
+        # as [uplink]: back within about 8 s of the centre's return (the 10 s promise)
+        "reconnect_min_s": Key(number(gt=0, le=3600), default=0.5),
+        "reconnect_max_s": Key(number(gt=0, le=3600), default=8),
+    },
+    rules=(
+        Rule("heartbeat_s",
+             lambda t: t.value("heartbeat_s") + (t.value("resends") + 1)
+             * t.value("confirm_timeout_s") > _GB_MAX_DETECTION_S,
+             "heartbeat_s + (resends + 1) x confirm_timeout_s must be at most 100 s "
+             "(GB 26875.1: a link fault within 100 s)",
+             reads=("resends", "confirm_timeout_s")),
+        Rule("cert_file", lambda t: "cert_file" in t and "key_file" not in t,
+             "a client certificate needs its key_file", reads=("key_file",)),
+        Rule("key_file", lambda t: "key_file" in t and "cert_file" not in t,
+             "a client key needs its cert_file", reads=("cert_file",)),
+        Rule("cert_file", lambda t: "cert_file" in t and "ca_file" not in t,
+             "a client certificate is used only with TLS: set ca_file too", reads=("ca_file",)),
+        Rule("reconnect_max_s",
+             lambda t: t.value("reconnect_max_s") < t.value("reconnect_min_s"),
+             "must not be smaller than reconnect_min_s", reads=("reconnect_min_s",)),
+    ),
+)  # fmt: skip
 
 # --- arrays of tables ----------------------------------------------------------------------
 
@@ -432,6 +474,7 @@ SECTIONS: dict[str, Table] = {
     "duties": DUTIES,
     "selftest": SELFTEST,
     "selfcheck": SELFCHECK,
+    "gb26875": GB26875,
 }
 ARRAYS: dict[str, Table] = {"lines": LINE, "devices": DEVICE, "inputs": INPUT, "outputs": OUTPUT}
 REQUIRED_SECTIONS = ("identity", "uplink")

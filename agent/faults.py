@@ -34,6 +34,7 @@ log = logging.getLogger("alarmgw")
 
 INTERNAL_ERROR: Final = "internal_error"  # the state (and condition) of a failing callback
 OUTPUT_FAILED: Final = "output_failed"  # the state of an output that cannot be driven
+LINK_FAULT: Final = "link_fault"  # the state of an uplink's link that stopped working (GB)
 MAX_POINT: Final = 64  # a point id is at most 64 characters (docs/schemas)
 MAX_REASON: Final = 200
 
@@ -118,6 +119,12 @@ class Faults:
             )
         )
 
+    def link_failed(self, cause: str, reason: str) -> None:
+        """The link of an uplink to its far end stopped working (the GB centre stopped
+        confirming): one fault event until `worked(cause)`."""
+        # detail.link_fault: the local failure signal sounds on it (agent/transmission.py)
+        self._raise(cause, LINK_FAULT, ConnectionError(reason), Msg.GB_LINK_FAULT, link_fault=True)
+
     def worked(self, cause: str) -> None:
         """`cause` just worked: the restore of its fault, if one is out. Cheap when none
         is (it runs on hot paths: once per event for the rules)."""
@@ -133,6 +140,8 @@ class Faults:
             text = own_text
         elif output:
             text = self._texts(Msg.OUTPUT_RESTORED, output=cause.removeprefix(_OUTPUT))
+        elif state == LINK_FAULT:
+            text = self._texts(Msg.GB_LINK_RESTORED)
         else:
             text = self._texts(Msg.INTERNAL_RESTORED, what=cause)
         log.warning("%s works again", cause)
@@ -175,6 +184,7 @@ class Faults:
         msg: Msg,
         *,
         later: bool = False,
+        link_fault: bool = False,
         **fields: str,
     ) -> None:
         cause = cause[:MAX_POINT]
@@ -192,7 +202,7 @@ class Faults:
                 self._texts(msg, reason=reason, **fields),
                 point=cause,
                 clock_synced=self._clock_synced(),
-                detail={"reason": reason},
+                detail={"reason": reason, "link_fault": True} if link_fault else {"reason": reason},
             ),
             later=later,
         )

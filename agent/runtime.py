@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from agent import __version__, sdnotify
-from agent.buffer import EventBuffer
+from agent.buffer import FIRST_READER, EventBuffer, Reader
 from agent.clock import clock_probe
 from agent.commands import CommandHandler
 from agent.config import GATEWAY_DEVICE_ID, Config, LineConfig, config_digest
@@ -45,9 +45,12 @@ from agent.control import ControlServer, ControlSetupError
 from agent.duty import UitdDuties
 from agent.faults import OUTPUT_FAILED, WatchedOutput
 from agent.field import DeviceRuntime, FieldWorker, field_devices
+from agent.gb26875 import mapping as gb_mapping
 from agent.gb26875.adu import Adu
 from agent.gb26875.points import GbPoints
 from agent.gb26875.reads import FieldLive, answer_read
+from agent.gb26875.uplink import READER as GB_READER
+from agent.gb26875.uplink import GbUplink, set_system_clock
 from agent.journal import setup_logging
 from agent.pipeline import Pipeline
 from agent.pointstate import PointStateStore
@@ -66,7 +69,7 @@ from agent.uitd_records import UitdRecords
 from agent.uplink import Uplink
 from agent.views import Actions, DownlinkView, LocalView, Parts, health
 from core.errors import AlarmgwError
-from core.events import Event, Kind, Lane, Severity, now_ms, system_event
+from core.events import Event, Kind, Lane, Record, Severity, now_ms, system_event
 from drivers.gpio import ContactChange, GpioBank
 from drivers.line import DevicePoll, Line
 from drivers.modbus import ModbusLink, RtuLink, TcpLink
@@ -108,8 +111,20 @@ class Gateway:
         self.cfg = cfg
         self.texts = texts = Texts(cfg.site.language)
         self.clock_synced = clock_synced = clock_probe(cfg.clock.source)
+        # every point's GB/T 26875.3 coordinates, from the profiles: the field side stamps
+        # events with them, the GB reader finds a Reading's component analog through them
+        self.gb_points = GbPoints.from_config(cfg.devices, cfg.profiles)
+        self.gb_analogs = self.gb_points.analog
+        # The buffer's readers: MQTT first (its bit in the file), the GB uplink when configured.
+        readers: list[str | Reader] = [FIRST_READER]
+        if cfg.gb26875 is not None:
+            readers.append(Reader(GB_READER, self._gb_carries))
         self.buffer = EventBuffer(
-            cfg.buffer.path, cfg.identity, cfg.buffer.max_events, clock_synced=clock_synced
+            cfg.buffer.path,
+            cfg.identity,
+            cfg.buffer.max_events,
+            clock_synced=clock_synced,
+            readers=readers,
         )
         self.pipeline = pipeline = Pipeline(
             self.buffer, cfg.identity, clock_synced=clock_synced, texts=texts
@@ -119,9 +134,6 @@ class Gateway:
         # What the platform was told is active, across restarts (alarms, faults, comm loss).
         self.pointstate = PointStateStore(cfg.buffer.path.with_name("pointstate.db"))
         self._remembered = self.pointstate.load()
-        # the field's points in GB/T 26875.3 coordinates: events carry them (detail["gb"]),
-        # the GB uplink finds Readings' and answers the centre's reads with them
-        self.gb_points = GbPoints.from_config(cfg.devices, cfg.profiles)
         devices = field_devices(cfg.devices, cfg.profiles, self._remembered, texts, self.gb_points)
         self.field = FieldWorker(devices, self.pointstate, pipeline)
         # the centre's reads (61-63, 81) are answered from these last known values
@@ -134,7 +146,6 @@ class Gateway:
             texts=texts, clock_synced=clock_synced,
         )  # fmt: skip
         self.duty = self.parts.duty = self.uitd.check
-        self.on_duty_check = self.duty.request  # the GB uplink's (the centre's typeflag 91)
         pipeline.listen_stored("transmission_listener", self.uitd.stored)
         actions = Actions(self.parts, pipeline.emit)
         self.local_view = LocalView(self.parts, actions)
@@ -162,11 +173,14 @@ class Gateway:
         # parts with a duty of their own: the duty check's and the transmission light's timers
         self.duty_timers = self.uitd.timers
         self.duties: list[Running] = [self.duty_timers]
+        self.gb_uplink = self._add_gb_uplink()
         self.uitd.hand_to(self.uplinks)
         self._add_selftests(actions)  # the daily self-test and the monthly self-check's records
         # The runtime wires the buffer to its readers: every uplink is woken by a store.
         self.buffer.on_stored = self.faults.guard("buffer_listener", self._wake_uplinks)
         self.buffer.on_settled = self.faults.guard("settled_listener", self._settled)
+        # every reader confirmed (or set aside) an event: the transmission light looks again
+        self.buffer.on_delivered = self.faults.guard("delivered_listener", self._delivered)
         self.lines: dict[str, Line] = self.parts.lines
         self.gpio: GpioBank | None = None
         self.control: ControlServer | None = None
@@ -177,6 +191,28 @@ class Gateway:
         self._closing = False
         self._input_cfg = {i.id: i for i in cfg.inputs}
         self.watchdog = sdnotify.Watchdog()
+
+    def _add_gb_uplink(self) -> GbUplink | None:
+        """The GB/T 26875.3 uplink when [gb26875] is configured: the second reader of the
+        buffer; the centre's duty checks prompt on site, its reads are answered from live
+        state."""
+        if self.cfg.gb26875 is None:
+            return None
+        gb_uplink = GbUplink(
+            self.cfg.gb26875,
+            self.buffer,
+            faults=self.faults,
+            emit=self.pipeline.emit,
+            texts=self.texts,
+            analogs=self.gb_analogs,
+            clock_synced=self.clock_synced,
+            set_clock=set_system_clock,
+            on_duty_check=self.duty.request,
+            answer_read=self.answer_read,
+        )
+        self.uplinks.append(gb_uplink)
+        self.parts.gb_uplink = gb_uplink
+        return gb_uplink
 
     def answer_read(self, adu: Adu) -> Adu | None:
         """The GB uplink's hook for the centre's reads (../notes/gb-contract.md): the
@@ -209,18 +245,23 @@ class Gateway:
     def rules(self) -> LocalRules:
         return self.parts.rules
 
+    def _gb_carries(self, record: Record) -> bool:
+        return gb_mapping.carries(record, self.gb_analogs)
+
     def _wake_uplinks(self) -> None:
         for uplink in self.uplinks:
             uplink.wake()
 
     def _settled(self, keys: list[tuple[Lane, int]]) -> None:
         self.field.settled(keys)
+
+    def _delivered(self, keys: list[tuple[Lane, int]]) -> None:
         self.duty_timers.wake()  # the transmission light looks again now
 
     def _running_parts(self) -> list[tuple[str, Running]]:
         """Every part the watchdog watches, by name (the first uplink is "uplink")."""
         named: list[tuple[str, Running]] = [
-            ("uplink" if i == 0 else f"uplink {i}", u) for i, u in enumerate(self.uplinks)
+            (_uplink_name(i, u), u) for i, u in enumerate(self.uplinks)
         ]
         return named + [(f"duty {i}", d) for i, d in enumerate(self.duties)]
 
@@ -536,3 +577,9 @@ def run(cfg: Config, *, broker: tuple[str, int] | None = None) -> int:
         log.exception("cannot start")
         return 78
     return asyncio.run(gateway.run())
+
+
+def _uplink_name(index: int, uplink: UplinkPart) -> str:
+    if index == 0:
+        return "uplink"
+    return "gb26875 uplink" if isinstance(uplink, GbUplink) else f"uplink {index}"

@@ -71,6 +71,17 @@ class Msg(enum.StrEnum):
     BUFFER_OVERFLOW = "buffer_overflow"
     BUFFER_LOST_RANGE = "buffer_lost_range"
     BUFFER_CONTINUITY_UNKNOWN = "buffer_continuity_unknown"
+    # the GB/T 26875.3 uplink to the fire remote-monitoring centre
+    GB_LINK_FAULT = "gb_link_fault"
+    GB_LINK_RESTORED = "gb_link_restored"
+    GB_DENIED = "gb_denied"
+    GB_CLOCK_SYNC = "gb_clock_sync"
+    GB_INITIALISE = "gb_initialise"
+    GB_CLOCK_SET = "gb_clock_set"
+    GB_CLOCK_NOT_CONFIGURED = "gb_clock_not_configured"
+    GB_CLOCK_KEPT_BY_NTP = "gb_clock_kept_by_ntp"
+    GB_CLOCK_REFUSED = "gb_clock_refused"
+    GB_CLOCK_INVALID = "gb_clock_invalid"
 
 
 ZH: Final[Mapping[Msg, str]] = {
@@ -121,6 +132,16 @@ ZH: Final[Mapping[Msg, str]] = {
     Msg.BUFFER_OVERFLOW: "缓存已满：丢弃 {total} 条记录（上限 {max_events}）",
     Msg.BUFFER_LOST_RANGE: "{why}；{lane} 序号 {low}..{high} 可能丢失",
     Msg.BUFFER_CONTINUITY_UNKNOWN: "{why}；{lane} 序号连续性未知",
+    Msg.GB_LINK_FAULT: "与消防远程监控中心通信故障：{reason}",
+    Msg.GB_LINK_RESTORED: "与消防远程监控中心通信恢复",
+    Msg.GB_DENIED: "消防远程监控中心拒收 {lane} 序号 {seqs}（重发{sends}次），不再向中心发送",
+    Msg.GB_CLOCK_SYNC: "监控中心校时：中心时间 {centre}，网关时钟相差 {offset_s} 秒，{action}",
+    Msg.GB_INITIALISE: "监控中心要求初始化传输装置：重新上报运行状态和版本，缓存记录保留",
+    Msg.GB_CLOCK_SET: "已按中心时间校准网关时钟",
+    Msg.GB_CLOCK_NOT_CONFIGURED: "未校准网关时钟（配置 set_clock = false）",
+    Msg.GB_CLOCK_KEPT_BY_NTP: "未校准网关时钟（时钟由NTP同步）",
+    Msg.GB_CLOCK_REFUSED: "无法校准网关时钟（{why}）",
+    Msg.GB_CLOCK_INVALID: "中心时间无效，已忽略",
 }
 
 EN: Final[Mapping[Msg, str]] = {
@@ -182,6 +203,24 @@ EN: Final[Mapping[Msg, str]] = {
     Msg.BUFFER_OVERFLOW: "buffer full: {total} records dropped (max_events {max_events})",
     Msg.BUFFER_LOST_RANGE: "{why}; {lane} seqs {low}..{high} may have been lost",
     Msg.BUFFER_CONTINUITY_UNKNOWN: "{why}; {lane} sequence continuity unknown",
+    Msg.GB_LINK_FAULT: "link to the fire remote-monitoring centre failed: {reason}",
+    Msg.GB_LINK_RESTORED: "link to the fire remote-monitoring centre restored",
+    Msg.GB_DENIED: (
+        "the fire remote-monitoring centre denied {lane} seqs {seqs} ({sends} sends); "
+        "not sent to the centre again"
+    ),
+    Msg.GB_CLOCK_SYNC: (
+        "clock sync from the centre: centre time {centre}, gateway clock {offset_s} s off, {action}"
+    ),
+    Msg.GB_INITIALISE: (
+        "the centre asked the device to initialise: running state and version sent again, "
+        "buffered records kept"
+    ),
+    Msg.GB_CLOCK_SET: "gateway clock set to the centre's time",
+    Msg.GB_CLOCK_NOT_CONFIGURED: "gateway clock not set (set_clock = false)",
+    Msg.GB_CLOCK_KEPT_BY_NTP: "gateway clock not set (kept by NTP)",
+    Msg.GB_CLOCK_REFUSED: "gateway clock could not be set ({why})",
+    Msg.GB_CLOCK_INVALID: "the centre's time is not valid: ignored",
 }
 
 CATALOGUE: Final[Mapping[str, Mapping[Msg, str]]] = {"zh": ZH, "en": EN}

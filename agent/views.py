@@ -51,6 +51,12 @@ STORE_WAIT_S: Final = 10.0
 GB_TEST_OPERATION: Final = {"tf": 24, "flags": int(UitdOperationFlags.TEST), "operator": 0}
 
 
+class StatsSource(Protocol):
+    """What the views read of the GB/T 26875.3 uplink (agent.gb26875.uplink.GbUplink)."""
+
+    def stats(self) -> dict[str, Any]: ...
+
+
 class UplinkState(Protocol):
     """What the views read of the uplink (agent.uplink.Uplink)."""
 
@@ -81,6 +87,7 @@ class Parts:
     boot_ms: int = field(default_factory=now_ms)
     boot_mono: float = field(default_factory=time.monotonic)
     uplink: UplinkState | None = None
+    gb_uplink: StatsSource | None = None  # the GB/T 26875.3 uplink, when configured
     uplink_since_ms: int | None = None  # when the uplink last connected or dropped
     lines: dict[str, Line] = field(default_factory=dict)
     gpio: GpioBank | None = None
@@ -197,6 +204,7 @@ def status(parts: Parts) -> dict[str, Any]:
         "clock_synced": parts.clock_synced(),
         # since_ms: when the uplink last changed state (None until it first did)
         "uplink": {**uplink, "since_ms": parts.uplink_since_ms},
+        "gb26875": parts.gb_uplink.stats() if parts.gb_uplink is not None else None,
         "buffer": parts.buffer.stats(),
         "lines": [
             line_summary(line, parts.lines.get(line.id), devices) for line in parts.cfg.lines

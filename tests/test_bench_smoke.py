@@ -60,6 +60,13 @@ EXPECTED_FIGURES = {
     "selftest_duration",
     "selftest_panel_cycle",
     "selftest_writes",
+    "gb_baseline_bare_link",
+    "gb_fire_idle",
+    "gb_fire_behind_backlog",
+    "gb_fire_goal",
+    "gb_footprint_mqtt_only",
+    "gb_footprint_both_uplinks",
+    "gb_footprint_goal",
 }
 # the field-side fault scenarios of bench_faults.py: each event must have arrived
 FAULT_FIGURES = {
@@ -90,7 +97,7 @@ def smoke_output() -> str:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=360,  # a guard against a hung bench, not a figure (GB added ~45 s)
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc.stdout
@@ -164,3 +171,10 @@ def test_smoke_gb_mapping_bench_stamped_every_storm_event(smoke_output: str) -> 
     assert figures["gbmap_idle_baseline"]["events_per_poll"] == "0"
     for name in ("gbmap_storm", "gbmap_idle"):
         assert _positive(figures[name]["ratio"]) and _positive(figures[name]["ms_per_poll"])
+    # GB/T 26875.3: every fire confirmed by the centre, on both links; both footprints taken
+    for name in ("gb_fire_idle", "gb_fire_behind_backlog", "gb_baseline_bare_link"):
+        f = figures[name]
+        assert f["fires"] == "10" and float(f["p50_ms"]) <= float(f["p99_ms"]), (name, f)
+    assert figures["gb_fire_behind_backlog"]["backlog"] == "1000"
+    for name in ("gb_footprint_mqtt_only", "gb_footprint_both_uplinks"):
+        assert _positive(figures[name]["rss_mb"]) and float(figures[name]["cpu_pct"]) >= 0

@@ -12,6 +12,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from agent.buffer import EventBuffer
+from agent.faults import Faults
 from agent.rules import LocalRules
 from core.events import Category, Event, Identity, Kind, Lane, Severity
 from drivers.gpio import Output
@@ -193,6 +194,20 @@ def test_a_link_fault_sounds_until_its_restore_and_silence_holds_until_a_new_fai
         Kind.RESTORE, Category.SYSTEM, Severity.INFO, "normal", "back", "gateway", "gb_link"
     )
     bench.emit(restore)
+    assert bench.sounder.mode == "off"
+    assert bench.rules.transmission.failed == []
+
+
+def test_the_gb_uplinks_own_link_fault_sounds_the_signal_and_its_restore_stops_it(
+    bench: Bench,
+) -> None:
+    """The fault the GB uplink raises (Faults.link_failed, agent/gb26875/uplink.py) is the
+    one the failure signal listens for: emitted through the real fault mechanism."""
+    faults = Faults(bench.emit)
+    faults.link_failed("gb26875-link", "no confirm after 3 resends")
+    assert bench.sounder.mode == "blink"
+    assert bench.rules.transmission.failed == ["link_fault:gateway/gb26875-link"]
+    faults.worked("gb26875-link")
     assert bench.sounder.mode == "off"
     assert bench.rules.transmission.failed == []
 

@@ -33,6 +33,7 @@ from agent.cli.watch import render_payload
 from agent.config import (
     Config,
     DeviceConfig,
+    GbConfig,
     InputConfig,
     LineConfig,
     config_digest,
@@ -82,6 +83,9 @@ def summary_lines(config: Config) -> list[str]:
         f"topics   {topic_root(up.topic_prefix, ident)}/...",
         f"buffer   {config.buffer.path} (at most {config.buffer.max_events} events)",
     ]
+    gb = config.gb26875
+    if gb is not None:
+        out.insert(4, _gb_summary(gb))
     for line in config.lines:
         out.append(_line_summary(line))
         devices = [d for d in config.devices if d.line == line.id]
@@ -92,6 +96,16 @@ def summary_lines(config: Config) -> list[str]:
         f"output {o.id} pin {o.pin} {o.type} rule {o.rule}  {o.name}" for o in config.outputs
     )
     return [render.clip(text) for text in out]
+
+
+def _gb_summary(gb: GbConfig) -> str:
+    """The GB/T 26875.3 uplink in one line: where, who, and the fault detection time."""
+    tls = "TLS" if gb.tls else "no TLS"
+    detect = gb.heartbeat_s + (gb.resends + 1) * gb.confirm_timeout_s
+    return (
+        f"centre   {gb.host}:{gb.port}  GB/T 26875.3, {tls}, "
+        f"UITD {gb.uitd_address} -> {gb.centre_address}, fault <= {detect:g} s"
+    )
 
 
 def summary_json(config: Config) -> dict[str, Any]:
@@ -115,6 +129,15 @@ def summary_json(config: Config) -> dict[str, Any]:
             "topic_root": topic_root(up.topic_prefix, ident),
         },
         "buffer": {"path": str(config.buffer.path), "max_events": config.buffer.max_events},
+        "gb26875": None
+        if config.gb26875 is None
+        else {
+            "host": config.gb26875.host,
+            "port": config.gb26875.port,
+            "tls": config.gb26875.tls,
+            "uitd_address": config.gb26875.uitd_address,
+            "centre_address": config.gb26875.centre_address,
+        },
         "lines": [
             {
                 "id": line.id,

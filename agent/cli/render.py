@@ -92,6 +92,9 @@ def problems(status: Mapping[str, Any]) -> list[str]:
         found.append("uplink down")
     elif _get(uplink, "last_error"):
         found.append("uplink not delivering")
+    gb = status.get("gb26875")
+    if isinstance(gb, Mapping) and (gb.get("link_fault") or not gb.get("connected")):
+        found.append("centre link down" if gb.get("link_fault") else "centre not connected")
     down = [ln.get("id", "?") for ln in _get(status, "lines", []) if ln.get("down")]
     if down:
         found.append("line down: " + ", ".join(down))
@@ -208,6 +211,17 @@ def _uplink_line(status: Mapping[str, Any]) -> str:
     return f"uplink   {state}{since}, {acked}, reconnects {_get(uplink, 'reconnects', 0)}"
 
 
+def _gb_line(gb: Mapping[str, Any]) -> str:
+    """The GB/T 26875.3 uplink to the fire remote-monitoring centre, one line."""
+    state = "connected" if _get(gb, "connected", False) else "DOWN"
+    if _get(gb, "link_fault", False):
+        state = "LINK FAULT"
+    return (
+        f"centre   {state} {_get(gb, 'centre', '?')}, confirmed {_get(gb, 'confirmed_rows', 0)}"
+        f", queued {_get(gb, 'queued_packets', 0)}, resent {_get(gb, 'resent', 0)}"
+    )
+
+
 def _buffer_line(buffer: Mapping[str, Any]) -> str:
     state = (
         "DEGRADED: " + str(_get(buffer, "degraded_reason", "?")) if buffer.get("degraded") else "ok"
@@ -217,6 +231,14 @@ def _buffer_line(buffer: Mapping[str, Any]) -> str:
         f"telemetry {_get(buffer, 'telemetry_depth', 0)} queued, "
         f"oldest {age(buffer.get('oldest_age_s'))}, {state}"
     )
+
+
+def _readers_line(buffer: Mapping[str, Any]) -> str | None:
+    """With several uplinks: what each still has to send."""
+    readers = _get(buffer, "readers", {})
+    if not isinstance(readers, Mapping) or len(readers) < 2:
+        return None
+    return "         to send " + ", ".join(f"{name} {n}" for name, n in readers.items())
 
 
 def _drops_line(buffer: Mapping[str, Any]) -> str | None:
@@ -297,8 +319,14 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
     last_error = _get(_get(status, "uplink", {}), "last_error")
     if last_error:  # kept until the broker acknowledges again, connected or not
         out.append(f"         last error: {last_error}")  # clipped to the screen below
+    gb = status.get("gb26875")
+    if isinstance(gb, Mapping):
+        out.append(_gb_line(gb))
     buffer = _get(status, "buffer", {})
     out.append(_buffer_line(buffer))
+    readers = _readers_line(buffer)
+    if readers:
+        out.append(readers)
     drops = _drops_line(buffer)
     if drops:
         out.append(drops)
