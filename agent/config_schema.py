@@ -129,20 +129,20 @@ _UPLINK_KEYS = {
 }
 
 
-UPLINK = Table(
-    _UPLINK_KEYS,
-    rules=(
-        Rule("cert_file", lambda t: "cert_file" in t and "key_file" not in t,
-             "a client certificate needs its key_file", reads=("key_file",)),
-        Rule("key_file", lambda t: "key_file" in t and "cert_file" not in t,
-             "a client key needs its cert_file", reads=("cert_file",)),
-        Rule("cert_file", lambda t: "cert_file" in t and "ca_file" not in t,
-             "a client certificate is used only with TLS: set ca_file too", reads=("ca_file",)),
-        Rule("reconnect_max_s",
-             lambda t: t.value("reconnect_max_s") < t.value("reconnect_min_s"),
-             "must not be smaller than reconnect_min_s", reads=("reconnect_min_s",)),
-    ),
+# the rules both uplinks' sections share: TLS files come together, the backoff's bounds in order
+_TLS_AND_RECONNECT = (
+    Rule("cert_file", lambda t: "cert_file" in t and "key_file" not in t,
+         "a client certificate needs its key_file", reads=("key_file",)),
+    Rule("key_file", lambda t: "key_file" in t and "cert_file" not in t,
+         "a client key needs its cert_file", reads=("cert_file",)),
+    Rule("cert_file", lambda t: "cert_file" in t and "ca_file" not in t,
+         "a client certificate is used only with TLS: set ca_file too", reads=("ca_file",)),
+    Rule("reconnect_max_s",
+         lambda t: t.value("reconnect_max_s") < t.value("reconnect_min_s"),
+         "must not be smaller than reconnect_min_s", reads=("reconnect_min_s",)),
 )  # fmt: skip
+
+UPLINK = Table(_UPLINK_KEYS, rules=_TLS_AND_RECONNECT)
 
 BUFFER = Table(
     {
@@ -261,15 +261,7 @@ GB26875 = Table(
              "heartbeat_s + (resends + 1) x confirm_timeout_s must be at most 100 s "
              "(GB 26875.1: a link fault within 100 s)",
              reads=("resends", "confirm_timeout_s")),
-        Rule("cert_file", lambda t: "cert_file" in t and "key_file" not in t,
-             "a client certificate needs its key_file", reads=("key_file",)),
-        Rule("key_file", lambda t: "key_file" in t and "cert_file" not in t,
-             "a client key needs its cert_file", reads=("cert_file",)),
-        Rule("cert_file", lambda t: "cert_file" in t and "ca_file" not in t,
-             "a client certificate is used only with TLS: set ca_file too", reads=("ca_file",)),
-        Rule("reconnect_max_s",
-             lambda t: t.value("reconnect_max_s") < t.value("reconnect_min_s"),
-             "must not be smaller than reconnect_min_s", reads=("reconnect_min_s",)),
+        *_TLS_AND_RECONNECT,
     ),
 )  # fmt: skip
 
