@@ -68,6 +68,7 @@ from agent.storage import (
 )
 from core.errors import BufferError_
 from core.events import (
+    LIFE_SAFETY,
     Event,
     Identity,
     Kind,
@@ -606,6 +607,7 @@ class EventBuffer:
             self._configure(conn, busy_ms)
             conn.executescript(_SCHEMA)
             check_integrity(conn)
+            _migrate(conn)
             if busy_ms != 5000:
                 conn.execute("PRAGMA busy_timeout=5000")
         return conn
@@ -1586,6 +1588,40 @@ def _store_meta(db: sqlite3.Connection, next_seqs: dict[Lane, int]) -> None:
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             [(f"next_seq:{lane.value}", value) for lane, value in next_seqs.items()],
         )
+
+
+# Buffers written before the life-safety class existed (commit a53c6b8) hold their
+# life-safety alarms in _PROTECTED with the drop announcements: moved up once, on the
+# first writable open, so they overtake the backlog and are dropped last like new ones.
+_MIGRATED: Final = "migrated:life_safety_class"
+_LIFE_SAFETY_CATEGORIES: Final = sorted(c.value for c in LIFE_SAFETY)
+_MIGRATE_SQL: Final = (
+    f"UPDATE records SET drop_class = {_LIFE_SAFETY} "  # noqa: S608 - ints of this module
+    f"WHERE lane = ? AND drop_class = {_PROTECTED} "
+    "AND json_extract(CAST(payload AS TEXT), '$.kind') = 'alarm' "
+    "AND json_extract(CAST(payload AS TEXT), '$.category') IN "
+    f"({', '.join('?' * len(_LIFE_SAFETY_CATEGORIES))})"
+)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring an older buffer's rows up to this version's drop classes (once per file; a
+    new file is marked at once, as it has nothing to move)."""
+    if conn.execute("SELECT 1 FROM meta WHERE key = ?", (_MIGRATED,)).fetchone():
+        return
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        moved = conn.execute(_MIGRATE_SQL, (Lane.EVENT.value, *_LIFE_SAFETY_CATEGORIES)).rowcount
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, 1)", (_MIGRATED,))
+        conn.execute("COMMIT")
+    except sqlite3.OperationalError as exc:  # full, locked, read-only: the next open retries
+        with contextlib.suppress(sqlite3.Error):
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        log.warning("buffer: older rows not moved to their drop class yet: %s", exc)
+        return
+    if moved:
+        log.warning("buffer: %d life-safety alarms of an older buffer moved to their class", moved)
 
 
 def _stored_next(conn: sqlite3.Connection) -> dict[Lane, int]:
