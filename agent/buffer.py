@@ -60,6 +60,7 @@ from typing import Any, Final, NamedTuple, overload
 
 from agent.storage import (
     CorruptDatabase,
+    certainly_missing,
     check_integrity,
     diagnose,
     move_aside,
@@ -236,6 +237,7 @@ class Sidecar:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.generation = 0
+        self.unreadable: str | None = None  # why marks that may exist could not be read
         self.marks: dict[Lane, LaneMark] | None = self._read()
         self.problem: str | None = None
         self._fd: int | None = None
@@ -260,7 +262,10 @@ class Sidecar:
     def _read(self) -> dict[Lane, LaneMark] | None:
         try:
             data = self.path.read_bytes()
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:  # there, maybe, but not readable: not the same as none
+            self.unreadable = f"cannot read {self.path}: {exc.strerror or exc}"
             return None
         best: tuple[int, dict[Lane, LaneMark]] | None = None
         for slot in range(2):
@@ -528,9 +533,10 @@ class EventBuffer:
             self._continue(self._meta_next if fresh_why is None else None, fresh_why)
             if self._known is None or any(m.dirty for m in self._known.values()):
                 self._write_sidecar()
-            if not self._sidecar.writable:
-                # an earlier run on this sidecar could not record its seqs either: the
-                # ones it held in RAM when it stopped are in neither file
+            if not self._sidecar.writable or self._sidecar.unreadable:
+                # an earlier run on this sidecar could not record its seqs either (or
+                # what it recorded cannot be read): the ones it held in RAM when it
+                # stopped are in neither file
                 self._startup_faults += self._jump_unrecorded()
         self._thread = threading.Thread(target=self._run, name="buffer-writer", daemon=True)
         self._thread.start()
@@ -589,7 +595,8 @@ class EventBuffer:
         it is the one we had). Only proven corruption is moved aside (agent/storage.py);
         anything else (locked, full, I/O error, read-only, cannot open) raises and leaves
         the file as it is. `busy_ms`: how long each step waits for another's lock."""
-        existed = self.path.exists()
+        # cannot tell (EACCES, EIO): it may well be there; "missing" would make it fresh
+        existed = not certainly_missing(self.path)
         try:
             db = self._open_checked(busy_ms)
         except CorruptDatabase as exc:
@@ -679,8 +686,8 @@ class EventBuffer:
         self._degraded_reason = reason
         stored = self._read_what_is_there()
         self._continue(stored, None)
-        unknown = self._known is None and stored is None and self.path.exists()
-        if unknown or not self._sidecar.writable:
+        unknown = self._known is None and stored is None and not certainly_missing(self.path)
+        if unknown or not self._sidecar.writable or self._sidecar.unreadable:
             self._startup_faults += self._jump_unrecorded()
         self._exact_marks()
         self._startup_faults.insert(0, self._degraded_fault(reason))
