@@ -23,6 +23,7 @@ from drivers.line import (
     MAX_QUEUED_REQUESTS,
     PROBE_SHARE,
     REQUEST_SHARE,
+    SILENT_CONFIRM,
     Line,
 )
 from drivers.modbus import RtuLink, TcpLink
@@ -127,11 +128,67 @@ def test_a_cut_cable_takes_every_device_down_together(pty_pair: PtyPair) -> None
                 await wait_until(lambda: all(out.changes(d.device_id) for d in everyone))
                 for d in everyone:
                     assert out.changes(d.device_id)[0].lost
-                    assert out.changes(d.device_id)[0].reason == "timeout"
+                    assert out.changes(d.device_id)[0].reason == "bus_silent"
                 assert line.stats()["ai"]["polls_failed"] <= 1  # not its own three polls
                 for unit in (1, 2, 3, 4):
                     plan.modes[unit] = "ok"
                 await wait_until(lambda: all(len(out.changes(d.device_id)) == 2 for d in everyone))
+
+    run(bench())
+
+
+def _timeouts(line: Line) -> int:
+    return sum(row.get("timeout", 0) for row in line.stats().values())
+
+
+def test_finding_a_cut_cable_asks_a_fixed_number_of_devices_however_many_there_are(
+    pty_pair: PtyPair,
+) -> None:
+    """Twenty devices, the bus goes silent: after two silent devices the line asks
+    SILENT_CONFIRM others, not all eighteen (each a timeout: on a long line the cut was
+    found after N timeouts, 14 s for 24 detectors with the defaults)."""
+    units = list(range(1, 21))
+
+    async def bench() -> None:
+        out = Outputs()
+        async with rtu_server(pty_pair.b, units) as (_, plan):
+            devices = [device(f"d{u}", u, period_s=0.05) for u in units]
+            async with Line("rs485-1", RtuLink(pty_pair.a, 115200), devices, out) as line:
+                await wait_until(lambda: all(out.polls(d.device_id) for d in devices), 20)
+                before = _timeouts(line)
+                for unit in units:
+                    plan.modes[unit] = "silent"
+                await wait_until(lambda: all(out.changes(d.device_id) for d in devices), 20)
+                spent = _timeouts(line) - before
+        # two devices' first failing polls (2 requests x 2 attempts each), then the others
+        # asked; a third device's poll may slip in between: the bound does not grow with N
+        assert spent <= 3 * 2 * 2 + SILENT_CONFIRM < 2 * 2 * 2 + len(units) - 2
+        assert {out.changes(d.device_id)[0].reason for d in devices} == {"bus_silent"}
+
+    run(bench())
+
+
+def test_a_tcp_gateway_whose_serial_side_is_silent_is_reported_as_that() -> None:
+    """The gateway accepts connections, every device behind it is silent: each device is
+    lost as `gateway_silent` (not `disconnected`: the TCP side works, and the line is not
+    down), and the connection is not torn down and rebuilt every few requests."""
+
+    async def bench() -> None:
+        out = Outputs()
+        units = list(range(1, 7))
+        devices = [device(f"d{u}", u, period_s=0.05) for u in units]
+        async with tcp_server(units) as (_, plan, port):
+            line = Line("gw", TcpLink("127.0.0.1", port), devices, out)
+            async with line:
+                await wait_until(lambda: all(out.polls(d.device_id) for d in devices))
+                for unit in units:
+                    plan.modes[unit] = "silent"
+                await wait_until(lambda: all(out.changes(d.device_id) for d in devices), 20)
+                assert line.down is None
+                probes = _timeouts(line)
+                await wait_until(lambda: _timeouts(line) > probes + 10, 20)  # probing on
+                assert _disconnects(line) == 0
+        assert {out.changes(d.device_id)[0].reason for d in devices} == {"gateway_silent"}
 
     run(bench())
 
