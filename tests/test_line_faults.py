@@ -321,6 +321,64 @@ def test_many_dead_devices_take_at_most_their_share_of_a_busy_line(pty_pair: Pty
     run(bench())
 
 
+def test_lost_devices_that_answered_before_are_probed_cheaply_on_a_busy_line(
+    pty_pair: PtyPair,
+) -> None:
+    """A busy line (a live device always due) and four devices that answered, then fell
+    silent: a probe waits a few times their slowest answer, not their whole timeout, so
+    within the same PROBE_SHARE each is asked several times as often (at the 0.5 s
+    default, eight lost devices were asked every 16 s: past the 5 s backoff cap)."""
+    units = [2, 3, 4, 5]
+
+    async def bench() -> None:
+        async with rtu_server(pty_pair.b, [1, *units]) as (_, plan):
+            live = device("live", 1, period_s=0.0)
+            dead = [
+                device(f"d{u}", u, timeout_s=0.3, comm_fault_after=1, backoff_max_s=0.01)
+                for u in units
+            ]
+            out = Outputs()
+            async with Line("rs485-1", RtuLink(pty_pair.a, 115200), [live, *dead], out) as line:
+                await wait_until(lambda: all(out.polls(d.device_id) for d in dead))
+                for unit in units:
+                    plan.modes[unit] = "silent"
+                await wait_until(lambda: all(out.changes(d.device_id) for d in dead))
+                before = sum(line.stats()[d.device_id]["polls_failed"] for d in dead)
+                await asyncio.sleep(2 * WINDOW_S)  # a measurement window, not a synchronisation
+                probes = sum(line.stats()[d.device_id]["polls_failed"] for d in dead) - before
+        # whole-timeout probes fit PROBE_SHARE x 6 s / 0.3 s = 5 into the window; short ones
+        # (0.1 s, every fourth one whole: 0.15 s on average) about twice as many
+        full_timeout_probes = PROBE_SHARE * 2 * WINDOW_S / 0.3
+        print(f"\nprobes of 4 lost devices in {2 * WINDOW_S} s on a busy line: {probes}")
+        assert probes >= 1.5 * full_timeout_probes
+
+    run(bench())
+
+
+def test_a_device_back_slower_than_it_was_is_still_seen(pty_pair: PtyPair) -> None:
+    """On a busy line a short probe would miss an answer slower than before: every
+    FULL_PROBE_EVERY-th probe waits the whole timeout, so the device is restored all the
+    same (on an idle line every probe does)."""
+
+    async def bench() -> None:
+        async with rtu_server(pty_pair.b, [1, 2]) as (_, plan):
+            live = device("live", 2, period_s=0.0)  # a busy line: probes go on the share
+            slow = device("slow", 1, timeout_s=0.5, comm_fault_after=1, backoff_max_s=0.05)
+            out = Outputs()
+            async with Line("rs485-1", RtuLink(pty_pair.a, 115200), [live, slow], out) as line:
+                await wait_until(lambda: bool(out.polls("slow")))
+                plan.modes[1] = "silent"
+                await wait_until(lambda: bool(out.changes("slow")))
+                plan.delay_s[1] = 0.3  # back, answering 0.3 s late: past a short probe
+                plan.modes[1] = "ok"
+                missed = line.stats()["slow"]["timeout"]
+                await wait_until(lambda: len(out.changes("slow")) == 2, 20)
+                assert line.stats()["slow"]["timeout"] > missed  # short probes missed it
+        assert not out.changes("slow")[1].lost
+
+    run(bench())
+
+
 def test_parallel_reads_of_a_dead_device_leave_the_polls_their_share(pty_pair: PtyPair) -> None:
     """Six callers read a dead device in a loop (each read times out): live polls keep at
     least 1 - REQUEST_SHARE of a busy line; a full queue answers LineBusy at once."""
