@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import itertools
 
+from agent.cli.client import AgentNotRunning, ControlClient, ControlError
 from agent.config import load_config
 from bench.common import Rig, Setup, SimLine, figure, read_requests, rig, summary_ms, wait_for
 from drivers.line import PROBE_SHARE
@@ -53,6 +54,10 @@ def one_baud(
     extra = [(dev_id, 10 + i, "electrical-fire-4ch") for i, dev_id in enumerate(dead_ids)]
     line = SimLine("rs485-1", DEVICES + extra, baudrate=baud, wire_time=True, fast_poll_s=0.01)
     with rig(tmp, Setup(lines=[line]), poll_log=True) as r:
+        # devices that worked, then fell silent (the agent knows how fast they answered)
+        agent = ControlClient(tmp / "agent.sock", timeout_s=10)
+        if not wait_for(lambda: _all_answered(agent), timeout=30):
+            raise RuntimeError("devices never all answered\n" + r.agent_log()[-3000:])
         for dev_id in dead_ids:
             r.control.call({"do": "silence", "device": dev_id})
         r.control.call({"do": "state", "device": "fap", "point": "point1", "state": "fire"})
@@ -82,6 +87,14 @@ def _probe_gaps(r: Rig, dead: int) -> list[float]:
         times = sorted(x["mono"] for x in rows if x["unit"] == unit)
         gaps += [b - a for a, b in itertools.pairwise(times) if b - a > 0.05]  # not one probe's
     return gaps
+
+
+def _all_answered(agent: ControlClient) -> bool:
+    try:
+        devices = agent.call("devices")["devices"]
+    except (AgentNotRunning, ControlError):
+        return False
+    return bool(devices) and all(d["comm"] == "ok" for d in devices)
 
 
 def _lost(r: Rig) -> set[str]:
