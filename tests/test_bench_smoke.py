@@ -49,6 +49,7 @@ EXPECTED_FIGURES = {
     "uplink_flood_fire",
     "uplink_flood_commands",
     "bus_dead_3_9600",
+    "bus_dead_3_probe_gap",
 }
 # the field-side fault scenarios of bench_faults.py: each event must have arrived
 FAULT_FIGURES = {
@@ -57,6 +58,10 @@ FAULT_FIGURES = {
     "faults_rs485_restored",
     "faults_rs485_cut",
     "faults_rs485_mended",
+    "faults_rs485_cut_many",
+    "faults_rs485_cut_many_mended",
+    "faults_tcp_serial_silent",
+    "faults_tcp_serial_silent_back",
     "faults_tcp_gone",
     "faults_tcp_gone_back",
     "faults_tcp_blackhole",
