@@ -383,9 +383,11 @@ SILENT_RECHECK_S = 60.0
 class TcpLink(ModbusLink):
     """Modbus TCP (MBAP framing) to one endpoint; reconnects lazily on the next request.
 
-    A connection on which SILENT_RECONNECT requests in a row went unanswered is closed and
-    the last of them raises Disconnected: a black-holed endpoint then looks like what it is,
-    a link that is gone, instead of every device behind it timing out on its own."""
+    A connection on which SILENT_RECONNECT requests in a row went unanswered is replaced by
+    a new one: if the endpoint does not take it, the last request raises Disconnected (a
+    black-holed endpoint then looks like what it is, a link that is gone, instead of every
+    device behind it timing out on its own); if it does, the endpoint is there and what is
+    behind it is silent (FieldTimeout; the line names it `gateway_silent`)."""
 
     silent_bus_reason = "gateway_silent"
 
