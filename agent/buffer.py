@@ -44,12 +44,9 @@ import bisect
 import contextlib
 import functools
 import logging
-import os
 import sqlite3
-import struct
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, wait
@@ -58,6 +55,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Final, NamedTuple, overload
 
+from agent.seqmarks import LANES as _LANES
+from agent.seqmarks import LaneMark, Sidecar
 from agent.storage import (
     CorruptDatabase,
     certainly_missing,
@@ -84,7 +83,7 @@ from core.events import (
 log = logging.getLogger(__name__)
 
 SEQ_BLOCK: Final = 10_000  # seqs reserved in the sidecar per write (one small fsync per block)
-INSERT_CHUNK: Final = 2048  # rows per INSERT statement (6 parameters a row; SQLite allows 32766)
+INSERT_CHUNK: Final = 2048  # rows per INSERT statement (7 parameters a row; SQLite allows 32766)
 MAX_BATCH: Final = 2_000  # records per transaction; bounds the writer's latency under a storm
 MAX_HELD: Final = 20_000  # rows kept in RAM while the disk refuses writes (1 GB Pi)
 ALIVE_S: Final = 1.0  # the writer iterates at least this often (the watchdog reads `alive`)
@@ -106,6 +105,7 @@ CREATE TABLE IF NOT EXISTS records (
     rank INTEGER NOT NULL,
     ts_ms INTEGER NOT NULL,
     payload BLOB NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (lane, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_drop_order ON records (drop_class, rank DESC, seq);
@@ -116,6 +116,18 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 
 
 Key = tuple[Lane, int]  # (lane, seq) names one row
+
+FIRST_READER: Final = "mqtt"  # the reader of a buffer built without `readers`
+
+
+class Reader(NamedTuple):
+    """One uplink reading the buffer. `carries(record)` says at store time whether this
+    reader will ever send the record: one it will not is set aside for it there (a bit in
+    the row, no write of its own). None: it carries everything. The buffer's own
+    announcements (drops, faults) are carried by every reader."""
+
+    name: str
+    carries: Callable[[Record], bool] | None = None
 
 
 class StoredRow(NamedTuple):
@@ -131,6 +143,9 @@ class StoredRow(NamedTuple):
     payload: bytes
     drop_class: int = _ORDINARY
     rank: int = 0
+    # readers (bits, EventBuffer.readers order) that confirmed it or set it aside; always 0
+    # with one reader, whose confirmation deletes the row
+    done: int = 0
 
     @property
     def life_safety(self) -> bool:
@@ -172,6 +187,7 @@ class ReadCursor:
     # per stream, EventBuffer.stored_batches when a read found nothing past `after`: until
     # the buffer stores more there is nothing, and the (frequent) reads skip that query
     empty_at: dict[str, int] = field(default_factory=dict)
+    reader: str | None = None  # whose cursor: None = the buffer's first reader
 
     def passed(self, row: StoredRow) -> None:
         """The reader took this row (sent it, or set it aside): next_rows moves past it."""
@@ -207,120 +223,6 @@ def _ranges(seqs: list[int]) -> list[list[int]]:
         else:
             out.append([seq, seq])
     return out[:50]  # keep the announcement small; the count is exact
-
-
-# --- the sidecar: seq ceilings that survive a corrupt database ---------------
-
-_SIDECAR_FMT: Final = "<4sHQ" + "QQB" * 2  # magic, version, generation, per lane ceiling/low/dirty
-_SLOT: Final = 64  # two slots, written alternately: a torn write leaves the other intact
-_MAGIC: Final = b"AGWS"
-_LANES: Final = (Lane.EVENT, Lane.TELEMETRY)
-
-
-@dataclass
-class LaneMark:
-    ceiling: int = 1  # every seq below this may have been handed out
-    low: int = 1  # lowest unacknowledged seq when the ceiling was reserved
-    dirty: bool = False  # seqs were handed out that the database does not hold
-    # the ceiling is exactly the next seq handed out (degraded), not a block reserved
-    # ahead of it (telemetry waiting in RAM): a restart can name the loss exactly
-    exact: bool = True
-
-
-class Sidecar:
-    """A fixed-size file overwritten in place and fsynced: works on a full disk.
-
-    On a card it cannot write (read-only, missing directory) it still offers what it
-    could read, and `write()` keeps trying (the card may come back); `problem` says
-    why the last attempt failed, None once a write went through."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.generation = 0
-        self.unreadable: str | None = None  # why marks that may exist could not be read
-        self.marks: dict[Lane, LaneMark] | None = self._read()
-        self.problem: str | None = None
-        self._fd: int | None = None
-        self._open()
-
-    def _open(self) -> bool:
-        try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
-            if os.fstat(self._fd).st_size < 2 * _SLOT:
-                os.pwrite(self._fd, bytes(2 * _SLOT), 0)
-                os.fsync(self._fd)
-        except OSError as exc:
-            self.problem = f"cannot write {self.path}: {exc.strerror or exc}"
-            self.close()
-            return False
-        return True
-
-    @property
-    def writable(self) -> bool:
-        return self._fd is not None and self.problem is None
-
-    def _read(self) -> dict[Lane, LaneMark] | None:
-        try:
-            data = self.path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as exc:  # there, maybe, but not readable: not the same as none
-            self.unreadable = f"cannot read {self.path}: {exc.strerror or exc}"
-            return None
-        best: tuple[int, dict[Lane, LaneMark]] | None = None
-        for slot in range(2):
-            parsed = _parse_slot(data[slot * _SLOT : (slot + 1) * _SLOT])
-            if parsed is not None and (best is None or parsed[0] > best[0]):
-                best = parsed
-        if best is None:
-            return None
-        self.generation = best[0]
-        return best[1]
-
-    def write(self, marks: dict[Lane, LaneMark]) -> bool:
-        """Store the marks durably; False (and `problem` set) if the card refused."""
-        if self._fd is None and not self._open():
-            return False
-        assert self._fd is not None
-        self.generation += 1
-        values: list[Any] = [_MAGIC, 1, self.generation]
-        for lane in _LANES:
-            mark = marks[lane]
-            # dirty: 0 clean, 1 with an exact ceiling, 2 with a block reserved ahead
-            values += [mark.ceiling, mark.low, (1 if mark.exact else 2) if mark.dirty else 0]
-        body = struct.pack(_SIDECAR_FMT, *values)
-        record = body + struct.pack("<I", zlib.crc32(body))
-        try:
-            os.pwrite(self._fd, record.ljust(_SLOT, b"\0"), (self.generation % 2) * _SLOT)
-            os.fsync(self._fd)
-        except OSError as exc:
-            self.problem = f"cannot write {self.path}: {exc.strerror or exc}"
-            return False
-        self.problem = None
-        return True
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def _parse_slot(raw: bytes) -> tuple[int, dict[Lane, LaneMark]] | None:
-    size = struct.calcsize(_SIDECAR_FMT)
-    if len(raw) < size + 4:
-        return None
-    body = raw[:size]
-    (crc,) = struct.unpack("<I", raw[size : size + 4])
-    if zlib.crc32(body) != crc:
-        return None
-    fields = struct.unpack(_SIDECAR_FMT, body)
-    if fields[0] != _MAGIC:
-        return None
-    marks = {}
-    for i, lane in enumerate(_LANES):
-        ceiling, low, dirty = fields[3 + 3 * i : 6 + 3 * i]
-        marks[lane] = LaneMark(ceiling, low, bool(dirty), exact=dirty != 2)
-    return fields[2], marks
 
 
 # --- the buffer ---------------------------------------------------------------
@@ -386,16 +288,18 @@ class _Group(NamedTuple):
     group of one whose future resolves to the record itself (`single`)."""
 
     records: Sequence[Record]
-    prepared: list[tuple[bytes, int, int]]  # per record: payload_without_seq, class, rank
+    prepared: list[tuple[bytes, int, int, int]]  # per record: payload, class, rank, aside
     future: Future[Any] | None  # None for the buffer's own announcements
     single: bool
 
 
 class _Acks(NamedTuple):
-    """PUBACKed seqs of one lane, handed over in one piece."""
+    """PUBACKed seqs of one lane, handed over in one piece. `bit`: the reader that
+    confirmed them when there are several (0 with one reader: the rows are deleted)."""
 
     lane: Lane
     seqs: list[int]
+    bit: int = 0
 
 
 # What serialising a record that breaks the contract raises: a set as a value, a circular
@@ -405,9 +309,31 @@ class _Acks(NamedTuple):
 _UNSTORABLE: Final = (TypeError, ValueError, RecursionError, AttributeError, OverflowError)
 
 
-def _prepare(record: Record, ident: Identity) -> tuple[bytes, int, int]:
-    """Serialise one record for the writer. Raises _UNSTORABLE for a record that cannot be."""
-    return record.payload_without_seq(ident), _drop_class(record), _rank(record)
+Carriers = tuple[tuple[int, Callable[[Record], bool]], ...]  # (reader bit, carries)
+
+
+def _prepare(
+    record: Record, ident: Identity, carriers: Carriers = ()
+) -> tuple[bytes, int, int, int]:
+    """Serialise one record for the writer: payload, drop class, rank and the readers
+    that set it aside now. Raises _UNSTORABLE for a record that cannot be."""
+    drop_class = _drop_class(record)
+    aside = 0
+    if carriers and drop_class != _PROTECTED:
+        for bit, carries in carriers:
+            if not _carried(carries, record):
+                aside |= bit
+    return record.payload_without_seq(ident), drop_class, _rank(record), aside
+
+
+def _carried(carries: Callable[[Record], bool], record: Record) -> bool:
+    """A reader's predicate that fails never refuses a record: it is then offered to the
+    reader, which sets it aside when it reads it (and says why)."""
+    try:
+        return bool(carries(record))
+    except Exception:
+        log.exception("buffer: a reader's carries() failed; the record is offered to it")
+        return True
 
 
 def _own(record: Record, ident: Identity) -> _Group:
@@ -457,9 +383,11 @@ class EventBuffer:
         retry_s: float = RETRY_S,
         spill_s: float = SPILL_S,
         clock_synced: Callable[[], bool] = lambda: True,
+        readers: Sequence[str | Reader] = (FIRST_READER,),
     ) -> None:
         if max_events < 1:
             raise ValueError("max_events must be at least 1")
+        self._set_readers(readers)
         self.path = Path(path)
         self.identity = identity
         self.max_events = max_events
@@ -467,6 +395,10 @@ class EventBuffer:
         # Called by the writer with the event-lane keys of rows that were held in memory
         # and are now safe: committed to disk, or acknowledged by the broker.
         self.on_settled: Callable[[list[Key]], None] | None = None
+        # Called by the writer with the event-lane keys of rows every reader has confirmed
+        # or set aside (delivered wherever they go): the UITD's "sent" (transmission light).
+        self.on_delivered: Callable[[list[Key]], None] | None = None
+        self._delivered_keys: list[Key] = []
         self._max_pages = max_pages  # cap the file (small partitions; tests of a full disk)
         self._max_held = max_held
         self._retry_s = retry_s
@@ -484,9 +416,8 @@ class EventBuffer:
         self._marks: dict[Lane, LaneMark] = {lane: LaneMark() for lane in _LANES}
         self._next_seq: dict[Lane, int] = dict.fromkeys(_LANES, 1)
         self._meta_next: dict[Lane, int] = dict.fromkeys(_LANES, 0)  # as the database has it
-        self._floor: dict[Lane, int] = dict.fromkeys(_LANES, 1)  # above its highest row
         self._unresolved = False  # the database could not be read at start
-        self._jumped = False  # seqs jumped since a file last recorded them
+        self._init_continuity()
         self._depth: dict[Lane, int] = dict.fromkeys(_LANES, 0)
         # rows in RAM, in seq order per lane: telemetry awaiting its PUBACK, and whatever
         # the database refused (degraded); guarded by _held_lock with _acked
@@ -495,6 +426,12 @@ class EventBuffer:
         # (time.monotonic() when held, last seq held then) per telemetry batch held
         self._spill_marks: deque[tuple[float, int]] = deque()
         self._acked: set[Key] = set()  # acked, delete not yet committed
+        # several readers: per reader bit, keys it confirmed whose mark is not committed yet
+        # (hidden from its reads meanwhile); per held row, the readers done with it
+        self._confirmed: dict[int, set[Key]] = {bit: set() for bit in self._bits.values()}
+        self._held_done: dict[Key, int] = {}
+        self._deferred_marks: list[tuple[int, Key]] = []  # marks a failed commit must retry
+        self._old_file = False  # read-only file without the `done` column (not migrated)
         self._drops: dict[str, int] = {"event": 0, "telemetry": 0, "alarm": 0}
         self._tally = DropTally()
         self._last_announce = 0.0
@@ -509,6 +446,23 @@ class EventBuffer:
         # time.monotonic() of the writer's last iteration; it wakes at least every ALIVE_S
         # even when idle (without touching the disk) so the systemd watchdog can trust it
         self.alive = time.monotonic()
+
+    def _set_readers(self, readers: Sequence[str | Reader]) -> None:
+        self.readers = tuple(r if isinstance(r, Reader) else Reader(r) for r in readers)
+        names = [r.name for r in self.readers]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"readers must be distinct and at least one, got {names}")
+        # Reader i is bit 1 << i of a row's `done`, so the order is part of the file: the
+        # first reader stays first (agent/runtime.py: MQTT, then GB/T 26875.3).
+        self._bits = {name: 1 << i for i, name in enumerate(names)}
+        self._all = (1 << len(names)) - 1
+        self._carriers: Carriers = tuple(
+            (self._bits[r.name], r.carries) for r in self.readers if r.carries is not None
+        )
+
+    def _init_continuity(self) -> None:
+        self._floor: dict[Lane, int] = dict.fromkeys(_LANES, 1)  # above its highest row
+        self._jumped = False  # seqs jumped since a file last recorded them
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -613,8 +567,9 @@ class EventBuffer:
         with proving_corruption(conn):
             self._configure(conn, busy_ms)
             conn.executescript(_SCHEMA)
-            check_integrity(conn)
             _migrate(conn)
+            check_integrity(conn)
+            _migrate_drop_classes(conn)
             if busy_ms != 5000:
                 conn.execute("PRAGMA busy_timeout=5000")
         return conn
@@ -627,6 +582,7 @@ class EventBuffer:
         conn = self._connect()
         try:
             conn.executescript(_SCHEMA)
+            _migrate(conn)
         except sqlite3.Error:
             conn.close()
             raise
@@ -636,6 +592,7 @@ class EventBuffer:
         """Make `db` the write connection, with a reader beside it; on failure `db` is
         closed and nothing changed."""
         try:
+            _forget_finished(db, self._all)
             stored = _stored_next(db)
             floor = _above_rows(db)
             depths = _depths(db)
@@ -652,6 +609,7 @@ class EventBuffer:
         self._meta_next = stored
         self._floor = floor
         self._depth = depths
+        self._old_file = False  # migrated on opening for writes
 
     def _continue(self, stored: dict[Lane, int] | None, fresh_why: str | None) -> None:
         """Each lane's next seq at start: the database's (`stored`; None when it cannot be
@@ -828,7 +786,7 @@ class EventBuffer:
             future.set_exception(BufferError_("record already has a seq; submit it once"))
             return future
         try:
-            prepared = [_prepare(record, self.identity)]
+            prepared = [_prepare(record, self.identity, self._carriers)]
         except _UNSTORABLE as exc:  # refused before it could use up a seq
             future.set_exception(BufferError_(f"record cannot be serialised: {exc}"))
             return future
@@ -850,8 +808,9 @@ class EventBuffer:
         """
         future: Future[StoredRecords] = Future()
         ident = self.identity
+        carriers = self._carriers
         try:
-            prepared = [_prepare(r, ident) for r in records if r.seq is None]
+            prepared = [_prepare(r, ident, carriers) for r in records if r.seq is None]
             if len(prepared) != len(records):
                 raise ValueError("a record already has a seq")
         except _UNSTORABLE:
@@ -872,26 +831,45 @@ class EventBuffer:
             self._queue.append(group)
             self._cond.notify()
 
-    def ack(self, lane: Lane, seq: int) -> None:
+    def ack(self, lane: Lane, seq: int, reader: str | None = None) -> None:
         """The broker has this row (PUBACK): delete it. Never blocks."""
-        self.ack_many(lane, [seq])
+        self.ack_many(lane, [seq], reader)
 
-    def ack_many(self, lane: Lane, seqs: list[int]) -> None:
-        """The broker has these rows of one lane (PUBACKs): delete them. Never blocks."""
+    def ack_many(self, lane: Lane, seqs: list[int], reader: str | None = None) -> None:
+        """`reader` (None: the first) has these rows of one lane: confirmed by its far end,
+        or set aside by it. A row is deleted once every reader is done with it; with one
+        reader, at once. Never blocks."""
         if not seqs:
             return
+        bit = self._bit(reader)
+        if self._all == 1:
+            with self._held_lock:
+                self._acked.update((lane, seq) for seq in seqs)
+            self._enqueue(_Acks(lane, seqs))
+            return
         with self._held_lock:
-            self._acked.update((lane, seq) for seq in seqs)
-        self._enqueue(_Acks(lane, seqs))
+            self._confirmed[bit].update((lane, seq) for seq in seqs)
+        self._enqueue(_Acks(lane, seqs, bit))
+
+    def _bit(self, reader: str | None) -> int:
+        if reader is None:
+            return 1
+        try:
+            return self._bits[reader]
+        except KeyError:
+            raise ValueError(f"unknown buffer reader {reader!r}: {sorted(self._bits)}") from None
 
     def _enqueue(self, item: _Group | _Acks) -> None:
         with self._cond:
             self._queue.append(item)
             self._cond.notify()
 
-    def pending(self, lane: Lane, after_seq: int = 0, limit: int = 100) -> list[StoredRow]:
-        """Unacknowledged rows of a lane with seq > after_seq, in seq order."""
-        return self._pending(Stream(lane.value, lane, None), after_seq, limit)
+    def pending(
+        self, lane: Lane, after_seq: int = 0, limit: int = 100, reader: str | None = None
+    ) -> list[StoredRow]:
+        """Rows of a lane with seq > after_seq that `reader` (None: the first) has not
+        confirmed or set aside, in seq order."""
+        return self._pending(Stream(lane.value, lane, None), after_seq, limit, self._bit(reader))
 
     def next_rows(self, cursor: ReadCursor, limit: int) -> list[StoredRow]:
         """Up to `limit` unacknowledged rows after `cursor`, in delivery order: life-safety
@@ -900,6 +878,7 @@ class EventBuffer:
         alarm overtakes any backlog on every uplink. The cursor's place is not moved: the
         reader calls cursor.passed(row) for each row it took."""
         batches = self.stored_batches  # before the reads: what they are sure to see
+        bit = self._bit(cursor.reader)
         rows: list[StoredRow] = []
         for stream in STREAMS:
             if len(rows) >= limit:
@@ -907,15 +886,17 @@ class EventBuffer:
             if cursor.empty_at.get(stream.name) == batches:
                 continue  # nothing past the cursor at the last look, and nothing stored since
             failures = self.read_failures
-            found = self._pending(stream, cursor.after[stream.name], limit - len(rows))
+            found = self._pending(stream, cursor.after[stream.name], limit - len(rows), bit)
             # a failed read is no proof of "nothing": look again next time
             empty = not found and failures == self.read_failures
             cursor.empty_at[stream.name] = batches if empty else -1
             rows += found
         return rows
 
-    def _pending(self, stream: Stream, after_seq: int, limit: int) -> list[StoredRow]:
+    def _pending(self, stream: Stream, after_seq: int, limit: int, bit: int) -> list[StoredRow]:
         """Unacknowledged rows of one stream with seq > after_seq, in seq order."""
+        if self._all != 1:
+            return self._pending_for(stream, after_seq, limit, bit)
         lane = stream.lane
         with self._held_lock:
             acked = self._acked
@@ -933,20 +914,57 @@ class EventBuffer:
         merged = sorted({r.seq: r for r in rows + held}.values(), key=lambda r: r.seq)
         return merged[:limit] if held else rows[:limit]
 
-    def _read_rows(self, stream: Stream, after_seq: int, limit: int) -> list[StoredRow]:
+    def _pending_for(self, stream: Stream, after_seq: int, limit: int, bit: int) -> list[StoredRow]:
+        """_pending with several readers: what reader `bit` is not done with."""
+        lane = stream.lane
+        with self._held_lock:
+            hide = self._confirmed[bit] | self._acked
+            marks = self._held_done
+            held = [
+                r
+                for r in self._held[lane]
+                if r.seq > after_seq
+                and stream.holds(r)
+                and not (r.done | marks.get((lane, r.seq), 0)) & bit
+                and (lane, r.seq) not in hide
+            ]
+            hidden = sum(1 for a_lane, seq in hide if seq > after_seq and a_lane is lane)
+            rows = self._read_rows(stream, after_seq, limit + hidden, bit)
+            if hidden:
+                rows = [r for r in rows if (lane, r.seq) not in hide]
+        merged = sorted({r.seq: r for r in rows + held}.values(), key=lambda r: r.seq)
+        return merged[:limit]
+
+    def _read_rows(
+        self, stream: Stream, after_seq: int, limit: int, bit: int = 0
+    ) -> list[StoredRow]:
         if self._reader is None:
             return []
         lane = stream.lane
         with self._read_lock:
-            try:
-                cur = self._reader.execute(
-                    _READ_SQL[stream.life_safety], (lane.value, after_seq, limit)
-                )
-                return [StoredRow(lane, s, t, p, c) for s, t, p, c in cur.fetchall()]
-            except sqlite3.Error as exc:
-                self.read_failures += 1
-                log.warning("buffer read failed: %s", exc)
-                return []
+            for _ in range(2):
+                try:
+                    if bit and self._all != 1 and not self._old_file:
+                        cur = self._reader.execute(
+                            _READER_SQL[stream.life_safety], (lane.value, after_seq, bit, limit)
+                        )
+                        return [
+                            StoredRow(lane, s, t, p, c, 0, d) for s, t, p, c, d in cur.fetchall()
+                        ]
+                    cur = self._reader.execute(
+                        _READ_SQL[stream.life_safety], (lane.value, after_seq, limit)
+                    )
+                    return [StoredRow(lane, s, t, p, c) for s, t, p, c in cur.fetchall()]
+                except sqlite3.Error as exc:
+                    if "no such column: done" in str(exc) and not self._old_file:
+                        # a file from before several readers that this run cannot migrate
+                        # (a read-only card): no reader has marked anything in it
+                        self._old_file = True
+                        continue
+                    self.read_failures += 1
+                    log.warning("buffer read failed: %s", exc)
+                    return []
+        return []
 
     def stats(self) -> dict[str, Any]:
         """Depth per lane, oldest age, drop counters, degraded flag (for the heartbeat)."""
@@ -970,7 +988,36 @@ class EventBuffer:
             "degraded_reason": self._degraded_reason,
             "drops": dict(self._drops),
             "next_seq": {lane.value: self._next_seq[lane] for lane in _LANES},
+            # per reader: the records it has still to send (confirmed or set aside: not)
+            "readers": self._reader_depths(max(0, sum(depth.values()) - acked)),
         }
+
+    def _reader_depths(self, depth: int) -> dict[str, int]:
+        if self._all == 1:
+            return {self.readers[0].name: depth}
+        bits = list(self._bits.items())
+        counts = dict.fromkeys(self._bits, 0)
+        if self._reader is not None:
+            sums = ", ".join(f"TOTAL((done & {bit}) = 0)" for _, bit in bits)
+            with self._read_lock:
+                try:
+                    # only integers of ours are joined in
+                    row = self._reader.execute(f"SELECT {sums} FROM records").fetchone()  # noqa: S608
+                except sqlite3.Error as exc:
+                    log.warning("buffer: cannot count per reader: %s", exc)
+                    row = None
+            if row is not None:
+                counts = {name: int(n) for (name, _), n in zip(bits, row, strict=True)}
+        with self._held_lock:
+            for name, bit in bits:
+                held = sum(
+                    1
+                    for lane in _LANES
+                    for r in self._held[lane]
+                    if not (r.done | self._held_done.get((lane, r.seq), 0)) & bit
+                )
+                counts[name] = max(0, counts[name] + held - len(self._confirmed[bit]))
+        return counts
 
     @property
     def degraded(self) -> bool:
@@ -1040,7 +1087,10 @@ class EventBuffer:
 
     def _process(self, batch: list[_Group | _Acks]) -> None:
         groups = [i for i in batch if type(i) is _Group]
-        acks = [(i.lane, seq) for i in batch if type(i) is _Acks for seq in i.seqs]
+        acks = [(i.lane, seq) for i in batch if type(i) is _Acks and not i.bit for seq in i.seqs]
+        marks = [
+            (i.bit, (i.lane, seq)) for i in batch if type(i) is _Acks and i.bit for seq in i.seqs
+        ]
         if self._tally and time.monotonic() - self._last_announce >= ANNOUNCE_S:
             groups.append(_own(self._drop_announcement(), self.identity))
         if self._unrecorded() and not self._jumped:
@@ -1053,7 +1103,8 @@ class EventBuffer:
             incoming = {(r.lane, r.seq) for r in rows}
             rows = [r for r in rows if (r.lane, r.seq) not in doomed]
             victims = [v for v in victims if v not in incoming]
-        self._write(rows, acks, victims)
+        self._write(rows, acks, victims, marks)
+        self._deliver(acks)
         if rows:
             self.stored_batches += 1  # readable now (stored or held), before anyone is told
         # resolved only now: the rows are committed (or held, degraded, and said so)
@@ -1068,6 +1119,21 @@ class EventBuffer:
         if rows and self.on_stored is not None:
             self.on_stored()
 
+    def _deliver(self, acks: list[Key]) -> None:
+        """on_delivered: event-lane rows every reader has now confirmed or set aside (one
+        reader: its acks, whether the delete is committed yet or not)."""
+        keys, self._delivered_keys = self._delivered_keys, []
+        if self.on_delivered is None:
+            return
+        if self._all == 1:
+            keys = acks
+        events = sorted(key for key in keys if key[0] is Lane.EVENT)
+        if events:
+            try:
+                self.on_delivered(events)
+            except Exception:  # a listener's bug must not stop the writer
+                log.exception("buffer: on_delivered failed")
+
     def _stamp(self, groups: list[_Group]) -> tuple[list[StoredRow], list[list[int]]]:
         """Give each record its seq and its final payload bytes (the seq spliced into the
         bytes the submitter serialised: a record that is not JSON never gets this far,
@@ -1080,12 +1146,15 @@ class EventBuffer:
         new_row = tuple.__new__  # StoredRow(...) without its Python-level __new__: per record
         for group in groups:
             group_seqs = []
-            for record, (body, drop_class, rank) in zip(group.records, group.prepared, strict=True):
+            for record, (body, drop_class, rank, aside) in zip(
+                group.records, group.prepared, strict=True
+            ):
                 lane = record.lane
                 seq = next_seq[lane]
                 next_seq[lane] = seq + 1
                 payload = splice_seq(body, seq)
-                add(new_row(StoredRow, (lane, seq, record.ts_ms, payload, drop_class, rank)))
+                row = (lane, seq, record.ts_ms, payload, drop_class, rank, aside)
+                add(new_row(StoredRow, row))
                 group_seqs.append(seq)
             seqs.append(group_seqs)
         return rows, seqs
@@ -1149,9 +1218,23 @@ class EventBuffer:
 
     # -- writing: the one transaction per batch ------------------------------------
 
-    def _write(self, rows: list[StoredRow], acks: list[Key], victims: list[Key]) -> None:
+    def _write(
+        self,
+        rows: list[StoredRow],
+        acks: list[Key],
+        victims: list[Key],
+        marks: list[tuple[int, Key]] | None = None,
+    ) -> None:
         """Commit events, acks and drops in one transaction, with the telemetry that is
         due; hold new telemetry in RAM until its PUBACK; on failure hold rows in RAM."""
+        if marks and self._holding():
+            marks, finished = self._mark_held(marks)
+            acks = acks + finished  # every reader is done with these held rows
+            self._delivered_keys += finished
+            with self._held_lock:
+                self._acked.update(finished)
+        if marks:
+            self._deferred_marks += marks  # _commit takes them with everything else
         if self._holding():
             victims = [v for v in victims if v not in self._remove_held(victims)]
             acked_held = self._remove_held(acks)
@@ -1188,6 +1271,26 @@ class EventBuffer:
             return
         self._hold(rows)
 
+    def _mark_held(self, marks: list[tuple[int, Key]]) -> tuple[list[tuple[int, Key]], list[Key]]:
+        """Several readers: marks on rows held in RAM are kept in RAM (committed with the
+        row if it goes to disk). Returns the marks on other rows, and the held rows every
+        reader is now done with."""
+        with self._held_lock:
+            held = {(lane, r.seq): r.done for lane in _LANES for r in self._held[lane]}
+            rest: list[tuple[int, Key]] = []
+            finished: list[Key] = []
+            for bit, key in marks:
+                if key not in held:
+                    rest.append((bit, key))
+                    continue
+                done = self._held_done.get(key, held[key]) | bit
+                self._held_done[key] = done
+                self._confirmed[bit].discard(key)
+                if done == self._all:
+                    finished.append(key)
+                    del self._held_done[key]
+        return rest, finished
+
     def _volatile_ok(self) -> bool:
         """May telemetry wait in RAM? Only while the sidecar can say so: after a power cut
         the next start must know that its seqs went beyond the database's."""
@@ -1220,13 +1323,20 @@ class EventBuffer:
         return due
 
     def _commit(self, rows: list[StoredRow], deletes: list[Key], victims: list[Key]) -> bool:
-        """One transaction: insert rows, delete acked and dropped rows, store next seqs."""
-        if not rows and not deletes and not victims:
+        """One transaction: insert rows, delete acked and dropped rows, store next seqs;
+        with several readers, also the readers' marks (and deferred ones)."""
+        marks, self._deferred_marks = self._deferred_marks, []
+        if not rows and not deletes and not victims and not marks:
             return True
         db = self._db
         if db is None:  # no database yet (degraded from the start): deletes wait for it
             self._deferred = deletes + victims
+            self._deferred_marks = marks
             return False
+        if rows and self._held_done:  # held rows going to disk take their readers' marks
+            with self._held_lock:
+                done = self._held_done
+                rows = [r._replace(done=r.done | done.get((r.lane, r.seq), 0)) for r in rows]
         try:
             if db.in_transaction:  # a failed COMMIT on a full disk can leave one open
                 db.execute("ROLLBACK")
@@ -1237,6 +1347,10 @@ class EventBuffer:
             gone = _delete(db, deletes + victims)
             if rows:
                 _insert(db, rows)
+            finished: list[Key] | None = [] if self.on_delivered is not None else None
+            if marks:
+                for lane, count in _mark(db, marks, self._all, finished).items():
+                    gone[lane] = gone.get(lane, 0) + count
             stored = self._lagging(rows)
             _store_meta(db, stored)
             db.execute("COMMIT")
@@ -1246,14 +1360,26 @@ class EventBuffer:
                     db.execute("ROLLBACK")
             # acks and drops are kept and tried again: a delete lost here would resend/keep a row
             self._deferred = deletes + victims
+            self._deferred_marks = marks + self._deferred_marks
             self._enter_degraded(_reason(exc, self.path))
             return False
         self.commits += 1
         if rows:
             self._jumped = False  # recorded by the database: a later failure needs a new jump
+        self._delivered_keys += finished or []
         self._meta_next.update(stored)
         self._after_commit(rows, gone, deletes)
+        if marks or (rows and self._held_done):
+            self._after_marks(rows, marks)
         return True
+
+    def _after_marks(self, rows: list[StoredRow], marks: list[tuple[int, Key]]) -> None:
+        """The marks are in the file now (it hides the rows from their readers)."""
+        with self._held_lock:
+            for bit, key in marks:
+                self._confirmed[bit].discard(key)
+            for row in rows:
+                self._held_done.pop((row.lane, row.seq), None)
 
     def _set_synchronous(self, db: sqlite3.Connection, mode: str) -> None:
         """Only when it changes: every statement is a GIL round trip for the writer, and
@@ -1376,6 +1502,9 @@ class EventBuffer:
                     self._held[lane] = deque(
                         r for r in self._held[lane] if (lane, r.seq) not in hit
                     )
+                if self._held_done:  # several readers: their marks leave RAM with the row
+                    for key in hit:
+                        self._held_done.pop(key, None)
         return hit
 
     def is_held(self, lane: Lane, seq: int) -> bool:
@@ -1536,6 +1665,69 @@ _READ_SQL: Final = {
 }
 
 
+# The same reads for one of several readers: the rows it is not done with.
+_READER_COLUMNS: Final = "SELECT seq, ts_ms, payload, drop_class, done FROM records"
+_READER_WHERE: Final = f"{_READ_WHERE} AND (done & ?) = 0"
+_READER_SQL: Final = {
+    None: f"{_READER_COLUMNS} {_READER_WHERE} ORDER BY seq LIMIT ?",
+    True: f"{_READER_COLUMNS} INDEXED BY records_life_safety {_READER_WHERE} "
+    f"AND drop_class = {_LIFE_SAFETY} ORDER BY seq LIMIT ?",
+    False: f"{_READER_COLUMNS} {_READER_WHERE} AND drop_class != {_LIFE_SAFETY} "
+    "ORDER BY seq LIMIT ?",
+}
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """A file from before several readers has no `done` column: add it (every row 0)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(records)")}
+    if "done" not in columns:
+        db.execute("ALTER TABLE records ADD COLUMN done INTEGER NOT NULL DEFAULT 0")
+
+
+def _forget_finished(db: sqlite3.Connection, all_bits: int) -> None:
+    """Rows every configured reader is done with (a reader was removed from the config
+    since they were marked) leave now; a file with none is not written."""
+    found = db.execute(
+        "SELECT 1 FROM records WHERE done != 0 AND (done & ?) = ? LIMIT 1", (all_bits, all_bits)
+    ).fetchone()
+    if found:
+        db.execute("DELETE FROM records WHERE done != 0 AND (done & ?) = ?", (all_bits, all_bits))
+
+
+def _mark(
+    db: sqlite3.Connection,
+    marks: list[tuple[int, Key]],
+    all_bits: int,
+    finished: list[Key] | None = None,
+) -> dict[Lane, int]:
+    """Record which readers are done with which rows, and delete the rows every reader is
+    done with (one statement per run of consecutive seqs, as _delete). Rows deleted per lane;
+    their keys added to `finished` when one is given (on_delivered wants them)."""
+    by_bit: dict[int, list[Key]] = {}
+    for bit, key in marks:
+        by_bit.setdefault(bit, []).append(key)
+    gone: dict[Lane, int] = {}
+    for bit, keys in by_bit.items():
+        for lane, first, last in _runs(keys):
+            db.execute(
+                "UPDATE records SET done = done | ? WHERE lane = ? AND seq BETWEEN ? AND ?",
+                (bit, lane, first, last),
+            )
+            where = (lane, first, last, all_bits)
+            if finished is not None:  # not DELETE ... RETURNING: SQLite < 3.35 (bullseye)
+                cur = db.execute(
+                    "SELECT seq FROM records WHERE lane = ? AND seq BETWEEN ? AND ? AND done = ?",
+                    where,
+                )
+                finished += [(lane, seq) for (seq,) in cur.fetchall()]
+            count = db.execute(
+                "DELETE FROM records WHERE lane = ? AND seq BETWEEN ? AND ? AND done = ?", where
+            ).rowcount
+            if count > 0:
+                gone[lane] = gone.get(lane, 0) + count
+    return gone
+
+
 def _insert(db: sqlite3.Connection, rows: list[StoredRow]) -> None:
     """Insert rows with one statement per INSERT_CHUNK rows, its VALUES list padded with
     NULL rows (filtered out) up to a power of two, so that a dozen cached prepared
@@ -1551,15 +1743,15 @@ def _insert(db: sqlite3.Connection, rows: list[StoredRow]) -> None:
         db.execute(_insert_sql(size), params)
 
 
-_PAD: Final = (None,) * 6  # one filtered-out row of the padded VALUES list
+_PAD: Final = (None,) * 7  # one filtered-out row of the padded VALUES list
 
 
 @functools.cache
 def _insert_sql(rows: int) -> str:
-    values = ",".join(["(?, ?, ?, ?, ?, ?)"] * rows)
+    values = ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
     # only placeholders are joined in: no value ever enters the SQL text
     return (
-        "INSERT INTO records (lane, seq, ts_ms, payload, drop_class, rank) "  # noqa: S608
+        "INSERT INTO records (lane, seq, ts_ms, payload, drop_class, rank, done) "  # noqa: S608
         f"SELECT * FROM (VALUES {values}) WHERE column1 IS NOT NULL"
     )
 
@@ -1611,7 +1803,7 @@ _MIGRATE_SQL: Final = (
 )
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
+def _migrate_drop_classes(conn: sqlite3.Connection) -> None:
     """Bring an older buffer's rows up to this version's drop classes (once per file; a
     new file is marked at once, as it has nothing to move)."""
     if conn.execute("SELECT 1 FROM meta WHERE key = ?", (_MIGRATED,)).fetchone():

@@ -11,8 +11,14 @@ It must never raise or block: any doubt answers False (unsynced).
 from __future__ import annotations
 
 import ctypes
+import datetime
+import functools
 import logging
+import os
+import time
+import zoneinfo
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 log = logging.getLogger(__name__)
@@ -115,3 +121,28 @@ def clock_synced(source: str = "kernel") -> bool:
 def clock_probe(source: str) -> Callable[[], bool]:
     """A zero-argument callable for the buffer, the uplink and the points."""
     return lambda: clock_synced(source)
+
+
+# --- local time, for what happens "daily" or "per month" (agent/uitd_duty.py) -----------
+
+_UTC_EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+@functools.cache
+def local_zone() -> datetime.tzinfo:
+    """The zone libc's localtime would use ($TZ, else /etc/localtime), as zoneinfo data:
+    libc's localtime refuses every second after 2038 on a 32-bit time_t."""
+    name = os.environ.get("TZ")
+    try:
+        if name is None:
+            with Path("/etc/localtime").open("rb") as data:
+                return zoneinfo.ZoneInfo.from_file(data)
+        return zoneinfo.ZoneInfo(name.removeprefix(":"))
+    except (OSError, ValueError, zoneinfo.ZoneInfoNotFoundError):
+        # no zone database, or a POSIX rule such as TZ=CST-8: the offset libc applies now
+        return datetime.timezone(datetime.timedelta(seconds=time.localtime().tm_gmtoff))
+
+
+def local_now() -> datetime.datetime:
+    """Now, in the gateway's local time zone, by date arithmetic (no time_t)."""
+    return (_UTC_EPOCH + datetime.timedelta(seconds=time.time())).astimezone(local_zone())

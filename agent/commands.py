@@ -11,9 +11,10 @@ there without acting again (docs/feed.md section 9). A retained command is
 refused: the broker would replay it on every connect.
 
 Commands are rate-limited per gateway (COMMAND_RATE for all of them,
-TEST_ALARM_RATE for test alarms besides): a command past the limit is answered
-`rate_limited` and not acted on, so a flood from a broken or hostile platform
-cannot fill the buffer with test fire events or keep the field bus busy.
+TEST_ALARM_RATE for test alarms and DUTY_CHECK_RATE for duty checks besides): a
+command past the limit is answered `rate_limited` and not acted on, so a flood from a
+broken or hostile platform cannot fill the buffer with test fire events or duty-check
+records, or keep the field bus busy.
 
 It must never raise out of handle(), never act twice on one request id it
 still remembers, never act past a rate limit, and never write to a field
@@ -59,6 +60,9 @@ COMMAND_RATE: Final = RateLimit(burst=20, per_s=5.0)
 # Test alarms are durable fire events of the test kind: GB 26875 wants two a month; a
 # technician may send a few in a row while commissioning.
 TEST_ALARM_RATE: Final = RateLimit(burst=5, per_s=1 / 60)
+# Duty checks restart the prompt on site, and each one replaced is an `unanswered` event:
+# a centre or platform asks every few hours; a flood must not chirp on or fill the buffer.
+DUTY_CHECK_RATE: Final = RateLimit(burst=3, per_s=1 / 30)
 
 
 class _Bucket:
@@ -92,6 +96,9 @@ class GatewayControl(Protocol):
 
     def silence(self) -> dict[str, Any]: ...
 
+    # starts (or restarts) the duty check's prompt; the answer comes later as an event
+    def duty_check(self, requested_by: str, timeout_s: float | None) -> dict[str, Any]: ...
+
 
 class CommandHandler:
     """Thread-safe; one instance serves the uplink's command worker."""
@@ -118,6 +125,7 @@ class CommandHandler:
         self._buckets = {
             "commands": _Bucket(COMMAND_RATE, start),
             "test alarms": _Bucket(TEST_ALARM_RATE, start),
+            "duty checks": _Bucket(DUTY_CHECK_RATE, start),
         }
 
     def handle(self, name: str, raw: bytes, retained: bool = False) -> dict[str, Any]:
@@ -155,6 +163,8 @@ class CommandHandler:
         names = ["commands"]
         if command.name is feed.CommandName.TEST_ALARM:
             names.append("test alarms")
+        elif command.name is feed.CommandName.DUTY_CHECK:
+            names.append("duty checks")
         now = self._monotonic()
         with self._lock:
             for name in names:
@@ -217,6 +227,9 @@ class CommandHandler:
             note = command.args.get("note")
             event = self.control.test_alarm(f"cmd:{command.request_id}", note)
             return {"event_id": event.id, "seq": event.seq}
+        if name is feed.CommandName.DUTY_CHECK:
+            timeout = command.args.get("timeout_s")
+            return dict(self.control.duty_check(f"cmd:{command.request_id}", timeout))
         return dict(self.control.silence())
 
     def _error(self, request_id: str | None, name: str, code: str, message: str) -> dict[str, Any]:

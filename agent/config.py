@@ -35,6 +35,7 @@ from agent.config_checks import SYSTEM_PROFILE_DIR as SYSTEM_PROFILE_DIR  # noqa
 from agent.config_checks import (
     WHOLE_CONFIG_CHECKS,
     check_device_overrides,
+    check_selfcheck_points,
     load_profiles,
 )
 from agent.config_files import check_uplink_files
@@ -43,10 +44,15 @@ from agent.config_schema import (
     CLOCK,
     CONFIG_FILE,
     CONTROL,
+    DUTIES,
+    GB26875,
     IDENTITY,
     INPUT,
+    INPUT_GB,
     LINE,
     OUTPUT,
+    SELFCHECK,
+    SELFTEST,
     SITE,
     Checked,
     config_relative,
@@ -78,6 +84,31 @@ class UplinkConfig:
     reconnect_min_s: float
     reconnect_max_s: float
     client_id: str
+
+    @property
+    def tls(self) -> bool:
+        return self.ca_file is not None
+
+
+@dataclass(frozen=True)
+class GbConfig:
+    """[gb26875]: the GB/T 26875.3 uplink to the city's fire remote-monitoring centre
+    (agent/gb26875/uplink.py; docs/gb26875.md). Addresses are the 6-byte integers."""
+
+    host: str
+    port: int
+    uitd_address: int
+    centre_address: int
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    minor_version: int = 0
+    heartbeat_s: float = 30.0
+    confirm_timeout_s: float = 5.0
+    resends: int = 3
+    set_clock: bool = False
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 8.0
 
     @property
     def tls(self) -> bool:
@@ -140,6 +171,7 @@ class DeviceConfig:
     retries: int | None  # None: the line's
     backoff_max_s: float
     points: dict[str, PointOverride]
+    gb_system_address: int = 1  # GB/T 26875.3 system address (default: position in [[devices]])
 
 
 @dataclass(frozen=True)
@@ -155,6 +187,21 @@ class InputConfig:
     kind: Kind
     active_state: str
     inactive_state: str
+    gb: InputGb | None = None  # the contact as a GB/T 26875.3 component
+    role: str = "contact"  # "contact" | "manual_call_point" | "duty_answer"
+
+
+@dataclass(frozen=True)
+class InputGb:
+    """[inputs.gb]: where a contact sits in GB/T 26875.3 terms; `status`: its bits while
+    active (None: by its kind)."""
+
+    system_type: int
+    system_address: int
+    component_type: int
+    zone: int
+    position: int
+    status: tuple[str, ...] | None
 
 
 @dataclass(frozen=True)
@@ -173,9 +220,30 @@ class SiteConfig:
 
 
 @dataclass(frozen=True)
+class DutiesConfig:
+    """The UITD duties (GB 26875.1): duty check, transmission light, failure signal."""
+
+    duty_check_timeout_s: float = 600.0
+    transmission_hold_s: float = 300.0
+    transmission_fail_after_s: float = 40.0
+    link_fault_after_s: float = 100.0
+
+
+@dataclass(frozen=True)
 class ControlConfig:
     socket: Path
     group: str | None
+
+
+@dataclass(frozen=True)
+class SelfTestConfig:
+    """[selftest] and [selfcheck]: the UITD duties of agent/uitd_duty.py."""
+
+    selftest_time: str = "03:00"  # local "HH:MM"
+    min_simulated_fires: int = 2
+    reminder_day: int = 25
+    check_points: tuple[str, ...] | None = None  # None: every alarm input and point
+    point_timeout_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -192,6 +260,9 @@ class Config:
     control: ControlConfig
     profiles: dict[str, Profile] = field(default_factory=dict)  # by profile id (file stem)
     site: SiteConfig = SiteConfig("zh")
+    duties: DutiesConfig = DutiesConfig()
+    selftests: SelfTestConfig = SelfTestConfig()
+    gb26875: GbConfig | None = None  # None: no [gb26875] section, no GB uplink
 
 
 # --- building them from what passed the checks ------------------------------------------
@@ -220,6 +291,28 @@ def _build_uplink(clean: Mapping[str, Any], ident: Identity, base: Path) -> Upli
         reconnect_min_s=float(v["reconnect_min_s"]),
         reconnect_max_s=float(v["reconnect_max_s"]),
         client_id=v["client_id"] or f"alarmgw-{ident.site}-{ident.gateway}",
+    )
+
+
+def _build_gb(clean: Mapping[str, Any], base: Path) -> GbConfig | None:
+    if not clean:  # no [gb26875] section: no GB uplink
+        return None
+    v = GB26875.with_defaults(clean)
+    return GbConfig(
+        host=v["host"],
+        port=v["port"],
+        uitd_address=v["uitd_address"],
+        centre_address=v["centre_address"],
+        ca_file=config_relative(v["ca_file"], base),
+        cert_file=config_relative(v["cert_file"], base),
+        key_file=config_relative(v["key_file"], base),
+        minor_version=v["minor_version"],
+        heartbeat_s=float(v["heartbeat_s"]),
+        confirm_timeout_s=float(v["confirm_timeout_s"]),
+        resends=v["resends"],
+        set_clock=v["set_clock"],
+        reconnect_min_s=float(v["reconnect_min_s"]),
+        reconnect_max_s=float(v["reconnect_max_s"]),
     )
 
 
@@ -260,8 +353,9 @@ def _build_override(clean: Mapping[str, Any]) -> PointOverride:
     )
 
 
-def _build_device(clean: Mapping[str, Any]) -> DeviceConfig:
+def _build_device(clean: Mapping[str, Any], position: int) -> DeviceConfig:
     v = DEVICE.with_defaults(clean)
+    gb_address = v["gb_system_address"]
     return DeviceConfig(
         id=v["id"],
         name=v["name"] if v["name"] is not None else v["id"],
@@ -276,6 +370,7 @@ def _build_device(clean: Mapping[str, Any]) -> DeviceConfig:
         retries=v["retries"],
         backoff_max_s=float(v["backoff_max_s"]),
         points={pid: _build_override(o) for pid, o in v["points"].items()},
+        gb_system_address=position if gb_address is None else gb_address,
     )
 
 
@@ -283,6 +378,9 @@ def _build_input(clean: Mapping[str, Any]) -> InputConfig:
     v = INPUT.with_defaults(clean)
     # A pull-up idles high, so the contact is active when it pulls the pin low (and vice versa).
     active = v["active"] or ("low" if v["pull"] == "up" else "high")
+    # a duty_answer button raises no event of its own: its category and severity are unused
+    category = v["category"] or Category.MANUAL.value
+    severity = v["severity"] or Severity.INFO.value
     return InputConfig(
         id=v["id"],
         name=v["name"] if v["name"] is not None else v["id"],
@@ -290,18 +388,39 @@ def _build_input(clean: Mapping[str, Any]) -> InputConfig:
         pull=v["pull"],
         active=active,
         debounce_ms=v["debounce_ms"],
-        category=Category(v["category"]),
-        severity=Severity(v["severity"]),
+        category=Category(category),
+        severity=Severity(severity),
         kind=Kind(v["kind"]),
         active_state=v["active_state"],
         inactive_state=v["inactive_state"],
+        gb=None if v["gb"] is None else _build_input_gb(v["gb"]),
+        role=v["role"],
     )
+
+
+def _build_input_gb(clean: Mapping[str, Any]) -> InputGb:
+    v = INPUT_GB.with_defaults(clean)
+    status = None if v["status"] is None else tuple(v["status"])
+    return InputGb(
+        v["system_type"], v["system_address"], v["component_type"], v["zone"], v["position"],
+        status,
+    )  # fmt: skip
 
 
 def _build_output(clean: Mapping[str, Any]) -> OutputConfig:
     v = OUTPUT.with_defaults(clean)
     name = v["name"] if v["name"] is not None else v["id"]
     return OutputConfig(v["id"], name, v["pin"], v["type"], v["active"], v["rule"])
+
+
+def _build_duties(clean: Mapping[str, Any]) -> DutiesConfig:
+    v = DUTIES.with_defaults(clean)
+    return DutiesConfig(
+        duty_check_timeout_s=float(v["duty_check_timeout_s"]),
+        transmission_hold_s=float(v["transmission_hold_s"]),
+        transmission_fail_after_s=float(v["transmission_fail_after_s"]),
+        link_fault_after_s=float(v["link_fault_after_s"]),
+    )
 
 
 def build(path: Path, checked: Checked, profiles: dict[str, Profile]) -> Config:
@@ -318,12 +437,27 @@ def build(path: Path, checked: Checked, profiles: dict[str, Profile]) -> Config:
         buffer=BufferConfig(base / buffer["path"], buffer["max_events"]),
         clock=ClockConfig(CLOCK.with_defaults(s["clock"])["source"]),
         lines=[_build_line(t) for t in a["lines"]],
-        devices=[_build_device(t) for t in a["devices"]],
+        devices=[_build_device(t, i) for i, t in enumerate(a["devices"], start=1)],
         inputs=[_build_input(t) for t in a["inputs"]],
         outputs=[_build_output(t) for t in a["outputs"]],
         control=ControlConfig(base / control["socket"], control["group"]),
         profiles=profiles,
         site=SiteConfig(SITE.with_defaults(s["site"])["language"]),
+        duties=_build_duties(s["duties"]),
+        selftests=_build_selftests(s["selftest"], s["selfcheck"]),
+        gb26875=_build_gb(s["gb26875"], base),
+    )
+
+
+def _build_selftests(selftest: Mapping[str, Any], selfcheck: Mapping[str, Any]) -> SelfTestConfig:
+    t, c = SELFTEST.with_defaults(selftest), SELFCHECK.with_defaults(selfcheck)
+    points = c["points"]
+    return SelfTestConfig(
+        selftest_time=t["time"],
+        min_simulated_fires=c["min_simulated_fires"],
+        reminder_day=c["reminder_day"],
+        check_points=None if points is None else tuple(points),
+        point_timeout_s=float(c["point_timeout_s"]),
     )
 
 
@@ -339,6 +473,7 @@ def load_config(path: str | Path) -> Config:
         check_uplink_files(checked, path.parent, out)
     profiles = load_profiles(checked, path.parent, out)
     check_device_overrides(checked, profiles, out)
+    check_selfcheck_points(checked, profiles, out)
     out.raise_if_any()
     return build(path, checked, profiles)
 

@@ -103,8 +103,17 @@ def check_lines(checked: Checked, out: Problems) -> None:
 def check_devices(checked: Checked, out: Problems) -> None:
     lines = {line["id"]: line for line in checked.arrays["lines"] if "id" in line}
     used_units: dict[tuple[str, int], str] = {}
+    gb_addresses: dict[int, str] = {}
     for i, device in enumerate(checked.arrays["devices"]):
         here = f"devices[{i}]"
+        gb_address = device.get("gb_system_address", i + 1)  # the default: its position
+        if gb_address in gb_addresses:
+            out.add(
+                f"{here}.gb_system_address",
+                f"GB system address {gb_address} is already {gb_addresses[gb_address]}'s: the "
+                "centre could not tell their points apart",
+            )
+        gb_addresses.setdefault(gb_address, f"{here} ({device.get('id', '?')})")
         line_id = device.get("line")
         if line_id is None:
             continue
@@ -211,6 +220,29 @@ def check_device_overrides(
         profile = profiles.get(device.get("profile", ""))
         if profile is not None:  # else: an unknown or invalid profile, already reported
             check_overrides(profile, device.get("points", {}), f"devices[{i}].points", out)
+
+
+def check_selfcheck_points(
+    checked: Checked, profiles: Mapping[str, Profile], out: Problems
+) -> None:
+    """Each `[selfcheck] points` entry names an input, or a point of a device's profile."""
+    points = checked.sections["selfcheck"].get("points")
+    if points is None:
+        return
+    inputs = {i.get("id") for i in checked.arrays["inputs"]}
+    devices = {d.get("id"): profiles.get(d.get("profile", "")) for d in checked.arrays["devices"]}
+    for n, entry in enumerate(points):
+        device, _, point = entry.partition("/")
+        key = f"selfcheck.points[{n}]"
+        if not point:
+            if device not in inputs:
+                out.add(key, f'no input "{device}" (a device point is written "device/point")')
+        elif device not in devices:
+            out.add(key, f'no device "{device}"')
+        else:
+            profile = devices[device]
+            if profile is not None and point not in profile.points:
+                out.add(key, f'device "{device}" has no point "{point}"')
 
 
 def check_control_group(checked: Checked, out: Problems) -> None:

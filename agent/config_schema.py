@@ -27,6 +27,7 @@ from core.checks import (
     Rule,
     Table,
     Value,
+    boolean,
     integer,
     matching,
     number,
@@ -37,10 +38,22 @@ from core.checks import (
     text,
 )
 from core.events import Category, Kind, Severity
+from drivers.gb_profile import COMPONENT_BITS
 from drivers.profile_schema import OVERRIDES
 
 STANDARD_BAUDRATES = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
-OUTPUT_RULES = ("alarm", "uplink-down-blink", "none")
+OUTPUT_RULES = (
+    "alarm",
+    "uplink-down-blink",
+    "duty-prompt",
+    "transmission-light",
+    "transmission-failed",
+    "none",
+)
+# What a contact input is for: a plain contact (its events go to the feed), the manual
+# call point (a contact with the highest priority and GB coordinates: component type 23),
+# or the duty-check answer button (not an alarm contact: a press answers a duty check).
+INPUT_ROLES = ("contact", "manual_call_point", "duty_answer")
 INPUT_KINDS = (Kind.ALARM, Kind.FAULT, Kind.SUPERVISORY, Kind.STATE)
 # Reserved for the gateway's own events; a contact cannot be a comm or system fault.
 INPUT_CATEGORIES = tuple(c for c in Category if c not in (Category.COMM, Category.SYSTEM))
@@ -151,6 +164,115 @@ CONTROL = Table(
 
 PROFILES = Table({"dirs": Key(path_list, default=[])})
 
+# The duties of a user information transmission device (GB 26875.1), each default the
+# standard's behaviour: agent/duty.py and agent/transmission.py.
+DUTIES = Table(
+    {
+        "duty_check_timeout_s": Key(
+            number(ge=10, le=3600),
+            default=600,
+            doc="a duty check not answered by then is unanswered",
+        ),
+        "transmission_hold_s": Key(
+            number(ge=0, le=86400),
+            default=300,
+            doc="the transmission light stays on this long after the success or the reset",
+        ),
+        "transmission_fail_after_s": Key(
+            number(gt=0, le=3600),
+            default=40,
+            doc="a fire or manual alarm not confirmed by then is a failed transmission",
+        ),
+        "link_fault_after_s": Key(
+            number(gt=0, le=3600),
+            default=100,
+            doc="an uplink down this long sounds the transmission-failed signal",
+        ),
+    }
+)
+
+# --- the UITD duties: daily self-test, monthly self-check (agent/uitd_duty.py) -------------
+
+_HH_MM_RE = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+_CHECK_POINT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64})?")
+
+
+def _check_points(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and _CHECK_POINT_RE.fullmatch(v) for v in value
+    ):
+        return f'must be a list of "device/point" or input ids, got {shown(value)}'
+    return None
+
+
+CHECK_POINTS = Value(
+    _check_points,
+    {"type": "array", "items": {"type": "string", "pattern": _CHECK_POINT_RE.pattern}},
+    (list,),
+)
+
+SELFTEST = Table(
+    {
+        # local time (the Pi's time zone, Asia/Shanghai on an installed gateway); the test
+        # waits for a synchronised clock and runs once a calendar day, restarts included
+        "time": Key(matching(_HH_MM_RE, 'a local time "HH:MM"'), default="03:00"),
+    }
+)
+
+SELFCHECK = Table(
+    {
+        # GB 26875.1: at least two simulated fire transmissions a month; a reminder
+        # (event + status line) when fewer were confirmed by this day of the month
+        "min_simulated_fires": Key(integer(0, 31), default=2),
+        "reminder_day": Key(integer(1, 28), default=25),
+        # the points a technician walks through; default: every input of kind alarm and
+        # every device point whose profile can raise an alarm
+        "points": Key(CHECK_POINTS, doc="default: every alarm input and alarm point"),
+        "point_timeout_s": Key(number(gt=0, le=3600), default=120),
+    }
+)
+# The GB/T 26875.3 uplink (agent/gb26875/uplink.py). Optional: without the section the
+# gateway has the MQTT uplink only, exactly as before. Addresses are the standard's 6-byte
+# little-endian integers (decimal or 0x... hex in TOML); docs/gb26875.md, "Configuration".
+_GB_MAX_DETECTION_S = 100  # GB 26875.1: a link fault is signalled within 100 s
+GB26875 = Table(
+    {
+        "host": Key(HOST, required=True, doc="the monitoring centre's host name or IP address"),
+        "port": Key(integer(1, 65535), required=True),
+        "uitd_address": Key(integer(0, 2**48 - 1), required=True, doc="this device, 6 bytes"),
+        "centre_address": Key(integer(0, 2**48 - 1), required=True, doc="the centre, 6 bytes"),
+        "ca_file": Key(path_text, doc="TLS where the centre offers it: its CA"),
+        "cert_file": Key(path_text),
+        "key_file": Key(path_text),
+        "minor_version": Key(integer(0, 255), default=0, doc="the version's user-defined byte"),
+        "heartbeat_s": Key(number(gt=0, le=90), default=30),
+        # 5 s: one lost packet is resent and still confirmed within the 10 s promise
+        "confirm_timeout_s": Key(number(gt=0, le=10), default=5),
+        "resends": Key(integer(0, 10), default=3),
+        "set_clock": Key(boolean, default=False, doc="let the centre's clock sync set the clock"),
+        # as [uplink]: back within about 8 s of the centre's return (the 10 s promise)
+        "reconnect_min_s": Key(number(gt=0, le=3600), default=0.5),
+        "reconnect_max_s": Key(number(gt=0, le=3600), default=8),
+    },
+    rules=(
+        Rule("heartbeat_s",
+             lambda t: t.value("heartbeat_s") + (t.value("resends") + 1)
+             * t.value("confirm_timeout_s") > _GB_MAX_DETECTION_S,
+             "heartbeat_s + (resends + 1) x confirm_timeout_s must be at most 100 s "
+             "(GB 26875.1: a link fault within 100 s)",
+             reads=("resends", "confirm_timeout_s")),
+        Rule("cert_file", lambda t: "cert_file" in t and "key_file" not in t,
+             "a client certificate needs its key_file", reads=("key_file",)),
+        Rule("key_file", lambda t: "key_file" in t and "cert_file" not in t,
+             "a client key needs its cert_file", reads=("cert_file",)),
+        Rule("cert_file", lambda t: "cert_file" in t and "ca_file" not in t,
+             "a client certificate is used only with TLS: set ca_file too", reads=("ca_file",)),
+        Rule("reconnect_max_s",
+             lambda t: t.value("reconnect_max_s") < t.value("reconnect_min_s"),
+             "must not be smaller than reconnect_min_s", reads=("reconnect_min_s",)),
+    ),
+)  # fmt: skip
+
 # --- arrays of tables ----------------------------------------------------------------------
 
 
@@ -238,6 +360,11 @@ DEVICE = Table(
         # within about this plus one poll (the 10 s promise needs it well under 10 s)
         "backoff_max_s": Key(number(gt=0, le=3600), default=5.0),
         "points": Key(OVERRIDES, default={}, doc="point id -> what this device changes"),
+        "gb_system_address": Key(
+            integer(0, 255),
+            doc="GB/T 26875.3 system address of this device's points; default: its position "
+            "in [[devices]] (1, 2, ...), so no two devices share one",
+        ),
     },
     rules=(
         Rule("slow_poll_s", lambda t: t.value("slow_poll_s") < t.value("fast_poll_s"),
@@ -252,19 +379,72 @@ _ON_A_PIN = {
     "pin": Key(integer(0, 27), required=True),
 }
 
+
+def _component_bits(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return f'must be a list of status bit names such as ["started"], got {shown(value)}'
+    wrong = [v for v in value if v not in COMPONENT_BITS]
+    if wrong:
+        return (
+            f"not a component status bit: {', '.join(wrong)} (known: {', '.join(COMPONENT_BITS)})"
+        )
+    return None
+
+
+INPUT_GB = Table(
+    {
+        "system_type": Key(integer(0, 255), required=True, doc="e.g. 11 消火栓系统"),
+        "system_address": Key(integer(0, 255), default=0,
+                              doc="default 0: the gateway's own inputs"),
+        "component_type": Key(integer(0, 255), required=True, doc="e.g. 91 消防水泵"),
+        "zone": Key(integer(0, 65535), default=0),
+        "position": Key(integer(0, 65535), default=0),
+        "status": Key(Value(_component_bits, {"type": "array", "items": {"type": "string"}},
+                            (list,)),
+                      doc="bits while active; default by kind (alarm fire, fault fault, "
+                      "supervisory supervisory, state none)"),
+    },
+    doc="the contact as a GB/T 26875.3 component (docs/gb26875.md)",
+)  # fmt: skip
+
+
+def _required_on_contacts(key: str) -> Rule:
+    return Rule(
+        key,
+        lambda t: t.value("role") != "duty_answer" and key not in t,
+        "required for a contact input",
+        reads=("role",),
+    )
+
+
 INPUT = Table(
     {
         **_ON_A_PIN,
+        "gb": Key(INPUT_GB),
         "pull": Key(one_of("up", "down", "none"), default="up"),
         "active": Key(one_of("high", "low"), doc="default: low with a pull-up, else high"),
         "debounce_ms": Key(integer(0, 10000), default=50),
-        "category": Key(one_of(*(c.value for c in INPUT_CATEGORIES)), required=True),
-        "severity": Key(one_of(*(s.value for s in Severity)), required=True),
+        "role": Key(one_of(*INPUT_ROLES), default="contact"),
+        "category": Key(
+            one_of(*(c.value for c in INPUT_CATEGORIES)), doc="required unless a duty_answer"
+        ),
+        "severity": Key(one_of(*(s.value for s in Severity)), doc="required unless a duty_answer"),
         "kind": Key(one_of(*(k.value for k in INPUT_KINDS)), default="state"),
         "active_state": Key(text(40, nonempty=True), default="active"),
         "inactive_state": Key(text(40, nonempty=True), default="inactive"),
     },
     rules=(
+        _required_on_contacts("category"),
+        _required_on_contacts("severity"),
+        Rule("category", lambda t: t.value("role") == "manual_call_point"
+             and t.get("category") != "manual",
+             'must be "manual" on a manual call point', reads=("role",)),
+        Rule("kind", lambda t: t.value("role") == "manual_call_point"
+             and t.value("kind") != "alarm",
+             'must be "alarm" on a manual call point', reads=("role",)),
+        Rule("kind", lambda t: t.value("role") == "duty_answer" and t.value("kind") != "state",
+             "a duty_answer button is not an alarm contact: leave kind out (state)",
+             reads=("role",)),
         Rule("active", lambda t: t.value("pull") == "none" and "active" not in t,
              'required when pull = "none": nothing else says which level is active',
              reads=("pull",)),
@@ -291,6 +471,10 @@ SECTIONS: dict[str, Table] = {
     "clock": CLOCK,
     "control": CONTROL,
     "profiles": PROFILES,
+    "duties": DUTIES,
+    "selftest": SELFTEST,
+    "selfcheck": SELFCHECK,
+    "gb26875": GB26875,
 }
 ARRAYS: dict[str, Table] = {"lines": LINE, "devices": DEVICE, "inputs": INPUT, "outputs": OUTPUT}
 REQUIRED_SECTIONS = ("identity", "uplink")

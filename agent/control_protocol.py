@@ -92,7 +92,17 @@ class ControlTarget(Protocol):
 
     def silence(self) -> dict[str, Any]: ...
 
+    def ack(self, answered_by: str) -> dict[str, Any]: ...  # answers the duty check
+
     def buffer(self) -> dict[str, Any]: ...
+
+    def selftest(self, requested_by: str) -> dict[str, Any]: ...
+
+    def selfcheck_points(self) -> dict[str, Any]: ...
+
+    def selfcheck_report(self, report: dict[str, Any], handed_in_by: str) -> dict[str, Any]: ...
+
+    def selfcheck_reports(self, limit: int) -> dict[str, Any]: ...
 
 
 # --- wire format --------------------------------------------------------------
@@ -330,9 +340,40 @@ class ClientSession:
         log.warning("local buzzer silenced by %s (pid %d)", self.peer.user, self.peer.pid)
         return self.target.silence()
 
+    def cmd_ack(self, args: dict[str, Any]) -> dict[str, Any]:
+        _check_args(args, set())
+        # who answered is taken from the kernel, as for a test alarm: it goes on record
+        answered_by = f"cli:{self.peer.user}"
+        log.warning("duty check answered by %s (pid %d)", answered_by, self.peer.pid)
+        return self.target.ack(answered_by)
+
     def cmd_buffer(self, args: dict[str, Any]) -> dict[str, Any]:
         _check_args(args, set())
         return self.target.buffer()
+
+    def cmd_selftest(self, args: dict[str, Any]) -> dict[str, Any]:
+        _check_args(args, set())
+        log.warning("self-test requested by %s (pid %d)", self.peer.user, self.peer.pid)
+        return self.target.selftest(f"cli:{self.peer.user}")
+
+    def cmd_selfcheck_points(self, args: dict[str, Any]) -> dict[str, Any]:
+        _check_args(args, set())
+        return self.target.selfcheck_points()
+
+    def cmd_selfcheck_report(self, args: dict[str, Any]) -> dict[str, Any]:
+        _check_args(args, {"report"})
+        log.warning("self-check report handed in by %s (pid %d)", self.peer.user, self.peer.pid)
+        report = args.get("report")
+        if not isinstance(report, dict):
+            raise _RequestError("bad_argument", "report must be an object")
+        # who handed it in is taken from the kernel, beside the operator the person typed
+        return self.target.selfcheck_report(report, self.peer.user)
+
+    def cmd_selfcheck_reports(self, args: dict[str, Any]) -> dict[str, Any]:
+        _check_args(args, {"limit"})
+        limit = _int_arg(args, "limit", 20, 1, 100)
+        assert limit is not None
+        return self.target.selfcheck_reports(limit)
 
     @staticmethod
     def _events_args(args: dict[str, Any]) -> tuple[int | None, int]:
@@ -433,5 +474,10 @@ _COMMANDS: dict[str, _Handler] = {
     "read": ClientSession.cmd_read,
     "test_alarm": ClientSession.cmd_test_alarm,
     "silence": ClientSession.cmd_silence,
+    "ack": ClientSession.cmd_ack,
     "buffer": ClientSession.cmd_buffer,
+    "selftest": ClientSession.cmd_selftest,
+    "selfcheck_points": ClientSession.cmd_selfcheck_points,
+    "selfcheck_report": ClientSession.cmd_selfcheck_report,
+    "selfcheck_reports": ClientSession.cmd_selfcheck_reports,
 }

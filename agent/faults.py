@@ -34,6 +34,7 @@ log = logging.getLogger("alarmgw")
 
 INTERNAL_ERROR: Final = "internal_error"  # the state (and condition) of a failing callback
 OUTPUT_FAILED: Final = "output_failed"  # the state of an output that cannot be driven
+LINK_FAULT: Final = "link_fault"  # the state of an uplink's link that stopped working (GB)
 MAX_POINT: Final = 64  # a point id is at most 64 characters (docs/schemas)
 MAX_REASON: Final = 200
 
@@ -71,6 +72,8 @@ class Faults:
     _texts: Texts = CHINESE
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _failing: dict[str, str] = field(default_factory=dict, init=False)  # cause -> its state
+    # the restore's text of a condition raised with its own texts (check_failed)
+    _restore_text: dict[str, str] = field(default_factory=dict, init=False)
 
     @property
     def quiet(self) -> bool:
@@ -92,6 +95,36 @@ class Faults:
             _output_cause(output), OUTPUT_FAILED, exc, Msg.OUTPUT_FAILED, later=True, output=output
         )
 
+    def check_failed(
+        self, cause: str, state: str, text: str, *, restore_text: str, reason: str
+    ) -> None:
+        """A check of the gateway's own (a self-test item) failed: a fault event with
+        its own texts, once while it lasts; `worked(cause)` restores it."""
+        cause = cause[:MAX_POINT]
+        with self._lock:
+            if cause in self._failing:
+                return
+            self._failing[cause] = state
+            self._restore_text[cause] = restore_text
+        log.error("%s failed: %s", cause, reason)
+        self._send(
+            system_event(
+                Kind.FAULT,
+                Severity.MINOR,
+                state,
+                text,
+                point=cause,
+                clock_synced=self._clock_synced(),
+                detail={"reason": reason[:MAX_REASON]},
+            )
+        )
+
+    def link_failed(self, cause: str, reason: str) -> None:
+        """The link of an uplink to its far end stopped working (the GB centre stopped
+        confirming): one fault event until `worked(cause)`."""
+        # detail.link_fault: the local failure signal sounds on it (agent/transmission.py)
+        self._raise(cause, LINK_FAULT, ConnectionError(reason), Msg.GB_LINK_FAULT, link_fault=True)
+
     def worked(self, cause: str) -> None:
         """`cause` just worked: the restore of its fault, if one is out. Cheap when none
         is (it runs on hot paths: once per event for the rules)."""
@@ -99,11 +132,16 @@ class Faults:
             return
         with self._lock:
             state = self._failing.pop(cause, None)
+            own_text = self._restore_text.pop(cause, None)
         if state is None:
             return
         output = state == OUTPUT_FAILED
-        if output:
+        if own_text is not None:
+            text = own_text
+        elif output:
             text = self._texts(Msg.OUTPUT_RESTORED, output=cause.removeprefix(_OUTPUT))
+        elif state == LINK_FAULT:
+            text = self._texts(Msg.GB_LINK_RESTORED)
         else:
             text = self._texts(Msg.INTERNAL_RESTORED, what=cause)
         log.warning("%s works again", cause)
@@ -146,6 +184,7 @@ class Faults:
         msg: Msg,
         *,
         later: bool = False,
+        link_fault: bool = False,
         **fields: str,
     ) -> None:
         cause = cause[:MAX_POINT]
@@ -163,7 +202,7 @@ class Faults:
                 self._texts(msg, reason=reason, **fields),
                 point=cause,
                 clock_synced=self._clock_synced(),
-                detail={"reason": reason},
+                detail={"reason": reason, "link_fault": True} if link_fault else {"reason": reason},
             ),
             later=later,
         )

@@ -245,6 +245,7 @@ class CommandName(enum.StrEnum):
     READ = "read"
     TEST_ALARM = "test-alarm"
     SILENCE = "silence"
+    DUTY_CHECK = "duty-check"
 
 
 class ErrorCode(enum.StrEnum):
@@ -306,12 +307,22 @@ def _check_note(value: Any) -> str | None:
     return None
 
 
+def _check_timeout(value: Any) -> str | None:
+    if type(value) is not int or not MIN_DUTY_TIMEOUT_S <= value <= MAX_DUTY_TIMEOUT_S:
+        return f"must be an integer {MIN_DUTY_TIMEOUT_S}..{MAX_DUTY_TIMEOUT_S} (seconds)"
+    return None
+
+
+MIN_DUTY_TIMEOUT_S: Final = 10
+MAX_DUTY_TIMEOUT_S: Final = 3600
+
 _ARGS: Final[Mapping[CommandName, Mapping[str, _ArgCheck]]] = {
     CommandName.PING: {},
     CommandName.STATUS: {},
     CommandName.READ: {"device": (True, _check_id), "point": (False, _check_id)},
     CommandName.TEST_ALARM: {"note": (False, _check_note)},
     CommandName.SILENCE: {},
+    CommandName.DUTY_CHECK: {"timeout_s": (False, _check_timeout)},
 }
 
 

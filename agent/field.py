@@ -26,6 +26,7 @@ from typing import Final
 
 from agent.buffer import MAX_HELD, Key
 from agent.config import DeviceConfig
+from agent.gb26875.points import GbDevice, GbPoints
 from agent.pipeline import Pipeline
 from agent.points import DevicePoints
 from agent.pointstate import COMM, ActiveCondition, PointKey, PointStateStore
@@ -55,6 +56,7 @@ class DeviceRuntime:
     last_failure: str = ""
     # reported lost before a restart and not restored yet: the first good poll restores it
     remembered_lost: bool = False
+    gb: GbDevice | None = None  # its points in GB/T 26875.3 coordinates
 
 
 def field_devices(
@@ -62,14 +64,19 @@ def field_devices(
     profiles: Mapping[str, Profile],
     remembered: Mapping[PointKey, Mapping[str, ActiveCondition]],
     texts: Texts = CHINESE,
+    gb: GbPoints | None = None,
 ) -> dict[str, DeviceRuntime]:
     """Every configured device with its profile (overrides applied) and point trackers,
-    seeded with what the platform was told before a restart."""
+    seeded with what the platform was told before a restart; with `gb`, its events carry
+    their GB/T 26875.3 coordinates (detail["gb"])."""
     out: dict[str, DeviceRuntime] = {}
     for dev in devices:
         profile = apply_overrides(profiles[dev.profile], dev.points)
-        points = DevicePoints(dev.id, dev.name, dev.location, profile, remembered, texts=texts)
-        runtime = DeviceRuntime(dev, profile, points)
+        mapped = None if gb is None else gb.device(dev.id)
+        points = DevicePoints(
+            dev.id, dev.name, dev.location, profile, remembered, texts=texts, gb=mapped
+        )
+        runtime = DeviceRuntime(dev, profile, points, gb=mapped)
         runtime.remembered_lost = COMM in remembered.get((dev.id, None), {})
         out[dev.id] = runtime
     return out
@@ -87,7 +94,7 @@ def comm_event(dev: DeviceRuntime, change: CommChange, synced: bool, texts: Text
     else:
         kind, severity, state = Kind.COMM_RESTORE, Severity.INFO, "online"
         text = texts(Msg.COMM_RESTORED, device=name)
-    return Event(
+    event = Event(
         kind=kind,
         category=Category.COMM,
         severity=severity,
@@ -100,6 +107,7 @@ def comm_event(dev: DeviceRuntime, change: CommChange, synced: bool, texts: Text
         location=dev.cfg.location,
         detail={"reason": change.reason, "failures": change.failures},
     )
+    return event if dev.gb is None else dev.gb.comm(event)
 
 
 def _answering(result: PollResult) -> CommChange:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from agent.pointstate import ActiveCondition, PointKey
 from agent.texts import CHINESE, Msg, Texts
@@ -213,6 +213,27 @@ class PointTracker:
             return ",".join([self._state.state, *others])
         active = [self.spec.thresholds[t].state for t, s in self._thresholds.items() if s.active]
         return ",".join(active) if active else "normal"
+
+    def conditions(self) -> list[tuple[str, Kind]]:
+        """Every condition active now, with its kind (for a status word such as GB/T
+        26875.3's): held states, the current abnormal state, active thresholds, a wire break."""
+        out = [(c.state, c.kind) for c in self._held.values() if c.kind is not None]
+        now = self._state
+        if (
+            now is not None
+            and not now.normal
+            and now.kind is not None
+            and now.state not in self._held
+        ):
+            out.append((now.state, now.kind))
+        out += [
+            (self.spec.thresholds[tid].state, self.spec.thresholds[tid].kind)
+            for tid, st in self._thresholds.items()
+            if st.active
+        ]
+        if self._wire_broken:
+            out.append((WIRE_BREAK_STATE, Kind.FAULT))
+        return out
 
     # --- input ------------------------------------------------------------------------
 
@@ -458,13 +479,22 @@ class PointTracker:
         )
 
 
+class GbStamp(Protocol):
+    """Adds GB/T 26875.3 coordinates to a poll's events (agent/gb26875/points.py)."""
+
+    def stamp(
+        self, points: DevicePoints, poll: PollClass, blocks: list[Block], records: list[Record]
+    ) -> list[Record]: ...
+
+
 class DevicePoints:
     """The trackers of every point of one device (its profile with overrides applied):
     decodes a poll's blocks and runs each point's rules. A point that cannot be
     decoded from the blocks raises one fault event, and a restore once it decodes
     again; the other points carry on.
 
-    `remembered`: PointStateStore.load() (every device's; this one picks its own)."""
+    `remembered`: PointStateStore.load() (every device's; this one picks its own).
+    `gb`: what adds each event's GB/T 26875.3 coordinates (agent/gb26875/points.py)."""
 
     def __init__(
         self,
@@ -475,8 +505,10 @@ class DevicePoints:
         remembered: Mapping[PointKey, Mapping[str, ActiveCondition]] | None = None,
         *,
         texts: Texts = CHINESE,
+        gb: GbStamp | None = None,
     ) -> None:
         self.owner = PointOwner(device_id, device_name, location)
+        self._gb = gb
         self._texts = texts
         self._undecodable: set[str] = set()
         self.trackers: dict[str, PointTracker] = {}
@@ -527,7 +559,11 @@ class DevicePoints:
                 self._undecodable.discard(pid)
                 out.append(self._decode_event(tracker, ts_ms, clock_synced))
             out.extend(tracker.update(value, ts_ms, clock_synced, mono))
-        return out
+        return out if self._gb is None else self._gb.stamp(self, poll, block_list, out)
+
+    def undecodable(self, point_id: str) -> bool:
+        """Whether the point could not be decoded at its last poll (a fault until it can)."""
+        return point_id in self._undecodable
 
     def mark_stale(self) -> None:
         for tracker in self.trackers.values():

@@ -12,6 +12,11 @@ hears of it, and the status LED tells a passer-by that the uplink is down.
   that turns into a fault is still a fire until its own restore comes.
 - `UplinkLedRule`: LED steady while the uplink is connected, blinking while
   it is not (including before the first connection).
+- `DutyPromptRule`: the duty check's intermittent sound and light (agent/duty.py
+  decides when it shows).
+- `TransmissionRule` (agent/transmission.py): the transmission light (blinking while a
+  fire or manual alarm is being sent, steady once confirmed, held after) and the
+  transmission-failed signal.
 - `contact_event`: a debounced contact change -> an Event for the buffer. The input is
   the event's device (docs/feed.md: inputs and field devices share one id space) and
   its one point is `contact`.
@@ -25,11 +30,14 @@ each holds a lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from agent.gb26875.points import contact_gb
 from agent.pointstate import ActiveCondition, PointKey, condition_of
 from agent.texts import CHINESE, Msg, Texts
+from agent.transmission import Settings, TransmissionRule, TransmissionSettings
 from core.errors import ConfigError, ConfigProblem
 from core.events import LIFE_SAFETY, Category, Event, Kind, Severity
 
@@ -43,8 +51,28 @@ LEGACY_GPIO_DEVICE = "gpio"
 
 RULE_ALARM = "alarm"
 RULE_UPLINK_DOWN_BLINK = "uplink-down-blink"
+RULE_DUTY_PROMPT = "duty-prompt"  # agent/duty.py: the duty check's sound and light
+RULE_TRANSMISSION_LIGHT = "transmission-light"  # agent/transmission.py
+RULE_TRANSMISSION_FAILED = "transmission-failed"  # agent/transmission.py
 RULE_NONE = "none"  # an output no rule drives (a relay driven by commands later)
-KNOWN_RULES = frozenset({RULE_ALARM, RULE_UPLINK_DOWN_BLINK, RULE_NONE})
+KNOWN_RULES = frozenset(
+    {
+        RULE_ALARM,
+        RULE_UPLINK_DOWN_BLINK,
+        RULE_DUTY_PROMPT,
+        RULE_TRANSMISSION_LIGHT,
+        RULE_TRANSMISSION_FAILED,
+        RULE_NONE,
+    }
+)
+# The duty check's prompt: a short chirp every two seconds, unlike the alarm buzzer's
+# steady tone and the failure signal's rapid beeps (agent/transmission.py).
+DUTY_PROMPT_BLINK = (0.5, 1.5)
+
+# The manual call point's place in GB/T 26875.3 is agent.gb26875.points.contact_gb's: the
+# UITD's manual alarm (typeflag 24, bit 2), or the input's own [inputs.gb] component.
+ROLE_MANUAL_CALL_POINT = "manual_call_point"
+ROLE_DUTY_ANSWER = "duty_answer"
 
 _KIND_WORD = {
     Kind.ALARM: Msg.WORD_ALARM,
@@ -81,6 +109,8 @@ class ContactSpec(Protocol):
     def active_state(self) -> str: ...
     @property
     def inactive_state(self) -> str: ...
+    @property
+    def role(self) -> str: ...  # "contact" | "manual_call_point" | "duty_answer"
 
 
 # (device, point, condition): a RESTORE clears the key of the condition it names
@@ -232,13 +262,50 @@ class UplinkLedRule:
                 led.blink(*self._blink)
 
 
+class DutyPromptRule:
+    """The duty check's prompt (agent/duty.py decides when): an intermittent chirp and
+    flash on its own outputs while a check waits for its answer, off otherwise."""
+
+    def __init__(self, outputs: Sequence[Switchable]) -> None:
+        self._outputs = list(outputs)
+        self._lock = threading.Lock()
+        self._showing = False
+        self._apply_locked()
+
+    @property
+    def showing(self) -> bool:
+        with self._lock:
+            return self._showing
+
+    def show(self, showing: bool) -> None:
+        with self._lock:
+            self._showing = showing
+            self._apply_locked()
+
+    def reapply(self) -> None:
+        with self._lock:
+            self._apply_locked()
+
+    def _apply_locked(self) -> None:
+        for output in self._outputs:
+            if self._showing:
+                output.blink(*DUTY_PROMPT_BLINK)
+            else:
+                output.off()
+
+
 class LocalRules:
     """All local rules for a gateway's outputs, fed events and uplink changes."""
 
     def __init__(
-        self, rule_outputs: Iterable[tuple[str, str, Switchable]], texts: Texts = CHINESE
+        self,
+        rule_outputs: Iterable[tuple[str, str, Switchable]],
+        texts: Texts = CHINESE,
+        duties: Settings | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`rule_outputs`: (output id, rule name, output) for every configured output."""
+        """`rule_outputs`: (output id, rule name, output) for every configured output;
+        `duties` the transmission light's settings (the standard's by default)."""
         by_rule: dict[str, list[Switchable]] = {rule: [] for rule in KNOWN_RULES}
         for output_id, rule, output in rule_outputs:
             if rule not in KNOWN_RULES:
@@ -250,23 +317,38 @@ class LocalRules:
             output.off()
         self.alarm = AlarmRule(by_rule[RULE_ALARM], texts)
         self.uplink_led = UplinkLedRule(by_rule[RULE_UPLINK_DOWN_BLINK])
+        self.duty_prompt = DutyPromptRule(by_rule[RULE_DUTY_PROMPT])
+        self.transmission = TransmissionRule(
+            by_rule[RULE_TRANSMISSION_LIGHT],
+            by_rule[RULE_TRANSMISSION_FAILED],
+            duties or TransmissionSettings(),
+            monotonic,
+        )
 
     def on_event(self, event: Event) -> None:
         self.alarm.on_event(event)
+        self.transmission.on_event(event)
 
     def uplink_changed(self, connected: bool) -> None:
         self.uplink_led.uplink_changed(connected)
+        self.transmission.uplink_changed(connected)
 
     def remember(self, remembered: Mapping[PointKey, Mapping[str, ActiveCondition]]) -> None:
         self.alarm.remember(remembered)
 
     def silence(self) -> bool:
-        return self.alarm.silence()
+        """Silence the alarm buzzer and the transmission-failed signal (each until a new
+        alarm or a new failure); True if either was sounding."""
+        alarm = self.alarm.silence()
+        failure = self.transmission.silence()
+        return alarm or failure
 
     def reapply(self) -> None:
         """Drive every output again as its rule says (one that failed is retried)."""
         self.alarm.reapply()
         self.uplink_led.reapply()
+        self.duty_prompt.reapply()
+        self.transmission.reapply()
 
     def active_alarms(self) -> list[Event]:
         return self.alarm.active_alarms()
@@ -297,6 +379,9 @@ def contact_event(
         detail["initial"] = True
     if kind is Kind.RESTORE:
         detail["restores"] = cfg.active_state
+    gb = contact_gb(cfg, change.active)
+    if gb is not None:
+        detail["gb"] = gb
     if word is None:
         text = texts(Msg.CONTACT, name=cfg.name, state=state)
     else:

@@ -37,22 +37,39 @@ from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from agent import __version__, sdnotify
-from agent.buffer import EventBuffer
+from agent.buffer import FIRST_READER, EventBuffer, Reader
 from agent.clock import clock_probe
 from agent.commands import CommandHandler
 from agent.config import GATEWAY_DEVICE_ID, Config, LineConfig, config_digest
 from agent.control import ControlServer, ControlSetupError
+from agent.duty import UitdDuties
 from agent.faults import OUTPUT_FAILED, WatchedOutput
 from agent.field import DeviceRuntime, FieldWorker, field_devices
+from agent.gb26875 import mapping as gb_mapping
+from agent.gb26875.adu import Adu
+from agent.gb26875.points import GbPoints
+from agent.gb26875.reads import FieldLive, answer_read
+from agent.gb26875.uplink import READER as GB_READER
+from agent.gb26875.uplink import GbUplink, set_system_clock
 from agent.journal import setup_logging
 from agent.pipeline import Pipeline
 from agent.pointstate import PointStateStore
-from agent.rules import LEGACY_GPIO_DEVICE, LocalRules, contact_event, contact_key
+from agent.rules import (
+    LEGACY_GPIO_DEVICE,
+    ROLE_DUTY_ANSWER,
+    LocalRules,
+    contact_event,
+    contact_key,
+)
+from agent.selftest_probes import GatewayProbes
 from agent.texts import Msg, Texts
+from agent.uitd_duty import UitdDuty
+from agent.uitd_records import FILE_NAME as UITD_RECORDS
+from agent.uitd_records import UitdRecords
 from agent.uplink import Uplink
 from agent.views import Actions, DownlinkView, LocalView, Parts, health
 from core.errors import AlarmgwError
-from core.events import Event, Kind, Severity, now_ms, system_event
+from core.events import Event, Kind, Lane, Record, Severity, now_ms, system_event
 from drivers.gpio import ContactChange, GpioBank
 from drivers.line import DevicePoll, Line
 from drivers.modbus import ModbusLink, RtuLink, TcpLink
@@ -94,8 +111,20 @@ class Gateway:
         self.cfg = cfg
         self.texts = texts = Texts(cfg.site.language)
         self.clock_synced = clock_synced = clock_probe(cfg.clock.source)
+        # every point's GB/T 26875.3 coordinates, from the profiles: the field side stamps
+        # events with them, the GB reader finds a Reading's component analog through them
+        self.gb_points = GbPoints.from_config(cfg.devices, cfg.profiles)
+        self.gb_analogs = self.gb_points.analog
+        # The buffer's readers: MQTT first (its bit in the file), the GB uplink when configured.
+        readers: list[str | Reader] = [FIRST_READER]
+        if cfg.gb26875 is not None:
+            readers.append(Reader(GB_READER, self._gb_carries))
         self.buffer = EventBuffer(
-            cfg.buffer.path, cfg.identity, cfg.buffer.max_events, clock_synced=clock_synced
+            cfg.buffer.path,
+            cfg.identity,
+            cfg.buffer.max_events,
+            clock_synced=clock_synced,
+            readers=readers,
         )
         self.pipeline = pipeline = Pipeline(
             self.buffer, cfg.identity, clock_synced=clock_synced, texts=texts
@@ -105,10 +134,19 @@ class Gateway:
         # What the platform was told is active, across restarts (alarms, faults, comm loss).
         self.pointstate = PointStateStore(cfg.buffer.path.with_name("pointstate.db"))
         self._remembered = self.pointstate.load()
-        devices = field_devices(cfg.devices, cfg.profiles, self._remembered, texts)
+        devices = field_devices(cfg.devices, cfg.profiles, self._remembered, texts, self.gb_points)
         self.field = FieldWorker(devices, self.pointstate, pipeline)
+        # the centre's reads (61-63, 81) are answered from these last known values
+        self.gb_live = FieldLive(self.gb_points, devices, lambda: not self.faults.quiet)
         pipeline.listen_stored("pointstate_listener", self.field.stored)
         self.parts = Parts(cfg, self.buffer, pipeline, devices, clock_synced, texts)
+        # The UITD duties (agent/duty.py): the duty check, the transmission light's timers
+        self.uitd = UitdDuties(
+            pipeline.emit, self.buffer, lambda: self.parts.rules, self.faults, cfg.duties,
+            texts=texts, clock_synced=clock_synced,
+        )  # fmt: skip
+        self.duty = self.parts.duty = self.uitd.check
+        pipeline.listen_stored("transmission_listener", self.uitd.stored)
         actions = Actions(self.parts, pipeline.emit)
         self.local_view = LocalView(self.parts, actions)
         downlink = DownlinkView(self.parts, actions)
@@ -132,10 +170,17 @@ class Gateway:
         )
         self.parts.uplink = self.uplink
         self.uplinks: list[UplinkPart] = [self.uplink]
-        self.duties: list[Running] = []  # parts with a duty of their own (UITD: next)
+        # parts with a duty of their own: the duty check's and the transmission light's timers
+        self.duty_timers = self.uitd.timers
+        self.duties: list[Running] = [self.duty_timers]
+        self.gb_uplink = self._add_gb_uplink()
+        self.uitd.hand_to(self.uplinks)
+        self._add_selftests(actions)  # the daily self-test and the monthly self-check's records
         # The runtime wires the buffer to its readers: every uplink is woken by a store.
         self.buffer.on_stored = self.faults.guard("buffer_listener", self._wake_uplinks)
-        self.buffer.on_settled = self.faults.guard("settled_listener", self.field.settled)
+        self.buffer.on_settled = self.faults.guard("settled_listener", self._settled)
+        # every reader confirmed (or set aside) an event: the transmission light looks again
+        self.buffer.on_delivered = self.faults.guard("delivered_listener", self._delivered)
         self.lines: dict[str, Line] = self.parts.lines
         self.gpio: GpioBank | None = None
         self.control: ControlServer | None = None
@@ -147,6 +192,51 @@ class Gateway:
         self._input_cfg = {i.id: i for i in cfg.inputs}
         self.watchdog = sdnotify.Watchdog()
 
+    def _add_gb_uplink(self) -> GbUplink | None:
+        """The GB/T 26875.3 uplink when [gb26875] is configured: the second reader of the
+        buffer; the centre's duty checks prompt on site, its reads are answered from live
+        state."""
+        if self.cfg.gb26875 is None:
+            return None
+        gb_uplink = GbUplink(
+            self.cfg.gb26875,
+            self.buffer,
+            faults=self.faults,
+            emit=self.pipeline.emit,
+            texts=self.texts,
+            analogs=self.gb_analogs,
+            clock_synced=self.clock_synced,
+            set_clock=set_system_clock,
+            on_duty_check=self.duty.request,
+            answer_read=self.answer_read,
+        )
+        self.uplinks.append(gb_uplink)
+        self.parts.gb_uplink = gb_uplink
+        return gb_uplink
+
+    def answer_read(self, adu: Adu) -> Adu | None:
+        """The GB uplink's hook for the centre's reads (../notes/gb-contract.md): the
+        response ADU from live state, or None to deny."""
+        return answer_read(adu, self.gb_live)
+
+    def _add_selftests(self, actions: Actions) -> None:
+        """The daily self-test, the simulated fire count and the self-check reports
+        (agent/uitd_duty.py); its records file lives beside the buffer."""
+        records = UitdRecords(self.cfg.buffer.path.with_name(UITD_RECORDS))
+        probes = GatewayProbes(
+            self.parts, actions, self.faults, records,
+            pointstate_problem=lambda: self.pointstate.problem,
+            uplinks=lambda: dict(self._running_parts()[: len(self.uplinks)]),
+        )  # fmt: skip
+        duty = UitdDuty(
+            self.cfg.selftests, records, probes, self.emit, self.faults,
+            is_confirmed=lambda seq: actions.confirmed(Lane.EVENT, seq),
+            synced=self.clock_synced, texts=self.texts,
+        )  # fmt: skip
+        self.pipeline.listen_stored("uitd_listener", duty.stored)
+        self.parts.selftests = duty
+        self.duties.append(duty)
+
     @property
     def field_devices(self) -> dict[str, DeviceRuntime]:
         return self.parts.devices
@@ -155,14 +245,23 @@ class Gateway:
     def rules(self) -> LocalRules:
         return self.parts.rules
 
+    def _gb_carries(self, record: Record) -> bool:
+        return gb_mapping.carries(record, self.gb_analogs)
+
     def _wake_uplinks(self) -> None:
         for uplink in self.uplinks:
             uplink.wake()
 
+    def _settled(self, keys: list[tuple[Lane, int]]) -> None:
+        self.field.settled(keys)
+
+    def _delivered(self, keys: list[tuple[Lane, int]]) -> None:
+        self.duty_timers.wake()  # the transmission light looks again now
+
     def _running_parts(self) -> list[tuple[str, Running]]:
         """Every part the watchdog watches, by name (the first uplink is "uplink")."""
         named: list[tuple[str, Running]] = [
-            ("uplink" if i == 0 else f"uplink {i}", u) for i, u in enumerate(self.uplinks)
+            (_uplink_name(i, u), u) for i, u in enumerate(self.uplinks)
         ]
         return named + [(f"duty {i}", d) for i, d in enumerate(self.duties)]
 
@@ -226,13 +325,13 @@ class Gateway:
 
     def _start_gpio(self) -> None:
         if not self.cfg.inputs and not self.cfg.outputs:
-            self._rules_built(LocalRules([], self.texts))
+            self._rules_built(LocalRules([], self.texts, self.cfg.duties))
             return
         try:
             self.gpio = GpioBank(self.cfg.inputs, self.cfg.outputs, self._contact_changed)
         except AlarmgwError as exc:  # GpioError, or a ConfigError from a rule
             log.exception("GPIO unavailable")
-            self._rules_built(LocalRules([], self.texts))
+            self._rules_built(LocalRules([], self.texts, self.cfg.duties))
             self.emit(
                 self._system_event(
                     Kind.FAULT,
@@ -249,7 +348,7 @@ class Gateway:
             (o.id, o.rule, WatchedOutput(o.id, outputs[o.id], self.faults))
             for o in self.cfg.outputs
         )
-        self._rules_built(LocalRules(watched, self.texts))
+        self._rules_built(LocalRules(watched, self.texts, self.cfg.duties))
         self.rules.uplink_changed(self._uplinks_connected())
 
     def _contact_changed(self, change: ContactChange) -> None:
@@ -258,6 +357,10 @@ class Gateway:
         if cfg is None:
             return
         reported = self._remembered.get(contact_key(cfg.id), {})
+        if cfg.role == ROLE_DUTY_ANSWER:
+            if change.active and not change.initial:  # a press, not a button held at boot
+                self.duty.answer(f"input:{cfg.id}")
+            return  # not an alarm contact: its press is the answer event, nothing more
         if change.initial and not change.active and not reported:
             return  # a contact at rest at boot is not news (unless it was reported active)
         if change.initial and change.active and cfg.active_state in reported:
@@ -333,6 +436,7 @@ class Gateway:
             self.field.announce_start_memory()
             self._start_gpio()
             self._start_lines()
+            self.uitd.hand_to(self.uplinks)  # again: an uplink added after __init__ too
             for _, part in self._running_parts():
                 part.start()
             self._start_control()
@@ -425,6 +529,7 @@ class Gateway:
         self.field.stop()  # after the lines: their last results are processed
         for duty in self.duties:
             duty.stop()
+        self.duty.stop()  # a duty check still waiting is recorded unanswered
         self._closing = True
         for uplink in self.uplinks:
             uplink.stop()  # says offline (retained) while the buffer is still open
@@ -472,3 +577,9 @@ def run(cfg: Config, *, broker: tuple[str, int] | None = None) -> int:
         log.exception("cannot start")
         return 78
     return asyncio.run(gateway.run())
+
+
+def _uplink_name(index: int, uplink: UplinkPart) -> str:
+    if index == 0:
+        return "uplink"
+    return "gb26875 uplink" if isinstance(uplink, GbUplink) else f"uplink {index}"

@@ -52,6 +52,18 @@ class Msg(enum.StrEnum):
     INTERNAL_RESTORED = "internal_restored"
     OUTPUT_FAILED = "output_failed"
     OUTPUT_RESTORED = "output_restored"
+    # the duties of a user information transmission device
+    DUTY_ANSWERED = "duty_answered"
+    DUTY_UNANSWERED = "duty_unanswered"
+    WORD_SOURCE_CENTRE = "word_source_centre"
+    WORD_SOURCE_PLATFORM = "word_source_platform"
+    # the UITD duties: self-test, simulated fire transmissions, monthly self-check
+    SELFTEST_PASSED = "selftest_passed"
+    SELFTEST_FAILED = "selftest_failed"
+    SELFTEST_ITEM_FAILED = "selftest_item_failed"
+    SELFTEST_ITEM_RESTORED = "selftest_item_restored"
+    SIMULATED_FIRES_DUE = "simulated_fires_due"
+    SELFCHECK_REPORT = "selfcheck_report"
     # delivery: the uplink and the buffer
     SET_ASIDE = "set_aside"
     BUFFER_DEGRADED = "buffer_degraded"
@@ -59,6 +71,17 @@ class Msg(enum.StrEnum):
     BUFFER_OVERFLOW = "buffer_overflow"
     BUFFER_LOST_RANGE = "buffer_lost_range"
     BUFFER_CONTINUITY_UNKNOWN = "buffer_continuity_unknown"
+    # the GB/T 26875.3 uplink to the fire remote-monitoring centre
+    GB_LINK_FAULT = "gb_link_fault"
+    GB_LINK_RESTORED = "gb_link_restored"
+    GB_DENIED = "gb_denied"
+    GB_CLOCK_SYNC = "gb_clock_sync"
+    GB_INITIALISE = "gb_initialise"
+    GB_CLOCK_SET = "gb_clock_set"
+    GB_CLOCK_NOT_CONFIGURED = "gb_clock_not_configured"
+    GB_CLOCK_KEPT_BY_NTP = "gb_clock_kept_by_ntp"
+    GB_CLOCK_REFUSED = "gb_clock_refused"
+    GB_CLOCK_INVALID = "gb_clock_invalid"
 
 
 ZH: Final[Mapping[Msg, str]] = {
@@ -91,12 +114,34 @@ ZH: Final[Mapping[Msg, str]] = {
     Msg.INTERNAL_RESTORED: "网关内部处理恢复正常（{what}）",
     Msg.OUTPUT_FAILED: "输出 {output} 无法驱动：{reason}",
     Msg.OUTPUT_RESTORED: "输出 {output} 恢复驱动",
+    Msg.DUTY_ANSWERED: "{source}查岗已应答（{response_s:.0f} 秒，{how}）",
+    Msg.DUTY_UNANSWERED: "{source}查岗无人应答（等待 {waited_s:.0f} 秒）",
+    Msg.WORD_SOURCE_CENTRE: "监控中心",
+    Msg.WORD_SOURCE_PLATFORM: "平台",
+    Msg.SELFTEST_PASSED: "网关自检通过（{count}项）",
+    Msg.SELFTEST_FAILED: "网关自检发现{count}项异常：{items}",
+    Msg.SELFTEST_ITEM_FAILED: "自检异常：{part} {item}（{reason}）",
+    Msg.SELFTEST_ITEM_RESTORED: "自检恢复正常：{part} {item}",
+    Msg.SIMULATED_FIRES_DUE: "本月模拟火警传输仅{count}次（至少{required}次），请尽快进行",
+    Msg.SELFCHECK_REPORT: (
+        "月度自检（{operator}）：通过{passed}，失败{failed}，未测{untested}，模拟火警确认{confirmed}次"
+    ),
     Msg.SET_ASIDE: "{lane} 序号 {seq} 被服务器拒收，未发送即移除：{why}",
     Msg.BUFFER_DEGRADED: "缓存降级：数据库拒绝写入（{reason}），事件暂存内存",
     Msg.BUFFER_RESTORED: "缓存恢复：事件重新写入磁盘",
     Msg.BUFFER_OVERFLOW: "缓存已满：丢弃 {total} 条记录（上限 {max_events}）",
     Msg.BUFFER_LOST_RANGE: "{why}；{lane} 序号 {low}..{high} 可能丢失",
     Msg.BUFFER_CONTINUITY_UNKNOWN: "{why}；{lane} 序号连续性未知",
+    Msg.GB_LINK_FAULT: "与消防远程监控中心通信故障：{reason}",
+    Msg.GB_LINK_RESTORED: "与消防远程监控中心通信恢复",
+    Msg.GB_DENIED: "消防远程监控中心拒收 {lane} 序号 {seqs}（重发{sends}次），不再向中心发送",
+    Msg.GB_CLOCK_SYNC: "监控中心校时：中心时间 {centre}，网关时钟相差 {offset_s} 秒，{action}",
+    Msg.GB_INITIALISE: "监控中心要求初始化传输装置：重新上报运行状态和版本，缓存记录保留",
+    Msg.GB_CLOCK_SET: "已按中心时间校准网关时钟",
+    Msg.GB_CLOCK_NOT_CONFIGURED: "未校准网关时钟（配置 set_clock = false）",
+    Msg.GB_CLOCK_KEPT_BY_NTP: "未校准网关时钟（时钟由NTP同步）",
+    Msg.GB_CLOCK_REFUSED: "无法校准网关时钟（{why}）",
+    Msg.GB_CLOCK_INVALID: "中心时间无效，已忽略",
 }
 
 EN: Final[Mapping[Msg, str]] = {
@@ -135,6 +180,21 @@ EN: Final[Mapping[Msg, str]] = {
     Msg.INTERNAL_RESTORED: "gateway internal processing works again ({what})",
     Msg.OUTPUT_FAILED: "output {output} cannot be driven: {reason}",
     Msg.OUTPUT_RESTORED: "output {output} driven again",
+    Msg.DUTY_ANSWERED: "{source} duty check answered ({response_s:.0f} s, {how})",
+    Msg.DUTY_UNANSWERED: "{source} duty check not answered (waited {waited_s:.0f} s)",
+    Msg.WORD_SOURCE_CENTRE: "monitoring centre",
+    Msg.WORD_SOURCE_PLATFORM: "platform",
+    Msg.SELFTEST_PASSED: "gateway self-test passed ({count} items)",
+    Msg.SELFTEST_FAILED: "gateway self-test: {count} items failed: {items}",
+    Msg.SELFTEST_ITEM_FAILED: "self-test failed: {part} {item} ({reason})",
+    Msg.SELFTEST_ITEM_RESTORED: "self-test passes again: {part} {item}",
+    Msg.SIMULATED_FIRES_DUE: (
+        "only {count} simulated fire transmissions this month (at least {required}): run them soon"
+    ),
+    Msg.SELFCHECK_REPORT: (
+        "monthly self-check ({operator}): {passed} passed, {failed} failed, {untested} untested, "
+        "{confirmed} simulated fire transmissions confirmed"
+    ),
     Msg.SET_ASIDE: "{lane} seq {seq} was refused by the broker and set aside unsent: {why}",
     Msg.BUFFER_DEGRADED: (
         "buffer degraded: database refuses writes ({reason}); events held in memory"
@@ -143,6 +203,24 @@ EN: Final[Mapping[Msg, str]] = {
     Msg.BUFFER_OVERFLOW: "buffer full: {total} records dropped (max_events {max_events})",
     Msg.BUFFER_LOST_RANGE: "{why}; {lane} seqs {low}..{high} may have been lost",
     Msg.BUFFER_CONTINUITY_UNKNOWN: "{why}; {lane} sequence continuity unknown",
+    Msg.GB_LINK_FAULT: "link to the fire remote-monitoring centre failed: {reason}",
+    Msg.GB_LINK_RESTORED: "link to the fire remote-monitoring centre restored",
+    Msg.GB_DENIED: (
+        "the fire remote-monitoring centre denied {lane} seqs {seqs} ({sends} sends); "
+        "not sent to the centre again"
+    ),
+    Msg.GB_CLOCK_SYNC: (
+        "clock sync from the centre: centre time {centre}, gateway clock {offset_s} s off, {action}"
+    ),
+    Msg.GB_INITIALISE: (
+        "the centre asked the device to initialise: running state and version sent again, "
+        "buffered records kept"
+    ),
+    Msg.GB_CLOCK_SET: "gateway clock set to the centre's time",
+    Msg.GB_CLOCK_NOT_CONFIGURED: "gateway clock not set (set_clock = false)",
+    Msg.GB_CLOCK_KEPT_BY_NTP: "gateway clock not set (kept by NTP)",
+    Msg.GB_CLOCK_REFUSED: "gateway clock could not be set ({why})",
+    Msg.GB_CLOCK_INVALID: "the centre's time is not valid: ignored",
 }
 
 CATALOGUE: Final[Mapping[str, Mapping[Msg, str]]] = {"zh": ZH, "en": EN}

@@ -8,8 +8,9 @@ each can be built and checked on parts that were never started
 (tests/test_views.py). The two askers get their own shape: `LocalView` answers as
 docs/control-protocol.md says, `DownlinkView` as docs/schemas/cmd-result says.
 
-A view must never change what the gateway does, except the two that are asked to:
-a test alarm (through the same emit() as every event) and silencing the buzzer.
+A view must never change what the gateway does, except those that are asked to: a
+test alarm (through the same emit() as every event), silencing the buzzer, and starting
+or answering a duty check (agent/duty.py).
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from typing import Any, Final, Protocol
 from agent import __version__
 from agent.buffer import EventBuffer
 from agent.config import GATEWAY_DEVICE_ID, Config, InputConfig, LineConfig
+from agent.duty import DutyCheck
 from agent.field import DeviceRuntime
+from agent.gb26875.tables import UitdOperationFlags
 from agent.pipeline import Pipeline
 from agent.points import value_state
 from agent.rules import LocalRules
+from agent.selfcheck import check_points, parse_report
 from agent.texts import CHINESE, Msg, Texts
 from core.errors import AlarmgwError, FieldError, FieldTimeout, UnknownPoint
 from core.events import Category, Event, Identity, Kind, Lane, Record, Severity, now_ms
@@ -43,6 +47,14 @@ READ_TIMEOUT_S: Final = 10.0
 READ_CHECK_S: Final = 0.1  # how often a waiting read looks whether its caller is still there
 TEST_ALARM_ACK_WAIT_S: Final = 10.0
 STORE_WAIT_S: Final = 10.0
+# GB/T 26875.3 UITD operation (typeflag 24), bit 6 "test": a simulated fire transmission
+GB_TEST_OPERATION: Final = {"tf": 24, "flags": int(UitdOperationFlags.TEST), "operator": 0}
+
+
+class StatsSource(Protocol):
+    """What the views read of the GB/T 26875.3 uplink (agent.gb26875.uplink.GbUplink)."""
+
+    def stats(self) -> dict[str, Any]: ...
 
 
 class UplinkState(Protocol):
@@ -50,6 +62,15 @@ class UplinkState(Protocol):
 
     def stats(self) -> dict[str, Any]: ...
     def health(self) -> dict[str, Any]: ...
+
+
+class SelfTests(Protocol):
+    """What the views ask of the UITD duties (agent.uitd_duty.UitdDuty)."""
+
+    def summary(self) -> dict[str, Any]: ...
+    def run_selftest(self, trigger: str) -> Any: ...
+    def store_report(self, report: dict[str, Any]) -> dict[str, Any]: ...
+    def reports(self, limit: int) -> list[dict[str, Any]]: ...
 
 
 @dataclass
@@ -66,12 +87,15 @@ class Parts:
     boot_ms: int = field(default_factory=now_ms)
     boot_mono: float = field(default_factory=time.monotonic)
     uplink: UplinkState | None = None
+    gb_uplink: StatsSource | None = None  # the GB/T 26875.3 uplink, when configured
     uplink_since_ms: int | None = None  # when the uplink last connected or dropped
     lines: dict[str, Line] = field(default_factory=dict)
     gpio: GpioBank | None = None
     rules: LocalRules = field(default_factory=lambda: LocalRules([]))
+    duty: DutyCheck | None = None  # the duty check (agent/duty.py)
     loop: asyncio.AbstractEventLoop | None = None  # the field loop, once it runs
     reads_closed: threading.Event = field(default_factory=threading.Event)  # stopping
+    selftests: SelfTests | None = None  # the self-test and self-check duties (uitd_duty.py)
 
     def uptime_s(self) -> float:
         return time.monotonic() - self.boot_mono
@@ -180,6 +204,7 @@ def status(parts: Parts) -> dict[str, Any]:
         "clock_synced": parts.clock_synced(),
         # since_ms: when the uplink last changed state (None until it first did)
         "uplink": {**uplink, "since_ms": parts.uplink_since_ms},
+        "gb26875": parts.gb_uplink.stats() if parts.gb_uplink is not None else None,
         "buffer": parts.buffer.stats(),
         "lines": [
             line_summary(line, parts.lines.get(line.id), devices) for line in parts.cfg.lines
@@ -191,6 +216,12 @@ def status(parts: Parts) -> dict[str, Any]:
             for a in parts.rules.active_alarms()
         ],
         "silenced": parts.rules.alarm.silenced,
+        "duty_check": parts.duty.waiting if parts.duty is not None else None,
+        "transmission": {
+            "light": parts.rules.transmission.light,
+            "failed": parts.rules.transmission.failed,
+        },
+        "duties": parts.selftests.summary() if parts.selftests is not None else None,
     }
 
 
@@ -250,7 +281,9 @@ def make_test_alarm(
         point="test_alarm",
         test=True,
         clock_synced=synced,
-        detail={"requested_by": requested_by} | ({"note": note} if note else {}),
+        detail={"requested_by": requested_by}
+        | ({"note": note} if note else {})
+        | {"gb": dict(GB_TEST_OPERATION)},  # to the centre too: a UITD test operation
     )
 
 
@@ -341,11 +374,15 @@ class Actions:
             raise AlarmgwError("the buffer answered a test alarm with a reading")
         return stored
 
+    def confirmed(self, lane: Lane, seq: int) -> bool:
+        """The row is acknowledged by every uplink (gone from the buffer)."""
+        return not any(r.seq == seq for r in self.parts.buffer.pending(lane, seq - 1, 1))
+
     def acked(self, lane: Lane, seq: int, timeout: float) -> bool:
         """Wait until the row is acknowledged (gone from the buffer); False at timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not any(r.seq == seq for r in self.parts.buffer.pending(lane, seq - 1, 1)):
+            if self.confirmed(lane, seq):
                 return True
             time.sleep(0.05)  # the buffer has no per-row ack notification to await
         return False
@@ -392,8 +429,38 @@ class LocalView:
     def silence(self) -> dict[str, Any]:
         return {"silenced": True, "was_sounding": self.parts.rules.silence()}
 
+    def ack(self, answered_by: str) -> dict[str, Any]:
+        """`alarmgw ack`: answer the duty check waiting (answered false if none was)."""
+        if self.parts.duty is None:
+            return {"answered": False, "response_s": None}
+        return self.parts.duty.answer(answered_by)
+
     def buffer(self) -> dict[str, Any]:
         return self.parts.buffer.stats()
+
+    # the UITD duties (agent/uitd_duty.py): self-test, monthly self-check
+
+    def _duties(self) -> SelfTests:
+        if self.parts.selftests is None:
+            raise AlarmgwError("the self-test duties are not running")
+        return self.parts.selftests
+
+    def selftest(self, requested_by: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._duties().run_selftest(requested_by).as_dict()
+        return result
+
+    def selfcheck_points(self) -> dict[str, Any]:
+        return {
+            "points": check_points(self.parts.cfg),
+            "point_timeout_s": self.parts.cfg.selftests.point_timeout_s,
+        }
+
+    def selfcheck_report(self, report: dict[str, Any], handed_in_by: str) -> dict[str, Any]:
+        parsed = parse_report(report) | {"handed_in_by": handed_in_by}
+        return self._duties().store_report(parsed)
+
+    def selfcheck_reports(self, limit: int) -> dict[str, Any]:
+        return {"reports": self._duties().reports(limit)}
 
 
 class DownlinkView:
@@ -420,6 +487,15 @@ class DownlinkView:
         return self.actions.test_alarm(requested_by, note)
 
     def silence(self) -> dict[str, Any]:
-        sounding = self.parts.rules.silence()
-        buzzers = [o.id for o in self.parts.cfg.outputs if o.rule == "alarm"]
-        return {"silenced": buzzers if sounding else []}
+        rules = self.parts.rules
+        sounding = {
+            "alarm": rules.alarm.silence(),
+            "transmission-failed": rules.transmission.silence(),
+        }
+        return {"silenced": [o.id for o in self.parts.cfg.outputs if sounding.get(o.rule)]}
+
+    def duty_check(self, requested_by: str, timeout_s: float | None) -> dict[str, Any]:
+        """The platform's duty check: the prompt starts (again); the answer is an event."""
+        if self.parts.duty is None:
+            raise AlarmgwError("no duty check on this gateway")
+        return self.parts.duty.request("platform", timeout_s, requested_by)

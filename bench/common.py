@@ -200,6 +200,7 @@ class Setup:
     tcp: list[SimTcp] = field(default_factory=list)
     inputs: list[SimInput] = field(default_factory=list)
     max_events: int = 200_000
+    extra_config: str = ""  # appended to the agent's config (a [gb26875] section, say)
 
     def scenario(self, d: Path, tcp_ports: dict[str, int]) -> str:
         text = toml_table(
@@ -247,6 +248,7 @@ class Setup:
         text += toml_table("[clock]", {"source": "assume-synced"})
         text += toml_table("[profiles]", {"dirs": [str(BENCH_PROFILES)]})
         text += toml_table("[control]", {"socket": str(d / "agent.sock")})
+        text += self.extra_config
         for line in self.lines:
             text += self._agent_line(d, line)
         for t in self.tcp:

@@ -38,6 +38,10 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "wear": (["bench/bench_wear.py"], ["bench/bench_wear.py", "--smoke"]),
     "fleet": (["bench/bench_fleet.py"], ["bench/bench_fleet.py", "--smoke"]),
     "faults": (["bench/bench_faults.py"], ["bench/bench_faults.py", "--smoke"]),
+    "gbmap": (["bench/bench_gbmap.py"], ["bench/bench_gbmap.py", "--smoke"]),
+    "duties": (["bench/bench_duties.py"], ["bench/bench_duties.py", "--smoke"]),
+    "selftest": (["bench/bench_selftest.py"], ["bench/bench_selftest.py", "--smoke"]),
+    "gb": (["bench/bench_gb.py"], ["bench/bench_gb.py", "--smoke"]),
 }
 # bench_drain.py / bench_ingest.py print one sentence; these turn it into figures
 _SENTENCE = {

@@ -183,6 +183,14 @@ class ContactInput:
         with self._state_lock:
             return self._reported
 
+    def read_now(self) -> bool:
+        """The contact's level read from the pin now, undebounced (the self-test: can the
+        input be read at all). Raises GpioError when the pin cannot be read."""
+        try:
+            return self._read_level()
+        except Exception as exc:  # the pin factory's own types
+            raise GpioError(f"input {self.id!r}: {exc}") from exc
+
     def close(self) -> None:
         with self._state_lock:
             if self._closed:
@@ -294,6 +302,7 @@ class Output:
         self.type = cfg.type
         self._lock = threading.Lock()
         self._mode: tuple[str, float, float] = ("off", 0.0, 0.0)
+        self._closed = False
         try:
             self._device = DigitalOutputDevice(
                 cfg.pin,
@@ -330,12 +339,13 @@ class Output:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._device.close()  # stops and joins the blink thread
 
     def _command(self, mode: tuple[str, float, float], apply: Callable[[], None]) -> None:
         with self._lock:
-            if mode == self._mode:
-                return
+            if mode == self._mode or self._closed:
+                return  # closed: a rule still running at shutdown must not start a blink
             apply()
             self._mode = mode
 

@@ -21,6 +21,8 @@ from typing import Any
 from core.checks import BAD, ID_RE, Problems, check_file, closest, join
 from core.errors import ConfigError
 from core.events import Category, Kind, Severity
+from drivers.gb_profile import FormulaError, GbDeviceSpec, GbSpec, GbTemplate, point_template
+from drivers.gb_profile import device_spec as gb_device_spec
 from drivers.profile_schema import (
     FLAG,
     HEADER,
@@ -108,6 +110,7 @@ class PointSpec:
     fault_below: float | None = None
     writable: bool = False
     category: Category = Category.SYSTEM  # default category of this point's events
+    gb: GbSpec | None = None  # its GB/T 26875.3 coordinates (drivers/gb_profile.py)
 
     @property
     def register_count(self) -> int:
@@ -123,6 +126,7 @@ class Profile:
     category: Category
     points: dict[str, PointSpec]
     source: str = ""  # the file it was loaded from, for error messages
+    gb_device: GbDeviceSpec | None = None  # the device's own GB component ([gb.device])
 
 
 # The raw integer range of each register type (f32: the largest finite single).
@@ -193,10 +197,44 @@ def load_profile(path: Path) -> Profile:
     clean, out = check_file(path, PROFILE_FILE)
     header = _header(clean.get("profile", {}), path.stem, out)
     category = header["category"] if header else Category.SYSTEM
-    points = _points(clean.get("points", []), category, out)
+    shared = _Shared(clean.get("state_tables", {}), clean.get("gb"), out, out.under("gb"))
+    points = _points(clean.get("points", []), category, shared, out)
+    device = gb_device_spec(shared.gb.get("device") if shared.gb else None, "gb.device", out.add)
     if out.items or header is None:
         raise ConfigError(out.items)
-    return Profile(points=points, source=str(path), **header)
+    return Profile(points=points, source=str(path), gb_device=device, **header)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """What a profile declares once for its points: named state tables, `[gb]` defaults."""
+
+    state_tables: Mapping[str, Any]
+    gb: Mapping[str, Any] | None
+    out: Problems
+    gb_refused: bool = False  # [gb] itself failed its shape: its points are not built
+
+    def states(self, value: Any, where: str) -> Mapping[str, Any] | None:
+        """A point's state table: its own, or the shared one it names."""
+        if not isinstance(value, str):
+            return value  # type: ignore[no-any-return]
+        if value not in self.state_tables:
+            if not self.out.under("state_tables"):
+                have = ", ".join(self.state_tables) or "none in [state_tables]"
+                self.out.add(
+                    where,
+                    f'no state table "{value}" (has: {have}){closest(value, self.state_tables)}',
+                )
+            return None
+        return self.state_tables[value]  # type: ignore[no-any-return]
+
+    def gb_template(
+        self, spec: PointSpec, own: Mapping[str, Any] | None, where: str
+    ) -> GbTemplate | None:
+        """The point's merged gb declaration, or None (none, disabled, or a problem)."""
+        if (self.gb is None and own is None) or self.gb_refused:
+            return None
+        return point_template(self.gb, own, spec, where, self.out)
 
 
 def _header(clean: Mapping[str, Any], stem: str, out: Problems) -> dict[str, Any] | None:
@@ -219,16 +257,17 @@ def _header(clean: Mapping[str, Any], stem: str, out: Problems) -> dict[str, Any
 
 
 def _points(
-    entries: list[dict[str, Any]], category: Category, out: Problems
+    entries: list[dict[str, Any]], category: Category, shared: _Shared, out: Problems
 ) -> dict[str, PointSpec]:
     points: dict[str, PointSpec] = {}
     origin: dict[str, int] = {}
     for i, entry in enumerate(entries):
         where = f"points[{i}]"
-        template = _point(entry, where, category, out)
+        template = _point(entry, where, category, shared, out)
         if template is None:
             continue
-        for spec in _expand(template, entry, where, out):
+        gb = shared.gb_template(template, entry.get("gb"), f"{where}.gb")
+        for spec in _expand(template, gb, entry, where, out):
             if spec.id in points:
                 out.add(
                     f"{where}.id",
@@ -260,8 +299,9 @@ _LAYOUT = (
 
 
 def _point(
-    clean: Mapping[str, Any], where: str, profile_category: Category, out: Problems
-) -> PointSpec | None:
+    clean: Mapping[str, Any], where: str, profile_category: Category, shared: _Shared,
+    out: Problems,
+) -> PointSpec | None:  # fmt: skip
     """A template PointSpec (id/name may still hold `{n}`), or None when its layout failed."""
     ptype = point_type(clean)
     missing = any(k not in clean for k in ("id", "name", "table", "address"))
@@ -269,7 +309,7 @@ def _point(
         return None
     v = POINT.with_defaults(clean)
     category = Category(v["category"] or profile_category)
-    states = v["states"]
+    states = None if v["states"] is None else shared.states(v["states"], f"{where}.states")
     spec = PointSpec(
         id=v["id"],
         name=v["name"],
@@ -384,8 +424,9 @@ def _threshold(clean: Mapping[str, Any], category: Category) -> ThresholdSpec:
 
 
 def _expand(
-    template: PointSpec, clean: Mapping[str, Any], where: str, out: Problems
-) -> list[PointSpec]:
+    template: PointSpec, gb: GbTemplate | None, clean: Mapping[str, Any], where: str,
+    out: Problems,
+) -> list[PointSpec]:  # fmt: skip
     """Apply repeat/stride: one entry, many points; `{n}` in id and name (1-based)."""
     v = POINT.with_defaults(clean)
     repeat, first, bit_stride = v["repeat"], v["first"], v["bit_stride"]
@@ -403,6 +444,11 @@ def _expand(
         if bit is not None and bit > 15:
             out.add(f"{where}.bit", f"bit {bit} of n={n} is out of range 0..15")
             return []
+        try:
+            placed = None if gb is None else gb.resolve(n, address, bit)
+        except FormulaError as exc:
+            out.add(f"{where}.gb", f"n={n}: {exc}")
+            return []
         sub = str(n)
         points.append(
             replace(
@@ -411,6 +457,7 @@ def _expand(
                 name=template.name.replace("{n}", sub),
                 address=address,
                 bit=bit,
+                gb=placed,
             )
         )
     return points

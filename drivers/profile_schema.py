@@ -21,6 +21,7 @@ from typing import Any
 from core.checks import (
     IDENT,
     ArrayOf,
+    Either,
     Key,
     MapOf,
     Rule,
@@ -37,6 +38,7 @@ from core.checks import (
     text,
 )
 from core.events import Category, Kind, Severity
+from drivers.gb_profile import ANALOG_STANDARD, ANALOG_USER
 from drivers.types import Direction, PointType, PollClass, WordOrder
 from drivers.types import Table as ModbusTable
 
@@ -139,6 +141,125 @@ THRESHOLD = Table(
     doc="an analog limit with hysteresis and confirmation",
 )
 
+# --- the GB/T 26875.3 mapping (drivers/gb_profile.py builds it) -----------------------
+
+
+def _formula_text(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return f'must be a formula such as "loop * 256 + point", or an integer, got {shown(value)}'
+    if isinstance(value, str) and not 0 < len(value) <= 200:
+        return "must be 1-200 characters"
+    return None
+
+
+FORMULA = Value(
+    _formula_text,
+    {"type": ["string", "integer"], "description": "integers, n address bit loop point (unit "
+     "for the device), + - * / (integer) % and parentheses"},
+    (str, int),
+)  # fmt: skip
+
+
+def _bit_names(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return f'must be a list of status bit names such as ["fire"], got {shown(value)}'
+    return None
+
+
+BIT_NAMES = Value(_bit_names, {"type": "array", "items": {"type": "string"}}, (list,))
+
+
+def _bit_range(value: Any) -> str | None:
+    ok = isinstance(value, list) and len(value) == 2
+    if not ok or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return f"must be [low, high] bit numbers 0..15, got {shown(value)}"
+    if not 0 <= value[0] <= value[1] <= 15:
+        return f"must be [low, high] with 0 <= low <= high <= 15, got {shown(value)}"
+    if value[1] - value[0] > 7:
+        return "a component type is one byte: at most 8 bits"
+    return None
+
+
+GB_FIELD = Table(
+    {
+        "offset": Key(integer(0, 1), default=0, doc="register from the point's address (0 or 1)"),
+        "byte": Key(one_of("high", "low"), doc='"high" (bits 8-15) or "low" (bits 0-7)'),
+        "bits": Key(Value(_bit_range, {"type": "array", "items": {"type": "integer"}}, (list,)),
+                    doc="[low, high] bit numbers, instead of byte"),
+        "map": Key(MapOf(integer(0, 255), names=STATE_CODE),
+                   doc="device code -> GB component type; default: the code is the GB type"),
+        "default": Key(integer(0, 255), default=0,
+                       doc="for 0 or a code the map does not list (0 = 通用)"),
+    },
+    rules=(
+        Rule("", lambda t: "byte" in t and "bits" in t, "give byte or bits, not both",
+             reads=("byte", "bits")),
+    ),
+    doc="the component type read at run time from the point's own register",
+)  # fmt: skip
+
+GB_ANALOG = Table(
+    {
+        "type": Key(integer(1, 255), required=True,
+                    doc="1-12 the standard's analog types, 128-255 user-defined"),
+        "scale": Key(number(nonzero=True),
+                     doc="count = round(value * scale); default 1 / the type's step"),
+    },
+    rules=(
+        Rule("type", lambda t: "type" in t and t["type"] not in ANALOG_STANDARD
+             and t["type"] not in ANALOG_USER,
+             lambda t: f"analog type {t['type']} is reserved: use 1-12 or 128-255"),
+    ),
+)  # fmt: skip
+
+
+def _two_addresses(t: Mapping[str, Any]) -> bool:
+    return "address" in t and ("zone" in t or "position" in t)
+
+
+_PLACE_RULE = Rule("address", _two_addresses,
+                   "give address (one 32-bit number) or zone/position, not both",
+                   reads=("zone", "position"))  # fmt: skip
+
+GB = Table(
+    {
+        "enabled": Key(boolean, default=True, doc="false: this point is not for the centre"),
+        "record": Key(one_of("component", "system"), default="component",
+                      doc="component (typeflag 2/3) or the facility system state (typeflag 1)"),
+        "system_type": Key(integer(0, 255), doc="GB system type, e.g. 1 火灾报警系统"),
+        "component_type": Key(Either((integer(0, 255), GB_FIELD), "a GB code or a table"),
+                              doc="a GB component type, or {byte = \"high\"} read at run time"),
+        "loop": Key(FORMULA, doc="formula over n, address, bit; default 0"),
+        "point": Key(FORMULA, doc="formula over n, address, bit; default n"),
+        "zone": Key(FORMULA, doc="component address, first half; default loop"),
+        "position": Key(FORMULA, doc="component address, second half; default point"),
+        "address": Key(FORMULA, doc="the 4 address bytes as one number, e.g. loop * 256 + point"),
+        "status": Key(MapOf(BIT_NAMES, names=IDENT),
+                      doc="state name -> status bits; unlisted: alarm fire, fault fault, "
+                      "supervisory supervisory"),
+        "analog": Key(GB_ANALOG, doc="analog points: the component analog type and scale"),
+    },
+    rules=(_PLACE_RULE,),
+    doc="how this point maps to GB/T 26875.3 (docs/profiles.md)",
+)  # fmt: skip
+
+GB_DEVICE = Table(
+    {
+        "component_type": Key(integer(0, 255), required=True,
+                              doc="the device itself, e.g. 1 火灾报警控制器"),
+        "zone": Key(FORMULA, doc="formula over unit (the Modbus unit id); default 0"),
+        "position": Key(FORMULA, doc="formula over unit; default 0"),
+        "address": Key(FORMULA, doc="the 4 address bytes as one number"),
+    },
+    rules=(_PLACE_RULE,),
+    doc="the device's own component: its comm loss is a fault of it",
+)  # fmt: skip
+
+PROFILE_GB = GB.extended(
+    {"device": Key(GB_DEVICE)},
+    doc="GB/T 26875.3 defaults every point inherits, and the device's own component",
+)
+
 # --- one [[points]] entry -------------------------------------------------------------
 
 
@@ -226,7 +347,9 @@ POINT = Table(
         "poll": Key(one_of(*(p.value for p in PollClass)), default=PollClass.FAST.value,
                     doc="fast: alarm and status (fast_poll_s), slow: analogs (slow_poll_s)"),
         "category": Key(_CATEGORY, doc="default category of its events; default: the profile's"),
-        "states": Key(STATES),
+        "states": Key(Either((STATES, IDENT), "a state table or the name of one"),
+                      doc="a state table, or the name of one in [state_tables]"),
+        "gb": Key(GB),
         "flag": Key(FLAG),
         "thresholds": Key(ArrayOf(THRESHOLD)),
         "telemetry_s": Key(number(ge=0.1), doc="periodic reading on the telemetry lane"),
@@ -256,6 +379,11 @@ HEADER = Table(
 PROFILE_FILE = Table(
     {
         "profile": Key(HEADER, required=True),
+        "gb": Key(PROFILE_GB),
+        "state_tables": Key(
+            MapOf(STATES, names=IDENT),
+            doc='named state tables that points share: states = "<name>"',
+        ),
         "points": Key(ArrayOf(POINT, min_items=1), required=True),
     },
     doc="An alarmgw device profile (docs/profiles.md); its id is the file name without .toml.",

@@ -1,6 +1,7 @@
 """`alarmgw-sim`: run a scenario, or drive a running simulator by hand (a training rig).
 
     alarmgw-sim run SCENARIO [--control SOCK] [--log FILE] [--gpio SOCK] [--no-timeline] [--loop]
+                             [--broker HOST:PORT]
     alarmgw-sim trigger DEVICE POINT STATE      alarmgw-sim set DEVICE POINT VALUE
     alarmgw-sim press INPUT | release INPUT     alarmgw-sim silence DEVICE | revive DEVICE
     alarmgw-sim fault TARGET KIND [--rate R] [--delay S] [--code C]
@@ -22,6 +23,7 @@ import signal
 import ssl
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--gpio", type=Path, help="GPIO socket for the pin factory")
     run.add_argument("--no-timeline", action="store_true", help="do not play the timeline")
     run.add_argument("--loop", action="store_true", help="repeat the timeline every period")
+    run.add_argument(
+        "--broker",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="the broker the platform's stand-in publishes to (default: the scenario's)",
+    )
     for name, args, text in (
         ("trigger", ("device", "point", "state"), "put a point into a state"),
         ("set", ("device", "point", "value"), "give an analog point a value"),
@@ -58,10 +66,27 @@ def _parser() -> argparse.ArgumentParser:
         ("release", ("input",), "deactivate a contact"),
         ("silence", ("device",), "make a device stop answering"),
         ("revive", ("device",), "make a silenced device answer again"),
+        ("alarm", ("device", "point"), "put a point (or an input's contact) into its alarm"),
+        ("clear-alarm", ("device", "point"), "bring it back to normal"),
     ):
         sp = sub.add_parser(name, help=text)
         for arg in args:
             sp.add_argument(arg)
+    duty = sub.add_parser("duty-check", help="ask the gateway for a duty check, as the platform")
+    duty.add_argument("--timeout-s", type=int, metavar="S", help="10..3600 (default the gateway's)")
+    pulse = sub.add_parser(
+        "pulse",
+        help="alarm, hold, then clear-alarm: what a technician does to a detector during "
+        "the monthly self-check (`alarmgw selfcheck --script` runs it per point)",
+    )
+    pulse.add_argument("device", help="a device, or an input (with point `contact`)")
+    pulse.add_argument("point")
+    pulse.add_argument(
+        "--hold",
+        type=float,
+        default=5.0,
+        help="seconds in alarm (5): longer than the point's confirm_s plus one poll",
+    )
     fault = sub.add_parser("fault", help="inject (or --clear) a fault on a device or line")
     fault.add_argument("--clear", action="store_true")
     fault.add_argument("target")
@@ -83,13 +108,25 @@ _SIMPLE = {
     "release": ("release", ("input",)),
     "silence": ("silence", ("device",)),
     "revive": ("revive", ("device",)),
+    "alarm": ("alarm", ("device", "point")),
+    "clear-alarm": ("clear-alarm", ("device", "point")),
 }
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
 
 
 def _request(args: argparse.Namespace) -> dict[str, Any]:
     if args.cmd in _SIMPLE:
         do, names = _SIMPLE[args.cmd]
         return {"do": do, **{n: getattr(args, n) for n in names}}
+    if args.cmd == "duty-check":
+        req: dict[str, Any] = {"do": "duty-check"}
+        return {**req, "timeout_s": args.timeout_s} if args.timeout_s else req
     if args.cmd == "fault":
         if args.clear:
             req = {"do": "clear-fault", "target": args.target}
@@ -132,6 +169,8 @@ def _print_state(state: dict[str, Any]) -> None:
 def _drive(args: argparse.Namespace) -> int:
     from simulator.control import SimulatorUnreachable, call  # noqa: PLC0415 - keeps run lean
 
+    if args.cmd == "pulse":
+        return _pulse(args)
     if args.cmd == "fault" and not args.clear and not args.kind:
         print("alarmgw-sim fault: KIND is required (or use --clear)", file=sys.stderr)
         return EXIT_USAGE
@@ -148,6 +187,25 @@ def _drive(args: argparse.Namespace) -> int:
             print(json.dumps(reply["state"], ensure_ascii=False, indent=1))
         else:
             _print_state(reply["state"])
+    return 0
+
+
+def _pulse(args: argparse.Namespace) -> int:
+    from simulator.control import SimulatorUnreachable, call  # noqa: PLC0415
+
+    path = Path(args.control or _default_control())
+    target = {"device": args.device, "point": args.point}
+    try:
+        reply = call(path, {"do": "alarm", **target})
+        if reply.get("ok"):
+            time.sleep(args.hold)  # a person holding the test button or the test gas
+            reply = call(path, {"do": "clear-alarm", **target})
+    except SimulatorUnreachable as exc:
+        print(f"alarmgw-sim: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if not reply.get("ok"):
+        print(f"alarmgw-sim: {reply.get('error')}", file=sys.stderr)
+        return EXIT_REFUSED
     return 0
 
 
@@ -168,7 +226,11 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     control_path = Path(args.control) if args.control else scenario.control
     sim = Simulator(
-        scenario, log=args.log, gpio_socket=args.gpio, run_timeline=not args.no_timeline
+        scenario,
+        log=args.log,
+        gpio_socket=args.gpio,
+        run_timeline=not args.no_timeline,
+        broker=args.broker,
     )
     with sim:
         control = ControlServer(sim, control_path).start()

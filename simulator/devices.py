@@ -17,6 +17,7 @@ from typing import Any
 
 from drivers import codec
 from drivers.codec import EncodeError
+from drivers.gb_profile import GbField
 from drivers.profile import PointSpec, Profile
 from drivers.types import Table
 from simulator.faults import FaultSet
@@ -28,6 +29,25 @@ class SimulatorError(ValueError):
 
     The message names what is unknown and lists what exists.
     """
+
+
+# The device type a simulated panel reports where its profile reads the GB component type
+# from a register field (a GST panel's high byte): 42 点型光电感烟火灾探测器, a care home's
+# usual loop device; a field with a map gets the first device code the map lists.
+SIM_COMPONENT_TYPE = 42
+
+
+def device_type_words(profile: Profile) -> dict[tuple[Table, int], tuple[int, int]]:
+    """(table, address) -> (mask, bits) to OR in at start: each point's device-type field."""
+    out: dict[tuple[Table, int], tuple[int, int]] = {}
+    for spec in profile.points.values():
+        field = spec.gb.component_type if spec.gb is not None else None
+        if not isinstance(field, GbField) or spec.gb is None or spec.gb.record != "component":
+            continue
+        code = min(field.map) if field.map else SIM_COMPONENT_TYPE
+        mask = ((1 << (field.high - field.low + 1)) - 1) << field.low
+        out[(spec.table, spec.address + field.offset)] = (mask, (code << field.low) & mask)
+    return out
 
 
 def unknown(what: str, name: str, known: list[str] | Any) -> SimulatorError:
@@ -74,6 +94,10 @@ class SimDevice:
         self.writes: list[tuple[Table, int, int]] = []  # what the master wrote, in order
         self._lock = threading.Lock()
         self._writable = self._writable_addresses()
+        for (table, address), (mask, bits) in device_type_words(profile).items() if profile else ():
+            cells = self.tables[table]
+            if address < len(cells):
+                cells[address] = (cells[address] & ~mask & 0xFFFF) | bits
 
     def _writable_addresses(self) -> set[tuple[Table, int]]:
         out: set[tuple[Table, int]] = set()

@@ -41,6 +41,7 @@ from drivers import codec
 from drivers.codec import EncodeError
 from drivers.profile import Profile, find_profiles, load_profile
 from simulator.faults import make_fault
+from simulator.platform import PlatformSpec
 
 BUILTIN_PROFILES = Path(__file__).resolve().parent.parent / "config" / "profiles"
 RUN_DIR = Path("/tmp/alarmgw-sim")  # noqa: S108 - a rig's run directory, overridable
@@ -55,8 +56,14 @@ STEP_KEYS: dict[str, tuple[str, ...]] = {
     "release": ("input",),
     "fault": ("target", "kind"),
     "clear-fault": ("target",),
+    "duty-check": (),  # the platform asks (simulator/platform.py): needs [platform]
+    # a point's own alarm, whatever its kind of meaning (a state, a flag, a threshold): the
+    # training rig and the scripted monthly self-check (simulator/world.py alarm_stimulus)
+    "alarm": ("device", "point"),
+    "clear-alarm": ("device", "point"),
 }
 OPTIONAL_STEP_KEYS = {
+    "duty-check": ("timeout_s",),
     "ramp": ("step",),
     "fault": ("rate", "delay", "code"),
     "clear-fault": ("kind",),
@@ -142,6 +149,7 @@ _STEP_VALUES = {
     "rate": Key(number()),
     "delay": Key(number()),
     "code": Key(integer(1, 255), doc="the Modbus exception code of an exception fault"),
+    "timeout_s": Key(integer(10, 3600), doc="a duty check's timeout (default the gateway's)"),
 }
 STEP = Table(
     {
@@ -160,9 +168,21 @@ TIMELINE = Table(
     }
 )
 
+# the platform's stand-in (simulator/platform.py): whom its commands address, via which broker
+PLATFORM = Table(
+    {
+        "site": Key(IDENT, required=True),
+        "gateway": Key(IDENT, required=True),
+        "host": Key(text(253, nonempty=True), default="127.0.0.1"),
+        "port": Key(integer(1, 65535), default=1883, doc="alarmgw-sim run --broker overrides"),
+        "topic_prefix": Key(text(100, nonempty=True), default="alarmgw"),
+    }
+)
+
 SCENARIO_FILE = Table(
     {
         "simulator": Key(SIMULATOR, default={}),
+        "platform": Key(PLATFORM, doc="needed by duty-check steps"),
         "lines": Key(ArrayOf(LINE), default=[]),
         "tcp_devices": Key(ArrayOf(TCP_DEVICE), default=[]),
         "inputs": Key(ArrayOf(INPUT), default=[]),
@@ -237,6 +257,7 @@ class Scenario:
     log: Path | None
     control: Path
     gpio_socket: Path
+    platform: PlatformSpec | None = None
 
     def devices(self) -> dict[str, DeviceSpec]:
         out = {d.id: d for line in self.lines for d in line.devices}
@@ -257,6 +278,7 @@ class _Context:
         self.devices: dict[str, DeviceSpec] = {}
         self.lines: set[str] = set()
         self.inputs: set[str] = set()
+        self.platform = False
 
     def profile(self, where: str, name: str) -> Profile | None:
         """The profile, loaded once; an unknown or invalid one is reported at its first use."""
@@ -392,6 +414,8 @@ def _check_step_names(step: Mapping[str, Any], where: str, ctx: _Context) -> Non
             f"{where}.target",
             _unknown("device or line", step["target"], set(ctx.devices) | ctx.lines),
         )
+    if do == "duty-check" and not ctx.platform:
+        out.add(f"{where}.do", "a duty-check step needs a [platform] section (site, gateway)")
     if do == "fault":
         try:
             make_fault(
@@ -450,6 +474,8 @@ def load_scenario(path: str | Path) -> Scenario:
         if dev is not None and "port" in item:
             tcp.append(TcpDeviceSpec(dev, item["port"]))
     inputs, outputs = _gpio(clean, ctx)
+    platform = _platform(clean.get("platform"))
+    ctx.platform = platform is not None or out.under("platform")  # one mistake, one problem
     steps, loop, period = _timeline(clean.get("timeline", {}), ctx)
     out.raise_if_any()
     return Scenario(
@@ -465,4 +491,12 @@ def load_scenario(path: str | Path) -> Scenario:
         Path(sim["log"]) if sim["log"] else None,
         Path(sim["control"]),
         Path(sim["gpio_socket"]),
+        platform,
     )
+
+
+def _platform(clean: Mapping[str, Any] | None) -> PlatformSpec | None:
+    if clean is None or "site" not in clean or "gateway" not in clean:
+        return None
+    v = PLATFORM.with_defaults(clean)
+    return PlatformSpec(v["site"], v["gateway"], v["host"], v["port"], v["topic_prefix"])

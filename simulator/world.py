@@ -19,9 +19,13 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from core.events import Kind
+from drivers.profile import PointSpec
+from drivers.types import Direction
 from simulator.devices import SimDevice, SimulatorError, unknown
 from simulator.faults import FaultSet, make_fault
 from simulator.gpio_server import GpioBoard, GpioServer, SimInput, SimOutput, wall_ms
+from simulator.platform import PlatformError, PlatformStandIn
 from simulator.pty import PtyPair
 from simulator.scenario import DeviceSpec, Scenario
 from simulator.tcp import TcpDeviceServer
@@ -75,14 +79,20 @@ class Simulator:
         log: Path | None = None,
         gpio_socket: Path | None = None,
         run_timeline: bool = True,
+        broker: tuple[str, int] | None = None,
     ) -> None:
         self.scenario = scenario
+        # the platform's stand-in, for duty-check steps (simulator/platform.py)
+        self.platform = (
+            PlatformStandIn(scenario.platform, broker) if scenario.platform is not None else None
+        )
         self.devices: dict[str, SimDevice] = {}
         self.device_line: dict[str, str] = {}
         self.line_faults: dict[str, FaultSet] = {}
         self.lines: dict[str, RtuLineServer] = {}
         self.tcp: dict[str, TcpDeviceServer] = {}
         self._ptys: list[PtyPair] = []
+        self._before_alarm: dict[tuple[str, str], str | float] = {}  # restored by clear-alarm
         self.board = GpioBoard(
             [SimInput(i.id, i.pin, i.active, i.rail, i.initially_active) for i in scenario.inputs],
             [SimOutput(o.id, o.pin) for o in scenario.outputs],
@@ -217,6 +227,8 @@ class Simulator:
             self.device(a["device"]).silence()
         elif do == "revive":
             self.device(a["device"]).revive()
+        elif do in ("alarm", "clear-alarm"):
+            self._alarm(str(a["device"]), str(a["point"]), active=do == "alarm")
         elif do in ("press", "release"):
             self.board.set_input(str(a["input"]), do == "press")
         elif do == "fault":
@@ -227,11 +239,50 @@ class Simulator:
                 int(a.get("code", 4)),
             )
             self._fault_target(str(a["target"])).set(fault)
+        elif do == "duty-check":
+            self._duty_check(a.get("timeout_s"))
         elif do == "clear-fault":
             kind = a.get("kind")
             self._fault_target(str(a["target"])).clear(make_fault(str(kind)).kind if kind else None)
         else:
             raise SimulatorError(f"unknown action {do!r}")
+
+    def _duty_check(self, timeout_s: Any) -> None:
+        if self.platform is None:
+            raise SimulatorError("no [platform] in the scenario: nobody to ask for a duty check")
+        try:
+            self.platform.duty_check(None if timeout_s is None else int(timeout_s))
+        except PlatformError as exc:
+            raise SimulatorError(str(exc)) from None
+
+    def _alarm(self, device: str, point: str, *, active: bool) -> None:
+        """Put a point into its alarm (or back to normal): a GPIO input (point `contact`)
+        is pressed or released; a device point gets its profile's alarm state, flag or a
+        value past its alarm threshold, and back its value from before."""
+        if device in self.board.inputs and point == "contact":
+            self.board.set_input(device, active)
+            return
+        dev = self.device(device)
+        spec = dev.point(point)
+        key = (device, point)
+        if not active and key in self._before_alarm:
+            before = self._before_alarm.pop(key)
+            if isinstance(before, str):
+                dev.set_state(point, before)
+            else:
+                dev.set_value(point, before)
+            return
+        stimulus = alarm_stimulus(spec, active=active)
+        if active:
+            setting = dev.settings.get(point)
+            if setting is not None:
+                was = setting.state if setting.state else setting.value
+                if was is not None:
+                    self._before_alarm[key] = was
+        if isinstance(stimulus, str):
+            dev.set_state(point, stimulus)
+        else:
+            dev.set_value(point, stimulus)
 
     def state(self) -> dict[str, Any]:
         """The whole simulated world, as plain data (what `alarmgw-sim state` prints)."""
@@ -256,6 +307,28 @@ class Simulator:
             "devices": devices,
             **self.board.snapshot(),
         }
+
+
+def alarm_stimulus(spec: PointSpec, *, active: bool) -> str | float:
+    """The state name (or the value) that puts `spec` into its alarm, or out of it."""
+    if spec.states:
+        for code_spec in spec.states.values():
+            if (code_spec.kind is Kind.ALARM) if active else code_spec.normal:
+                return code_spec.state
+    if spec.flag is not None and spec.flag.kind is Kind.ALARM:
+        return 1.0 if active else 0.0
+    for threshold in spec.thresholds.values():
+        if threshold.kind is not Kind.ALARM:
+            continue
+        # well past the profile's value: a site may have raised it (a device's override),
+        # which the simulator does not know; within the point's range when it has one
+        step = max(threshold.hysteresis, abs(threshold.value) / 2) or 1.0
+        sign = 1 if threshold.direction is Direction.ABOVE else -1
+        value = threshold.value + sign * (step if active else -2 * step)
+        if spec.eng_range is not None:
+            value = min(max(value, spec.eng_range[0]), spec.eng_range[1])
+        return value
+    raise SimulatorError(f"point {spec.id!r} has no alarm to trigger")
 
 
 def _number(value: Any) -> float:

@@ -47,6 +47,7 @@ class Feed:
 
     events: list[dict[str, Any]] = field(default_factory=list)
     statuses: list[dict[str, Any]] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)  # cmd-result
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def keys(self) -> set[tuple[object, ...]]:
@@ -182,6 +183,8 @@ def feed_subscriber(broker: Mosquitto, client_id: str) -> Iterator[Feed]:
                 feed.events.append(payload)
             elif msg.topic.endswith("/status"):
                 feed.statuses.append(payload)
+            elif msg.topic.endswith("/cmd-result"):
+                feed.results.append(payload)
             feed.changed.notify_all()
 
     sub.on_message = on_message
@@ -199,10 +202,18 @@ def feed_subscriber(broker: Mosquitto, client_id: str) -> Iterator[Feed]:
 
 
 def start_simulator(
-    tmp: Path, scenario: Path, env: dict[str, str], *, timeline: bool = True
+    tmp: Path,
+    scenario: Path,
+    env: dict[str, str],
+    *,
+    timeline: bool = True,
+    broker: Mosquitto | None = None,
 ) -> subprocess.Popen[bytes]:
-    """`alarmgw-sim run SCENARIO`, returned once it printed "ready" (its log: tmp/sim.log)."""
+    """`alarmgw-sim run SCENARIO`, returned once it printed "ready" (its log: tmp/sim.log);
+    its platform stand-in (duty checks) publishes to `broker`."""
     args = [str(BIN / "alarmgw-sim"), "run", str(scenario)]
+    if broker is not None:
+        args += ["--broker", f"{broker.host}:{broker.port}"]
     if not timeline:
         args.append("--no-timeline")
     with (tmp / "sim.log").open("wb") as sim_log:
@@ -247,7 +258,7 @@ def running_rig(
     env = rig_env(tmp) | (extra_env or {})
     with ExitStack() as stack:
         feed = stack.enter_context(feed_subscriber(broker, client_id))
-        sim = start_simulator(tmp, scenario, env, timeline=play_timeline)
+        sim = start_simulator(tmp, scenario, env, timeline=play_timeline, broker=broker)
         stack.callback(stop_process, sim)
         rig = Rig(
             tmp=tmp,

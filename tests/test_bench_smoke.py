@@ -19,6 +19,10 @@ from bench.common import parse_figures
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPECTED_FIGURES = {
+    "gbmap_storm_baseline",
+    "gbmap_storm",
+    "gbmap_idle_baseline",
+    "gbmap_idle",
     "gpio_baseline_paho",
     "gpio_alarm_latency",
     "gpio_all_edges_latency",
@@ -50,6 +54,20 @@ EXPECTED_FIGURES = {
     "uplink_flood_commands",
     "bus_dead_3_9600",
     "bus_dead_3_probe_gap",
+    "duties_baseline",
+    "duties_tick_16",
+    "duties_tick_100_unbounded",
+    "duties_stored_fire",
+    "selftest_duration",
+    "selftest_panel_cycle",
+    "selftest_writes",
+    "gb_baseline_bare_link",
+    "gb_fire_idle",
+    "gb_fire_behind_backlog",
+    "gb_fire_goal",
+    "gb_footprint_mqtt_only",
+    "gb_footprint_both_uplinks",
+    "gb_footprint_goal",
 }
 # the field-side fault scenarios of bench_faults.py: each event must have arrived
 FAULT_FIGURES = {
@@ -84,7 +102,7 @@ def smoke_output() -> str:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=360,  # a guard against a hung bench, not a figure (GB added ~45 s)
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc.stdout
@@ -150,3 +168,18 @@ def test_smoke_run_prints_every_figure_and_loses_nothing(smoke_output: str) -> N
         assert name in figures and figures[name].get("parsed") != "NO", smoke_output[-3000:]
         assert _positive(figures[name]["ours_per_s"])
         assert _positive(figures[name]["baseline_per_s"])
+
+
+def test_smoke_gb_mapping_bench_stamped_every_storm_event(smoke_output: str) -> None:
+    figures = parse_figures(smoke_output)
+    assert figures["gbmap_storm_baseline"]["events_per_poll"] == "10000"
+    assert figures["gbmap_idle_baseline"]["events_per_poll"] == "0"
+    for name in ("gbmap_storm", "gbmap_idle"):
+        assert _positive(figures[name]["ratio"]) and _positive(figures[name]["ms_per_poll"])
+    # GB/T 26875.3: every fire confirmed by the centre, on both links; both footprints taken
+    for name in ("gb_fire_idle", "gb_fire_behind_backlog", "gb_baseline_bare_link"):
+        f = figures[name]
+        assert f["fires"] == "10" and float(f["p50_ms"]) <= float(f["p99_ms"]), (name, f)
+    assert figures["gb_fire_behind_backlog"]["backlog"] == "1000"
+    for name in ("gb_footprint_mqtt_only", "gb_footprint_both_uplinks"):
+        assert _positive(figures[name]["rss_mb"]) and float(figures[name]["cpu_pct"]) >= 0

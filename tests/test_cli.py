@@ -178,10 +178,10 @@ def test_devices_human_and_json(cli: Run) -> None:
     assert code == EXIT_OK
     _fits(out)
     assert "电气火灾监控探测器 B区" in out and "网关手动报警按钮" in out
-    assert out.splitlines()[-1] == "9 devices, all ok"
+    assert out.splitlines()[-1] == "10 devices, all ok"  # the duty answer button too
     code, out, _ = cli("devices", "--json")
     devices = json.loads(out)["devices"]
-    assert len(devices) == 9
+    assert len(devices) == 10
     assert {d["line"] for d in devices} == {"rs485-1", "gpio"}
 
 

@@ -15,7 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.buffer import EventBuffer
-from agent.commands import COMMAND_RATE, RECENT_REQUESTS, TEST_ALARM_RATE, CommandHandler
+from agent.commands import (
+    COMMAND_RATE,
+    DUTY_CHECK_RATE,
+    RECENT_REQUESTS,
+    TEST_ALARM_RATE,
+    CommandHandler,
+)
 from agent.mqtt import MAX_INCOMING_PACKET
 from agent.uplink import Uplink
 from core.errors import FieldTimeout, UnknownPoint
@@ -34,6 +40,7 @@ class FakeGateway:
         self.buffer = buffer
         self.silenced = 0
         self.test_alarms = 0
+        self.duty_checks: list[tuple[str, float | None]] = []
 
     def uptime_s(self) -> float:
         return 12.5
@@ -82,6 +89,10 @@ class FakeGateway:
         self.silenced += 1
         return {"silenced": True}
 
+    def duty_check(self, requested_by: str, timeout_s: float | None) -> dict[str, Any]:
+        self.duty_checks.append((requested_by, timeout_s))
+        return {"started": True, "timeout_s": timeout_s or 600.0, "restarted": False}
+
 
 def cmd(**body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False).encode()
@@ -117,6 +128,10 @@ def test_each_command_and_each_kind_of_bad_input_gets_a_result() -> None:
         assert result["ok"] is False and result["error"]["code"] == code, (name, raw, result)
     assert h.errors["bad_json"] == 2
     assert h.handle("silence", cmd(id="s"))["ok"]
+    duty = h.handle("duty-check", cmd(id="dc-1", args={"timeout_s": 300}))
+    check.validate(duty)
+    assert duty["result"] == {"started": True, "timeout_s": 300, "restarted": False}
+    assert h.control.duty_checks == [("cmd:dc-1", 300)]  # type: ignore[attr-defined]
 
 
 class ExplodingGateway(FakeGateway):
@@ -342,6 +357,21 @@ def test_test_alarms_past_the_rate_limit_get_an_error_result_and_make_no_event()
     assert again["ok"] and gateway.test_alarms == TEST_ALARM_RATE.burst + 1
     # the test-alarm limit does not hold other commands back
     assert h.handle("ping", cmd(id="p-after"))["ok"]
+
+
+def test_duty_checks_past_their_rate_limit_are_refused_and_restart_nothing() -> None:
+    gateway = FakeGateway()
+    clock = Clock()
+    h = CommandHandler(gateway, IDENT, monotonic=clock)
+    results = [h.handle("duty-check", cmd(id=f"dc-{i}")) for i in range(100)]
+    assert sum(r["ok"] for r in results) == DUTY_CHECK_RATE.burst == len(gateway.duty_checks)
+    refused = results[DUTY_CHECK_RATE.burst]
+    assert (
+        refused["error"]["code"] == "rate_limited" and "duty checks" in refused["error"]["message"]
+    )
+    clock.now += 1 / DUTY_CHECK_RATE.per_s  # one more after its interval
+    assert h.handle("duty-check", cmd(id="dc-later"))["ok"]
+    assert h.handle("ping", cmd(id="p-after"))["ok"]  # other commands are not held back
 
 
 def test_every_command_is_rate_limited_and_repeats_and_refusals_cost_nothing() -> None:

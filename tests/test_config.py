@@ -25,6 +25,7 @@ from agent.cli import EXIT_BAD_CONFIG, EXIT_OK, EXIT_USAGE, main
 from agent.cli.textwidth import width
 from agent.config import (
     BUILTIN_PROFILE_DIR,
+    DutiesConfig,
     config_digest,
     load_config,
 )
@@ -107,7 +108,11 @@ def test_example_config_passes_with_the_expected_structure() -> None:
         "analog-4-20ma",
     }
     inputs = {i.id: i for i in config.inputs}
-    assert set(inputs) == {"exit-door-1", "fire-pump", "manual-alarm", "tamper"}
+    assert set(inputs) == {"exit-door-1", "fire-pump", "manual-alarm", "tamper", "duty-answer"}
+    assert (inputs["manual-alarm"].role, inputs["duty-answer"].role) == (
+        "manual_call_point",
+        "duty_answer",
+    )
     manual = inputs["manual-alarm"]
     assert (manual.kind, manual.category, manual.severity) == (
         Kind.ALARM,
@@ -119,7 +124,12 @@ def test_example_config_passes_with_the_expected_structure() -> None:
     assert [(o.id, o.type, o.rule) for o in config.outputs] == [
         ("buzzer", "buzzer", "alarm"),
         ("status-led", "led", "uplink-down-blink"),
+        ("duty-sounder", "buzzer", "duty-prompt"),
+        ("duty-led", "led", "duty-prompt"),
+        ("transmission-led", "led", "transmission-light"),
+        ("failure-sounder", "buzzer", "transmission-failed"),
     ]
+    assert config.duties == DutiesConfig(600, 300, 40, 100)
     assert config.buffer.path == Path("/var/lib/alarmgw/buffer.db")
     assert config.buffer.max_events == 200000
     assert config.control.socket == Path("/run/alarmgw/control.sock")

@@ -421,3 +421,18 @@ def test_bad_frame_item_carries_what_a_deny_needs() -> None:
     (bad,) = FrameStream().feed(good[:-1] + b"$")
     assert isinstance(bad, BadFrame)
     assert (bad.reason, bad.serial, bad.source, bad.destination) == ("end", 300, CENTRE, UITD)
+
+
+def test_a_packet_handed_back_after_a_link_fault_goes_first_after_the_reconnect() -> None:
+    link, clock = make_link(confirm_timeout_s=1.0, resends=0)
+    first, second = data(1), data(2)
+    link.submit(first)
+    link.submit(second)  # waits behind the first (stop-and-wait)
+    sent(link)
+    events = run_until_event(link, clock)
+    failed = [e for e in events if isinstance(e, Failed)]
+    assert [f.packet for f in failed] == [first]
+    assert any(isinstance(e, LinkFault) for e in events)
+    link.resubmit(first)
+    link.connected()
+    assert [f.adu for f in sent(link)] == [first.adu]  # not behind the second

@@ -150,6 +150,20 @@ def test_close_while_blinking_stops_the_blink_thread(factory: MockFactory) -> No
     led.close()  # and closing twice is harmless
 
 
+def test_a_closed_output_ignores_commands_instead_of_starting_a_blink(
+    factory: MockFactory,
+) -> None:
+    """At shutdown a rule may still drive an output (a record stored after GPIO closed
+    lights the transmission light): a blink thread started on a closed device would die
+    with GPIODeviceClosed, so a closed output takes no command at all."""
+    led = Output(Out("led", 25, type="led"), pin_factory=factory)
+    led.close()
+    before = threading.active_count()
+    led.blink(0.01, 0.01)
+    led.on()
+    assert (led.mode, threading.active_count()) == ("off", before)
+
+
 def test_default_factory_comes_from_gpiozero_env(
     monkeypatch: pytest.MonkeyPatch, rec: Recorder
 ) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from agent.gb26875.points import GbDevice
 from agent.points import DevicePoints
 from core.errors import ConfigError
 from core.events import Category, Event, Kind, Severity
@@ -101,6 +102,16 @@ STATE_FIRE = '[points.states.1]\nstate = "fire"\nkind = "alarm"\nseverity = "cri
 STATE_OK = '[points.states.0]\nstate = "ok"\nnormal = true\n'
 THRESHOLD = '[[points.thresholds]]\nid = "hi"\nabove = 3\n'
 THR0 = "points[0].thresholds[0]"
+
+GB_POINT = "[points.gb]\nsystem_type = 1\ncomponent_type = 25\n"
+
+
+def gb_point(line: str) -> str:
+    """A point's gb table with one line added (or replacing the key it sets)."""
+    key = line.partition(" =")[0]
+    keep = [k for k in GB_POINT.splitlines()[1:] if k.partition(" =")[0] != key]
+    return "\n".join(["[points.gb]", *keep, line]) + "\n"
+
 
 BAD_PROFILES = [
     (point(replace=AS_BIT, extra="bit = 16\n"), "points[0].bit", "0..15"),
@@ -222,6 +233,56 @@ BAD_PROFILES = [
     (HEADER, "points", "at least one"),
     (GOOD_POINT, "profile", "required"),
     ("this is = not toml [", "", "not valid TOML"),
+    # the GB/T 26875.3 mapping (drivers/gb_profile.py) and shared state tables
+    *[
+        (point(extra=gb_point(line)), key, reason)
+        for line, key, reason in [
+            ('address = "loop * 256 + pint"', "points[0].gb.address", 'unknown name "pint"'),
+            ('address = "loop * (256"', "points[0].gb.address", "not closed"),
+            ('address = "__import__(1)"', "points[0].gb.address", "unknown name"),
+            ('address = "n; 1"', "points[0].gb.address", 'unexpected ";"'),
+            ('zone = "n / 0"', "points[0].gb", "division by zero"),
+            ('position = "n - 5"', "points[0].gb", "outside 0..65535"),
+            ('address = "n"\nzone = "1"', "points[0].gb.address", "not both"),
+            ('status = { fire = ["burning"] }', "points[0].gb.status.fire", "not a component"),
+            ("analog = { type = 40 }", "points[0].gb.analog.type", "reserved"),
+            ("analog = { type = 128 }", "points[0].gb.analog.scale", "user-defined"),
+            (
+                'component_type = { byte = "high", bits = [8, 15] }',
+                "points[0].gb.component_type",
+                "not both",
+            ),
+            ("component_type = { offset = 1 }", "points[0].gb.component_type.offset", "1 register"),
+            ("component_type = { bits = [0, 11] }", "points[0].gb.component_type.bits", "8 bits"),
+            ("system_type = 300", "points[0].gb.system_type", "0..255"),
+            ("colour = 1", "points[0].gb.colour", "unknown key"),
+        ]
+    ],
+    (point(extra="[points.gb]\ncomponent_type = 25\n"), "points[0].gb.system_type", "missing"),
+    (
+        point(replace=AS_BIT, extra="bit = 0\n" + GB_POINT + "analog = { type = 3 }\n"),
+        "points[0].gb.analog",
+        "only an analog point",
+    ),
+    (
+        HEADER + '[gb]\nsystem_type = 1\n[gb.device]\naddress = "unit +"\n' + GOOD_POINT,
+        "gb.device.address",
+        "ends too early",
+    ),
+    (point(extra='states = "gst"\n'), "points[0].states", 'no state table "gst"'),
+    (  # a mistake in [gb] is the profile's, said once, not on every point inheriting it
+        HEADER
+        + '[gb]\nsystem_type = 1\ncomponent_type = 1\naddress = "pint"\n'
+        + GOOD_POINT
+        + GOOD_POINT.replace('"p1"', '"p2"'),
+        "gb.address",
+        'unknown name "pint"',
+    ),
+    (
+        HEADER + '[state_tables.gst.1]\nstate = "fire"\n' + GOOD_POINT,
+        "state_tables.gst.1.kind",
+        "required",
+    ),
 ]
 
 
@@ -412,7 +473,9 @@ def test_golden(profile_id: str) -> None:
     golden = json.loads((GOLDEN / f"{profile_id}.json").read_text(encoding="utf-8"))
     profile = load_profile(BUILTIN / f"{profile_id}.toml")
     dev = golden["device"]
-    points = DevicePoints(dev["id"], dev["name"], dev["location"], profile)
+    # GB/T 26875.3 coordinates too: system address 1, unit 1 (detail.gb in every event)
+    gb = GbDevice(dev["id"], 1, 1, profile)
+    points = DevicePoints(dev["id"], dev["name"], dev["location"], profile, gb=gb)
     image: dict[Table, dict[int, int]] = {t: {} for t in Table}
     for i, step in enumerate(golden["steps"]):
         for table, registers in step["set"].items():

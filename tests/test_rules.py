@@ -60,11 +60,18 @@ class InputCfg:
     active_state: str
     inactive_state: str
     kind: str = "state"
+    role: str = "contact"
 
 
 def example_inputs() -> dict[str, InputCfg]:
     raw = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
-    return {i["id"]: InputCfg(**i) for i in raw["inputs"]}
+    # [inputs.gb] is the GB mapping's (tests/test_gb_points.py), built by the config loader;
+    # the duty answer button is no contact: it raises no contact event (agent/duty.py)
+    return {
+        i["id"]: InputCfg(**{k: v for k, v in i.items() if k != "gb"})
+        for i in raw["inputs"]
+        if i.get("role") != "duty_answer"
+    }
 
 
 def alarm(device: str, point: str, category: Category = Category.FIRE, **kw: Any) -> Event:
@@ -459,9 +466,25 @@ def test_a_supervisory_contact_is_an_event_not_a_crash() -> None:
 
 
 def test_a_contact_restore_names_what_it_restores() -> None:
-    cfg = example_inputs()["manual-alarm"]
+    cfg = example_inputs()["tamper"]
     off = contact_event(cfg, ContactChange(cfg.id, False, 1000, initial=True), clock_synced=True)
     assert off.detail == {"pin": cfg.pin, "initial": True, "restores": cfg.active_state}
+
+
+def test_the_manual_call_point_carries_its_gb_coordinates_and_a_plain_contact_none() -> None:
+    """GB contract: the gateway's manual alarm button pressed is the UITD's manual alarm
+    (typeflag 24, flag bit 2), as GB 26875.1 asks of a UITD's button; its release is not
+    sent (no [inputs.gb] on it in the example)."""
+    cfg = example_inputs()["manual-alarm"]
+    assert cfg.role == "manual_call_point"
+    on = contact_event(cfg, ContactChange(cfg.id, True, 1000), clock_synced=True)
+    off = contact_event(cfg, ContactChange(cfg.id, False, 2000), clock_synced=True)
+    assert on.detail is not None and off.detail is not None
+    assert on.detail["gb"] == {"tf": 24, "flags": 4, "operator": 0}
+    assert "gb" not in off.detail
+    door = example_inputs()["exit-door-1"]
+    plain = contact_event(door, ContactChange(door.id, True, 1000), clock_synced=True)
+    assert plain.detail is not None and "gb" not in plain.detail
 
 
 def test_alarms_remembered_across_a_restart_sound_until_restored(buzzer: Output) -> None:

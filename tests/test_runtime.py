@@ -306,3 +306,42 @@ def test_contact_conditions_remembered_under_the_old_gpio_device_are_restored(
         upgraded.uplink.stop()
         upgraded.buffer.close()
         upgraded.pointstate.close()
+
+
+def test_a_fire_stored_by_the_gateway_carries_its_gb_coordinates_and_reads_see_it(
+    gateway: Gateway,
+) -> None:
+    """The runtime wires the mapping: the points thread stamps detail.gb before the buffer
+    stores the event (the MQTT feed and the GB uplink read the same bytes), and the GB
+    uplink's read hook answers from the same live state."""
+    import json
+
+    from agent.gb26875.adu import Adu, ComponentAddress, ComponentState, ReadComponentState
+    from core.events import Lane, now_ms
+    from drivers.line import PollResult
+    from drivers.plan import plan_device
+    from drivers.types import Block, PollClass
+
+    fap = gateway.field_devices["fap"]
+    registers = {2: 0x2A01}  # point3: fire, device type 42 in the high byte
+    blocks = [
+        Block(req, tuple(registers.get(a, 0) for a in range(req.address, req.address + req.count)))
+        for req in plan_device(fap.profile, 1, PollClass.FAST, max_gap=8)
+    ]
+    assert gateway.field.process_queued(PollResult("fap", PollClass.FAST, blocks, now_ms()))
+
+    def stored() -> list[dict[str, object]]:
+        return [json.loads(bytes(r.payload)) for r in gateway.buffer.pending(Lane.EVENT, 0, 10)]
+
+    assert wait_until(lambda: len(stored()) == 1, timeout=10)
+    fire = stored()[0]
+    assert fire["point"] == "point3"
+    assert fire["detail"] == {
+        "gb": {"tf": 2, "sys_type": 1, "sys_addr": 1, "comp_type": 42, "zone": 259, "pos": 0,
+               "status": 3},
+    }  # fmt: skip
+    answer = gateway.answer_read(Adu.of(ReadComponentState(1, 1, ComponentAddress(259, 0))))
+    assert answer is not None
+    state = answer.objects[0]
+    assert isinstance(state, ComponentState)
+    assert (state.component_type, state.status) == (42, 3)

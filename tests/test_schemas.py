@@ -402,6 +402,8 @@ ACCEPTED = [
     ("test-alarm", {"id": "t1"}),
     ("test-alarm", {"id": "t2", "args": {"note": "月度模拟火警传输测试"}}),
     ("silence", {"id": "s1", "from": "platform-7"}),  # unknown top-level keys are ignored
+    ("duty-check", {"id": "d1"}),
+    ("duty-check", {"id": "d2", "args": {"timeout_s": 600}}),
 ]
 
 REJECTED_BY_BOTH = [
@@ -428,6 +430,11 @@ REJECTED_BY_BOTH = [
     ("test-alarm", {"id": "t", "args": {"note": "x" * 201}}, ErrorCode.BAD_ARGS),
     ("test-alarm", {"id": "t", "args": {"note": "line\nbreak"}}, ErrorCode.BAD_ARGS),
     ("silence", {"id": "s", "args": {"output": "buzzer"}}, ErrorCode.BAD_ARGS),
+    ("duty-check", {"id": "d", "args": {"timeout_s": 5}}, ErrorCode.BAD_ARGS),
+    ("duty-check", {"id": "d", "args": {"timeout_s": 3601}}, ErrorCode.BAD_ARGS),
+    ("duty-check", {"id": "d", "args": {"timeout_s": 60.5}}, ErrorCode.BAD_ARGS),
+    ("duty-check", {"id": "d", "args": {"timeout_s": True}}, ErrorCode.BAD_ARGS),
+    ("duty-check", {"id": "d", "args": {"minutes": 10}}, ErrorCode.BAD_ARGS),
 ]
 
 
@@ -470,7 +477,7 @@ JSON_SCALARS = st.one_of(
 @given(
     name=st.sampled_from([c.value for c in CommandName]),
     args=st.dictionaries(
-        st.sampled_from(["device", "point", "note", "x"]), JSON_SCALARS, max_size=3
+        st.sampled_from(["device", "point", "note", "timeout_s", "x"]), JSON_SCALARS, max_size=3
     ),
 )
 def test_parser_and_schema_agree_on_any_args(name: str, args: dict[str, Any]) -> None:
@@ -567,6 +574,7 @@ OK_RESULTS = [
     ),
     ("test-alarm", {"event_id": "3f1c9a52-4f0e-4a59-9d7c-0c9a3e2b7d11", "seq": 42}),
     ("silence", {"silenced": ["buzzer"]}),
+    ("duty-check", {"started": True, "timeout_s": 600.0, "restarted": False}),
 ]
 
 
@@ -772,3 +780,52 @@ def test_payloads_stored_by_the_real_buffer_match_the_schemas(tmp_path: Path) ->
     payload = a_heartbeat(buffer=stats, drops=stats["drops"])
     assert_valid("heartbeat", payload)
     assert payload["drops"]["telemetry"] >= 1
+
+
+# --- detail.gb (feed 1.3): the GB/T 26875.3 coordinates of an event ---------------------
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def _golden_gb() -> list[dict[str, Any]]:
+    found = []
+    for path in sorted(GOLDEN.glob("*.json")):
+        for step in json.loads(path.read_text(encoding="utf-8"))["steps"]:
+            found += [r["detail"]["gb"] for r in step["records"] if "gb" in r.get("detail", {})]
+    return found
+
+
+def test_every_golden_events_gb_detail_matches_the_schema() -> None:
+    shapes = _golden_gb()
+    assert {gb["tf"] for gb in shapes} == {1, 2}  # the field side's two shapes
+    for gb in shapes:
+        assert_valid("event", an_event(detail={"restores": "fire", "gb": gb}).to_payload(IDENT))
+
+
+@pytest.mark.parametrize(
+    "gb",
+    [
+        {"tf": 3, "sys_type": 0, "sys_addr": 2, "comp_type": 17, "zone": 0, "pos": 1,
+         "analog_type": 128, "value": -5},
+        {"tf": 21, "status": 1},
+        {"tf": 24, "flags": 32, "operator": 0},
+    ],
+)  # fmt: skip
+def test_the_other_gb_shapes_match_the_schema(gb: dict[str, Any]) -> None:
+    assert_valid("event", an_event(detail={"gb": gb}).to_payload(IDENT))
+
+
+@pytest.mark.parametrize(
+    "gb",
+    [
+        {"tf": 2, "sys_type": 1, "sys_addr": 1, "comp_type": 1, "zone": 0, "status": 1},
+        {"tf": 2, "sys_type": 1, "sys_addr": 1, "comp_type": 1, "zone": 0, "pos": 0,
+         "status": 70000},
+        {"tf": 1, "sys_type": 1, "sys_addr": 1, "status": 1, "comp_type": 1},
+        {"tf": 9, "status": 1},
+        {"tf": 3, "sys_type": 0, "sys_addr": 2, "comp_type": 17, "zone": 0, "pos": 1,
+         "analog_type": 128, "value": 40000},
+    ],
+)  # fmt: skip
+def test_a_wrong_gb_detail_is_rejected(gb: dict[str, Any]) -> None:
+    assert not validator("event").is_valid(an_event(detail={"gb": gb}).to_payload(IDENT))

@@ -123,7 +123,8 @@ GOLDEN = {
             ("state", "main_power", "power_fault"),
             ("state", "loop_bus", "bus_fault"),
         ],
-        [(Table.HOLDING, 2, 0x0001), (Table.HOLDING, 3, 0x0002), (Table.HOLDING, 1000, 0b101)],
+        # the high byte is the device type the profile reads as the GB component type (42)
+        [(Table.HOLDING, 2, 0x2A01), (Table.HOLDING, 3, 0x2A02), (Table.HOLDING, 1000, 0b101)],
     ),
     "electrical-fire-4ch": (
         [
@@ -521,7 +522,7 @@ def test_timeline_plays_and_logs_every_stimulus(tmp_path: Path) -> None:
     with Simulator(scenario) as sim:
         assert sim.wait_timeline(5)
         fap, efd = sim.devices["fap"], sim.devices["efd-1"]
-        assert fap.read(Table.HOLDING, 0, 1) == [1]
+        assert fap.read(Table.HOLDING, 0, 1) == [0x2A01]  # device type 42 in the high byte
         assert efd.read(Table.HOLDING, 0, 1) == [350]
         assert sim.board.inputs["manual-alarm"].is_active
         with serial.Serial(str(scenario.lines[0].path), 19200, timeout=0.5) as port:
@@ -588,7 +589,7 @@ def test_cli_drives_a_running_simulator(tmp_path: Path, capsys: pytest.CaptureFi
         assert sim_cli([*control, "set", "efd-1", "ch1_leak", "420"]) == 0
         assert sim_cli([*control, "press", "manual-alarm"]) == 0
         with serial.Serial(str(run / "rs485-1"), 19200, timeout=0.5) as port:
-            assert read_values(port, 1, Table.HOLDING, 0, 2) == (0, 1)
+            assert read_values(port, 1, Table.HOLDING, 0, 2) == (0x2A00, 0x2A01)
             assert read_values(port, 2, Table.HOLDING, 0, 1) == (420,)
             assert sim_cli([*control, "fault", "efd-1", "exception", "--code", "2"]) == 0
             assert rtu_exchange(port, read_request(2, Table.HOLDING, 0, 1), 5)[1:3] == b"\x83\x02"
@@ -596,7 +597,7 @@ def test_cli_drives_a_running_simulator(tmp_path: Path, capsys: pytest.CaptureFi
             assert sim_cli([*control, "silence", "fap"]) == 0
             assert rtu_exchange(port, read_request(1, Table.HOLDING, 0, 1), 7, 0.2) == b""
             assert sim_cli([*control, "revive", "fap"]) == 0
-            assert read_values(port, 1, Table.HOLDING, 1, 1) == (1,)
+            assert read_values(port, 1, Table.HOLDING, 1, 1) == (0x2A01,)
         capsys.readouterr()
         assert sim_cli([*control, "trigger", "fpa", "point2", "fire"]) == 1
         assert "unknown device 'fpa' (known: efd-1, fap)" in capsys.readouterr().err

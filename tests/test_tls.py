@@ -308,25 +308,32 @@ def test_a_packet_left_inside_the_tls_layer_is_read_without_another_socket_event
         conn.open()
         assert pump_until(conn, lambda: bool(connected))
         conn.subscribe(f"{unique_topic}/cmd/#", 1)
-        # a subscription is live once a message on it comes back
-        feed.publish(f"{unique_topic}/cmd/probe", b"probe")
-        assert pump_until(conn, lambda: got == [b"probe"])
+        # a subscription is live once a message on it comes back (the SUBACK is not
+        # awaited: a probe sent before the broker took the SUBSCRIBE is not delivered)
+        for _ in range(50):
+            feed.publish(f"{unique_topic}/cmd/probe", b"probe")
+            if pump_until(conn, lambda: bool(got), tries=10):
+                break
+        assert got and set(got) == {b"probe"}
+        got.clear()
         proxy.hold = True
         for name in ("ping", "status"):
             feed.publish(f"{unique_topic}/cmd/{name}", name.encode())
         assert wait_until(lambda: proxy.held.count(b"cmd/") == 2)
         proxy.release()
-        while len(got) == 1:  # pumped until the record arrives and is decrypted
+        while b"ping" not in got:  # pumped until the record arrives and is decrypted
             assert conn.pump(5)
-        assert got == [b"probe", b"ping", b"status"]
+        # the same pump handled the packet behind it in that record (a late duplicate
+        # probe may come too: not the point here)
+        assert [g for g in got if g != b"probe"] == [b"ping", b"status"]
     finally:
         feed.close()
         conn.close()
         proxy.close()
 
 
-def pump_until(conn: MqttConnection, done: Callable[[], bool]) -> bool:
-    for _ in range(100):
+def pump_until(conn: MqttConnection, done: Callable[[], bool], tries: int = 100) -> bool:
+    for _ in range(tries):
         if done():
             return True
         conn.pump(0.1)

@@ -127,7 +127,9 @@ def test_a_test_alarm_is_a_test_flagged_fire_stored_through_emit(parts: Parts) -
         True,
         "gateway",
     )
-    assert event.detail == {"requested_by": "cli:root", "note": "月度测试"}
+    # a simulated fire transmission for the centre too: GB UITD operation, test bit (6)
+    gb = {"tf": 24, "flags": 64, "operator": 0}
+    assert event.detail == {"requested_by": "cli:root", "note": "月度测试", "gb": gb}
     english = make_test_alarm(parts.cfg.identity, "cmd:x", None, synced=True, texts=Texts("en"))
     assert english.text.endswith("test fire alarm (cmd:x)")
     stored = Actions(parts, parts.pipeline.emit).test_alarm("cli:root")

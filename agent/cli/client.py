@@ -90,6 +90,19 @@ class ControlClient:
             # not Ctrl-C, not an end message: the agent died or was killed (watchdog?)
             raise AgentNotRunning("the agent closed the stream without a word")
 
+    def open_stream(self, cmd: str, **args: Any) -> OpenStream:
+        """Like `stream`, as an object another thread may `close()` while it waits (the
+        self-check watches events while it talks to the technician)."""
+        sock = self._connect()
+        try:
+            reader, first = _ask(sock, cmd, args)
+            result = _result_of(first)
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        return OpenStream(sock, reader, result)
+
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.settimeout(self.timeout_s)
@@ -107,6 +120,31 @@ class ControlClient:
             sock.close()
             raise AgentNotRunning(f"cannot reach the agent on {self.path}: {exc}") from exc
         return sock
+
+
+class OpenStream:
+    """A stream's first result, then its messages (`messages()`), until `close()`."""
+
+    def __init__(self, sock: socket.socket, reader: _LineReader, result: dict[str, Any]) -> None:
+        self._sock = sock
+        self._reader = reader
+        self.result = result
+
+    def messages(self) -> Iterator[dict[str, Any]]:
+        """Each later message; ends quietly when closed or when the agent ends it."""
+        while True:
+            try:
+                message = self._reader.next_message()
+            except ControlError:
+                return  # closed under us, or the agent went away: the caller sees the end
+            if message is None or "end" in message:
+                return
+            yield {k: v for k, v in message.items() if k != "id"}
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes a recv blocked in another thread
+        self._sock.close()
 
 
 def _result_of(answer: dict[str, Any]) -> dict[str, Any]:

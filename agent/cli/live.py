@@ -167,6 +167,16 @@ def run_silence(args: argparse.Namespace, client: ControlClient) -> int:
     return EXIT_OK
 
 
+def run_ack(args: argparse.Namespace, client: ControlClient) -> int:
+    result = client.call("ack")
+    if result.get("answered"):
+        lines = [f"duty check answered after {result.get('response_s')} s"]
+    else:
+        lines = ["no duty check was waiting for an answer"]
+    emit(args, result, lines)
+    return EXIT_OK if result.get("answered") else EXIT_PROBLEM
+
+
 def run_buffer(args: argparse.Namespace, client: ControlClient) -> int:
     result = client.call("buffer")
     emit(args, result, render.render_buffer(result))

@@ -8,14 +8,21 @@ Offline (no agent needed):
 Talking to the running agent over its control socket (--socket PATH, or the
 [control] socket of --config FILE, default /run/alarmgw/control.sock):
   status | devices | events [--since SEQ] [--limit N] [--follow] | read DEVICE [POINT]
-  test-alarm | silence | buffer         (--json on every one: the raw answer as JSON)
+  test-alarm | silence | ack | buffer   (--json on every one: the raw answer as JSON)
+  selftest                              the self-test now (inputs, outputs, storage, link)
+  selfcheck [--operator NAME] [--script FILE] [--show [latest|list]]
+                                        the monthly self-check, guided or scripted
 
 Exit codes mean something to scripts and to systemd:
   0   ok
   1   a problem was found: `status` shows the uplink down, a device in comm
-      fault, an active alarm, a degraded buffer or an unsynchronised clock (the
-      last line says which); `devices` shows a device in comm fault; `buffer`
+      fault, an active alarm, a degraded buffer, an unsynchronised clock, the
+      last self-test failed or simulated fire transmissions due (the last line
+      says which); `devices` shows a device in comm fault; `buffer`
       is degraded; `test-alarm` was stored but not acknowledged by the broker;
+      `ack` found no duty check waiting;
+      `selftest` found an item failing; `selfcheck` has a failed point or an
+      unconfirmed simulated fire;
       `read` failed (unknown point, device not answering); `scan` found no unit
       or could not open the port; the agent answered with an error
   2   usage error (bad arguments)
@@ -47,6 +54,7 @@ from agent import __version__
 from agent.cli.client import DEFAULT_SOCKET
 from agent.cli.live import (
     agent_command,
+    run_ack,
     run_buffer,
     run_devices,
     run_events,
@@ -57,6 +65,7 @@ from agent.cli.live import (
 )
 from agent.cli.offline import cmd_buffer_file, cmd_check_config, cmd_scan
 from agent.cli.output import EXIT_BAD_CONFIG, EXIT_CUT_SHORT, EXIT_USAGE, print_problems
+from agent.cli.selfcheck import add_commands as add_duty_commands
 from agent.config import load_config
 from core.errors import ConfigError
 
@@ -130,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=cmd_run)
     _add_agent_commands(sub)
+    add_duty_commands(sub, _agent_options, agent_command)
     _add_scan(sub)
     return parser
 
@@ -166,6 +176,7 @@ def _add_agent_commands(sub: Any) -> None:
         ("devices", "every device with its comm state and last good poll", run_devices),
         ("test-alarm", "fire a test-flagged alarm end to end", run_test_alarm),
         ("silence", "silence the local buzzer until the next new alarm", run_silence),
+        ("ack", "answer the duty check (查岗) the gateway is prompting for", run_ack),
         ("buffer", "buffer depth per lane, oldest age, drops", run_buffer),
     )
     for name, text, run in simple:

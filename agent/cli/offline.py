@@ -30,7 +30,15 @@ from agent.cli.output import (
 from agent.cli.render import COLUMNS
 from agent.cli.textwidth import fit
 from agent.cli.watch import render_payload
-from agent.config import Config, DeviceConfig, LineConfig, config_digest, load_config
+from agent.config import (
+    Config,
+    DeviceConfig,
+    GbConfig,
+    InputConfig,
+    LineConfig,
+    config_digest,
+    load_config,
+)
 from agent.storage_check import check_storage
 from core.errors import BufferError_, ConfigError, ConfigProblem
 from core.events import topic_root
@@ -75,16 +83,29 @@ def summary_lines(config: Config) -> list[str]:
         f"topics   {topic_root(up.topic_prefix, ident)}/...",
         f"buffer   {config.buffer.path} (at most {config.buffer.max_events} events)",
     ]
+    gb = config.gb26875
+    if gb is not None:
+        out.insert(4, _gb_summary(gb))
     for line in config.lines:
         out.append(_line_summary(line))
         devices = [d for d in config.devices if d.line == line.id]
         out.append(_device_header() if devices else "  (no devices)")
         out.extend(_device_row(d) for d in devices)
-    out.extend(f"input  {i.id} pin {i.pin} {i.kind}/{i.category}  {i.name}" for i in config.inputs)
+    out.extend(f"input  {i.id} pin {i.pin} {_input_role(i)}  {i.name}" for i in config.inputs)
     out.extend(
         f"output {o.id} pin {o.pin} {o.type} rule {o.rule}  {o.name}" for o in config.outputs
     )
     return [render.clip(text) for text in out]
+
+
+def _gb_summary(gb: GbConfig) -> str:
+    """The GB/T 26875.3 uplink in one line: where, who, and the fault detection time."""
+    tls = "TLS" if gb.tls else "no TLS"
+    detect = gb.heartbeat_s + (gb.resends + 1) * gb.confirm_timeout_s
+    return (
+        f"centre   {gb.host}:{gb.port}  GB/T 26875.3, {tls}, "
+        f"UITD {gb.uitd_address} -> {gb.centre_address}, fault <= {detect:g} s"
+    )
 
 
 def summary_json(config: Config) -> dict[str, Any]:
@@ -108,6 +129,15 @@ def summary_json(config: Config) -> dict[str, Any]:
             "topic_root": topic_root(up.topic_prefix, ident),
         },
         "buffer": {"path": str(config.buffer.path), "max_events": config.buffer.max_events},
+        "gb26875": None
+        if config.gb26875 is None
+        else {
+            "host": config.gb26875.host,
+            "port": config.gb26875.port,
+            "tls": config.gb26875.tls,
+            "uitd_address": config.gb26875.uitd_address,
+            "centre_address": config.gb26875.centre_address,
+        },
         "lines": [
             {
                 "id": line.id,
@@ -293,3 +323,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
             print("\r" + " " * 40 + "\r", end="", file=sys.stderr, flush=True)
     emit(args, render.scan_json(settings, report), render.render_scan(report))
     return EXIT_OK if report.found else EXIT_PROBLEM
+
+
+def _input_role(contact: InputConfig) -> str:
+    """kind/category of a contact; what the two special inputs are for."""
+    if contact.role == "duty_answer":
+        return "duty-answer button"
+    what = f"{contact.kind}/{contact.category}"
+    return f"{what} manual call point" if contact.role == "manual_call_point" else what

@@ -15,16 +15,13 @@ still needs to see the rest.
 from __future__ import annotations
 
 import datetime
-import functools
-import os
 import time
-import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.cli.textwidth import fit, width
+from agent.clock import local_zone
 
 if TYPE_CHECKING:  # the scan types pull in the serial layer; `status` must not load it
     from drivers.scan import FoundUnit, ProfileMatch, ScanReport, ScanSettings
@@ -70,18 +67,8 @@ def clock_time(ts_ms: Any) -> str:
         return "--:--:--"
 
 
-@functools.cache
-def _site_zone() -> datetime.tzinfo:
-    """The zone libc's localtime would use ($TZ, else /etc/localtime), as zoneinfo data."""
-    name = os.environ.get("TZ")
-    try:
-        if name is None:
-            with Path("/etc/localtime").open("rb") as data:
-                return zoneinfo.ZoneInfo.from_file(data)
-        return zoneinfo.ZoneInfo(name.removeprefix(":"))
-    except (OSError, ValueError, zoneinfo.ZoneInfoNotFoundError):
-        # no zone database, or a POSIX rule such as TZ=CST-8: the offset libc applies now
-        return datetime.timezone(datetime.timedelta(seconds=time.localtime().tm_gmtoff))
+# the zone libc's localtime would use, without libc's localtime (agent/clock.py)
+_site_zone = local_zone
 
 
 def _get(data: Mapping[str, Any], key: str, default: Any = None) -> Any:
@@ -97,13 +84,17 @@ def problems(status: Mapping[str, Any]) -> list[str]:
     broker has acknowledged nothing since the last error), a line down, a device or the
     GPIO in comm fault, a device not polled for longer than its comm-fault window
     (starved: what it reports is stale, whatever its comm state says), an active alarm, a
-    degraded buffer, an unsynchronised clock. Empty when all is well."""
+    degraded buffer, an unsynchronised clock, a duty check waiting for its answer, a
+    failed transmission. Empty when all is well."""
     found: list[str] = []
     uplink = _get(status, "uplink", {})
     if not _get(uplink, "connected", False):
         found.append("uplink down")
     elif _get(uplink, "last_error"):
         found.append("uplink not delivering")
+    gb = status.get("gb26875")
+    if isinstance(gb, Mapping) and (gb.get("link_fault") or not gb.get("connected")):
+        found.append("centre link down" if gb.get("link_fault") else "centre not connected")
     down = [ln.get("id", "?") for ln in _get(status, "lines", []) if ln.get("down")]
     if down:
         found.append("line down: " + ", ".join(down))
@@ -126,7 +117,86 @@ def problems(status: Mapping[str, Any]) -> list[str]:
         found.append(f"buffer degraded ({_get(buffer, 'degraded_reason', '?')})")
     if _get(status, "clock_synced", True) is False:
         found.append("clock not synchronised")
+    if _get(status, "duty_check", None):
+        found.append("duty check waiting: alarmgw ack")
+    if _get(_get(status, "transmission", {}), "failed", []):
+        found.append("transmission failed")
+    found.extend(duty_problems(_get(status, "duties", {})))
     return found
+
+
+def _duty_check_lines(status: Mapping[str, Any]) -> list[str]:
+    """The duty check waiting (if one is) and the transmission light and failure signal."""
+    out = []
+    duty = _get(status, "duty_check", None)
+    if duty:
+        out.append(
+            f"duty check from {_get(duty, 'source', '?')}: waiting {age(duty.get('waited_s'))},"
+            f" {age(duty.get('left_s'))} left (answer button or `alarmgw ack`)"
+        )
+    transmission = _get(status, "transmission", {})
+    if transmission:
+        failed = list(_get(transmission, "failed", []))
+        light = _get(transmission, "light", "off")
+        out.append(
+            f"transmission light {light}" + (f"; FAILED: {', '.join(failed)}" if failed else "")
+        )
+    return out
+
+
+def duty_problems(duties: Mapping[str, Any]) -> list[str]:
+    """The UITD duties' part of `problems`: the last self-test failed, simulated fire
+    transmissions due this month."""
+    found = []
+    last = _get(duties, "last_selftest", {})
+    if last and last.get("ok") is False:
+        found.append("self-test failed: " + ", ".join(last.get("failed", [])))
+    fires = _get(duties, "simulated_fires", {})
+    if fires and fires.get("due"):
+        found.append(f"simulated fires due ({fires.get('count')} of {fires.get('required')})")
+    return found
+
+
+def date_time(ts_ms: Any) -> str:
+    """Local date and time of a timestamp (as clock_time: no libc localtime)."""
+    if not isinstance(ts_ms, int | float):
+        return "----------- --:--"
+    try:
+        moment = _UTC_EPOCH + datetime.timedelta(milliseconds=ts_ms)
+        return moment.astimezone(_site_zone()).strftime("%Y-%m-%d %H:%M")
+    except (OverflowError, ValueError):
+        return "----------- --:--"
+
+
+def duty_lines(duties: Mapping[str, Any]) -> list[str]:
+    """`status`: the last self-test, this month's simulated fires, the last self-check."""
+    if not duties:
+        return []
+    out = []
+    last = _get(duties, "last_selftest", {})
+    if last:
+        verdict = "passed" if last.get("ok") else "FAILED: " + ", ".join(last.get("failed", []))
+        when = date_time(last.get("ts_ms"))
+        out.append(f"self-test    {when} ({last.get('trigger')}) {verdict}")
+    else:
+        out.append(f"self-test    not run yet (daily at {_get(duties, 'selftest_time', '?')})")
+    fires = _get(duties, "simulated_fires", {})
+    if fires.get("month"):
+        due = "  DUE: run them" if fires.get("due") else ""
+        out.append(
+            f"simulated fires {fires['month']}: {fires.get('count')} of {fires.get('required')}"
+            f" confirmed, reminder day {fires.get('reminder_day')}{due}"
+        )
+    elif fires:
+        out.append("simulated fires: month unknown until the clock is synchronised")
+    check = _get(duties, "last_selfcheck", {})
+    if check:
+        out.append(
+            f"self-check   #{check.get('number')} {date_time(check.get('ts_ms'))} "
+            f"{check.get('operator')}: {check.get('passed')} passed, {check.get('failed')} "
+            f"failed, {check.get('untested')} untested"
+        )
+    return out
 
 
 def _uplink_line(status: Mapping[str, Any]) -> str:
@@ -141,6 +211,17 @@ def _uplink_line(status: Mapping[str, Any]) -> str:
     return f"uplink   {state}{since}, {acked}, reconnects {_get(uplink, 'reconnects', 0)}"
 
 
+def _gb_line(gb: Mapping[str, Any]) -> str:
+    """The GB/T 26875.3 uplink to the fire remote-monitoring centre, one line."""
+    state = "connected" if _get(gb, "connected", False) else "DOWN"
+    if _get(gb, "link_fault", False):
+        state = "LINK FAULT"
+    return (
+        f"centre   {state} {_get(gb, 'centre', '?')}, confirmed {_get(gb, 'confirmed_rows', 0)}"
+        f", queued {_get(gb, 'queued_packets', 0)}, resent {_get(gb, 'resent', 0)}"
+    )
+
+
 def _buffer_line(buffer: Mapping[str, Any]) -> str:
     state = (
         "DEGRADED: " + str(_get(buffer, "degraded_reason", "?")) if buffer.get("degraded") else "ok"
@@ -150,6 +231,14 @@ def _buffer_line(buffer: Mapping[str, Any]) -> str:
         f"telemetry {_get(buffer, 'telemetry_depth', 0)} queued, "
         f"oldest {age(buffer.get('oldest_age_s'))}, {state}"
     )
+
+
+def _readers_line(buffer: Mapping[str, Any]) -> str | None:
+    """With several uplinks: what each still has to send."""
+    readers = _get(buffer, "readers", {})
+    if not isinstance(readers, Mapping) or len(readers) < 2:
+        return None
+    return "         to send " + ", ".join(f"{name} {n}" for name, n in readers.items())
 
 
 def _drops_line(buffer: Mapping[str, Any]) -> str | None:
@@ -230,8 +319,14 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
     last_error = _get(_get(status, "uplink", {}), "last_error")
     if last_error:  # kept until the broker acknowledges again, connected or not
         out.append(f"         last error: {last_error}")  # clipped to the screen below
+    gb = status.get("gb26875")
+    if isinstance(gb, Mapping):
+        out.append(_gb_line(gb))
     buffer = _get(status, "buffer", {})
     out.append(_buffer_line(buffer))
+    readers = _readers_line(buffer)
+    if readers:
+        out.append(readers)
     drops = _drops_line(buffer)
     if drops:
         out.append(drops)
@@ -248,6 +343,8 @@ def render_status(status: Mapping[str, Any]) -> list[str]:
     silenced = " (buzzer silenced)" if _get(status, "silenced", False) else ""
     out.append(f"active alarms: {len(alarms) or 'none'}{silenced}")
     out.extend(alarm_row(a) for a in alarms)
+    out.extend(_duty_check_lines(status))
+    out.extend(duty_lines(_get(status, "duties", {})))
     found = problems(status)
     out.append("PROBLEMS: " + "; ".join(found) if found else "all ok")
     return [clip(text) for text in out]

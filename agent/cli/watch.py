@@ -85,8 +85,17 @@ def _render_event(p: dict[str, Any]) -> str:
     return head + fit(f"{p.get('text', '')}{shown}", 80 - len(head) - 1).rstrip()
 
 
+def _render_result(p: dict[str, Any]) -> str:
+    error = p.get("error")
+    error = error if isinstance(error, dict) else {}
+    outcome = "ok" if p.get("ok") else f"ERROR {error.get('code')}: {error.get('message')}"
+    shown = json.dumps(p.get("result"), ensure_ascii=False) if p.get("ok") else ""
+    return fit(f"cmd-result: {p.get('command')} {p.get('id')} {outcome} {shown}", 79).rstrip()
+
+
 _RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "event": _render_event,
+    "cmd-result": _render_result,
     "telemetry": _render_telemetry,
     "status": _render_status,
     "heartbeat": _render_heartbeat,

@@ -230,6 +230,7 @@ class LinkCounters:
     faults: int = 0
     bad_frames: int = 0
     requests: int = 0
+    answers: int = 0  # confirms and denies of an in-flight serial, heartbeats included
 
 
 class Link:
@@ -286,6 +287,12 @@ class Link:
 
     def submit(self, packet: Packet) -> None:
         (self._priority if packet.priority else self._ordinary).append(packet)
+        self._pump()
+
+    def resubmit(self, packet: Packet) -> None:
+        """A packet handed back by Failed, to go again first (ahead of what was queued
+        after it), so that a reconnect keeps the owner's order."""
+        (self._priority if packet.priority else self._ordinary).appendleft(packet)
         self._pump()
 
     def receive(self, data: bytes) -> None:
@@ -421,6 +428,7 @@ class Link:
             )
             return
         self._last_confirmed = self.clock.monotonic()
+        self.counters.answers += 1
         if self._faulted:
             self._faulted = False
             self._events.append(LinkRestored())

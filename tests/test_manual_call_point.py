@@ -1,0 +1,81 @@
+"""The manual call point (the gateway's manual alarm button, GB 26875.1: highest priority)
+end to end on the gateway side: pressed through the pin factory, it becomes a
+life-safety alarm with its GB coordinates, overtakes a backlog on every uplink (the
+order lives in the buffer's read API) and takes its turn behind a fire queued before it.
+
+The ordering chosen (docs/gb26875.md, docs/feed.md section 7): fire and manual alarms
+are one class, first before everything else, and among themselves in seq order (the
+order they happened), so neither can starve the other."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gpiozero import Device
+from gpiozero.pins.mock import MockFactory
+
+from agent.buffer import ReadCursor
+from agent.runtime import Gateway
+from core.events import Category, Event, Kind, Lane, Severity
+from tests.test_runtime import HeldLowPin, example_config
+from tests.waiting import wait_until
+
+BACKLOG = 300
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    gw = Gateway(example_config(tmp_path))
+    gw.buffer.start()
+    factory = MockFactory()
+    factory.pin(23, pin_class=HeldLowPin)  # the tamper switch, held closed by the lid
+    Device.pin_factory = factory
+    try:
+        yield gw
+    finally:
+        if gw.gpio is not None:
+            gw.gpio.close()
+        gw.uplink.stop()  # never started here; this releases its wake-up socket pair
+        gw.buffer.close()
+        gw.pointstate.close()
+        Device.pin_factory = None
+        factory.close()
+
+
+def door(i: int) -> Event:
+    return Event(Kind.STATE, Category.DOOR, Severity.WARNING, "open", f"门 {i}", "exit-door-1")
+
+
+def test_a_pressed_manual_call_point_overtakes_a_backlog_behind_an_earlier_fire(
+    gateway: Gateway,
+) -> None:
+    gateway._start_gpio()
+    for i in range(BACKLOG):  # an outage's worth of older records
+        gateway.emit(door(i))
+    fire = Event(Kind.ALARM, Category.FIRE, Severity.CRITICAL, "fire", "3号点火警", "fap", "p3")
+    fire_seq = gateway.emit(fire).result(timeout=10).seq
+    factory = Device.pin_factory
+    assert isinstance(factory, MockFactory)
+    factory.pin(22).drive_low()  # the manual alarm button, pressed
+    assert wait_until(lambda: gateway.rules.alarm.sounding)
+
+    def first_rows() -> list[dict[str, object]]:
+        rows = gateway.buffer.next_rows(ReadCursor(), 3)
+        return [json.loads(bytes(r.payload)) | {"seq": r.seq} for r in rows]
+
+    assert wait_until(lambda: any(row["device"] == "manual-alarm" for row in first_rows()))
+    fire_row, manual, oldest = first_rows()
+    assert fire_row["seq"] == fire_seq  # its turn: the fire happened first
+    assert (manual["device"], manual["category"], manual["kind"]) == (
+        "manual-alarm",
+        "manual",
+        "alarm",
+    )
+    assert isinstance(manual["seq"], int) and manual["seq"] > BACKLOG + 1  # the newest...
+    assert (oldest["seq"], oldest["text"]) == (1, "门 0")  # ...yet ahead of the whole backlog
+    # its GB coordinates: the UITD's manual alarm (typeflag 24, flag bit 2)
+    assert manual["detail"]["gb"] == {"tf": 24, "flags": 4, "operator": 0}  # type: ignore[index]
+    assert gateway.buffer.pending(Lane.EVENT, 0, 1)[0].seq == 1  # nothing was reordered on disk

@@ -1,0 +1,270 @@
+"""The transmission light and the transmission-failed signal (GB 26875.1), on real
+gpiozero outputs (MockFactory pins), a real buffer (its acknowledgement is what
+"confirmed" means) and an injectable clock: five minutes pass in no time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from agent.buffer import EventBuffer
+from agent.faults import Faults
+from agent.rules import LocalRules
+from core.events import Category, Event, Identity, Kind, Lane, Severity
+from drivers.gpio import Output
+
+IDENT = Identity("site", "gw1")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass(frozen=True)
+class Out:
+    id: str
+    pin: int
+    type: str
+    active: str = "high"
+
+
+@dataclass
+class Bench:
+    rules: LocalRules
+    buffer: EventBuffer
+    clock: Clock
+    light: Output
+    sounder: Output
+
+    def emit(self, event: Event) -> Event:
+        """What the pipeline does: rules at once, the buffer, then the stored listener."""
+        self.rules.on_event(event)
+        stored = self.buffer.submit(event).result(timeout=10)
+        assert isinstance(stored, Event)
+        self.rules.transmission.stored(stored)
+        return stored
+
+    def tick(self) -> None:
+        """What the duties' thread does twice a second."""
+        self.rules.transmission.tick(self.unconfirmed)
+
+    def unconfirmed(self, seq: int) -> bool:  # as agent.duty.UitdDuties.unconfirmed
+        rows = self.buffer.pending(Lane.EVENT, seq - 1, 1)
+        return bool(rows) and rows[0].seq == seq
+
+    def confirm(self, event: Event) -> None:
+        assert event.seq is not None
+        self.buffer.ack(Lane.EVENT, event.seq)  # the broker's PUBACK, as the uplink acks
+
+
+@pytest.fixture
+def bench(tmp_path: Path, factory: MockFactory) -> Iterator[Bench]:
+    light = Output(Out("transmission-led", 16, "led"), pin_factory=factory)
+    sounder = Output(Out("failure-sounder", 26, "buzzer"), pin_factory=factory)
+    clock = Clock()
+    rules = LocalRules(
+        [
+            ("transmission-led", "transmission-light", light),
+            ("failure-sounder", "transmission-failed", sounder),
+        ],
+        monotonic=clock,
+    )
+    buffer = EventBuffer(tmp_path / "buffer.db", IDENT, 1000).start()
+    rules.uplink_changed(True)
+    yield Bench(rules, buffer, clock, light, sounder)
+    buffer.close()
+    light.close()
+    sounder.close()
+
+
+def fire(kind: Kind = Kind.ALARM, point: str = "point3", **kw: object) -> Event:
+    return Event(
+        kind,
+        Category.FIRE,
+        Severity.CRITICAL if kind is Kind.ALARM else Severity.INFO,
+        "fire" if kind is Kind.ALARM else "normal",
+        "1号火灾报警控制器 火警",
+        "fap",
+        point,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_the_light_blinks_while_sending_is_steady_once_confirmed_and_off_five_minutes_after_reset(
+    bench: Bench,
+) -> None:
+    assert bench.light.mode == "off"
+    alarm = bench.emit(fire())
+    bench.tick()
+    assert bench.light.mode == "blink"  # stored, not yet confirmed
+    bench.clock.now += 2
+    bench.confirm(alarm)
+    bench.tick()
+    assert bench.light.mode == "on"
+    bench.clock.now += 3600
+    bench.tick()
+    assert bench.light.mode == "on"  # the fire is still there: the light stays
+    bench.emit(fire(Kind.RESTORE))  # the panel resets
+    bench.clock.now += 299.9
+    bench.tick()
+    assert bench.light.mode == "on"
+    bench.clock.now += 0.1
+    bench.tick()
+    assert bench.light.mode == "off"
+    assert bench.sounder.mode == "off"  # nothing failed
+
+
+def test_the_light_holds_five_minutes_after_a_confirmed_test_transmission(
+    bench: Bench,
+) -> None:
+    test = bench.emit(fire(Kind.TEST, point="test_alarm", test=True))
+    bench.tick()
+    assert bench.light.mode == "blink"
+    bench.confirm(test)
+    bench.tick()
+    assert bench.light.mode == "on"
+    bench.clock.now += 299
+    bench.tick()
+    assert bench.light.mode == "on"
+    bench.clock.now += 1
+    bench.tick()
+    assert bench.light.mode == "off"
+
+
+def test_other_events_never_light_it(bench: Bench) -> None:
+    gas = Event(Kind.ALARM, Category.GAS, Severity.MAJOR, "alarm", "gas", "gas-1", "low_alarm")
+    door = Event(Kind.STATE, Category.DOOR, Severity.WARNING, "open", "door", "door-1", "contact")
+    for event in (gas, door):
+        bench.emit(event)
+    bench.tick()
+    assert bench.light.mode == "off"
+
+
+def test_an_alarm_unconfirmed_for_forty_seconds_sounds_the_failure_signal_until_confirmed(
+    bench: Bench,
+) -> None:
+    alarm = bench.emit(fire())
+    bench.clock.now += 39.9
+    bench.tick()
+    assert (bench.light.mode, bench.sounder.mode) == ("blink", "off")
+    bench.clock.now += 0.1
+    bench.tick()
+    assert bench.sounder.mode == "blink"  # rapid beeps
+    assert bench.rules.transmission.failed == [f"unconfirmed:{alarm.seq}"]
+    bench.confirm(alarm)  # the broker came back and took it
+    bench.tick()
+    assert (bench.light.mode, bench.sounder.mode) == ("on", "off")
+
+
+def test_a_link_fault_sounds_until_its_restore_and_silence_holds_until_a_new_failure(
+    bench: Bench,
+) -> None:
+    link_fault = Event(
+        Kind.FAULT,
+        Category.SYSTEM,
+        Severity.MAJOR,
+        "link_fault",
+        "centre link lost",
+        "gateway",
+        "gb_link",
+        detail={"gb": {"tf": 21, "status": 1 << 5}},  # UITD state: centre-link fault
+    )
+    bench.emit(link_fault)
+    assert bench.sounder.mode == "blink"
+    assert bench.rules.silence() is True
+    assert bench.sounder.mode == "off"
+    bench.rules.uplink_changed(False)  # the MQTT link goes too: a new failure, in 100 s
+    bench.clock.now += 99
+    bench.tick()
+    assert bench.sounder.mode == "off"
+    bench.clock.now += 1
+    bench.tick()
+    assert bench.sounder.mode == "blink"
+    assert bench.rules.transmission.failed == ["link_fault:gateway/gb_link", "uplink_down"]
+    bench.rules.uplink_changed(True)
+    restore = Event(
+        Kind.RESTORE, Category.SYSTEM, Severity.INFO, "normal", "back", "gateway", "gb_link"
+    )
+    bench.emit(restore)
+    assert bench.sounder.mode == "off"
+    assert bench.rules.transmission.failed == []
+
+
+def test_the_gb_uplinks_own_link_fault_sounds_the_signal_and_its_restore_stops_it(
+    bench: Bench,
+) -> None:
+    """The fault the GB uplink raises (Faults.link_failed, agent/gb26875/uplink.py) is the
+    one the failure signal listens for: emitted through the real fault mechanism."""
+    faults = Faults(bench.emit)
+    faults.link_failed("gb26875-link", "no confirm after 3 resends")
+    assert bench.sounder.mode == "blink"
+    assert bench.rules.transmission.failed == ["link_fault:gateway/gb26875-link"]
+    faults.worked("gb26875-link")
+    assert bench.sounder.mode == "off"
+    assert bench.rules.transmission.failed == []
+
+
+def test_a_storm_of_waiting_alarms_costs_a_bounded_number_of_reads_a_tick(bench: Bench) -> None:
+    """The oldest 16 still-unconfirmed alarms are read each tick, not every one: the light
+    blinks on them anyway, and the newer ones are looked at once they are confirmed."""
+    alarms = [bench.emit(fire(point=f"p{i}")) for i in range(100)]
+    reads: list[int] = []
+
+    def counted(seq: int) -> bool:
+        reads.append(seq)
+        return bench.unconfirmed(seq)
+
+    bench.rules.transmission.tick(counted)
+    assert reads == [a.seq for a in alarms[:16]]
+    assert bench.light.mode == "blink"
+    for alarm in alarms:
+        bench.confirm(alarm)
+    reads.clear()
+    bench.rules.transmission.tick(counted)
+    assert len(reads) == 100 and bench.light.mode == "on"  # all confirmed in one look
+
+
+def test_the_running_gateway_lights_a_fire_being_sent_and_steadies_it_once_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """The runtime's wiring: the stored listener, the duties' thread and the buffer's
+    acknowledgement (what the uplink does on PUBACK), on the example config's outputs."""
+    from gpiozero import Device
+
+    from agent.runtime import Gateway
+    from tests.test_runtime import HeldLowPin, example_config
+    from tests.waiting import wait_until
+
+    gw = Gateway(example_config(tmp_path))
+    gw.buffer.start()
+    factory = MockFactory()
+    factory.pin(23, pin_class=HeldLowPin)  # the tamper switch, held closed by the lid
+    Device.pin_factory = factory
+    try:
+        gw._start_gpio()
+        gw.duty_timers.start()
+        light = factory.pin(16)  # transmission-led
+        stored = gw.emit(fire()).result(timeout=10)
+        assert wait_until(lambda: gw.rules.transmission.light == "blink")
+        assert gw.gpio is not None and gw.gpio.outputs["transmission-led"].mode == "blink"
+        assert stored.seq is not None
+        gw.buffer.ack(Lane.EVENT, stored.seq)
+        assert wait_until(lambda: gw.rules.transmission.light == "on")
+        assert wait_until(lambda: light.state)
+    finally:
+        gw.duty_timers.stop()
+        if gw.gpio is not None:
+            gw.gpio.close()
+        gw.uplink.stop()  # never started here; this releases its wake-up socket pair
+        gw.buffer.close()
+        gw.pointstate.close()
+        Device.pin_factory = None
+        factory.close()
