@@ -18,7 +18,10 @@ Sequence numbers: one series per lane, strictly increasing across restarts and
 never reused. The next seq lives in the database (same transaction as the
 rows); a small sidecar file beside it holds a reserved ceiling per lane, so a
 corrupt database that must be replaced restarts above every seq ever handed
-out, and a fault event names the range that may have been lost.
+out, and a fault event names the range that may have been lost. Where neither file
+can record them (a read-only card or sidecar), seqs jump by the microseconds since
+boot and a fault event says continuity is unknown (and names the few held in RAM
+that a restart may repeat); a reboot resets that clock, which the event also says.
 
 Bounded: over `max_events` it drops telemetry oldest first, then the least
 severe events oldest first, life-safety alarms last; every drop is counted and
@@ -56,6 +59,7 @@ from agent.seqmarks import LANES as _LANES
 from agent.seqmarks import LaneMark, Sidecar
 from agent.storage import (
     CorruptDatabase,
+    certainly_missing,
     check_integrity,
     diagnose,
     move_aside,
@@ -64,6 +68,7 @@ from agent.storage import (
 )
 from core.errors import BufferError_
 from core.events import (
+    LIFE_SAFETY,
     Event,
     Identity,
     Kind,
@@ -412,6 +417,7 @@ class EventBuffer:
         self._next_seq: dict[Lane, int] = dict.fromkeys(_LANES, 1)
         self._meta_next: dict[Lane, int] = dict.fromkeys(_LANES, 0)  # as the database has it
         self._unresolved = False  # the database could not be read at start
+        self._init_continuity()
         self._depth: dict[Lane, int] = dict.fromkeys(_LANES, 0)
         # rows in RAM, in seq order per lane: telemetry awaiting its PUBACK, and whatever
         # the database refused (degraded); guarded by _held_lock with _acked
@@ -454,6 +460,10 @@ class EventBuffer:
             (self._bits[r.name], r.carries) for r in self.readers if r.carries is not None
         )
 
+    def _init_continuity(self) -> None:
+        self._floor: dict[Lane, int] = dict.fromkeys(_LANES, 1)  # above its highest row
+        self._jumped = False  # seqs jumped since a file last recorded them
+
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> EventBuffer:
@@ -477,6 +487,11 @@ class EventBuffer:
             self._continue(self._meta_next if fresh_why is None else None, fresh_why)
             if self._known is None or any(m.dirty for m in self._known.values()):
                 self._write_sidecar()
+            if not self._sidecar.writable or self._sidecar.unreadable:
+                # an earlier run on this sidecar could not record its seqs either (or
+                # what it recorded cannot be read): the ones it held in RAM when it
+                # stopped are in neither file
+                self._startup_faults += self._jump_unrecorded()
         self._thread = threading.Thread(target=self._run, name="buffer-writer", daemon=True)
         self._thread.start()
         # recovery faults are stored (and first in their lane) before start() returns
@@ -534,7 +549,8 @@ class EventBuffer:
         it is the one we had). Only proven corruption is moved aside (agent/storage.py);
         anything else (locked, full, I/O error, read-only, cannot open) raises and leaves
         the file as it is. `busy_ms`: how long each step waits for another's lock."""
-        existed = self.path.exists()
+        # cannot tell (EACCES, EIO): it may well be there; "missing" would make it fresh
+        existed = not certainly_missing(self.path)
         try:
             db = self._open_checked(busy_ms)
         except CorruptDatabase as exc:
@@ -553,6 +569,7 @@ class EventBuffer:
             conn.executescript(_SCHEMA)
             _migrate(conn)
             check_integrity(conn)
+            _migrate_drop_classes(conn)
             if busy_ms != 5000:
                 conn.execute("PRAGMA busy_timeout=5000")
         return conn
@@ -577,6 +594,7 @@ class EventBuffer:
         try:
             _forget_finished(db, self._all)
             stored = _stored_next(db)
+            floor = _above_rows(db)
             depths = _depths(db)
             reader = self._connect()
             reader.execute("PRAGMA query_only=1")
@@ -589,6 +607,7 @@ class EventBuffer:
             old.close()
         self._db = db
         self._meta_next = stored
+        self._floor = floor
         self._depth = depths
         self._old_file = False  # migrated on opening for writes
 
@@ -610,10 +629,9 @@ class EventBuffer:
                 nxt = stored[lane]
                 if mark is not None and mark.dirty and mark.ceiling > nxt:
                     # seqs up to the ceiling left the process from memory and may be gone
-                    low = max(nxt, mark.low)
-                    why = "held in memory when the agent stopped"
-                    self._startup_faults.append(self._loss_fault(lane, why, low, mark.ceiling))
+                    self._startup_faults.append(self._memory_loss(lane, mark, nxt))
                     nxt = mark.ceiling
+                nxt = max(nxt, self._floor[lane])
             self._next_seq[lane] = nxt
             ceiling = max(nxt, mark.ceiling if mark else nxt)
             self._marks[lane] = LaneMark(ceiling=ceiling, low=mark.low if mark else nxt)
@@ -626,18 +644,29 @@ class EventBuffer:
         self._degraded_reason = reason
         stored = self._read_what_is_there()
         self._continue(stored, None)
-        unknown = self._known is None and stored is None and self.path.exists()
-        if unknown or not self._sidecar.writable:
-            # Nothing on this card can record the seqs this run hands out: start so far
-            # above the last recorded ones (microseconds since boot) that no earlier run
-            # of this boot can have reached them.
-            jump = time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1000
-            for lane in _LANES:
-                self._next_seq[lane] += jump
-                self._startup_faults.append(self._unknown_continuity(lane))
+        unknown = self._known is None and stored is None and not certainly_missing(self.path)
+        if unknown or not self._sidecar.writable or self._sidecar.unreadable:
+            self._startup_faults += self._jump_unrecorded()
         self._exact_marks()
         self._startup_faults.insert(0, self._degraded_fault(reason))
         self._last_retry = time.monotonic()
+
+    def _jump_unrecorded(self) -> list[Event]:
+        """Nothing on this card records the seqs handed out from now on: jump so far above
+        the last recorded ones (microseconds since boot) that no earlier run of this boot
+        can have reached them, and say so per lane. Rows already in RAM beyond what the
+        card records are named: a restart after a reboot may hand those seqs out again.
+        Across a reboot (the boot clock starts again, and the Pi has no RTC) even the
+        jump cannot be sure to clear an earlier boot's seqs: the announcement says so."""
+        jump = time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1000
+        self._jumped = True
+        faults = []
+        for lane in _LANES:
+            with self._held_lock:
+                held = [r.seq for r in self._held[lane]]
+            self._next_seq[lane] += jump
+            faults.append(self._unknown_continuity(lane, held=held))
+        return faults
 
     def _read_what_is_there(self) -> dict[Lane, int] | None:
         """Next seqs and queued rows of a database that cannot take writes, read-only
@@ -649,6 +678,7 @@ class EventBuffer:
             return None
         try:
             stored = _stored_next(reader)
+            self._floor = _above_rows(reader)
             self._depth = _depths(reader)
         except sqlite3.Error as exc:
             reader.close()
@@ -671,8 +701,7 @@ class EventBuffer:
             elif mark is None or mark.ceiling <= stored[lane]:
                 fault = None
             elif mark.dirty:
-                why = "held in memory when the agent stopped"
-                fault = self._loss_fault(lane, why, max(stored[lane], mark.low), mark.ceiling)
+                fault = self._memory_loss(lane, mark, stored[lane])
             else:  # reserved before the stop, never handed out, skipped at start
                 fault = self._unknown_continuity(
                     lane, f"seqs {stored[lane]}..{mark.ceiling - 1} were skipped, never used"
@@ -680,10 +709,37 @@ class EventBuffer:
             if fault is not None:
                 self._enqueue(_own(fault, self.identity))
 
-    def _loss_fault(self, lane: Lane, why: str, low: int | None, ceiling: int) -> Event:
+    def _memory_loss(self, lane: Lane, mark: LaneMark, stored: int) -> Event:
+        """The announcement for records that were only in RAM when the agent stopped:
+        below the database's next seq (`stored`) everything is on disk or delivered."""
+        why = "held in memory when the agent stopped"
+        low = max(stored, mark.low)
+        if mark.exact:
+            return self._loss_fault(lane, why, low, mark.ceiling)
+        # a block reserved ahead (readings waiting in RAM for their PUBACK): which of its
+        # seqs were handed out is not on the card (that would be a write per reading);
+        # at most MAX_VOLATILE readings are ever in RAM only
+        return self._loss_fault(lane, why, low, mark.ceiling, min(MAX_VOLATILE, mark.ceiling - low))
+
+    def _loss_fault(
+        self, lane: Lane, why: str, low: int | None, ceiling: int, at_most: int | None = None
+    ) -> Event:
         if low is None:
             text = f"{why}; {lane.value} sequence continuity unknown (no sidecar)"
             detail: dict[str, Any] = {"buffer": "recovered", "lane": lane.value, "why": why}
+        elif at_most is not None:
+            text = (
+                f"{why}; {lane.value} seqs {low}..{ceiling - 1} were reserved: at most "
+                f"{at_most} of them were handed out and may have been lost, the others were "
+                "never used (which ones is not recorded: readings are not written one by one)"
+            )
+            detail = {
+                "buffer": "recovered",
+                "lane": lane.value,
+                "why": why,
+                "lost_range": [low, ceiling - 1],
+                "at_most": at_most,
+            }
         else:
             text = f"{why}; {lane.value} seqs {low}..{ceiling - 1} may have been lost"
             detail = {
@@ -694,13 +750,23 @@ class EventBuffer:
             }
         return self._system_event(Kind.FAULT, Severity.MAJOR, "buffer_recovered", text, detail)
 
-    def _unknown_continuity(self, lane: Lane, why: str | None = None) -> Event:
-        why = why or (
-            "the storage cannot record seqs; they jump to "
-            f"{self._next_seq[lane]} so that none repeats one handed out before"
-        )
+    def _unknown_continuity(
+        self, lane: Lane, why: str | None = None, held: list[int] | None = None
+    ) -> Event:
+        detail: dict[str, Any] = {"buffer": "recovered", "lane": lane.value}
+        if why is None:
+            why = (
+                "the storage cannot record seqs; they jump to "
+                f"{self._next_seq[lane]}, above every seq handed out before in this boot "
+                "(an earlier boot's are not known)"
+            )
+            detail["jump_to"] = self._next_seq[lane]
+        if held:
+            # in RAM only, recorded nowhere: after a restart these numbers may come again
+            why += f"; seqs {held[0]}..{held[-1]} held in memory may be reused after a restart"
+            detail["may_repeat"] = [held[0], held[-1]]
+        detail["why"] = why
         text = f"{why}; {lane.value} sequence continuity unknown"
-        detail = {"buffer": "recovered", "lane": lane.value, "why": why}
         return self._system_event(Kind.FAULT, Severity.MAJOR, "buffer_recovered", text, detail)
 
     def _system_event(
@@ -1027,6 +1093,8 @@ class EventBuffer:
         ]
         if self._tally and time.monotonic() - self._last_announce >= ANNOUNCE_S:
             groups.append(_own(self._drop_announcement(), self.identity))
+        if self._unrecorded() and not self._jumped:
+            groups += [_own(fault, self.identity) for fault in self._jump_unrecorded()]
         rows, seqs = self._stamp(groups)
         self._reserve(rows)
         victims = self._choose_victims(rows)
@@ -1101,6 +1169,7 @@ class EventBuffer:
             mark = self._marks[lane]
             if self._next_seq[lane] > mark.ceiling:
                 mark.ceiling = self._next_seq[lane] + (0 if degraded else SEQ_BLOCK)
+                mark.exact = degraded
                 mark.low = self._lowest_unacked(lane, rows)
                 changed = True
         if changed:
@@ -1115,7 +1184,7 @@ class EventBuffer:
             # rows the failed commit held are not in RAM yet: below the database's next
             # seq everything is on disk, so the loss starts no higher than that
             mark.low = min(self._lowest_unacked(lane, []), self._meta_next[lane] or 1)
-            mark.dirty = True
+            mark.dirty = mark.exact = True
         self._write_sidecar()
 
     def _lowest_unacked(self, lane: Lane, rows: list[StoredRow]) -> int:
@@ -1131,11 +1200,17 @@ class EventBuffer:
                     firsts.append(int(low))
         return min(firsts) if firsts else self._next_seq[lane]
 
+    def _unrecorded(self) -> bool:
+        """Does this run hold seqs in RAM that neither file records? Degraded (the
+        database refuses rows) with a sidecar that refuses its marks."""
+        return self.degraded and self._sidecar is not None and self._sidecar.problem is not None
+
     def _write_sidecar(self) -> bool:
         if self._sidecar is None:
             return False
         had_problem = self._sidecar.problem
         if self._sidecar.write(self._marks):
+            self._jumped = False  # recorded again: a later failure needs a jump of its own
             return True
         if self._sidecar.problem != had_problem:  # said once, not once per batch
             log.error("seq sidecar: %s", self._sidecar.problem)
@@ -1179,10 +1254,16 @@ class EventBuffer:
             return
         if self._volatile_ok():
             telemetry = [r for r in rows if r.lane is Lane.TELEMETRY]
-            if telemetry:
-                rows = [r for r in rows if r.lane is not Lane.TELEMETRY]
-                self._hold(telemetry)
-                self._spill_marks.append((time.monotonic(), telemetry[-1].seq))
+            with self._held_lock:
+                room = MAX_VOLATILE - len(self._held[Lane.TELEMETRY])
+            # never more than MAX_VOLATILE readings in RAM only, not even for a moment:
+            # a restart's loss announcement counts on it; the rest go to disk now
+            keep = telemetry[: max(room, 0)]
+            if keep:
+                last = keep[-1].seq
+                rows = [r for r in rows if r.lane is not Lane.TELEMETRY or r.seq > last]
+                self._hold(keep)
+                self._spill_marks.append((time.monotonic(), last))
         due = self._due_telemetry()
         if self._commit(rows + due, deletes, victims):
             if due:
@@ -1214,9 +1295,11 @@ class EventBuffer:
         """May telemetry wait in RAM? Only while the sidecar can say so: after a power cut
         the next start must know that its seqs went beyond the database's."""
         mark = self._marks[Lane.TELEMETRY]
+        if self._sidecar is None or self._sidecar.problem is not None:
+            return False  # its ceiling is stale: readings beyond it must reach the database
         if mark.dirty:
             return True
-        mark.dirty = True
+        mark.dirty, mark.exact = True, False
         if self._write_sidecar():
             return True
         mark.dirty = False
@@ -1281,6 +1364,8 @@ class EventBuffer:
             self._enter_degraded(_reason(exc, self.path))
             return False
         self.commits += 1
+        if rows:
+            self._jumped = False  # recorded by the database: a later failure needs a new jump
         self._delivered_keys += finished or []
         self._meta_next.update(stored)
         self._after_commit(rows, gone, deletes)
@@ -1501,7 +1586,9 @@ class EventBuffer:
         if fresh_why is not None or self._unresolved:
             self._resolve(fresh_why)
         for lane in _LANES:
-            self._next_seq[lane] = max(self._next_seq[lane], self._meta_next[lane])
+            self._next_seq[lane] = max(
+                self._next_seq[lane], self._meta_next[lane], self._floor[lane]
+            )
         log.warning("buffer database %s opened for writing", self.path)
         return True
 
@@ -1702,10 +1789,51 @@ def _store_meta(db: sqlite3.Connection, next_seqs: dict[Lane, int]) -> None:
         )
 
 
+# Buffers written before the life-safety class existed (commit a53c6b8) hold their
+# life-safety alarms in _PROTECTED with the drop announcements: moved up once, on the
+# first writable open, so they overtake the backlog and are dropped last like new ones.
+_MIGRATED: Final = "migrated:life_safety_class"
+_LIFE_SAFETY_CATEGORIES: Final = sorted(c.value for c in LIFE_SAFETY)
+_MIGRATE_SQL: Final = (
+    f"UPDATE records SET drop_class = {_LIFE_SAFETY} "  # noqa: S608 - ints of this module
+    f"WHERE lane = ? AND drop_class = {_PROTECTED} "
+    "AND json_extract(CAST(payload AS TEXT), '$.kind') = 'alarm' "
+    "AND json_extract(CAST(payload AS TEXT), '$.category') IN "
+    f"({', '.join('?' * len(_LIFE_SAFETY_CATEGORIES))})"
+)
+
+
+def _migrate_drop_classes(conn: sqlite3.Connection) -> None:
+    """Bring an older buffer's rows up to this version's drop classes (once per file; a
+    new file is marked at once, as it has nothing to move)."""
+    if conn.execute("SELECT 1 FROM meta WHERE key = ?", (_MIGRATED,)).fetchone():
+        return
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        moved = conn.execute(_MIGRATE_SQL, (Lane.EVENT.value, *_LIFE_SAFETY_CATEGORIES)).rowcount
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, 1)", (_MIGRATED,))
+        conn.execute("COMMIT")
+    except sqlite3.OperationalError as exc:  # full, locked, read-only: the next open retries
+        with contextlib.suppress(sqlite3.Error):
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        log.warning("buffer: older rows not moved to their drop class yet: %s", exc)
+        return
+    if moved:
+        log.warning("buffer: %d life-safety alarms of an older buffer moved to their class", moved)
+
+
 def _stored_next(conn: sqlite3.Connection) -> dict[Lane, int]:
     """The next seq per lane as the database has it (1 for a new database)."""
     rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     return {lane: int(rows.get(f"next_seq:{lane.value}", 1)) for lane in _LANES}
+
+
+def _above_rows(conn: sqlite3.Connection) -> dict[Lane, int]:
+    """Per lane, one above the highest seq stored: the meta lags the rows while older
+    telemetry waits in RAM, so a restart must not go by the meta alone."""
+    query = "SELECT MAX(seq) FROM records WHERE lane = ?"  # the primary key: one lookup
+    return {lane: int(conn.execute(query, (lane.value,)).fetchone()[0] or 0) + 1 for lane in _LANES}
 
 
 def _depths(conn: sqlite3.Connection) -> dict[Lane, int]:

@@ -291,6 +291,12 @@ class _Client(paho.Client):
         return super()._sock_recv(bufsize)
 
 
+def _decrypted(sock: Any) -> int:
+    """Bytes already decrypted and waiting inside a TLS socket (0 for plain TCP)."""
+    pending = getattr(sock, "pending", None)
+    return int(pending()) if pending is not None else 0
+
+
 def _protocol(version: str) -> MQTTProtocolVersion:
     if version in ("5", "5.0"):
         return MQTTProtocolVersion.MQTTv5
@@ -363,9 +369,9 @@ class MqttConnection:
     def close(self) -> None:
         """Drop the socket without a DISCONNECT packet (the will is then published)."""
         self.closed = True
-        sock = self._client.socket()
-        if sock is not None:
-            self._client._sock_close()  # paho has no public "abort": drop without DISCONNECT
+        # paho has no public "abort": drop without DISCONNECT, and close the socket pair
+        # paho made for its own loop (unused here) now, not when the client is collected
+        self._client._reset_sockets()
 
     def disconnect(self) -> None:
         """Clean MQTT DISCONNECT (no will): used on shutdown after the offline status."""
@@ -394,12 +400,18 @@ class MqttConnection:
         readers: list[Any] = [sock] if wake_fd is None else [sock, wake_fd]
         writers = [sock] if self._client.want_write() else []
         try:
-            readable, writable, _ = select.select(readers, writers, [], timeout)
+            wait = 0.0 if _decrypted(sock) else timeout
+            readable, writable, _ = select.select(readers, writers, [], wait)
         except (OSError, ValueError):
             self._lost("socket error")
             return False
-        if sock in readable:
+        if sock in readable or _decrypted(sock):
             self._check(self._client.loop_read())
+            # TLS decrypts a whole record at once: packets after the first one read stay
+            # inside the SSL object, where select() cannot see them (a load balancer in
+            # front of the broker may put several in one record)
+            while not self.closed and _decrypted(sock):
+                self._check(self._client.loop_read())
         if not self.closed and (sock in writable or self._client.want_write()):
             self._check(self._client.loop_write())
         if not self.closed:

@@ -32,6 +32,9 @@ class LaneMark:
     ceiling: int = 1  # every seq below this may have been handed out
     low: int = 1  # lowest unacknowledged seq when the ceiling was reserved
     dirty: bool = False  # seqs were handed out that the database does not hold
+    # the ceiling is exactly the next seq handed out (degraded), not a block reserved
+    # ahead of it (telemetry waiting in RAM): a restart can name the loss exactly
+    exact: bool = True
 
 
 class Sidecar:
@@ -44,6 +47,7 @@ class Sidecar:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.generation = 0
+        self.unreadable: str | None = None  # why marks that may exist could not be read
         self.marks: dict[Lane, LaneMark] | None = self._read()
         self.problem: str | None = None
         self._fd: int | None = None
@@ -68,7 +72,10 @@ class Sidecar:
     def _read(self) -> dict[Lane, LaneMark] | None:
         try:
             data = self.path.read_bytes()
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:  # there, maybe, but not readable: not the same as none
+            self.unreadable = f"cannot read {self.path}: {exc.strerror or exc}"
             return None
         best: tuple[int, dict[Lane, LaneMark]] | None = None
         for slot in range(2):
@@ -89,7 +96,8 @@ class Sidecar:
         values: list[Any] = [_MAGIC, 1, self.generation]
         for lane in LANES:
             mark = marks[lane]
-            values += [mark.ceiling, mark.low, int(mark.dirty)]
+            # dirty: 0 clean, 1 with an exact ceiling, 2 with a block reserved ahead
+            values += [mark.ceiling, mark.low, (1 if mark.exact else 2) if mark.dirty else 0]
         body = struct.pack(_SIDECAR_FMT, *values)
         record = body + struct.pack("<I", zlib.crc32(body))
         try:
@@ -121,5 +129,5 @@ def _parse_slot(raw: bytes) -> tuple[int, dict[Lane, LaneMark]] | None:
     marks = {}
     for i, lane in enumerate(LANES):
         ceiling, low, dirty = fields[3 + 3 * i : 6 + 3 * i]
-        marks[lane] = LaneMark(ceiling, low, bool(dirty))
+        marks[lane] = LaneMark(ceiling, low, bool(dirty), exact=dirty != 2)
     return fields[2], marks

@@ -131,7 +131,8 @@ def open_read_only(path: Path) -> sqlite3.Connection:
     raises like any other failure, and the caller treats the file as unreadable.
     """
     if not is_file(path):
-        raise sqlite3.OperationalError(f"{path}: no such database file")
+        why = "no such database file" if certainly_missing(path) else "cannot be looked at"
+        raise sqlite3.OperationalError(f"{path}: {why}")
     try:
         return _probed(f"file:{path}?mode=ro")
     except sqlite3.Error:
@@ -163,12 +164,12 @@ def diagnose(path: Path) -> str | None:
     """What the card around `path` says, in words for `status` and the fault event (SQLite
     often only says "unable to open" or "disk I/O error")."""
     directory = path.parent
-    if not directory.is_dir():
-        return f"{directory} is missing"
     try:
+        if not directory.is_dir():
+            return f"{directory} is missing"
         st = os.statvfs(directory)
-    except OSError as exc:
-        return f"{directory}: {exc.strerror}"
+    except OSError as exc:  # EACCES on a directory above it, EIO: say that, never raise
+        return f"{exc.filename or directory}: {exc.strerror}"
     if st.f_flag & os.ST_RDONLY:
         return "the file system is read-only"
     if st.f_bavail == 0:

@@ -328,6 +328,49 @@ def rs485_cut(d: Path, smoke: bool, trials: int | None = None) -> None:
     report("faults_rs485_mended", back, devices=len(ids))
 
 
+def rs485_cut_many(d: Path, smoke: bool, trials: int | None = None) -> None:
+    """The cable cut on a line of 24 detectors: does finding the silent bus take longer
+    with more devices on it?"""
+    devices = [
+        sim_device(f"efd-{u}", u, "electrical-fire-4ch", {"ch1_leak": 50}) for u in range(1, 25)
+    ]
+    bus = RtuBus(d / "ttyUSB0", devices)
+    line = Line(
+        "rs485-1",
+        {"type": "rtu", "port": str(bus.path), "baudrate": 9600},
+        [(dev.id, dev.unit_id, _profile_id(dev)) for dev in devices],
+    )
+    ids = list(bus.devices)
+
+    def cut() -> None:
+        for device in bus.devices.values():
+            device.silence()
+
+    def mend() -> None:
+        for device in bus.devices.values():
+            device.revive()
+
+    bus.plug()
+    try:
+        with world(d, [line]) as w:
+            lost, back = _down_and_up(w, cut, mend, ids, trials or (1 if smoke else 3))
+            said = _reasons(w, "comm_loss", ids)
+    finally:
+        bus.unplug()
+    report("faults_rs485_cut_many", lost, devices=len(ids), reasons=said)
+    report("faults_rs485_cut_many_mended", back, devices=len(ids))
+
+
+def _reasons(w: World, kind: str, ids: list[str]) -> str:
+    """The distinct detail.reason of the `kind` events of these devices, as a figure."""
+    seen = {
+        str((r.event.get("detail") or {}).get("reason"))
+        for r in w.feed.snapshot()
+        if r.event.get("kind") == kind and r.event.get("device") in ids
+    }
+    return "+".join(sorted(seen))
+
+
 class TcpEndpoint:
     """A Modbus TCP device or gateway that goes away (closing its connections) and comes
     back on the same port; gone, its port refuses connects, or black-holes them."""
@@ -392,6 +435,36 @@ def tcp_blackhole(d: Path, smoke: bool, trials: int | None = None) -> None:
         u: sim_device(f"efd-{u}", u, "electrical-fire-4ch", {"ch1_leak": 50}) for u in range(1, 11)
     }
     _tcp_flap(d, "tcp_blackhole", units, trials or (1 if smoke else 3), hole=True)
+
+
+def tcp_serial_silent(d: Path, smoke: bool, trials: int | None = None) -> None:
+    """A Modbus TCP gateway with 10 devices behind it whose RS-485 side falls silent: TCP
+    still connects, every request times out. How soon, and as what, is it reported?"""
+    units = {
+        u: sim_device(f"efd-{u}", u, "electrical-fire-4ch", {"ch1_leak": 50}) for u in range(1, 11)
+    }
+    endpoint = TcpEndpoint(units, black_hole=False)
+    ids = [dev.id for dev in units.values()]
+    keys = {"type": "tcp", "host": "127.0.0.1", "port": endpoint.port}
+    line = Line("tcp-1", keys, [(dev.id, u, _profile_id(dev)) for u, dev in units.items()])
+
+    def silent() -> None:
+        for device in units.values():
+            device.silence()
+
+    def back() -> None:
+        for device in units.values():
+            device.revive()
+
+    endpoint.up()
+    try:
+        with world(d, [line]) as w:
+            lost, mended = _down_and_up(w, silent, back, ids, trials or (1 if smoke else 3))
+            said = _reasons(w, "comm_loss", ids)
+    finally:
+        endpoint.close()
+    report("faults_tcp_serial_silent", lost, devices=len(ids), reasons=said)
+    report("faults_tcp_serial_silent_back", mended, devices=len(ids))
 
 
 def _silence_detector(w: World, bus: RtuBus) -> None:
@@ -531,8 +604,10 @@ SCENARIOS: dict[str, Callable[..., None]] = {
     "panel_back": panel_back,
     "rs485_lost": rs485_lost,
     "rs485_cut": rs485_cut,
+    "rs485_cut_many": rs485_cut_many,
     "tcp_gone": tcp_gone,
     "tcp_blackhole": tcp_blackhole,
+    "tcp_serial_silent": tcp_serial_silent,
     "parallel_reads": parallel_reads,
     "read_flood": read_flood,
 }

@@ -25,9 +25,12 @@ endpoint fails `LINK_DOWN_AFTER` times in a row (USB adapter unplugged, TCP
 endpoint refusing or black-holing connects), the line is down and every device
 on it is reported lost at once, instead of each paying its own timeouts; the
 line then tries to reopen the link every second and probes every device the
-moment it opens. A bus that falls silent behind a working port (cable cut) is
-found the same way: two devices in a row silent with no answer between make
-the line ask every other device once, and if none answers all are lost now.
+moment it opens. A bus that falls silent behind a working port (cable cut, or
+a Modbus TCP gateway whose RS-485 side is silent) is found the same way: two
+devices in a row silent with no answer between make the line ask the
+SILENT_CONFIRM devices that answered most recently, once each; if none answers,
+all are lost now, with the link's own reason (`bus_silent`, `gateway_silent`):
+the time this takes does not grow with the number of devices on the line.
 
 Who gets the line, when several things want it: due polls of devices that
 answer come first. Probes of lost devices and live requests (`read_now`,
@@ -96,6 +99,20 @@ REQUEST_WAIT_S = 5.0
 # fits before the next due poll (a silent one costs its timeout)
 ANSWER_ALLOWANCE_S = 0.05
 MIN_IDLE_WAIT_S = 0.001  # never spin
+# A probe of a lost device that goes ahead of a due poll (a busy line) waits
+# PROBE_WAIT_FACTOR times the device's slowest answer (at least PROBE_WAIT_MIN_S, at most its
+# timeout), not its whole timeout: such probes share PROBE_SHARE of the line, so what a
+# silent probe costs sets how often each lost device is asked (8 lost devices at a 0.5 s
+# timeout: every 16 s, past the 5 s backoff cap). Every FULL_PROBE_EVERY-th one waits the
+# whole timeout, so a device that comes back slower than it was is still seen; a probe in
+# the line's free time always does.
+PROBE_WAIT_FACTOR = 3.0
+PROBE_WAIT_MIN_S = 0.1
+FULL_PROBE_EVERY = 4
+# after two devices in a row went silent, how many others (those that answered last) are
+# asked once before the whole bus counts as silent: a fixed number, so that finding a cut
+# cable takes as long on a line of 30 devices as on one of 3
+SILENT_CONFIRM = 2
 
 
 # a request that got no usable block, and the typed reason
@@ -205,6 +222,9 @@ class DeviceState:
     polls_failed: int = 0
     polls_partial: int = 0  # counted in polls_ok too: some request of the poll failed
     probe_start: int = 0  # where a failing device's next probe starts (rotates)
+    slowest_answer_s: float = 0.0  # the longest a good answer of this device has taken
+    probe_wait_s: float = math.inf  # how long its next probe waits (set when it is chosen)
+    probes: int = 0  # probes since it was lost
     last_polled: float = field(default_factory=time.monotonic)  # end of its last poll or probe
 
     def requests(self, poll_class: PollClass) -> list[ReadRequest]:
@@ -543,8 +563,14 @@ class Line:
         if probe is not None and probe[2] > now:
             waits.append(probe[2] - now)
         elif probe is not None:
-            if self._may_go(self._probes, self._probe_cost_s(probe[0]), free_s, now):
-                await self._ahead_of(free_s, self._probes, self._poll(probe[0], probe[1]))
+            st = probe[0]
+            # in the line's free time a probe waits the whole timeout; ahead of a due poll,
+            # on the probes' share, it waits what this device's answers have needed
+            st.probe_wait_s = st.poll.timeout_s
+            if self._probe_cost_s(st) > free_s:
+                st.probe_wait_s = self._short_probe_wait_s(st)
+            if self._may_go(self._probes, self._probe_cost_s(st), free_s, now):
+                await self._ahead_of(free_s, self._probes, self._poll(st, probe[1]))
                 return
             waits.append(self._probes.refill_s(now))
         if self._requests:
@@ -577,7 +603,7 @@ class Line:
         """About how long a probe of a lost device takes: one attempt, and it stops at its
         first silence (a device that answers answers quickly)."""
         requests = max(1, len(st.poll.fast or st.poll.slow))
-        return st.poll.timeout_s + (requests - 1) * ANSWER_ALLOWANCE_S
+        return st.probe_wait_s + (requests - 1) * ANSWER_ALLOWANCE_S
 
     async def _idle(self, seconds: float) -> None:
         """Wait for the next due poll or probe, or for credit, or for a new request."""
@@ -700,21 +726,26 @@ class Line:
         ]
         if not others:
             return  # nobody left to ask (two devices): each counts its own polls
-        for st in others:
+        # the likeliest to answer first: those that answered last (a device failing on its
+        # own answered long ago, or not at all)
+        others.sort(key=lambda st: (st.consecutive_failures > 0, -st.last_polled))
+        for st in others[:SILENT_CONFIRM]:
             if not await self._silent_once(st):
                 return  # it answered, or the link broke (the line handles that): not the bus
             self._silent.add(st.poll.device_id)
+        reason = self.link.silent_bus_reason
         log.warning(
-            "line %s: no device answers (%d asked): the bus is silent; its devices are"
+            "line %s: no device answers (%d in a row, none since): %s; its devices are"
             " reported lost",
             self.line_id,
             len(self._silent),
+            reason,
         )
         for st in self._devices.values():
             if not st.lost and st.poll.polled:
                 st.lost = True
                 st.consecutive_failures = failures = max(1, st.consecutive_failures)
-                self._sink(CommChange(st.poll.device_id, True, "timeout", failures, now_ms()))
+                self._sink(CommChange(st.poll.device_id, True, reason, failures, now_ms()))
                 self._back_off(st)
         self._silent.clear()
 
@@ -735,7 +766,18 @@ class Line:
         if probing:  # the next probe starts one request further on
             st.probe_start = start + 1
         order = requests[start:] + requests[:start]
-        return await self._read_in_order(st, order, st.poll.timeout_s, stop_at_silence=probing)
+        timeout_s = min(st.probe_wait_s, st.poll.timeout_s) if st.lost else st.poll.timeout_s
+        if st.lost:
+            st.probes += 1
+        return await self._read_in_order(st, order, timeout_s, stop_at_silence=probing)
+
+    @staticmethod
+    def _short_probe_wait_s(st: DeviceState) -> float:
+        """How long a probe that goes ahead of a due poll waits (see PROBE_WAIT_FACTOR)."""
+        if not st.slowest_answer_s or st.probes % FULL_PROBE_EVERY == FULL_PROBE_EVERY - 1:
+            return st.poll.timeout_s
+        waits = max(PROBE_WAIT_MIN_S, PROBE_WAIT_FACTOR * st.slowest_answer_s)
+        return min(st.poll.timeout_s, waits)
 
     async def _read_in_order(
         self, st: DeviceState, order: list[ReadRequest], timeout_s: float, *, stop_at_silence: bool
@@ -765,7 +807,7 @@ class Line:
         attempts = 1 if st.lost else 1 + max(0, st.poll.retries)
         for attempt in range(attempts):
             try:
-                return await self._paced(lambda: self.link.read(req, timeout_s))
+                return await self._paced(lambda: self._timed_read(st, req, timeout_s))
             except FieldError as exc:
                 st.failures[exc.reason] += 1
                 log.debug(
@@ -780,6 +822,13 @@ class Line:
                 if attempt + 1 == attempts or not _worth_retrying(exc):
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _timed_read(self, st: DeviceState, req: ReadRequest, timeout_s: float) -> Block:
+        """One read, noting how long a good answer took (what a probe may wait)."""
+        started = time.monotonic()
+        block = await self.link.read(req, timeout_s)
+        st.slowest_answer_s = max(st.slowest_answer_s, time.monotonic() - started)
+        return block
 
     async def _paced(self, exchange: Callable[[], Awaitable[T]]) -> T:
         """Run one exchange after the inter-frame gap since the previous one ended."""
@@ -821,6 +870,7 @@ class Line:
         st.polls_ok += 1
         st.polls_partial += bool(failed)
         st.probe_start = 0
+        st.probes = 0
         if st.lost:
             st.lost = False
             log.warning(

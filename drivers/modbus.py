@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import os
 import struct
 import termios
@@ -89,6 +90,8 @@ class ModbusLink(ABC):
     """One Modbus transport. Strictly one request at a time; the caller serialises."""
 
     name: str
+    # what the line reports when no device on it answers while the link itself works
+    silent_bus_reason = "bus_silent"
 
     @abstractmethod
     async def open(self) -> None:
@@ -369,16 +372,24 @@ async def _wait_writable(fd: int, within_s: float) -> bool:
 
 # Requests in a row that get no answer at all on one TCP connection, from any unit, before the
 # connection is presumed dead (a gateway that lost power keeps no state to send a reset) and
-# closed, so that the next request reconnects and a dead endpoint shows as Disconnected.
+# replaced at once: a dead endpoint then shows as Disconnected. One that accepts the new
+# connection is there, and what is behind it is silent (a gateway's RS-485 side): that is
+# not checked again for SILENT_RECHECK_S unless something answers in between, so a silent
+# bus behind a gateway costs one reconnect a minute, not one every few requests.
 SILENT_RECONNECT = 3
+SILENT_RECHECK_S = 60.0
 
 
 class TcpLink(ModbusLink):
     """Modbus TCP (MBAP framing) to one endpoint; reconnects lazily on the next request.
 
-    A connection on which SILENT_RECONNECT requests in a row went unanswered is closed and
-    the last of them raises Disconnected: a black-holed endpoint then looks like what it is,
-    a link that is gone, instead of every device behind it timing out on its own."""
+    A connection on which SILENT_RECONNECT requests in a row went unanswered is replaced by
+    a new one: if the endpoint does not take it, the last request raises Disconnected (a
+    black-holed endpoint then looks like what it is, a link that is gone, instead of every
+    device behind it timing out on its own); if it does, the endpoint is there and what is
+    behind it is silent (FieldTimeout; the line names it `gateway_silent`)."""
+
+    silent_bus_reason = "gateway_silent"
 
     def __init__(self, host: str, port: int = 502, connect_timeout: float = 3.0) -> None:
         self.name = f"{host}:{port}"
@@ -389,6 +400,7 @@ class TcpLink(ModbusLink):
         self._writer: asyncio.StreamWriter | None = None
         self._tid = 0
         self._unanswered = 0  # requests in a row without any answer on this connection
+        self._silence_checked = -math.inf  # monotonic: reconnected after silence, endpoint up
 
     @property
     def is_open(self) -> bool:
@@ -437,11 +449,7 @@ class TcpLink(ModbusLink):
         except TimeoutError:
             self._unanswered += 1
             if self._unanswered >= SILENT_RECONNECT:
-                await self.close()
-                raise Disconnected(
-                    f"{self.name}: no answer to {self._unanswered} requests in a row;"
-                    " connection closed for reconnecting"
-                ) from None
+                await self._check_endpoint()
             raise FieldTimeout(
                 f"{self.name} unit {unit}: no answer within {timeout_s:.3f} s"
             ) from None
@@ -452,7 +460,29 @@ class TcpLink(ModbusLink):
             await self.close()  # the stream is out of step; a fresh connection resynchronises it
             raise
         self._unanswered = 0
+        self._silence_checked = -math.inf  # something answers: silence is news again
         return answer
+
+    async def _check_endpoint(self) -> None:
+        """Nothing answers on this connection: is the endpoint still there? A new
+        connection tells (Disconnected if not); not asked again within SILENT_RECHECK_S."""
+        if time.monotonic() - self._silence_checked < SILENT_RECHECK_S:
+            return
+        silent = self._unanswered
+        await self.close()
+        try:
+            await self.open()
+        except Disconnected as exc:
+            raise Disconnected(
+                f"{self.name}: no answer to {silent} requests in a row, and {exc}"
+            ) from None
+        self._silence_checked = time.monotonic()
+        log.warning(
+            "%s: no answer to %d requests in a row, but it accepts connections:"
+            " what is behind it is silent",
+            self.name,
+            silent,
+        )
 
     async def _answer_for(self, tid: int, unit: int) -> bytes:
         assert self._reader is not None

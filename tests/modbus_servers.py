@@ -58,9 +58,12 @@ class FaultPlan:
         return FAULTS[mode](data)
 
     def count_tcp(self, sending: bool, data: bytes) -> bytes:
-        """pymodbus trace_packet hook for TCP: count answers per unit (MBAP byte 6)."""
+        """pymodbus trace_packet hook for TCP: count answers per unit (MBAP byte 6); a
+        "silent" unit's answer is not sent (a gateway whose RS-485 side is silent)."""
         if sending and len(data) > 6:
             self.answered[data[6]] = self.answered.get(data[6], 0) + 1
+            if self.modes.get(data[6]) == "silent":
+                return b""
         return data
 
 

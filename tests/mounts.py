@@ -61,3 +61,19 @@ def _mount(*args: str) -> None:
     result = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
     if result.returncode:
         raise RuntimeError(f"mount {' '.join(args)}: {result.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def read_only_file(path: Path) -> Iterator[Path]:
+    """`path` (created empty if missing) made read-only by a read-only bind mount over
+    it, for the block: opening it for writing fails with EROFS, as on a card the kernel
+    turned read-only, while its directory stays writable."""
+    if not path.exists():
+        path.touch()
+    _mount("--bind", str(path), str(path))
+    try:
+        _mount("-o", "remount,bind,ro", str(path))
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)

@@ -212,13 +212,18 @@ def test_only_corrupt_and_notadb_result_codes_count_as_corruption(tmp_path: Path
 def test_a_missing_database_with_a_sidecar_is_a_fault_not_a_silent_reset(tmp_path: Path) -> None:
     db = tmp_path / "b.db"
     with open_buffer(db) as buf:
-        buf.submit(alarm()).result(5)
+        old = [buf.submit(alarm()).result(5).seq or 0 for _ in range(3)]
     for p in tmp_path.glob("b.db*"):
         if not p.name.endswith(".seq"):
             p.unlink()
     with open_buffer(db) as buf:
-        fault = json.loads(buf.pending(Lane.EVENT)[0].payload)
-    assert fault["kind"] == "fault" and fault["seq"] > 1
+        faults = [json.loads(r.payload) for r in buf.pending(Lane.EVENT)]
+        new = buf.submit(alarm()).result(5).seq or 0
+    event_fault = next(f for f in faults if f["detail"]["lane"] == "event")
+    assert (event_fault["kind"], event_fault["state"]) == ("fault", "buffer_recovered")
+    assert "missing" in event_fault["detail"]["why"]
+    assert event_fault["seq"] > max(old) and new > event_fault["seq"]  # no seq again
+    assert event_fault["detail"]["lost_range"][1] == event_fault["seq"] - 1
 
 
 def test_full_disk_holds_in_memory_and_a_restart_then_skips_to_the_ceiling(
@@ -277,7 +282,10 @@ def test_a_record_that_cannot_be_serialised_is_refused_without_using_a_seq(
 def test_submit_after_close_fails_the_future_instead_of_raising(tmp_path: Path) -> None:
     buf = open_buffer(tmp_path / "b.db")
     buf.close()
-    assert buf.submit(alarm()).exception(1) is not None
+    future = buf.submit(alarm())
+    assert future.done()  # at once: nobody waits on a writer that is gone
+    error = future.exception(0)
+    assert isinstance(error, BufferError_) and "not running" in str(error)
 
 
 @pytest.mark.slow

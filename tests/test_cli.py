@@ -333,6 +333,33 @@ def test_bad_config_exits_78_naming_file_and_key(
     assert main(["status", "--config", str(missing)]) == EXIT_BAD_CONFIG
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("a = " + "[" * 5000 + "]" * 5000 + "\n", "nested hundreds of levels deep"),
+        ("\ufeff[control]\nsocket = 5\n", "control.socket: must be a path"),  # BOM read
+    ],
+    ids=["nested", "bom"],
+)
+def test_every_command_reading_a_config_reads_it_as_check_config_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, said: str
+) -> None:
+    """status, devices, events, buffer, read, test-alarm, silence: one clean problem
+    naming the file, exit 78, never a traceback (RecursionError, UnicodeDecodeError)."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text, encoding="utf-8")
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b"# \xe6\xb6\x88\xe9\x98\xb2 \xff\n[control]\n")
+    for command in (["status"], ["devices"], ["events"], ["buffer"], ["read", "fap"],
+                    ["test-alarm"], ["silence"]):  # fmt: skip
+        assert main([*command, "--config", str(bad)]) == EXIT_BAD_CONFIG, command
+        out, _ = capsys.readouterr()
+        assert f"{bad}: " in out and said in out, (command, out)
+        assert main([*command, "--config", str(latin)]) == EXIT_BAD_CONFIG, command
+        out, _ = capsys.readouterr()
+        assert "not UTF-8 text (byte 0xff" in out, (command, out)
+
+
 def test_config_gives_the_socket(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["buffer", "--json", "--config", str(rig.agent_config)])
     out, _ = capsys.readouterr()

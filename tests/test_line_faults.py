@@ -23,6 +23,7 @@ from drivers.line import (
     MAX_QUEUED_REQUESTS,
     PROBE_SHARE,
     REQUEST_SHARE,
+    SILENT_CONFIRM,
     Line,
 )
 from drivers.modbus import RtuLink, TcpLink
@@ -127,11 +128,67 @@ def test_a_cut_cable_takes_every_device_down_together(pty_pair: PtyPair) -> None
                 await wait_until(lambda: all(out.changes(d.device_id) for d in everyone))
                 for d in everyone:
                     assert out.changes(d.device_id)[0].lost
-                    assert out.changes(d.device_id)[0].reason == "timeout"
+                    assert out.changes(d.device_id)[0].reason == "bus_silent"
                 assert line.stats()["ai"]["polls_failed"] <= 1  # not its own three polls
                 for unit in (1, 2, 3, 4):
                     plan.modes[unit] = "ok"
                 await wait_until(lambda: all(len(out.changes(d.device_id)) == 2 for d in everyone))
+
+    run(bench())
+
+
+def _timeouts(line: Line) -> int:
+    return sum(row.get("timeout", 0) for row in line.stats().values())
+
+
+def test_finding_a_cut_cable_asks_a_fixed_number_of_devices_however_many_there_are(
+    pty_pair: PtyPair,
+) -> None:
+    """Twenty devices, the bus goes silent: after two silent devices the line asks
+    SILENT_CONFIRM others, not all eighteen (each a timeout: on a long line the cut was
+    found after N timeouts, 14 s for 24 detectors with the defaults)."""
+    units = list(range(1, 21))
+
+    async def bench() -> None:
+        out = Outputs()
+        async with rtu_server(pty_pair.b, units) as (_, plan):
+            devices = [device(f"d{u}", u, period_s=0.05) for u in units]
+            async with Line("rs485-1", RtuLink(pty_pair.a, 115200), devices, out) as line:
+                await wait_until(lambda: all(out.polls(d.device_id) for d in devices), 20)
+                before = _timeouts(line)
+                for unit in units:
+                    plan.modes[unit] = "silent"
+                await wait_until(lambda: all(out.changes(d.device_id) for d in devices), 20)
+                spent = _timeouts(line) - before
+        # two devices' first failing polls (2 requests x 2 attempts each), then the others
+        # asked; a third device's poll may slip in between: the bound does not grow with N
+        assert spent <= 3 * 2 * 2 + SILENT_CONFIRM < 2 * 2 * 2 + len(units) - 2
+        assert {out.changes(d.device_id)[0].reason for d in devices} == {"bus_silent"}
+
+    run(bench())
+
+
+def test_a_tcp_gateway_whose_serial_side_is_silent_is_reported_as_that() -> None:
+    """The gateway accepts connections, every device behind it is silent: each device is
+    lost as `gateway_silent` (not `disconnected`: the TCP side works, and the line is not
+    down), and the connection is not torn down and rebuilt every few requests."""
+
+    async def bench() -> None:
+        out = Outputs()
+        units = list(range(1, 7))
+        devices = [device(f"d{u}", u, period_s=0.05) for u in units]
+        async with tcp_server(units) as (_, plan, port):
+            line = Line("gw", TcpLink("127.0.0.1", port), devices, out)
+            async with line:
+                await wait_until(lambda: all(out.polls(d.device_id) for d in devices))
+                for unit in units:
+                    plan.modes[unit] = "silent"
+                await wait_until(lambda: all(out.changes(d.device_id) for d in devices), 20)
+                assert line.down is None
+                probes = _timeouts(line)
+                await wait_until(lambda: _timeouts(line) > probes + 10, 20)  # probing on
+                assert _disconnects(line) == 0
+        assert {out.changes(d.device_id)[0].reason for d in devices} == {"gateway_silent"}
 
     run(bench())
 
@@ -260,6 +317,64 @@ def test_many_dead_devices_take_at_most_their_share_of_a_busy_line(pty_pair: Pty
         assert healthy > 200  # ideal: 300 periods
         assert crowded / healthy >= 1 - PROBE_SHARE - 0.1  # slack for scheduling noise
         assert probes > 6  # and the dead were still probed
+
+    run(bench())
+
+
+def test_lost_devices_that_answered_before_are_probed_cheaply_on_a_busy_line(
+    pty_pair: PtyPair,
+) -> None:
+    """A busy line (a live device always due) and four devices that answered, then fell
+    silent: a probe waits a few times their slowest answer, not their whole timeout, so
+    within the same PROBE_SHARE each is asked several times as often (at the 0.5 s
+    default, eight lost devices were asked every 16 s: past the 5 s backoff cap)."""
+    units = [2, 3, 4, 5]
+
+    async def bench() -> None:
+        async with rtu_server(pty_pair.b, [1, *units]) as (_, plan):
+            live = device("live", 1, period_s=0.0)
+            dead = [
+                device(f"d{u}", u, timeout_s=0.3, comm_fault_after=1, backoff_max_s=0.01)
+                for u in units
+            ]
+            out = Outputs()
+            async with Line("rs485-1", RtuLink(pty_pair.a, 115200), [live, *dead], out) as line:
+                await wait_until(lambda: all(out.polls(d.device_id) for d in dead))
+                for unit in units:
+                    plan.modes[unit] = "silent"
+                await wait_until(lambda: all(out.changes(d.device_id) for d in dead))
+                before = sum(line.stats()[d.device_id]["polls_failed"] for d in dead)
+                await asyncio.sleep(2 * WINDOW_S)  # a measurement window, not a synchronisation
+                probes = sum(line.stats()[d.device_id]["polls_failed"] for d in dead) - before
+        # whole-timeout probes fit PROBE_SHARE x 6 s / 0.3 s = 5 into the window; short ones
+        # (0.1 s, every fourth one whole: 0.15 s on average) about twice as many
+        full_timeout_probes = PROBE_SHARE * 2 * WINDOW_S / 0.3
+        print(f"\nprobes of 4 lost devices in {2 * WINDOW_S} s on a busy line: {probes}")
+        assert probes >= 1.5 * full_timeout_probes
+
+    run(bench())
+
+
+def test_a_device_back_slower_than_it_was_is_still_seen(pty_pair: PtyPair) -> None:
+    """On a busy line a short probe would miss an answer slower than before: every
+    FULL_PROBE_EVERY-th probe waits the whole timeout, so the device is restored all the
+    same (on an idle line every probe does)."""
+
+    async def bench() -> None:
+        async with rtu_server(pty_pair.b, [1, 2]) as (_, plan):
+            live = device("live", 2, period_s=0.0)  # a busy line: probes go on the share
+            slow = device("slow", 1, timeout_s=0.5, comm_fault_after=1, backoff_max_s=0.05)
+            out = Outputs()
+            async with Line("rs485-1", RtuLink(pty_pair.a, 115200), [live, slow], out) as line:
+                await wait_until(lambda: bool(out.polls("slow")))
+                plan.modes[1] = "silent"
+                await wait_until(lambda: bool(out.changes("slow")))
+                plan.delay_s[1] = 0.3  # back, answering 0.3 s late: past a short probe
+                plan.modes[1] = "ok"
+                missed = line.stats()["slow"]["timeout"]
+                await wait_until(lambda: len(out.changes("slow")) == 2, 20)
+                assert line.stats()["slow"]["timeout"] > missed  # short probes missed it
+        assert not out.changes("slow")[1].lost
 
     run(bench())
 

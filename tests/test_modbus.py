@@ -337,25 +337,72 @@ def test_tcp_server_gone_then_back() -> None:
 
 def test_a_tcp_connection_that_never_answers_is_closed_as_disconnected() -> None:
     """A gateway that lost power keeps no state to reset our connection: requests just go
-    unanswered. After SILENT_RECONNECT of them in a row the link says Disconnected and
-    closes, so the next request reconnects (and a dead endpoint shows as what it is)."""
+    unanswered. After SILENT_RECONNECT of them in a row the link tries a new connection;
+    a dead endpoint does not take it (its SYNs go unanswered): Disconnected, and closed."""
 
     async def bench() -> None:
         sink = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sink.bind(("127.0.0.1", 0))
-        sink.listen(1)  # the kernel completes the handshake; nobody ever reads or answers
-        link = TcpLink("127.0.0.1", sink.getsockname()[1])
+        sink.listen(0)  # our connection fills its one queue slot; nobody accepts or answers
+        link = TcpLink("127.0.0.1", sink.getsockname()[1], connect_timeout=0.2)
         try:
             for _ in range(SILENT_RECONNECT - 1):
                 with pytest.raises(FieldTimeout):
                     await link.read(ReadRequest(1, HOLD, 0, 1), 0.05)
             assert link.is_open
-            with pytest.raises(Disconnected, match="no answer to 3 requests"):
+            with pytest.raises(Disconnected, match="no answer to 3 requests in a row, and"):
                 await link.read(ReadRequest(1, HOLD, 0, 1), 0.05)
             assert not link.is_open
         finally:
             await link.close()
             sink.close()
+
+    run(bench())
+
+
+class _MuteGateway:
+    """A Modbus TCP gateway whose RS-485 side is silent: it accepts every connection and
+    never answers a request. Counts the connections it accepted."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                self.accepted.append(conn)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self._thread.join(5)
+        for conn in self.accepted:
+            conn.close()
+
+
+def test_a_gateway_that_accepts_but_whose_devices_are_silent_is_not_churned() -> None:
+    """The silence makes the link try a new connection once; the gateway takes it, so
+    the link is up and the devices behind it are what is silent (FieldTimeout, not
+    Disconnected), and it is not reconnected again for more of the same silence."""
+
+    async def bench() -> None:
+        gateway = _MuteGateway()
+        link = TcpLink("127.0.0.1", gateway.port, connect_timeout=0.5)
+        try:
+            for _ in range(4 * SILENT_RECONNECT):
+                with pytest.raises(FieldTimeout):
+                    await link.read(ReadRequest(2, HOLD, 0, 1), 0.05)
+                assert link.is_open
+            assert len(gateway.accepted) == 2  # the first connection and the one check
+        finally:
+            await link.close()
+            gateway.close()
 
     run(bench())
 

@@ -3,21 +3,24 @@ connects and verifies; it refuses a server certificate from another CA and a wro
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.buffer import EventBuffer
-from agent.mqtt import Resolver
+from agent.mqtt import Callbacks, Endpoint, MqttConnection, Resolver, TlsFiles, tls_context
 from agent.uplink import Uplink
 from simulator.broker import BrokerTls, Mosquitto
-from tests.uplink_helpers import IDENT, Settings, alarm, running, wait_until
+from tests.uplink_helpers import IDENT, Collector, Settings, alarm, running, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI missing")
 
@@ -210,3 +213,128 @@ def test_the_context_verifies_as_strictly_as_this_pythons_default(pki: dict[str,
     assert ours.options == default.options
     assert ours.verify_mode == ssl.CERT_REQUIRED and ours.check_hostname
     assert ours.minimum_version >= ssl.TLSVersion.TLSv1_2
+
+
+# --- a TLS terminator in front of the broker re-records the stream -------------------------
+
+
+class RecordingProxy:
+    """A TLS terminator in front of a plain broker, as a platform's load balancer is: it
+    re-cuts the broker's byte stream into TLS records of its own. Broker bytes are held
+    until release(), then go out in one record: two MQTT packets in one record, which
+    mosquitto's own TLS never sends (one record per packet) but a balancer may."""
+
+    def __init__(self, ctx: ssl.SSLContext, broker: tuple[str, int]) -> None:
+        self._ctx = ctx
+        self._broker = broker
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.hold = False
+        self.held = bytearray()
+        self._lock = threading.Lock()
+        self._client: ssl.SSLSocket | None = None
+        self._upstream: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self._start(self._accept)
+
+    def _start(self, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            raw, _ = self._listener.accept()
+            self._client = self._ctx.wrap_socket(raw, server_side=True)
+            self._upstream = socket.create_connection(self._broker)
+            self._start(self._to_broker)
+            self._start(self._to_client)
+
+    def _to_broker(self) -> None:
+        assert self._client is not None and self._upstream is not None
+        with contextlib.suppress(OSError):
+            while data := self._client.recv(65536):
+                self._upstream.sendall(data)
+
+    def _to_client(self) -> None:
+        assert self._client is not None and self._upstream is not None
+        with contextlib.suppress(OSError):
+            while data := self._upstream.recv(65536):
+                with self._lock:
+                    if self.hold:
+                        self.held += data
+                        continue
+                self._client.sendall(data)
+
+    def release(self) -> None:
+        """Send what was held as one TLS record, and stop holding."""
+        assert self._client is not None
+        with self._lock:
+            self.hold = False
+            data, self.held = bytes(self.held), bytearray()
+            self._client.sendall(data)  # under 16 KiB: one record
+
+    def close(self) -> None:
+        for sock in (self._listener, self._client, self._upstream):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+        for thread in self._threads:
+            thread.join(5)
+
+
+@pytest.mark.world
+def test_a_packet_left_inside_the_tls_layer_is_read_without_another_socket_event(
+    pki: dict[str, Path], shared_broker_url: tuple[str, int], unique_topic: str
+) -> None:
+    """Two commands reach the gateway in one TLS record: after the socket woke pump()
+    once, both are handled, not the second only when some later byte arrives."""
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(pki["server"], pki["server_key"])
+    proxy = RecordingProxy(server_ctx, shared_broker_url)
+    got: list[bytes] = []
+    connected: list[bool] = []
+    callbacks = Callbacks(
+        on_connect=lambda ok, _reason: connected.append(ok),
+        on_disconnect=lambda _reason: None,
+        on_puback=lambda _mid, _rc: None,
+        on_message=lambda message: got.append(message.payload),
+    )
+    endpoint = Endpoint("localhost", proxy.port, f"{unique_topic}-gw", tls=TlsFiles(pki["ca"]))
+    conn = MqttConnection(endpoint, callbacks, None, 10, tls_context(endpoint.tls, "localhost"))  # type: ignore[arg-type]
+    feed = Collector(*shared_broker_url, f"{unique_topic}/nothing")  # the platform's side
+    try:
+        conn.open()
+        assert pump_until(conn, lambda: bool(connected))
+        conn.subscribe(f"{unique_topic}/cmd/#", 1)
+        # a subscription is live once a message on it comes back (the SUBACK is not
+        # awaited: a probe sent before the broker took the SUBSCRIBE is not delivered)
+        for _ in range(50):
+            feed.publish(f"{unique_topic}/cmd/probe", b"probe")
+            if pump_until(conn, lambda: bool(got), tries=10):
+                break
+        assert got and set(got) == {b"probe"}
+        got.clear()
+        proxy.hold = True
+        for name in ("ping", "status"):
+            feed.publish(f"{unique_topic}/cmd/{name}", name.encode())
+        assert wait_until(lambda: proxy.held.count(b"cmd/") == 2)
+        proxy.release()
+        while b"ping" not in got:  # pumped until the record arrives and is decrypted
+            assert conn.pump(5)
+        # the same pump handled the packet behind it in that record (a late duplicate
+        # probe may come too: not the point here)
+        assert [g for g in got if g != b"probe"] == [b"ping", b"status"]
+    finally:
+        feed.close()
+        conn.close()
+        proxy.close()
+
+
+def pump_until(conn: MqttConnection, done: Callable[[], bool], tries: int = 100) -> bool:
+    for _ in range(tries):
+        if done():
+            return True
+        conn.pump(0.1)
+    return done()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from agent.cli.output import (
     error,
     print_problems,
 )
+from core.checks import Problems, read_toml
 from core.errors import ConfigError, ConfigProblem
 
 TEST_ALARM_TIMEOUT_S = 30.0  # > the agent's 10 s to store + 10 s to see the PUBACK
@@ -43,13 +43,12 @@ def _socket_from_config(path: str) -> Path:
 
     Only this key is read: a technician half-way through editing another
     section must still be able to see what the running agent says."""
-    try:
-        with Path(path).open("rb") as fh:
-            raw = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError([ConfigProblem(path, "", f"cannot read: {exc.strerror}")]) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([ConfigProblem(path, "", f"not valid TOML: {exc}")]) from exc
+    # read as check-config reads it: an unreadable, non-UTF-8, malformed or absurdly
+    # nested file is one clean problem, never a traceback
+    problems = Problems(path)
+    raw = read_toml(Path(path), problems)
+    problems.raise_if_any()
+    assert raw is not None
     control = raw.get("control", {})
     socket_path = control.get("socket", str(DEFAULT_SOCKET)) if isinstance(control, dict) else None
     if not isinstance(socket_path, str) or not socket_path:
