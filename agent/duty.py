@@ -267,9 +267,9 @@ class DutyRules(Protocol):
 
 
 class PendingRows(Protocol):
-    """The buffer, asked whether a record is still unacknowledged (EventBuffer fits)."""
+    """The buffer, asked whether every reader is done with a record (EventBuffer fits)."""
 
-    def pending(self, lane: Lane, after_seq: int = 0, limit: int = 100) -> list[Any]: ...
+    def delivered(self, lane: Lane, seq: int) -> bool: ...
 
 
 class Guard(Protocol):
@@ -324,9 +324,8 @@ class UitdDuties:
                 uplink.on_duty_check = self.check.request
 
     def unconfirmed(self, seq: int) -> bool:
-        """Is this event still in the buffer (not every uplink confirmed it yet)?"""
-        rows = self._buffer.pending(Lane.EVENT, seq - 1, 1)
-        return bool(rows) and rows[0].seq == seq
+        """Is this event still waiting for any uplink (not every one confirmed it yet)?"""
+        return not self._buffer.delivered(Lane.EVENT, seq)
 
     def _light_tick(self) -> None:
         self._rules().transmission.tick(self.unconfirmed)

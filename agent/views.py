@@ -376,7 +376,7 @@ class Actions:
 
     def confirmed(self, lane: Lane, seq: int) -> bool:
         """The row is acknowledged by every uplink (gone from the buffer)."""
-        return not any(r.seq == seq for r in self.parts.buffer.pending(lane, seq - 1, 1))
+        return bool(self.parts.buffer.delivered(lane, seq))
 
     def acked(self, lane: Lane, seq: int, timeout: float) -> bool:
         """Wait until the row is acknowledged (gone from the buffer); False at timeout."""
