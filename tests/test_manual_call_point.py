@@ -18,9 +18,9 @@ from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
 from agent.buffer import ReadCursor
+from agent.config import load_config
 from agent.runtime import Gateway
 from core.events import Category, Event, Kind, Lane, Severity
-from agent.config import load_config
 from tests.test_runtime import HeldLowPin, example_config
 from tests.waiting import wait_until
 
