@@ -19,6 +19,7 @@ from gpiozero.pins.mock import MockFactory
 
 from agent.buffer import ReadCursor
 from agent.config import load_config
+from agent.gb26875.tables import UitdStatus
 from agent.runtime import Gateway
 from core.events import Category, Event, Kind, Lane, Severity
 from tests.test_runtime import HeldLowPin, example_config
@@ -76,8 +77,11 @@ def test_a_pressed_manual_call_point_overtakes_a_backlog_behind_an_earlier_fire(
     fire_seq = gateway.emit(fire).result(timeout=10).seq
     factory = Device.pin_factory
     assert isinstance(factory, MockFactory)
+    assert not gateway.gb_live.uitd_status() & UitdStatus.FIRE
     factory.pin(22).drive_low()  # the manual alarm button, pressed
     assert wait_until(lambda: gateway.rules.alarm.sounding)
+    # a read of the UITD state by the centre says fire while it is held
+    assert wait_until(lambda: bool(gateway.gb_live.uitd_status() & UitdStatus.FIRE))
 
     def first_rows(reader: str | None = None) -> list[dict[str, object]]:
         rows = gateway.buffer.next_rows(ReadCursor(reader=reader), 3)
