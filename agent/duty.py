@@ -93,6 +93,9 @@ class DutyCheck:
         self._wall_ms = wall_ms
         self._lock = threading.Lock()
         self._pending: _Pending | None = None
+        # the prompt is driven outside _lock (an output may be slow), one at a time, from the
+        # state as it is when driven: the last drive after any change shows that change
+        self._show_lock = threading.Lock()
 
     # --- asked ------------------------------------------------------------------------
 
@@ -113,7 +116,7 @@ class DutyCheck:
             old, self._pending = self._pending, new
         if old is not None:
             self._send(self._unanswered(old, "superseded"))
-        self._show(True)
+        self._show()
         log.warning("duty check from %s (%s): waiting %.0f s", source, new.requested_by, wait_s)
         return {"started": True, "timeout_s": wait_s, "restarted": old is not None}
 
@@ -125,7 +128,7 @@ class DutyCheck:
         if pending is None:
             log.info("duty answer (%s) with no duty check waiting", how)
             return {"answered": False, "response_s": None}
-        self._show(False)
+        self._show()
         response_s = round(max(0.0, self._now() - pending.started), 1)
         source = self._source_word(pending.source)
         event = self._event(
@@ -133,7 +136,7 @@ class DutyCheck:
             "answered",
             Severity.INFO,
             self._texts(Msg.DUTY_ANSWERED, source=source, response_s=response_s, how=how),
-            {"response_s": response_s, "answered_by": how, "gb": dict(GB_DUTY_ANSWER)},
+            {"response_s": response_s, "answered_by": how, **_centre_answer(pending.source)},
             value=response_s,
         )
         self._send(event)
@@ -146,7 +149,7 @@ class DutyCheck:
             if pending is None or self._now() - pending.started < pending.timeout_s:
                 return
             self._pending = None
-        self._show(False)
+        self._show()
         self._send(self._unanswered(pending, "timeout"))
 
     def stop(self) -> None:
@@ -154,7 +157,7 @@ class DutyCheck:
         with self._lock:
             pending, self._pending = self._pending, None
         if pending is not None:
-            self._show(False)
+            self._show()
             self._send(self._unanswered(pending, "stopped"))
 
     @property
@@ -230,11 +233,26 @@ class DutyCheck:
         except Exception:  # the pipeline reports its own failures; this must not raise
             log.exception("duty check: the %s event could not be emitted", event.state)
 
-    def _show(self, showing: bool) -> None:
+    def _show(self) -> None:
+        """Drive the prompt to the state now: showing while a check waits. Racing changes
+        (an answer, a timeout, a new request) each drive it after theirs, one at a time,
+        so it never ends showing with nothing waiting, nor dark while one waits."""
+        with self._show_lock:
+            with self._lock:
+                showing = self._pending is not None
+            self._drive(showing)
+
+    def _drive(self, showing: bool) -> None:
         try:
             self._prompt().show(showing)
         except Exception:  # outputs are WatchedOutputs: their failure is already a fault
             log.exception("duty check: the prompt could not be driven")
+
+
+def _centre_answer(source: str) -> dict[str, Any]:
+    """The answer's GB/T 26875.3 shape (a UITD operation, duty answer) only when the centre
+    asked: a platform's duty check is answered to the platform alone."""
+    return {"gb": dict(GB_DUTY_ANSWER)} if source == "centre" else {}
 
 
 def _clamp(timeout_s: float) -> float:
