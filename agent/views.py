@@ -455,6 +455,15 @@ class LocalView:
             "point_timeout_s": self.parts.cfg.selftests.point_timeout_s,
         }
 
+    def selfcheck_testing(self, device: str, point: str, seconds: float) -> dict[str, Any]:
+        """The self-check declares the point it is testing now, for `seconds` (0: done):
+        that point's events are tests meanwhile (agent/undertest.py). Only a point of the
+        self-check's list; bounded by the walk's own timeout."""
+        listed = {(p["device"], p["point"]) for p in check_points(self.parts.cfg)}
+        if (device, point) not in listed:
+            raise UnknownPoint(f"{device}/{point} is not a point of the self-check")
+        return self.parts.pipeline.under_test.mark(device, point, seconds)
+
     def selfcheck_report(self, report: dict[str, Any], handed_in_by: str) -> dict[str, Any]:
         parsed = parse_report(report) | {"handed_in_by": handed_in_by}
         return self._duties().store_report(parsed)
