@@ -26,6 +26,7 @@ worker, the GB uplink): what cannot be done is a result or a fault event.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -33,8 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from agent.buffer import ReadCursor, Reader, StoredRow
 from agent.config import GATEWAY_DEVICE_ID
 from agent.texts import CHINESE, Msg, Texts
+from agent.transmission import payload_lights_up
 from core.events import Category, Event, Kind, Lane, Record, Severity, now_ms
 
 log = logging.getLogger("alarmgw")
@@ -44,6 +47,7 @@ DEFAULT_TIMEOUT_S: Final = 600.0  # GB 26875.1: the prompt is held for 10 minute
 MIN_TIMEOUT_S: Final = 10.0
 MAX_TIMEOUT_S: Final = 3600.0
 TICK_S: Final = 0.5
+RESUME_ROWS: Final = 200  # per reader, at start: more unconfirmed alarms than a site has
 # detail["gb"] of an answer (the GB contract): UITD operation, bit 5 duty-check answer
 GB_DUTY_ANSWER: Final = {"tf": 24, "flags": 1 << 5, "operator": 0}
 SOURCES: Final = ("centre", "platform")
@@ -273,6 +277,7 @@ class LightRule(Protocol):
 
     def stored(self, event: Event) -> None: ...
     def tick(self, unconfirmed: Unconfirmed) -> None: ...
+    def resume(self, seqs: list[int]) -> None: ...
 
 
 class DutyRules(Protocol):
@@ -285,9 +290,15 @@ class DutyRules(Protocol):
 
 
 class PendingRows(Protocol):
-    """The buffer, asked whether every reader is done with a record (EventBuffer fits)."""
+    """The buffer, asked whether every reader is done with a record, and (at start) what
+    each reader still has to send (EventBuffer fits)."""
+
+    @property
+    def readers(self) -> tuple[Reader, ...]: ...
 
     def delivered(self, lane: Lane, seq: int) -> bool: ...
+
+    def next_rows(self, cursor: ReadCursor, limit: int) -> list[StoredRow]: ...
 
 
 class Guard(Protocol):
@@ -345,8 +356,32 @@ class UitdDuties:
         """Is this event still waiting for any uplink (not every one confirmed it yet)?"""
         return not self._buffer.delivered(Lane.EVENT, seq)
 
+    def resume(self) -> int:
+        """At start, once the rules are built: the fire and manual alarms (and simulated
+        fires) a previous run stored that some uplink has still to confirm drive the light
+        and its failure timer again. Returns how many."""
+        seqs: set[int] = set()
+        for reader in self._buffer.readers:
+            # life-safety rows come first in every reader's order
+            for row in self._buffer.next_rows(ReadCursor(reader=reader.name), RESUME_ROWS):
+                if row.lane is Lane.EVENT and _lights_up(row.payload):
+                    seqs.add(row.seq)
+        if seqs:
+            self._rules().transmission.resume(sorted(seqs))
+            log.warning("transmission light: %d alarm(s) from before the restart unconfirmed",
+                        len(seqs))  # fmt: skip
+        return len(seqs)
+
     def _light_tick(self) -> None:
         self._rules().transmission.tick(self.unconfirmed)
+
+
+def _lights_up(payload: bytes) -> bool:
+    try:
+        data = json.loads(bytes(payload))
+    except ValueError:
+        return False  # not the light's business: the uplink sets such a row aside
+    return isinstance(data, dict) and payload_lights_up(data)
 
 
 class Duties:

@@ -332,6 +332,8 @@ class Gateway:
         rules.remember(self._remembered)  # alarms still active from before a restart sound
         self.parts.rules = rules
         self.pipeline.set_rules(rules)
+        # fire alarms a previous run stored and an uplink has still to confirm: the light
+        self.faults.guard("transmission_resume", self.uitd.resume)()
 
     def _start_gpio(self) -> None:
         if not self.cfg.inputs and not self.cfg.outputs:

@@ -299,3 +299,39 @@ def test_the_running_gateway_lights_a_fire_being_sent_and_steadies_it_once_ackno
         gw.pointstate.close()
         Device.pin_factory = None
         factory.close()
+
+
+def test_an_alarm_unconfirmed_across_a_restart_drives_the_light_and_the_failure_again(
+    bench: Bench, tmp_path: Path
+) -> None:
+    """kill -9 with a fire the centre has not confirmed: the next run learns it from the
+    buffer, blinks the light and sounds the failure 40 s later (review item 8)."""
+    alarm = bench.emit(fire())
+    bench.confirm(alarm, readers=("mqtt",))  # the broker took it, the centre did not
+    bench.emit(Event(Kind.STATE, Category.DOOR, Severity.WARNING, "open", "门", "door-1"))
+    bench.buffer.close()  # the run ends
+    buffer = EventBuffer(tmp_path / "buffer.db", IDENT, 1000, readers=("mqtt", "gb")).start()
+    clock = Clock()
+    rules = LocalRules(
+        [
+            ("transmission-led", "transmission-light", bench.light),
+            ("failure-sounder", "transmission-failed", bench.sounder),
+        ],
+        monotonic=clock,
+    )
+    rules.uplink_changed(True)
+    duties = UitdDuties(lambda e: None, buffer, lambda: rules, Guard(), DutySettings())
+    try:
+        assert duties.resume() == 1
+        rules.transmission.tick(duties.unconfirmed)
+        assert bench.light.mode == "blink"
+        clock.now += 40
+        rules.transmission.tick(duties.unconfirmed)
+        assert bench.sounder.mode == "blink"
+        assert rules.transmission.failed == [f"unconfirmed:{alarm.seq}"]
+        assert alarm.seq is not None
+        buffer.ack(Lane.EVENT, alarm.seq, "gb")
+        rules.transmission.tick(duties.unconfirmed)
+        assert (bench.light.mode, bench.sounder.mode) == ("on", "off")
+    finally:
+        buffer.close()
