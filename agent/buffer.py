@@ -811,7 +811,9 @@ class EventBuffer:
         duties and the self-check: with MQTT and GB/T 26875.3, both. A row a reader's filter
         never wanted counts as done for that reader."""
         stream = Stream(lane.value, lane, None)
-        for bit in self._bits.values():
+        # the last reader first: the slower far end (the GB centre's confirm) is the one
+        # likely still waiting, and its read stops at this very row (bench_duties)
+        for bit in sorted(self._bits.values(), reverse=True):
             rows = self._pending(stream, seq - 1, 1, bit)
             if rows and rows[0].seq == seq:
                 return False
