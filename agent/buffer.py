@@ -871,6 +871,20 @@ class EventBuffer:
         confirmed or set aside, in seq order."""
         return self._pending(Stream(lane.value, lane, None), after_seq, limit, self._bit(reader))
 
+    def delivered(self, lane: Lane, seq: int) -> bool:
+        """Is this row done with by every reader (confirmed by each far end, or set aside),
+        i.e. no uplink still waits to deliver it? What "confirmed" means to the light, the
+        duties and the self-check: with MQTT and GB/T 26875.3, both. A row a reader's filter
+        never wanted counts as done for that reader."""
+        stream = Stream(lane.value, lane, None)
+        # the last reader first: the slower far end (the GB centre's confirm) is the one
+        # likely still waiting, and its read stops at this very row (bench_duties)
+        for bit in sorted(self._bits.values(), reverse=True):
+            rows = self._pending(stream, seq - 1, 1, bit)
+            if rows and rows[0].seq == seq:
+                return False
+        return True
+
     def next_rows(self, cursor: ReadCursor, limit: int) -> list[StoredRow]:
         """Up to `limit` unacknowledged rows after `cursor`, in delivery order: life-safety
         alarms first, then the rest of the event lane, then telemetry, each in seq order

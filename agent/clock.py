@@ -126,21 +126,45 @@ def clock_probe(source: str) -> Callable[[], bool]:
 # --- local time, for what happens "daily" or "per month" (agent/uitd_duty.py) -----------
 
 _UTC_EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+LOCALTIME: Final = Path("/etc/localtime")
 
 
-@functools.cache
 def local_zone() -> datetime.tzinfo:
     """The zone libc's localtime would use ($TZ, else /etc/localtime), as zoneinfo data:
-    libc's localtime refuses every second after 2038 on a 32-bit time_t."""
+    libc's localtime refuses every second after 2038 on a 32-bit time_t. Looked up again
+    when $TZ or /etc/localtime changes (`timedatectl set-timezone` on a running gateway);
+    the zone data itself is read once per change."""
     name = os.environ.get("TZ")
     try:
         if name is None:
-            with Path("/etc/localtime").open("rb") as data:
-                return zoneinfo.ZoneInfo.from_file(data)
-        return zoneinfo.ZoneInfo(name.removeprefix(":"))
+            stat = LOCALTIME.stat()
+            return _zone_file(stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        return _zone_named(name.removeprefix(":"))
     except (OSError, ValueError, zoneinfo.ZoneInfoNotFoundError):
-        # no zone database, or a POSIX rule such as TZ=CST-8: the offset libc applies now
-        return datetime.timezone(datetime.timedelta(seconds=time.localtime().tm_gmtoff))
+        return _libc_offset()
+
+
+@functools.lru_cache(maxsize=4)
+def _zone_file(inode: int, mtime_ns: int, size: int) -> datetime.tzinfo:
+    """/etc/localtime's zone, as it is with this inode, mtime and size."""
+    with LOCALTIME.open("rb") as data:
+        return zoneinfo.ZoneInfo.from_file(data)
+
+
+@functools.lru_cache(maxsize=8)
+def _zone_named(name: str) -> datetime.tzinfo:
+    return zoneinfo.ZoneInfo(name)
+
+
+def _libc_offset() -> datetime.tzinfo:
+    """No zone database, or a POSIX rule such as TZ=CST-8: the offset libc applies now; on
+    a 32-bit time_t past 2038 libc cannot say, so the rule's standard offset (time.timezone,
+    set by tzset, no time_t involved): right for every zone without summer time, China's."""
+    try:
+        offset = time.localtime().tm_gmtoff
+    except (OverflowError, OSError, ValueError):
+        offset = -time.timezone
+    return datetime.timezone(datetime.timedelta(seconds=offset))
 
 
 def local_now() -> datetime.datetime:

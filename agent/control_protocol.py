@@ -100,6 +100,8 @@ class ControlTarget(Protocol):
 
     def selfcheck_points(self) -> dict[str, Any]: ...
 
+    def selfcheck_testing(self, device: str, point: str, seconds: float) -> dict[str, Any]: ...
+
     def selfcheck_report(self, report: dict[str, Any], handed_in_by: str) -> dict[str, Any]: ...
 
     def selfcheck_reports(self, limit: int) -> dict[str, Any]: ...
@@ -360,6 +362,19 @@ class ClientSession:
         _check_args(args, set())
         return self.target.selfcheck_points()
 
+    def cmd_selfcheck_testing(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The self-check's point under test now: its events are tests for `seconds`."""
+        _check_args(args, {"device", "point", "seconds"})
+        device = _str_arg(args, "device", required=True)
+        point = _str_arg(args, "point", required=True)
+        seconds = _int_arg(args, "seconds", None, 0, 3600)
+        assert device is not None and point is not None
+        if seconds is None:
+            raise _RequestError("bad_argument", "seconds must be an integer in 0..3600")
+        log.warning("self-check by %s: %s/%s under test for %d s", self.peer.user, device,
+                    point, seconds)  # fmt: skip
+        return self.target.selfcheck_testing(device, point, seconds)
+
     def cmd_selfcheck_report(self, args: dict[str, Any]) -> dict[str, Any]:
         _check_args(args, {"report"})
         log.warning("self-check report handed in by %s (pid %d)", self.peer.user, self.peer.pid)
@@ -478,6 +493,7 @@ _COMMANDS: dict[str, _Handler] = {
     "buffer": ClientSession.cmd_buffer,
     "selftest": ClientSession.cmd_selftest,
     "selfcheck_points": ClientSession.cmd_selfcheck_points,
+    "selfcheck_testing": ClientSession.cmd_selfcheck_testing,
     "selfcheck_report": ClientSession.cmd_selfcheck_report,
     "selfcheck_reports": ClientSession.cmd_selfcheck_reports,
 }

@@ -26,6 +26,7 @@ worker, the GB uplink): what cannot be done is a result or a fault event.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -33,8 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from agent.buffer import ReadCursor, Reader, StoredRow
 from agent.config import GATEWAY_DEVICE_ID
 from agent.texts import CHINESE, Msg, Texts
+from agent.transmission import payload_lights_up
 from core.events import Category, Event, Kind, Lane, Record, Severity, now_ms
 
 log = logging.getLogger("alarmgw")
@@ -44,6 +47,7 @@ DEFAULT_TIMEOUT_S: Final = 600.0  # GB 26875.1: the prompt is held for 10 minute
 MIN_TIMEOUT_S: Final = 10.0
 MAX_TIMEOUT_S: Final = 3600.0
 TICK_S: Final = 0.5
+RESUME_ROWS: Final = 200  # per reader, at start: more unconfirmed alarms than a site has
 # detail["gb"] of an answer (the GB contract): UITD operation, bit 5 duty-check answer
 GB_DUTY_ANSWER: Final = {"tf": 24, "flags": 1 << 5, "operator": 0}
 SOURCES: Final = ("centre", "platform")
@@ -93,6 +97,9 @@ class DutyCheck:
         self._wall_ms = wall_ms
         self._lock = threading.Lock()
         self._pending: _Pending | None = None
+        # the prompt is driven outside _lock (an output may be slow), one at a time, from the
+        # state as it is when driven: the last drive after any change shows that change
+        self._show_lock = threading.Lock()
 
     # --- asked ------------------------------------------------------------------------
 
@@ -113,7 +120,7 @@ class DutyCheck:
             old, self._pending = self._pending, new
         if old is not None:
             self._send(self._unanswered(old, "superseded"))
-        self._show(True)
+        self._show()
         log.warning("duty check from %s (%s): waiting %.0f s", source, new.requested_by, wait_s)
         return {"started": True, "timeout_s": wait_s, "restarted": old is not None}
 
@@ -125,7 +132,7 @@ class DutyCheck:
         if pending is None:
             log.info("duty answer (%s) with no duty check waiting", how)
             return {"answered": False, "response_s": None}
-        self._show(False)
+        self._show()
         response_s = round(max(0.0, self._now() - pending.started), 1)
         source = self._source_word(pending.source)
         event = self._event(
@@ -133,7 +140,7 @@ class DutyCheck:
             "answered",
             Severity.INFO,
             self._texts(Msg.DUTY_ANSWERED, source=source, response_s=response_s, how=how),
-            {"response_s": response_s, "answered_by": how, "gb": dict(GB_DUTY_ANSWER)},
+            {"response_s": response_s, "answered_by": how, **_centre_answer(pending.source)},
             value=response_s,
         )
         self._send(event)
@@ -146,7 +153,7 @@ class DutyCheck:
             if pending is None or self._now() - pending.started < pending.timeout_s:
                 return
             self._pending = None
-        self._show(False)
+        self._show()
         self._send(self._unanswered(pending, "timeout"))
 
     def stop(self) -> None:
@@ -154,7 +161,7 @@ class DutyCheck:
         with self._lock:
             pending, self._pending = self._pending, None
         if pending is not None:
-            self._show(False)
+            self._show()
             self._send(self._unanswered(pending, "stopped"))
 
     @property
@@ -230,11 +237,26 @@ class DutyCheck:
         except Exception:  # the pipeline reports its own failures; this must not raise
             log.exception("duty check: the %s event could not be emitted", event.state)
 
-    def _show(self, showing: bool) -> None:
+    def _show(self) -> None:
+        """Drive the prompt to the state now: showing while a check waits. Racing changes
+        (an answer, a timeout, a new request) each drive it after theirs, one at a time,
+        so it never ends showing with nothing waiting, nor dark while one waits."""
+        with self._show_lock:
+            with self._lock:
+                showing = self._pending is not None
+            self._drive(showing)
+
+    def _drive(self, showing: bool) -> None:
         try:
             self._prompt().show(showing)
         except Exception:  # outputs are WatchedOutputs: their failure is already a fault
             log.exception("duty check: the prompt could not be driven")
+
+
+def _centre_answer(source: str) -> dict[str, Any]:
+    """The answer's GB/T 26875.3 shape (a UITD operation, duty answer) only when the centre
+    asked: a platform's duty check is answered to the platform alone."""
+    return {"gb": dict(GB_DUTY_ANSWER)} if source == "centre" else {}
 
 
 def _clamp(timeout_s: float) -> float:
@@ -255,6 +277,7 @@ class LightRule(Protocol):
 
     def stored(self, event: Event) -> None: ...
     def tick(self, unconfirmed: Unconfirmed) -> None: ...
+    def resume(self, seqs: list[int]) -> None: ...
 
 
 class DutyRules(Protocol):
@@ -267,9 +290,15 @@ class DutyRules(Protocol):
 
 
 class PendingRows(Protocol):
-    """The buffer, asked whether a record is still unacknowledged (EventBuffer fits)."""
+    """The buffer, asked whether every reader is done with a record, and (at start) what
+    each reader still has to send (EventBuffer fits)."""
 
-    def pending(self, lane: Lane, after_seq: int = 0, limit: int = 100) -> list[Any]: ...
+    @property
+    def readers(self) -> tuple[Reader, ...]: ...
+
+    def delivered(self, lane: Lane, seq: int) -> bool: ...
+
+    def next_rows(self, cursor: ReadCursor, limit: int) -> list[StoredRow]: ...
 
 
 class Guard(Protocol):
@@ -324,12 +353,35 @@ class UitdDuties:
                 uplink.on_duty_check = self.check.request
 
     def unconfirmed(self, seq: int) -> bool:
-        """Is this event still in the buffer (not every uplink confirmed it yet)?"""
-        rows = self._buffer.pending(Lane.EVENT, seq - 1, 1)
-        return bool(rows) and rows[0].seq == seq
+        """Is this event still waiting for any uplink (not every one confirmed it yet)?"""
+        return not self._buffer.delivered(Lane.EVENT, seq)
+
+    def resume(self) -> int:
+        """At start, once the rules are built: the fire and manual alarms (and simulated
+        fires) a previous run stored that some uplink has still to confirm drive the light
+        and its failure timer again. Returns how many."""
+        seqs: set[int] = set()
+        for reader in self._buffer.readers:
+            # life-safety rows come first in every reader's order
+            for row in self._buffer.next_rows(ReadCursor(reader=reader.name), RESUME_ROWS):
+                if row.lane is Lane.EVENT and _lights_up(row.payload):
+                    seqs.add(row.seq)
+        if seqs:
+            self._rules().transmission.resume(sorted(seqs))
+            log.warning("transmission light: %d alarm(s) from before the restart unconfirmed",
+                        len(seqs))  # fmt: skip
+        return len(seqs)
 
     def _light_tick(self) -> None:
         self._rules().transmission.tick(self.unconfirmed)
+
+
+def _lights_up(payload: bytes) -> bool:
+    try:
+        data = json.loads(bytes(payload))
+    except ValueError:
+        return False  # not the light's business: the uplink sets such a row aside
+    return isinstance(data, dict) and payload_lights_up(data)
 
 
 class Duties:

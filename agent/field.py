@@ -107,7 +107,7 @@ def comm_event(dev: DeviceRuntime, change: CommChange, synced: bool, texts: Text
         location=dev.cfg.location,
         detail={"reason": change.reason, "failures": change.failures},
     )
-    return event if dev.gb is None else dev.gb.comm(event)
+    return event if dev.gb is None else dev.gb.comm(event, dev.points)
 
 
 def _answering(result: PollResult) -> CommChange:

@@ -40,7 +40,7 @@ from agent import __version__, sdnotify
 from agent.buffer import FIRST_READER, EventBuffer, Reader
 from agent.clock import clock_probe
 from agent.commands import CommandHandler
-from agent.config import GATEWAY_DEVICE_ID, Config, LineConfig, config_digest
+from agent.config import GATEWAY_DEVICE_ID, Config, InputConfig, LineConfig, config_digest
 from agent.control import ControlServer, ControlSetupError
 from agent.duty import UitdDuties
 from agent.faults import OUTPUT_FAILED, WatchedOutput
@@ -137,7 +137,9 @@ class Gateway:
         devices = field_devices(cfg.devices, cfg.profiles, self._remembered, texts, self.gb_points)
         self.field = FieldWorker(devices, self.pointstate, pipeline)
         # the centre's reads (61-63, 81) are answered from these last known values
-        self.gb_live = FieldLive(self.gb_points, devices, lambda: not self.faults.quiet)
+        self.gb_live = FieldLive(
+            self.gb_points, devices, lambda: not self.faults.quiet, contacts=self._contact_levels
+        )
         pipeline.listen_stored("pointstate_listener", self.field.stored)
         self.parts = Parts(cfg, self.buffer, pipeline, devices, clock_synced, texts)
         # The UITD duties (agent/duty.py): the duty check, the transmission light's timers
@@ -191,6 +193,14 @@ class Gateway:
         self._closing = False
         self._input_cfg = {i.id: i for i in cfg.inputs}
         self.watchdog = sdnotify.Watchdog()
+
+    def _contact_levels(self) -> list[tuple[InputConfig, bool]]:
+        """Every GPIO input's config and debounced level now (none before GPIO is open)."""
+        gpio = getattr(self, "gpio", None)  # a read may come before GPIO is set up
+        if gpio is None:
+            return []
+        cfgs = {i.id: i for i in self.cfg.inputs}
+        return [(cfgs[i], c.is_active) for i, c in gpio.inputs.items() if i in cfgs]
 
     def _add_gb_uplink(self) -> GbUplink | None:
         """The GB/T 26875.3 uplink when [gb26875] is configured: the second reader of the
@@ -322,6 +332,8 @@ class Gateway:
         rules.remember(self._remembered)  # alarms still active from before a restart sound
         self.parts.rules = rules
         self.pipeline.set_rules(rules)
+        # fire alarms a previous run stored and an uplink has still to confirm: the light
+        self.faults.guard("transmission_resume", self.uitd.resume)()
 
     def _start_gpio(self) -> None:
         if not self.cfg.inputs and not self.cfg.outputs:

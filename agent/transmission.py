@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -79,6 +79,14 @@ def lights_up(event: Event) -> bool:
     if event.category not in LIT_CATEGORIES:
         return False
     return event.kind is Kind.ALARM or (event.kind is Kind.TEST and event.category is Category.FIRE)
+
+
+def payload_lights_up(payload: Mapping[str, Any]) -> bool:
+    """lights_up of a stored record's payload (the feed's JSON: docs/feed.md)."""
+    category, kind = payload.get("category"), payload.get("kind")
+    if category not in {c.value for c in LIT_CATEGORIES}:
+        return False
+    return kind == Kind.ALARM.value or (kind == Kind.TEST.value and category == "fire")
 
 
 def is_link_fault(event: Event) -> bool:
@@ -151,6 +159,17 @@ class TransmissionRule:
             return
         with self._lock:
             self._sending[event.seq] = self._now()
+            self._apply_locked()
+
+    def resume(self, seqs: Iterable[int]) -> None:
+        """At start: records of the light's kind a previous run stored and no uplink has
+        confirmed yet (still in the buffer): being sent again, from now. Without this a
+        fire unconfirmed across a restart (kill -9, power cut) drove neither the light
+        nor the failure signal."""
+        with self._lock:
+            now = self._now()
+            for seq in seqs:
+                self._sending.setdefault(seq, now)
             self._apply_locked()
 
     def uplink_changed(self, connected: bool) -> None:

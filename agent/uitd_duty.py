@@ -9,8 +9,9 @@ reports. A duty of the runtime (`start`, `stop`, `alive`: agent/runtime.py's `du
   once its uplinks and lines had two minutes to come up. `alarmgw selftest` runs it on
   demand (not counted as the day's run).
 - Simulated fire transmissions: every stored test alarm (`point: test_alarm`, from the CLI
-  or the platform) is noted; once the buffer no longer holds it, every uplink confirmed it
-  (acknowledged rows are deleted), and it counts in the local calendar month of that
+  or the platform) is noted (in memory by the buffer's writer, which never waits for this
+  file; written down by this duty's thread a moment later); once every uplink confirmed it
+  (EventBuffer.delivered), it counts in the local calendar month of that
   moment. Confirmed while the clock was unsynced, it counts in the first month the clock
   is synchronised again. Fewer than `min_simulated_fires` by `reminder_day`: one reminder
   event that month, and a line in `alarmgw status`.
@@ -98,7 +99,11 @@ class UitdDuty:
         self._last_day: str | None = None
         self._last: dict[str, Any] | None = None
         self._reminded: str | None = None
-        self._waiting: dict[str, int] = {}  # test alarms stored, not yet confirmed: id -> seq
+        # test alarms stored, not yet confirmed: id -> (seq, ts_ms); `stored` (the buffer's
+        # writer) adds, this duty's thread confirms: under _waiting_lock
+        self._waiting: dict[str, tuple[int, int]] = {}
+        self._unwritten: set[str] = set()  # of those, not yet in the records file
+        self._waiting_lock = threading.Lock()
         self._loaded = False
         self._not_before = time.monotonic() + startup_grace_s
 
@@ -158,7 +163,9 @@ class UitdDuty:
             self._last = self.records.get(LAST_RESULT)
             self._reminded = self.records.get(REMINDED)
             # merged: a test alarm stored meanwhile (the buffer's writer) stays watched
-            self._waiting.update({s.event_id: s.seq for s in self.records.unconfirmed()})
+            known = {s.event_id: (s.seq, s.ts_ms) for s in self.records.unconfirmed()}
+            with self._waiting_lock:
+                self._waiting.update(known)
         except RecordsError as exc:
             self._faults.failed(RECORDS_CAUSE, exc)
         else:
@@ -177,25 +184,43 @@ class UitdDuty:
     # --- simulated fire transmissions ---------------------------------------------------
 
     def stored(self, event: Event) -> None:
-        """A stored listener (runs in the buffer's writer): note each test alarm."""
+        """A stored listener (runs in the buffer's writer, which must never wait: a real
+        fire may be next in its queue): note each test alarm in memory and wake this
+        duty's thread, which writes it to the records file (no I/O here)."""
         if event.kind is not Kind.TEST or event.point != "test_alarm" or event.seq is None:
             return
-        self._waiting[event.id] = event.seq
-        self.records.simulated_seen(event.id, event.seq, event.ts_ms)  # raises: a fault
+        with self._waiting_lock:
+            self._waiting[event.id] = (event.seq, event.ts_ms)
+            self._unwritten.add(event.id)
         self._wake.set()
 
     def _confirm_waiting(self) -> None:
-        for event_id, seq in list(self._waiting.items()):
-            if not self._is_confirmed(seq):
-                continue
-            month = month_of(self._now()) if self._synced() else None
-            try:
-                self.records.confirm(event_id, now_ms(), month)
-            except RecordsError as exc:
-                self._faults.failed(RECORDS_CAUSE, exc)
-                return  # tried again next tick
+        """Write the test alarms noted since the last tick, then count those every uplink
+        has confirmed. A write that fails stays noted (a fault) and is tried next tick."""
+        with self._waiting_lock:
+            waiting = dict(self._waiting)
+            unwritten = {i: waiting[i] for i in self._unwritten if i in waiting}
+        wrote = bool(unwritten)
+        try:
+            for event_id, (seq, ts_ms) in unwritten.items():
+                self.records.simulated_seen(event_id, seq, ts_ms)
+                with self._waiting_lock:
+                    self._unwritten.discard(event_id)
+            for event_id, (seq, ts_ms) in waiting.items():
+                if not self._is_confirmed(seq):
+                    continue
+                month = month_of(self._now()) if self._synced() else None
+                # counted even if its "seen" row is missing (the upsert makes it)
+                self.records.confirm(event_id, seq, ts_ms, now_ms(), month)
+                wrote = True
+                with self._waiting_lock:
+                    self._waiting.pop(event_id, None)
+                    self._unwritten.discard(event_id)
+        except RecordsError as exc:
+            self._faults.failed(RECORDS_CAUSE, exc)
+            return  # tried again next tick
+        if wrote:
             self._faults.worked(RECORDS_CAUSE)
-            self._waiting.pop(event_id, None)
 
     def _date_undated(self, now: datetime) -> None:
         try:

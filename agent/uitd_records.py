@@ -118,10 +118,16 @@ class UitdRecords:
             )
         ]
 
-    def confirm(self, event_id: str, confirmed_ms: int, month: str | None) -> None:
+    def confirm(
+        self, event_id: str, seq: int, ts_ms: int, confirmed_ms: int, month: str | None
+    ) -> None:
+        """The test alarm is confirmed by every uplink: counted, even when its "seen" row
+        never reached the file (an upsert: never an UPDATE of nothing reported as done)."""
         self._write(
-            "UPDATE simulated SET confirmed_ms = ?, month = ? WHERE event_id = ?",
-            (confirmed_ms, month, event_id),
+            "INSERT INTO simulated (event_id, seq, ts_ms, month, confirmed_ms) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id) DO UPDATE SET "
+            "confirmed_ms = excluded.confirmed_ms, month = excluded.month",
+            (event_id, seq, ts_ms, month, confirmed_ms),
         )
 
     def date_undated(self, month: str) -> int:

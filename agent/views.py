@@ -376,7 +376,7 @@ class Actions:
 
     def confirmed(self, lane: Lane, seq: int) -> bool:
         """The row is acknowledged by every uplink (gone from the buffer)."""
-        return not any(r.seq == seq for r in self.parts.buffer.pending(lane, seq - 1, 1))
+        return bool(self.parts.buffer.delivered(lane, seq))
 
     def acked(self, lane: Lane, seq: int, timeout: float) -> bool:
         """Wait until the row is acknowledged (gone from the buffer); False at timeout."""
@@ -454,6 +454,15 @@ class LocalView:
             "points": check_points(self.parts.cfg),
             "point_timeout_s": self.parts.cfg.selftests.point_timeout_s,
         }
+
+    def selfcheck_testing(self, device: str, point: str, seconds: float) -> dict[str, Any]:
+        """The self-check declares the point it is testing now, for `seconds` (0: done):
+        that point's events are tests meanwhile (agent/undertest.py). Only a point of the
+        self-check's list; bounded by the walk's own timeout."""
+        listed = {(p["device"], p["point"]) for p in check_points(self.parts.cfg)}
+        if (device, point) not in listed:
+            raise UnknownPoint(f"{device}/{point} is not a point of the self-check")
+        return self.parts.pipeline.under_test.mark(device, point, seconds)
 
     def selfcheck_report(self, report: dict[str, Any], handed_in_by: str) -> dict[str, Any]:
         parsed = parse_report(report) | {"handed_in_by": handed_in_by}

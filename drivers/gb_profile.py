@@ -365,7 +365,48 @@ def point_template(
     reason = None if made is None else _point_problem(spec, made)
     if reason is not None:
         out.add(join(where, reason[0]), reason[1])
+    for state in mine.get("status", {}) if made is not None else ():
+        wrong = status_key_problem(state, [spec])
+        if wrong is not None:
+            out.add(f"{where}.status.{state}", wrong)
     return made if len(out) == found else None
+
+
+# conditions agent/points.py raises on any point (drivers.profile_schema.RESERVED_STATES)
+ALWAYS_CONDITIONS = frozenset({"wire_break", "decode_error"})
+
+
+def point_states(spec: PointSpec) -> tuple[set[str], set[str]]:
+    """The point's states that are conditions (raise an event, set bits in a status word)
+    and its normal ones (a condition's end: no bits)."""
+    conditions: set[str] = set(ALWAYS_CONDITIONS)
+    normal: set[str] = set()
+    for state in (spec.states or {}).values():
+        (normal if state.normal or state.kind is None else conditions).add(state.state)
+    if spec.flag is not None:
+        conditions.add(spec.flag.active_state)
+        normal.add(spec.flag.inactive_state)
+    conditions.update(t.state for t in spec.thresholds.values())
+    return conditions, normal - conditions
+
+
+def status_key_problem(state: str, specs: list[PointSpec]) -> str | None:
+    """Why a `status` key cannot be one of these points' conditions (a typo, a normal
+    state whose bits would never be sent), or None when it names one."""
+    conditions: set[str] = set()
+    normal: set[str] = set()
+    for spec in specs:
+        c, n = point_states(spec)
+        conditions |= c
+        normal |= n
+    if state in conditions:
+        return None
+    if state in normal:
+        return (
+            f'"{state}" is a normal state: it raises no condition, so its bits would never be sent'
+        )
+    known = ", ".join(sorted(conditions - ALWAYS_CONDITIONS)) or "none"
+    return f'no point here has a state "{state}" (their conditions: {known})'
 
 
 def _point_problem(spec: PointSpec, gb: GbTemplate) -> tuple[str, str] | None:

@@ -21,7 +21,14 @@ from typing import Any
 from core.checks import BAD, ID_RE, Problems, check_file, closest, join
 from core.errors import ConfigError
 from core.events import Category, Kind, Severity
-from drivers.gb_profile import FormulaError, GbDeviceSpec, GbSpec, GbTemplate, point_template
+from drivers.gb_profile import (
+    FormulaError,
+    GbDeviceSpec,
+    GbSpec,
+    GbTemplate,
+    point_template,
+    status_key_problem,
+)
 from drivers.gb_profile import device_spec as gb_device_spec
 from drivers.profile_schema import (
     FLAG,
@@ -199,6 +206,7 @@ def load_profile(path: Path) -> Profile:
     category = header["category"] if header else Category.SYSTEM
     shared = _Shared(clean.get("state_tables", {}), clean.get("gb"), out, out.under("gb"))
     points = _points(clean.get("points", []), category, shared, out)
+    _check_profile_status(shared, points, out)
     device = gb_device_spec(shared.gb.get("device") if shared.gb else None, "gb.device", out.add)
     if out.items or header is None:
         raise ConfigError(out.items)
@@ -235,6 +243,18 @@ class _Shared:
         if (self.gb is None and own is None) or self.gb_refused:
             return None
         return point_template(self.gb, own, spec, where, self.out)
+
+
+def _check_profile_status(shared: _Shared, points: Mapping[str, PointSpec], out: Problems) -> None:
+    """Each state the profile's `[gb] status` names is a condition of some mapped point (a
+    typo, or a normal state, would set bits that never go out, silently)."""
+    if shared.gb is None or shared.gb_refused or out.items:
+        return
+    mapped = [spec for spec in points.values() if spec.gb is not None]
+    for state in shared.gb.get("status", {}):
+        wrong = status_key_problem(state, mapped)
+        if wrong is not None:
+            out.add(f"gb.status.{state}", wrong)
 
 
 def _header(clean: Mapping[str, Any], stem: str, out: Problems) -> dict[str, Any] | None:
@@ -434,6 +454,7 @@ def _expand(
     if repeat > 1 and "{n}" not in template.id:
         return []  # the rule on `id` said so
     points = []
+    components: dict[tuple[int, int, int], tuple[str, int]] = {}  # place -> first id, address
     for i in range(repeat):
         n = first + i
         address = template.address + i * stride
@@ -449,6 +470,21 @@ def _expand(
         except FormulaError as exc:
             out.add(f"{where}.gb", f"n={n}: {exc}")
             return []
+        if placed is not None and placed.record == "component":
+            # a repeat's points share a component only from one register: else the
+            # address formula collides (an operator's typo, say loop * 16 + point)
+            place = (placed.system_type, placed.zone, placed.position)
+            first_at = components.setdefault(place, (template.id.replace("{n}", str(n)), address))
+            clash = first_at[0] if first_at[1] != address else None
+            if clash is not None:
+                out.add(
+                    f"{where}.gb",
+                    f"n={n} is at the component of {clash} (zone {placed.zone}, position "
+                    f"{placed.position}) but reads another register: the address formula "
+                    "gives two points one component (points of one component share a "
+                    "register, or are written as separate [[points]])",
+                )
+                return []
         sub = str(n)
         points.append(
             replace(

@@ -240,6 +240,21 @@ def test_delivered_means_every_reader_confirmed_or_set_it_aside(tmp_path: Path) 
         assert wait_until(lambda: delivered.keys == [(Lane.EVENT, door), (Lane.EVENT, fire)])
 
 
+def test_asked_delivered_is_every_readers_answer_at_once(tmp_path: Path) -> None:
+    """EventBuffer.delivered, what "confirmed" means to the light, the duties and the
+    self-check: a fire the broker alone acked is not delivered; a door event the centre
+    never carries is, on the broker's ack. No wait: an ack counts the moment it is made."""
+    with _open(tmp_path / "b.db") as buf:
+        fire = buf.submit(_gb_alarm()).result(5).seq
+        door = buf.submit(info_event(1)).result(5).seq
+        assert not buf.delivered(Lane.EVENT, fire) and not buf.delivered(Lane.EVENT, door)
+        buf.ack_many(Lane.EVENT, [fire, door], "mqtt")
+        assert buf.delivered(Lane.EVENT, door)
+        assert not buf.delivered(Lane.EVENT, fire)
+        buf.ack(Lane.EVENT, fire, "gb")
+        assert buf.delivered(Lane.EVENT, fire)
+
+
 def test_delivered_with_one_reader_is_its_ack(tmp_path: Path) -> None:
     delivered = Delivered()
     with EventBuffer(tmp_path / "b.db", IDENT, 100) as buf:

@@ -5,6 +5,7 @@ button through the pin factory, and `alarmgw ack` through the control socket."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,10 @@ from gpiozero.pins.mock import MockFactory
 from agent.cli.main import main
 from agent.cli.output import EXIT_OK, EXIT_PROBLEM
 from agent.duty import DutyCheck
+from agent.gb26875.mapping import carries
 from agent.rules import DutyPromptRule, LocalRules
 from agent.runtime import Gateway
-from core.events import Event, Identity, Kind, Lane, Record
+from core.events import Category, Event, Identity, Kind, Lane, Record, Severity
 from drivers.gpio import Output
 from tests.test_runtime import ROOT, example_config
 from tests.test_schemas import assert_valid
@@ -176,22 +178,98 @@ def test_the_centres_timeout_is_used_within_bounds_and_none_means_the_configured
     assert bench.duty.request("centre", None)["timeout_s"] == 120.0
 
 
-def test_the_prompt_is_an_intermittent_pattern_unlike_the_alarm_buzzer(
-    factory: MockFactory,
-) -> None:
-    outs = [
-        Output(Out("buzzer", 24, "buzzer"), pin_factory=factory),
-        Output(Out("duty-sounder", 12, "buzzer"), pin_factory=factory),
-    ]
-    try:
-        rules = LocalRules([("buzzer", "alarm", outs[0]), ("duty", "duty-prompt", outs[1])])
-        rules.duty_prompt.show(True)
-        assert (outs[0].mode, outs[1].mode) == ("off", "blink")
-        rules.silence()  # silencing the alarm buzzer leaves the duty prompt alone
-        assert outs[1].mode == "blink"
-    finally:
-        for out in outs:
-            out.close()
+class Pattern:
+    """A working output that keeps what it was told last: its on/off pattern."""
+
+    def __init__(self) -> None:
+        self.pattern: tuple[str, float, float] = ("off", 0.0, 0.0)
+
+    def on(self) -> None:
+        self.pattern = ("on", 0.0, 0.0)
+
+    def off(self) -> None:
+        self.pattern = ("off", 0.0, 0.0)
+
+    def blink(self, on_s: float, off_s: float) -> None:
+        self.pattern = ("blink", on_s, off_s)
+
+
+def test_the_prompt_is_an_intermittent_pattern_unlike_the_alarm_and_the_failure_signal() -> None:
+    """On the site's one sounder a person must tell "someone check in" from "fire" and
+    from "transmission failed": three patterns, each different."""
+    alarm, prompt, failed = Pattern(), Pattern(), Pattern()
+    rules = LocalRules(
+        [
+            ("buzzer", "alarm", alarm),
+            ("duty", "duty-prompt", prompt),
+            ("failed", "transmission-failed", failed),
+        ]
+    )
+    rules.uplink_changed(True)
+    rules.duty_prompt.show(True)
+    assert prompt.pattern[0] == "blink" and alarm.pattern[0] == "off"
+    fire = Event(Kind.ALARM, Category.FIRE, Severity.CRITICAL, "fire", "火警", "fap", "p3")
+    rules.on_event(fire)
+    link_fault = Event(
+        Kind.FAULT, Category.SYSTEM, Severity.MAJOR, "link_fault", "centre link lost",
+        "gateway", "gb_link", detail={"gb": {"tf": 21, "status": 1 << 5}},
+    )  # fmt: skip
+    rules.on_event(link_fault)
+    patterns = {alarm.pattern, prompt.pattern, failed.pattern}
+    assert len(patterns) == 3 and ("off", 0.0, 0.0) not in patterns
+    assert prompt.pattern[0] == "blink" and prompt.pattern[1] != prompt.pattern[2]
+    rules.silence()  # silencing the alarm buzzer leaves the duty prompt alone
+    assert prompt.pattern[0] == "blink"
+
+
+def test_only_a_centres_duty_check_is_answered_to_the_centre(bench: Bench) -> None:
+    """A duty check the platform asked for is answered on the feed only: detail["gb"]
+    (the GB reader's ticket to the centre) is on the centre's alone (review item 6)."""
+    bench.duty.request("platform", None, "cmd:dc-1")
+    bench.duty.answer("cli:root")
+    bench.duty.request("centre", None)
+    bench.duty.answer("cli:root")
+    platform, centre = bench.events
+    assert platform.detail is not None and "gb" not in platform.detail
+    assert not carries(platform)
+    assert centre.detail is not None and centre.detail["gb"] == {
+        "tf": 24,
+        "flags": 32,
+        "operator": 0,
+    }
+    assert carries(centre)
+
+
+class HeldPrompt:
+    """A prompt whose first drive is held until released: a slow output at a bad moment."""
+
+    def __init__(self) -> None:
+        self.shown: list[bool] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def show(self, showing: bool) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            self.release.wait(30)
+        self.shown.append(showing)
+
+
+def test_an_answer_racing_the_prompts_drive_leaves_it_dark() -> None:
+    """A request drives the prompt on; an answer lands while that drive is still under
+    way: the prompt ends dark, as nothing waits (review item 9)."""
+    prompt = HeldPrompt()
+    duty = DutyCheck(lambda r: None, lambda: prompt)
+    asking = threading.Thread(target=duty.request, args=("centre",))
+    asking.start()
+    assert prompt.entered.wait(30)
+    answering = threading.Thread(target=duty.answer, args=("cli:root",))
+    answering.start()
+    assert wait_until(lambda: duty.waiting is None)  # the answer is in; its drive follows
+    prompt.release.set()
+    asking.join(30)
+    answering.join(30)
+    assert duty.waiting is None and prompt.shown[-1] is False
 
 
 # --- in the running gateway -------------------------------------------------------------
@@ -239,7 +317,7 @@ def test_the_answer_button_through_the_pin_factory_answers_and_is_no_contact(
     assert wait_until(lambda: bool(stored(gateway, "duty_check")))
     [answer] = stored(gateway, "duty_check")
     assert (answer["state"], answer["detail"]["answered_by"]) == ("answered", "input:duty-answer")
-    assert answer["detail"]["gb"] == {"tf": 24, "flags": 32, "operator": 0}
+    assert "gb" not in answer["detail"]  # the platform asked: not an answer for the centre
     assert not gateway.rules.duty_prompt.showing
     assert not sounder.state and not led.state
     # the button raised no contact event (the tamper, open at rest on a mock pin, did)

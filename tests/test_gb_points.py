@@ -103,6 +103,26 @@ def test_comm_loss_is_a_fault_of_the_devices_own_component(
     assert (gas.detail["gb"]["comp_type"], gas.detail["gb"]["pos"]) == (11, 1)
 
 
+def test_a_gas_alarm_stays_in_the_word_across_a_comm_loss_and_restore(
+    devices: dict[str, DeviceRuntime],
+) -> None:
+    """The gas detector's [gb.device] is the component of its points: the comm words are
+    that component's whole word, so the centre never reads "normal" while the high alarm
+    stands (review fix-b item 1)."""
+    gas = devices["gas-1"]
+    profile = ROOT / "config" / "profiles" / "gas-detector.toml"
+    poll(gas.points, profile, {1: 0})
+    alarm = [e for e in poll(gas.points, profile, {1: 0b10}) if e.point == "high_alarm"]
+    assert alarm[0].detail is not None and alarm[0].detail["gb"]["status"] == NORMAL | FIRE
+    lost = comm_event(gas, CommChange("gas-1", True, "timeout", 3, 2), True, CHINESE)
+    assert lost.detail is not None and lost.detail["gb"]["status"] == NORMAL | FIRE | FAULT
+    back = comm_event(gas, CommChange("gas-1", False, "", 0, 3), True, CHINESE)
+    assert back.detail is not None and back.detail["gb"]["status"] == NORMAL | FIRE
+    # a device whose own component is apart from its points keeps the plain fault word
+    fap = comm_event(devices["fap"], CommChange("fap", False, "", 0, 4), True, CHINESE)
+    assert fap.detail is not None and fap.detail["gb"]["status"] == NORMAL
+
+
 def test_system_addresses_default_to_the_device_position(gb: GbPoints) -> None:
     addresses = {d: c["sys_addr"] for d, c in _first_coords(gb).items()}
     assert addresses == {"fap": 1, "efd-1": 2, "efd-2": 3, "gas-1": 4, "ai-1": 5}

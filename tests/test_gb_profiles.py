@@ -179,3 +179,51 @@ def test_a_mistake_in_gb_is_said_once_where_it_was_written(tmp_path: Path) -> No
         "gb.status.fire",
         "points[1].gb.status.x",
     ]
+
+
+GST_TEXT = (
+    Path(__file__).resolve().parent.parent / "config/profiles/fire-panel-gst.toml"
+).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "reason"),
+    [
+        # a typo in a state name: that state would never get its bits
+        ('feedback = ["feedback"]', 'feedbak = ["feedback"]', "gb.status.feedbak", "no point"),
+        # bits on a normal state: it raises no condition, so they would never go out
+        ('release = ["started", "feedback"]', 'release = ["started"], cleared = ["fire"]',
+         "gb.status.cleared", "normal state"),
+        # on a point: a state the point does not have
+        ('status = { power_fault = ["main_power_fault"] }',
+         'status = { power_falt = ["main_power_fault"] }', "points[1].gb.status.power_falt",
+         "no point"),
+        # a repeat's formula gives two points of different registers one component
+        ('address = "loop * 256 + point"', 'address = "loop * 16 + point"', "points[0].gb",
+         "one component"),
+    ],
+)  # fmt: skip
+def test_a_gb_mapping_that_would_mislead_the_centre_is_refused(
+    tmp_path: Path, old: str, new: str, key: str, reason: str
+) -> None:
+    """Review item 5: each was accepted silently."""
+    path = tmp_path / "fire-panel-gst.toml"
+    text = GST_TEXT.replace(old, new).replace("repeat = 16", "repeat = 300")
+    assert old not in text
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_profile(path)
+    assert [(p.key, reason in p.reason) for p in info.value.problems] == [(key, True)]
+
+
+def test_points_of_one_component_may_share_it_from_one_register_or_by_being_written_so(
+    tmp_path: Path,
+) -> None:
+    """Deliberate sharing stays possible: the GST's 300 points from unique addresses, the
+    gas detector's bits of one register with its concentration (another entry)."""
+    path = tmp_path / "fire-panel-gst.toml"
+    path.write_text(GST_TEXT.replace("repeat = 16", "repeat = 300"), encoding="utf-8")
+    assert len(load_profile(path).points) == 300 + 3
+    gas = load_profile(Path(__file__).resolve().parent.parent / "config/profiles/gas-detector.toml")
+    places = {(s.gb.zone, s.gb.position) for s in gas.points.values() if s.gb is not None}
+    assert places == {(0, 1)}

@@ -133,3 +133,29 @@ def test_what_is_not_a_read_we_answer_is_denied(live: FieldLive) -> None:
     assert ask(live, DutyCheck()) is None
     assert answer_read(b"\x3d\x01\x01\x01", live) is None  # not a decoded ADU
     assert answer_read(Adu(62, ()), live) is None
+
+
+def test_gpio_contacts_are_read_as_the_centre_was_told_them(
+    cfg: Config, gb: GbPoints, devices: dict[str, DeviceRuntime]
+) -> None:
+    """A read (62) of an [inputs.gb] component answers its word now; the UITD state (81)
+    shows fire while the manual call point is pressed (review item 4)."""
+    levels = {i.id: False for i in cfg.inputs}
+    inputs = {i.id: i for i in cfg.inputs}
+    live = FieldLive(
+        gb,
+        devices,
+        clock=lambda: EPOCH,
+        contacts=lambda: [(inputs[i], a) for i, a in levels.items()],
+    )
+    pump = ComponentAddress(0, 1)  # example.toml: fire-pump, system 11 at address 0, type 91
+    assert ask(live, ReadComponentState(11, 0, pump)) == Adu.of(
+        ComponentState(11, 0, 91, pump, NORMAL, "消防泵运行", NOW)
+    )
+    levels["fire-pump"] = True
+    started = ask(live, ReadComponentState(11, 0, pump))
+    assert started is not None
+    assert started.objects[0].status == NORMAL | ComponentStatus.STARTED  # type: ignore[attr-defined]
+    assert ask(live, ReadUitdState()) == Adu.of(UitdState(UitdStatus.NORMAL, NOW))
+    levels["manual-alarm"] = True
+    assert ask(live, ReadUitdState()) == Adu.of(UitdState(UitdStatus.NORMAL | UitdStatus.FIRE, NOW))

@@ -13,6 +13,7 @@ machine catches what only a 32-bit Pi would show:
 from __future__ import annotations
 
 import ast
+import datetime
 import math
 import os
 import time
@@ -23,6 +24,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent import clock
 from agent.cli import render as cli_render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,8 +96,7 @@ def _set_zone(name: str | None) -> None:
         os.environ.pop("TZ", None)
     else:
         os.environ["TZ"] = name
-    time.tzset()
-    cli_render._site_zone.cache_clear()
+    time.tzset()  # agent.clock.local_zone follows $TZ by itself
 
 
 @pytest.fixture
@@ -145,3 +146,31 @@ def test_clock_time_agrees_with_libc_wherever_libc_can_answer(ts_ms: int, zone: 
 def test_clock_time_never_raises_on_an_odd_number(odd: float) -> None:
     # on a 64-bit time_t too: localtime refused these with OverflowError or ValueError
     assert cli_render.clock_time(odd) == "--:--:--"
+
+
+def test_local_time_past_2038_with_a_posix_rule_on_a_32_bit_time_t(
+    monkeypatch: pytest.MonkeyPatch, site_zone: Callable[[str], None]
+) -> None:
+    """TZ=CST-8 (no zone database entry) in 2040 on a 32-bit time_t: libc's localtime() of
+    now refuses; the daily self-test's "now" is still Beijing time (review item 10)."""
+    site_zone("CST-8")
+
+    def refuses(secs: float | None = None) -> time.struct_time:
+        raise OverflowError("timestamp out of range for platform time_t")
+
+    monkeypatch.setattr(time, "localtime", refuses)
+    monkeypatch.setattr(time, "time", lambda: 2_224_756_800.0)  # 2040-07-01T12:00:00Z
+    now = clock.local_now()
+    assert (now.year, now.month, now.day, now.hour) == (2040, 7, 1, 20)
+    assert now.utcoffset() == datetime.timedelta(hours=8)
+
+
+def test_the_local_zone_follows_a_change_of_tz(site_zone: Callable[[str], None]) -> None:
+    site_zone("Asia/Shanghai")
+    assert clock.local_zone().utcoffset(datetime.datetime(2026, 1, 1)) == datetime.timedelta(
+        hours=8
+    )
+    site_zone("Europe/Berlin")  # set-timezone while the agent runs
+    assert clock.local_zone().utcoffset(datetime.datetime(2026, 1, 1)) == datetime.timedelta(
+        hours=1
+    )

@@ -1,10 +1,11 @@
 """The transmission light and the transmission-failed signal (GB 26875.1), on real
-gpiozero outputs (MockFactory pins), a real buffer (its acknowledgement is what
-"confirmed" means) and an injectable clock: five minutes pass in no time."""
+gpiozero outputs (MockFactory pins), a real buffer with both uplinks' readers (MQTT, then
+GB/T 26875.3: "confirmed" is every reader's acknowledgement, asked as the running agent asks,
+through agent.duty.UitdDuties) and an injectable clock: five minutes pass in no time."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from agent.buffer import EventBuffer
+from agent.duty import UitdDuties
 from agent.faults import Faults
 from agent.rules import LocalRules
 from core.events import Category, Event, Identity, Kind, Lane, Severity
@@ -43,6 +45,7 @@ class Bench:
     clock: Clock
     light: Output
     sounder: Output
+    duties: UitdDuties
 
     def emit(self, event: Event) -> Event:
         """What the pipeline does: rules at once, the buffer, then the stored listener."""
@@ -56,13 +59,24 @@ class Bench:
         """What the duties' thread does twice a second."""
         self.rules.transmission.tick(self.unconfirmed)
 
-    def unconfirmed(self, seq: int) -> bool:  # as agent.duty.UitdDuties.unconfirmed
-        rows = self.buffer.pending(Lane.EVENT, seq - 1, 1)
-        return bool(rows) and rows[0].seq == seq
+    def unconfirmed(self, seq: int) -> bool:
+        return self.duties.unconfirmed(seq)
 
-    def confirm(self, event: Event) -> None:
+    def confirm(self, event: Event, readers: tuple[str, ...] = ("mqtt", "gb")) -> None:
+        """The broker's PUBACK and the centre's confirmation, as the uplinks ack."""
         assert event.seq is not None
-        self.buffer.ack(Lane.EVENT, event.seq)  # the broker's PUBACK, as the uplink acks
+        for reader in readers:
+            self.buffer.ack(Lane.EVENT, event.seq, reader)
+
+
+class Guard:
+    def guard(self, cause: str, fn: Callable[[], None]) -> Callable[[], None]:
+        return fn
+
+
+@dataclass(frozen=True)
+class DutySettings:
+    duty_check_timeout_s: float = 600.0
 
 
 @pytest.fixture
@@ -77,9 +91,10 @@ def bench(tmp_path: Path, factory: MockFactory) -> Iterator[Bench]:
         ],
         monotonic=clock,
     )
-    buffer = EventBuffer(tmp_path / "buffer.db", IDENT, 1000).start()
+    buffer = EventBuffer(tmp_path / "buffer.db", IDENT, 1000, readers=("mqtt", "gb")).start()
     rules.uplink_changed(True)
-    yield Bench(rules, buffer, clock, light, sounder)
+    duties = UitdDuties(lambda e: None, buffer, lambda: rules, Guard(), DutySettings())
+    yield Bench(rules, buffer, clock, light, sounder, duties)
     buffer.close()
     light.close()
     sounder.close()
@@ -160,6 +175,22 @@ def test_an_alarm_unconfirmed_for_forty_seconds_sounds_the_failure_signal_until_
     assert bench.sounder.mode == "blink"  # rapid beeps
     assert bench.rules.transmission.failed == [f"unconfirmed:{alarm.seq}"]
     bench.confirm(alarm)  # the broker came back and took it
+    bench.tick()
+    assert (bench.light.mode, bench.sounder.mode) == ("on", "off")
+
+
+def test_only_every_uplinks_confirmation_is_confirmed(bench: Bench) -> None:
+    """The broker's PUBACK alone is not "confirmed" while the centre has not confirmed:
+    the light keeps blinking and the 40 s failure fires for the centre (review item 2)."""
+    alarm = bench.emit(fire())
+    bench.confirm(alarm, readers=("mqtt",))
+    bench.tick()
+    assert bench.light.mode == "blink"
+    bench.clock.now += 40
+    bench.tick()
+    assert bench.sounder.mode == "blink"
+    assert bench.rules.transmission.failed == [f"unconfirmed:{alarm.seq}"]
+    bench.confirm(alarm, readers=("gb",))  # the centre confirms at last
     bench.tick()
     assert (bench.light.mode, bench.sounder.mode) == ("on", "off")
 
@@ -268,3 +299,39 @@ def test_the_running_gateway_lights_a_fire_being_sent_and_steadies_it_once_ackno
         gw.pointstate.close()
         Device.pin_factory = None
         factory.close()
+
+
+def test_an_alarm_unconfirmed_across_a_restart_drives_the_light_and_the_failure_again(
+    bench: Bench, tmp_path: Path
+) -> None:
+    """kill -9 with a fire the centre has not confirmed: the next run learns it from the
+    buffer, blinks the light and sounds the failure 40 s later (review item 8)."""
+    alarm = bench.emit(fire())
+    bench.confirm(alarm, readers=("mqtt",))  # the broker took it, the centre did not
+    bench.emit(Event(Kind.STATE, Category.DOOR, Severity.WARNING, "open", "门", "door-1"))
+    bench.buffer.close()  # the run ends
+    buffer = EventBuffer(tmp_path / "buffer.db", IDENT, 1000, readers=("mqtt", "gb")).start()
+    clock = Clock()
+    rules = LocalRules(
+        [
+            ("transmission-led", "transmission-light", bench.light),
+            ("failure-sounder", "transmission-failed", bench.sounder),
+        ],
+        monotonic=clock,
+    )
+    rules.uplink_changed(True)
+    duties = UitdDuties(lambda e: None, buffer, lambda: rules, Guard(), DutySettings())
+    try:
+        assert duties.resume() == 1
+        rules.transmission.tick(duties.unconfirmed)
+        assert bench.light.mode == "blink"
+        clock.now += 40
+        rules.transmission.tick(duties.unconfirmed)
+        assert bench.sounder.mode == "blink"
+        assert rules.transmission.failed == [f"unconfirmed:{alarm.seq}"]
+        assert alarm.seq is not None
+        buffer.ack(Lane.EVENT, alarm.seq, "gb")
+        rules.transmission.tick(duties.unconfirmed)
+        assert (bench.light.mode, bench.sounder.mode) == ("on", "off")
+    finally:
+        buffer.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -16,19 +17,21 @@ from typing import Any
 
 import pytest
 
-from agent import selftest
+from agent import selftest, uitd_records
+from agent.buffer import EventBuffer
 from agent.cli import main, render
 from agent.cli.output import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from agent.cli.textwidth import width
 from agent.config import SelfTestConfig, load_config
 from agent.faults import OUTPUT_FAILED, Faults
+from agent.pipeline import Pipeline
 from agent.selfcheck import BadReport, check_points, parse_report
 from agent.texts import Texts
 from agent.uitd_duty import UitdDuty
 from agent.uitd_records import UitdRecords
 from agent.views import make_test_alarm
 from core.errors import FieldTimeout
-from core.events import Event, Identity, Record
+from core.events import Category, Event, Identity, Kind, Record, Severity
 from simulator.devices import SimulatorError
 from simulator.world import alarm_stimulus
 from tests.mounts import fill, needs_root, tmpfs
@@ -333,12 +336,70 @@ def test_confirmed_test_alarms_count_in_their_month_across_restarts(rig: Rig) ->
                                       "reminder_day": 25, "due": False}  # fmt: skip
     restarted = rig.duty()
     restarted.stored(_stored(make_test_alarm(Identity("s", "g"), "cli", None, synced=True), 9))
+    restarted.tick()  # its thread, woken by `stored`, writes it down
     again = rig.duty()  # restarted before the broker confirmed the second one
     rig.confirmed.add(9)
     again.tick()
     assert again.simulated_fires()["count"] == 2
     rig.clock.now = datetime(2027, 1, 1, 0, 0, tzinfo=BEIJING)
     assert again.simulated_fires()["count"] == 0  # a new month
+
+
+def test_a_test_alarm_never_holds_the_buffers_writer_on_the_records_file(
+    tmp_path: Path,
+) -> None:
+    """The stored listener runs on the buffer's writer: with the records file locked (a
+    slow card, the CLI), a real fire right behind a test alarm is stored without waiting
+    for that file, and nothing fails; the duty's own thread writes it down once it can
+    (review item 3)."""
+    buf = EventBuffer(tmp_path / "b.db", Identity("s", "g"), 1000).start()
+    pipe = Pipeline(buf, Identity("s", "g"), clock_synced=lambda: True)
+    records = UitdRecords(tmp_path / "uitd.db")
+    records.put("x", 1)  # the file exists
+    duty = UitdDuty(
+        SelfTestConfig(), records, None, pipe.emit, pipe.faults,  # type: ignore[arg-type]
+        is_confirmed=lambda seq: False, synced=lambda: True, texts=Texts("en"),
+    )  # fmt: skip
+    pipe.listen_stored("uitd_listener", duty.stored)
+    other = sqlite3.connect(tmp_path / "uitd.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the records file is locked for writing
+        test = pipe.emit(make_test_alarm(Identity("s", "g"), "cli", None, synced=True))
+        fire = Event(Kind.ALARM, Category.FIRE, Severity.CRITICAL, "fire", "火警", "fap", "p1")
+        assert isinstance(pipe.emit(fire).result(timeout=30), Event)
+        assert isinstance(test.result(timeout=30), Event)
+        assert pipe.faults.failing == {}  # the writer never touched the locked file
+        other.execute("ROLLBACK")
+        duty.tick()
+        assert [s.seq for s in records.unconfirmed()] == [test.result().seq]
+    finally:
+        other.close()
+        records.close()
+        buf.close()
+
+
+def test_a_test_alarm_whose_note_failed_is_still_counted_once_confirmed(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing the note fails (the file locked): a fault, and the alarm stays watched; once
+    the file is back and the uplinks confirmed it, it counts (never an UPDATE of nothing
+    reported as done)."""
+    monkeypatch.setattr(uitd_records, "BUSY_TIMEOUT_S", 0.05)
+    duty = rig.duty()
+    duty.tick()
+    other = sqlite3.connect(rig.tmp / "uitd.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        duty.stored(_stored(make_test_alarm(Identity("s", "g"), "cli", None, synced=True), 5))
+        rig.confirmed.add(5)
+        duty.tick()
+        assert "uitd_records" in duty._faults.failing
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    duty.tick()
+    assert duty.simulated_fires()["count"] == 1
+    assert "uitd_records" not in duty._faults.failing
 
 
 def test_other_events_are_not_simulated_fires(rig: Rig) -> None:

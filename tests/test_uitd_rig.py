@@ -147,6 +147,16 @@ clear_command = {json.dumps([*sim, "clear-alarm", "{device}", "{point}"])}
         "efd-1/ch1_leak": "passed",
     }  # a threshold held past its confirm_s
     assert report["operator"] == "张三"
+    # each triggered point was declared under test: its alarm went out as a test (no
+    # dispatch, GB bit 0 clear), not as a live fire (review item 7)
+    for device, point in (("fap", "point3"), ("manual-alarm", "contact")):
+        seen = rig.feed.wait_event(
+            lambda e, d=device, p=point: (e["device"], e["point"], e["kind"]) == (d, p, "alarm"),
+            timeout=20,
+        )
+        assert seen is not None and seen["test"] is True, seen
+    fire = rig.feed.wait_event(lambda e: (e["device"], e["point"]) == ("fap", "point3"), 20)
+    assert fire is not None and not fire["detail"]["gb"]["status"] & 1
     assert [s["confirmed"] for s in report["simulated"]] == [True]
     assert report["summary"]["simulated_confirmed"] == 1
     sent = rig.feed.wait_event(

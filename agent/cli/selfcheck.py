@@ -5,8 +5,10 @@ The self-check asks the agent for the points to check, follows the live event st
 the control socket (as `alarmgw events --follow` does) and, point by point, waits for the
 point's alarm and then its restore while the technician triggers it: passed (both seen),
 failed (not within the timeout) or untested (the technician said so). Then it fires the
-simulated fire transmissions (test alarms) and waits for the broker's confirmation of
+simulated fire transmissions (test alarms) and waits for every uplink's confirmation of
 each, and hands the report to the agent, which stores it once and sends it on the feed.
+While it waits on a point it declares that point under test to the agent (for at most its
+timeout): the point's events are tests, so a checked detector dispatches nobody.
 
 A scripted mode (`--script FILE`, a TOML file checked like every file a person writes)
 needs nobody at the keyboard: operator, points left untested, how many simulated fires,
@@ -21,6 +23,7 @@ the report. A point it could not trigger is reported failed, never passed.
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 import threading
@@ -142,7 +145,7 @@ def render_report(report: dict[str, Any]) -> list[str]:
         for point in report.get("points", [])
     )
     for n, sim in enumerate(report.get("simulated", []), 1):
-        said = "confirmed by the broker" if sim.get("confirmed") else "NOT confirmed"
+        said = "confirmed by every uplink" if sim.get("confirmed") else "NOT confirmed"
         lines.append(f"  simulated fire {n}: seq {sim.get('seq')} {said}")
     lines.append(_report_line(report))
     return [clip(line) for line in lines]
@@ -229,9 +232,23 @@ class Walk:
         out = {"id": point["id"], "name": point["name"], "result": "untested",
                "alarm_seq": None, "restore_seq": None, "note": ""}  # fmt: skip
         since = self.watch.mark()
-        if not self._start(head, point, out):
-            self.say(clip(f"{head}: not tested"))
-            return out
+        try:
+            if not self._start(head, point, out):
+                self.say(clip(f"{head}: not tested"))
+                return out
+            return self._watch(head, point, out, since)
+        finally:
+            self._testing(point, 0)  # done: that point's events are real again
+
+    def _testing(self, point: dict[str, Any], seconds: float) -> None:
+        """Tell the agent this point is under test (its events go out as tests, the
+        evacuation buzzer stays silent) for `seconds`; 0: no longer."""
+        self.client.call("selfcheck_testing", device=point["device"], point=point["point"],
+                         seconds=max(0, min(3600, math.ceil(seconds))))  # fmt: skip
+
+    def _watch(
+        self, head: str, point: dict[str, Any], out: dict[str, Any], since: int
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout_s
         alarm = self.watch.wait(_of(point, "alarm"), since, deadline)
         if alarm is None:
@@ -254,11 +271,16 @@ class Walk:
         """Whether to watch this point; runs the script's trigger command if it has one."""
         if self.script is None:
             assert self.ask is not None
+            self._testing(point, self.timeout_s)  # triggered before Enter: a test too
             answer = self.ask(f"{head}\n  trigger it now (Enter: watch for it, s: not tested) ")
-            return answer.strip().lower() not in ("s", "skip", "n")
+            if answer.strip().lower() in ("s", "skip", "n"):
+                return False
+            self._testing(point, self.timeout_s)
+            return True
         if point["id"] in self.script["untested"]:
             out["note"] = "untested (script)"
             return False
+        self._testing(point, self.timeout_s)  # before its trigger: the alarm is a test
         self._run("trigger_command", head, point, out)
         return True
 
@@ -286,7 +308,7 @@ class Walk:
         for n in range(1, count + 1):
             result = self.client.call("test_alarm", requested_by="selfcheck")
             acked = bool(result.get("acked"))
-            said = "confirmed by the broker" if acked else "NOT confirmed"
+            said = "confirmed by every uplink" if acked else "NOT confirmed"
             self.say(f"simulated fire transmission {n}/{count}: seq {result.get('seq')} {said}")
             out.append({"seq": result.get("seq"), "id": result.get("id", ""), "confirmed": acked})
         return out

@@ -15,7 +15,8 @@ From those and the live point trackers this module makes the contract's
 - a point declared `record = "system"` (a panel's power and bus faults): `{"tf": 1,
   sys_type, sys_addr, status}` with the system bits of every such point of the device;
 - a device's comm loss/restore: its own component (`[gb.device]`, default type 0 at 0/0)
-  with the fault bit while lost.
+  with the fault bit while lost, OR'ed with the conditions of any point at that same
+  component (a gas detector is one component: its alarm stays in the word).
 
 - a GPIO contact (`contact_gb`): its `[inputs.gb]` component, or, for the gateway's own
   manual alarm button, the UITD's manual alarm operation (typeflag 24, flag bit 2).
@@ -190,19 +191,40 @@ class GbDevice:
         coords["status"] = self.status(points, record.point, test=record.test)
         return with_gb(record, coords, fresh=True)
 
-    def comm(self, event: Event) -> Event:
-        """A comm loss/restore of this device, as a fault of its own component."""
+    def comm(self, event: Event, points: _Points | None = None) -> Event:
+        """A comm loss/restore of this device, as a fault of its own component. The word is
+        the whole component's after the event: with `points` (the device's live trackers),
+        the conditions of every point at the same component are OR'ed in, so a gas
+        detector whose alarm persists across a comm loss (the [gb.device] and its points one
+        component) never tells the centre "normal" while that alarm stands."""
         if self.device_place is None:
             return event
         sys_type, comp_type, zone, pos = self.device_place
         status = int(ComponentStatus.NORMAL)
         if event.kind is Kind.COMM_LOSS:
             status |= int(ComponentStatus.FAULT)
+        sharing = self._sharing_device_place()
+        if points is not None and sharing is not None:
+            status |= self.status(points, sharing)
         gb = {
             "tf": 2, "sys_type": sys_type, "sys_addr": self.sys_addr, "comp_type": comp_type,
             "zone": zone, "pos": pos, "status": status,
         }  # fmt: skip
         return with_gb(event, gb)
+
+    def _sharing_device_place(self) -> str | None:
+        """A point at the device's own component (same system type, zone and position), or
+        None: then the comm word is the device component's alone."""
+        if self.device_place is None:
+            return None
+        sys_type, _, zone, pos = self.device_place
+        for pid, spec in self.specs.items():
+            gb = spec.gb
+            if gb is None or gb.record != "component":
+                continue
+            if (gb.system_type, gb.zone, gb.position) == (sys_type, zone, pos):
+                return pid
+        return None
 
 
 def _word(blocks: Iterable[Block], spec: PointSpec, offset: int) -> int | None:

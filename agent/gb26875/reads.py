@@ -9,9 +9,10 @@ returns as the response (command 5), or a deny (command 6) for None. Answered he
     81 UITD state              -> typeflag 21, the gateway's running state
 
 from the last known values the points thread keeps (agent/points.py trackers, through
-`FieldLive`): no Modbus read is made, so an answer never waits on a slow RS-485 line. A read
-of several objects is answered with those we know; if none, or for any other typeflag, the
-answer is None (deny): the uplink decides what a deny looks like.
+`FieldLive`) and the GPIO contacts' debounced levels (an `[inputs.gb]` component, the manual
+call point's fire in the UITD state): no Modbus read is made, so an answer never waits on a
+slow RS-485 line. A read of several objects is answered with those we know; if none, or for
+any other typeflag, the answer is None (deny): the uplink decides what a deny looks like.
 
 This module must never do I/O, block, or raise on what the centre asks.
 """
@@ -19,7 +20,7 @@ This module must never do I/O, block, or raise on what the centre asks.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,7 +39,7 @@ from agent.gb26875.adu import (
     fit_gb18030,
 )
 from agent.gb26875.codec import GbTime
-from agent.gb26875.points import GbDevice, GbPoints, Place
+from agent.gb26875.points import GbDevice, GbPoints, Place, contact_gb
 from agent.gb26875.tables import ComponentStatus, SystemStatus, UitdStatus
 
 # Bits of a component's word that also say something about its system (fire ... delayed).
@@ -130,7 +131,8 @@ class FieldLive:
     the points thread updates the trackers: each answer is a snapshot of last known values.
 
     `uitd_faults`: whether the gateway has a fault of its own now (agent.faults, the buffer);
-    `clock`: epoch seconds for the answers' timestamps (default time.time)."""
+    `contacts`: the GPIO inputs now, each (agent.config.InputConfig, debounced level active)
+    (none until GPIO is open); `clock`: epoch seconds for the answers' timestamps."""
 
     def __init__(
         self,
@@ -138,11 +140,13 @@ class FieldLive:
         devices: Mapping[str, Any],
         uitd_faults: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.time,
+        contacts: Callable[[], Iterable[tuple[Any, bool]]] = lambda: (),
     ) -> None:
         self._gb = gb
         self._devices = devices
         self._uitd_faults = uitd_faults
         self._clock = clock
+        self._contacts = contacts
         self._places = gb.places()
 
     def now(self) -> GbTime:
@@ -167,12 +171,26 @@ class FieldLive:
                 value |= word if gb.record == "system" else word & _SYSTEM_FROM_COMPONENTS
             if known and dev.lost:
                 value |= int(SystemStatus.FAULT)
+        for cfg, contact in self._contact_words():
+            place = cfg.gb
+            if (place.system_type, place.system_address) == (system_type, system_address):
+                known = True
+                value |= contact["status"] & _SYSTEM_FROM_COMPONENTS
         return value if known else None
+
+    def _contact_words(self) -> list[tuple[Any, dict[str, int]]]:
+        """Each GPIO contact with an [inputs.gb] component, with its word now."""
+        out = []
+        for cfg, active in self._contacts():
+            word = contact_gb(cfg, active) if getattr(cfg, "gb", None) is not None else None
+            if word is not None:
+                out.append((cfg, word))
+        return out
 
     def component(self, place: Place) -> ComponentNow | None:
         points = self._places.get(place)
         if not points:
-            return self._device_component(place)
+            return self._contact_component(place) or self._device_component(place)
         device_id, first = points[0]
         mapped = self._gb.devices[device_id]
         dev = self._devices.get(device_id)
@@ -194,6 +212,14 @@ class FieldLive:
         text = f"{dev.cfg.name} {names[0] if names else first}"
         return ComponentNow(mapped.component_type(first), status, text, analog)
 
+    def _contact_component(self, place: Place) -> ComponentNow | None:
+        """A GPIO contact's [inputs.gb] component, with its word now."""
+        for cfg, word in self._contact_words():
+            gb = cfg.gb
+            if (gb.system_type, gb.system_address, gb.zone, gb.position) == place:
+                return ComponentNow(gb.component_type, word["status"], cfg.name, None)
+        return None
+
     def _device_component(self, place: Place) -> ComponentNow | None:
         """A device's own component (not one of its points): faulty while it is lost."""
         for device_id, mapped in self._gb.devices.items():
@@ -210,7 +236,9 @@ class FieldLive:
         return None
 
     def uitd_status(self) -> int:
-        """Normal, plus fire while any mapped point is in fire, fault while a device is lost
+        """Normal, plus fire while any mapped point or GPIO contact is in fire (a contact's
+        [inputs.gb] word with the fire bit, the manual call point pressed, a fire contact
+        in alarm), fault while a device is lost
         or the gateway has a fault of its own. (Link fault is the uplink's: a read arrives
         over a working link. The gateway has no power sensing: bits 3-4 stay clear.)"""
         value = int(UitdStatus.NORMAL)
@@ -224,6 +252,22 @@ class FieldLive:
                 gb = spec.gb
                 if gb is not None and mapped.status(dev.points, pid) & int(ComponentStatus.FIRE):
                     value |= int(UitdStatus.FIRE)
+        if any(_contact_fire(cfg, active) for cfg, active in self._contacts()):
+            value |= int(UitdStatus.FIRE)
         if self._uitd_faults():
             value |= int(UitdStatus.FAULT)
         return value
+
+
+def _contact_fire(cfg: Any, active: bool) -> bool:
+    """Is this GPIO contact, at this level, a fire the UITD state must show?"""
+    if not active:
+        return False
+    word = contact_gb(cfg, active)
+    if word is not None and word["tf"] == 24:
+        return True  # the manual call point pressed: the UITD's manual alarm
+    if word is not None and word["tf"] == 2:
+        return bool(word["status"] & int(ComponentStatus.FIRE))
+    category = str(getattr(cfg.category, "value", cfg.category))
+    kind = str(getattr(cfg.kind, "value", cfg.kind))
+    return category in ("fire", "manual") and kind == "alarm"

@@ -1,0 +1,113 @@
+"""The self-check's point under test (review item 7): while `alarmgw selfcheck` has declared
+a point, that point's events go out as tests (test: true, GB bit 0 clear, no evacuation
+buzzer); another point's alarm stays real, and so does this one's once the window ends.
+A real buffer and pipeline; an injectable monotonic clock moves the window."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.buffer import EventBuffer
+from agent.gb26875.mapping import carries
+from agent.pipeline import Pipeline
+from agent.rules import LocalRules
+from agent.undertest import PointsUnderTest
+from core.events import Category, Event, Identity, Kind, Severity
+from tests.waiting import wait_until
+
+IDENT = Identity("site", "gw1")
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Buzzer:
+    def __init__(self) -> None:
+        self.sounding = False
+
+    def on(self) -> None:
+        self.sounding = True
+
+    def off(self) -> None:
+        self.sounding = False
+
+    def blink(self, on_s: float, off_s: float) -> None:
+        self.sounding = True
+
+
+@pytest.fixture
+def pipe(tmp_path: Path) -> Iterator[Pipeline]:
+    buffer = EventBuffer(tmp_path / "b.db", IDENT, 1000).start()
+    pipeline = Pipeline(buffer, IDENT)
+    yield pipeline
+    buffer.close()
+
+
+def fire(point: str) -> Event:
+    gb = {"tf": 2, "sys_type": 1, "sys_addr": 1, "comp_type": 40, "zone": 257, "pos": 0}
+    return Event(
+        Kind.ALARM, Category.FIRE, Severity.CRITICAL, "fire", "火警", "fap", point,
+        detail={"gb": gb | {"status": 0b11}},
+    )  # fmt: skip
+
+
+def stored(pipe: Pipeline, event: Event) -> Event:
+    out = pipe.emit(event).result(timeout=10)
+    assert isinstance(out, Event)
+    return out
+
+
+def test_the_point_under_test_goes_out_as_a_test_and_another_stays_real(pipe: Pipeline) -> None:
+    clock = Clock()
+    pipe.under_test = PointsUnderTest(clock)
+    buzzer = Buzzer()
+    pipe.set_rules(LocalRules([("buzzer", "alarm", buzzer)]))
+    pipe.under_test.mark("fap", "point3", 30)
+    tested = stored(pipe, fire("point3"))
+    assert tested.test is True
+    assert tested.detail is not None and tested.detail["gb"]["status"] == 0b10  # bit 0: test
+    assert not buzzer.sounding  # no evacuation for a detector being checked
+    real = stored(pipe, fire("point5"))
+    assert real.test is False and real.detail is not None and real.detail["gb"]["status"] == 0b11
+    assert buzzer.sounding
+    clock.now += 30  # the window is over: point3 is real again
+    again = stored(pipe, fire("point3"))
+    assert again.test is False
+
+
+def test_a_poll_group_is_marked_point_by_point(pipe: Pipeline) -> None:
+    pipe.under_test.mark("fap", "point3", 30)
+    pipe.emit_many([fire("point3"), fire("point4")])
+    # the group's stored events, in the recent list once stored
+    assert wait_until(lambda: len(pipe.recent()) == 2)
+    assert [(e.point, e.test) for e in pipe.recent()] == [("point3", True), ("point4", False)]
+
+
+def test_marking_is_one_point_bounded_and_ends_at_zero() -> None:
+    clock = Clock()
+    marks = PointsUnderTest(clock)
+    assert marks.mark("fap", "point3", 10**6)["seconds"] == 3600.0
+    marks.mark("fap", "point4", 60)  # the next point of the walk: the previous one ends
+    assert marks.now() == [("fap", "point4")]
+    marks.mark("fap", "point4", 0)
+    assert marks.now() == [] and not marks.active
+
+
+def test_a_tested_manual_call_point_is_not_sent_to_the_centre_as_a_manual_alarm() -> None:
+    marks = PointsUnderTest()
+    marks.mark("manual-alarm", "contact", 30)
+    pressed = Event(
+        Kind.ALARM, Category.MANUAL, Severity.CRITICAL, "pressed", "按下", "manual-alarm",
+        "contact", detail={"pin": 22, "gb": {"tf": 24, "flags": 4, "operator": 0}},
+    )  # fmt: skip
+    assert carries(pressed)
+    tested = marks.apply(pressed)
+    assert isinstance(tested, Event) and tested.test
+    assert tested.detail == {"pin": 22} and not carries(tested)
