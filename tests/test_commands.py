@@ -27,6 +27,7 @@ from agent.uplink import Uplink
 from core.errors import FieldTimeout, UnknownPoint
 from core.events import Category, Event, Kind, Severity
 from simulator.broker import Mosquitto
+from tests.parts import HandClock
 from tests.test_schemas import validator
 from tests.uplink_helpers import IDENT, Collector, Settings, running, wait_until
 
@@ -328,19 +329,9 @@ def test_mqtt5_the_broker_never_hands_the_gateway_a_huge_command(
         col.close()
 
 
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_test_alarms_past_the_rate_limit_get_an_error_result_and_make_no_event() -> None:
     gateway = FakeGateway()
-    clock = Clock()
+    clock = HandClock()
     h = CommandHandler(gateway, IDENT, monotonic=clock)
     check = validator("cmd-result")
     results = [h.handle("test-alarm", cmd(id=f"ta-{i}")) for i in range(1000)]
@@ -361,7 +352,7 @@ def test_test_alarms_past_the_rate_limit_get_an_error_result_and_make_no_event()
 
 def test_duty_checks_past_their_rate_limit_are_refused_and_restart_nothing() -> None:
     gateway = FakeGateway()
-    clock = Clock()
+    clock = HandClock()
     h = CommandHandler(gateway, IDENT, monotonic=clock)
     results = [h.handle("duty-check", cmd(id=f"dc-{i}")) for i in range(100)]
     assert sum(r["ok"] for r in results) == DUTY_CHECK_RATE.burst == len(gateway.duty_checks)
@@ -376,7 +367,7 @@ def test_duty_checks_past_their_rate_limit_are_refused_and_restart_nothing() -> 
 
 def test_every_command_is_rate_limited_and_repeats_and_refusals_cost_nothing() -> None:
     gateway = FakeGateway()
-    clock = Clock()
+    clock = HandClock()
     h = CommandHandler(gateway, IDENT, monotonic=clock)
     first = h.handle("silence", cmd(id="s-0"))
     for _ in range(100):  # QoS 1 redeliveries of one request: answered from memory

@@ -23,6 +23,8 @@ from agent.rules import DutyPromptRule, LocalRules
 from agent.runtime import Gateway
 from core.events import Category, Event, Identity, Kind, Lane, Record, Severity
 from drivers.gpio import Output
+from tests.parts import HandClock
+from tests.parts import OutputCfg as Out
 from tests.test_runtime import ROOT, example_config
 from tests.test_schemas import assert_valid
 from tests.waiting import wait_until
@@ -31,28 +33,10 @@ IDENT = Identity("cn-sz-futian-yl001", "gw1")
 WALL_MS = 1_796_040_818_123
 
 
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass(frozen=True)
-class Out:
-    id: str
-    pin: int
-    type: str
-    active: str = "high"
-
-
 @dataclass
 class Bench:
     duty: DutyCheck
-    clock: Clock
+    clock: HandClock
     sounder: Output
     led: Output
     events: list[Event]
@@ -64,7 +48,7 @@ def bench(factory: MockFactory) -> Iterator[Bench]:
     led = Output(Out("duty-led", 13, "led"), pin_factory=factory)
     prompt = DutyPromptRule([sounder, led])
     events: list[Event] = []
-    clock = Clock()
+    clock = HandClock()
 
     def emit(record: Record) -> None:
         assert isinstance(record, Event)

@@ -32,17 +32,10 @@ from core.events import Category, Event, Identity, Kind, Severity, dumps
 from drivers.gpio import ContactChange, GpioBank, Output
 from drivers.profile import Direction, PointSpec, PointType, ThresholdSpec, load_profile
 from drivers.types import Table
+from tests.parts import OutputCfg as Out
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.toml"
 DEADLINE_S = 5.0
-
-
-@dataclass(frozen=True)
-class Out:
-    id: str
-    pin: int
-    type: str
-    active: str = "high"
 
 
 @dataclass(frozen=True)

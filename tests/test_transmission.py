@@ -18,31 +18,17 @@ from agent.faults import Faults
 from agent.rules import LocalRules
 from core.events import Category, Event, Identity, Kind, Lane, Severity
 from drivers.gpio import Output
+from tests.parts import HandClock
+from tests.parts import OutputCfg as Out
 
 IDENT = Identity("site", "gw1")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass(frozen=True)
-class Out:
-    id: str
-    pin: int
-    type: str
-    active: str = "high"
 
 
 @dataclass
 class Bench:
     rules: LocalRules
     buffer: EventBuffer
-    clock: Clock
+    clock: HandClock
     light: Output
     sounder: Output
     duties: UitdDuties
@@ -83,7 +69,7 @@ class DutySettings:
 def bench(tmp_path: Path, factory: MockFactory) -> Iterator[Bench]:
     light = Output(Out("transmission-led", 16, "led"), pin_factory=factory)
     sounder = Output(Out("failure-sounder", 26, "buzzer"), pin_factory=factory)
-    clock = Clock()
+    clock = HandClock(5000.0)
     rules = LocalRules(
         [
             ("transmission-led", "transmission-light", light),
@@ -311,7 +297,7 @@ def test_an_alarm_unconfirmed_across_a_restart_drives_the_light_and_the_failure_
     bench.emit(Event(Kind.STATE, Category.DOOR, Severity.WARNING, "open", "门", "door-1"))
     bench.buffer.close()  # the run ends
     buffer = EventBuffer(tmp_path / "buffer.db", IDENT, 1000, readers=("mqtt", "gb")).start()
-    clock = Clock()
+    clock = HandClock(5000.0)
     rules = LocalRules(
         [
             ("transmission-led", "transmission-light", bench.light),

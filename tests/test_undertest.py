@@ -16,16 +16,10 @@ from agent.pipeline import Pipeline
 from agent.rules import LocalRules
 from agent.undertest import PointsUnderTest
 from core.events import Category, Event, Identity, Kind, Severity
+from tests.parts import HandClock
 from tests.waiting import wait_until
 
 IDENT = Identity("site", "gw1")
-
-
-class Clock:
-    now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Buzzer:
@@ -65,7 +59,7 @@ def stored(pipe: Pipeline, event: Event) -> Event:
 
 
 def test_the_point_under_test_goes_out_as_a_test_and_another_stays_real(pipe: Pipeline) -> None:
-    clock = Clock()
+    clock = HandClock(100.0)
     pipe.under_test = PointsUnderTest(clock)
     buzzer = Buzzer()
     pipe.set_rules(LocalRules([("buzzer", "alarm", buzzer)]))
@@ -91,7 +85,7 @@ def test_a_poll_group_is_marked_point_by_point(pipe: Pipeline) -> None:
 
 
 def test_marking_is_one_point_bounded_and_ends_at_zero() -> None:
-    clock = Clock()
+    clock = HandClock(100.0)
     marks = PointsUnderTest(clock)
     assert marks.mark("fap", "point3", 10**6)["seconds"] == 3600.0
     marks.mark("fap", "point4", 60)  # the next point of the walk: the previous one ends
