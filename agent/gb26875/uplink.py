@@ -59,6 +59,7 @@ from agent.gb26875.link import (
     Notice,
     Packet,
     RequestReceived,
+    Stale,
 )
 from agent.gb26875.mapping import AnalogLookup, Batch, Mapped, batches, map_row
 from agent.gb26875.requests import (
@@ -155,7 +156,10 @@ class GbUplink:
         self._wake_w.setblocking(False)
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
-        self._faulted = False  # a link fault is out (event raised, UITD bit 5)
+        self._faulted = False  # a link fault is out on the feed, not yet restored
+        self._link_fault_bit = False  # UITD bit 5: set until the centre confirmed a state with it
+        self._state: Packet | None = None  # the running state queued for the centre, if any
+        self._reconnect_now = False  # the link found the connection stale: no backoff
         self._down_since = clock.monotonic()
         self._last_error: str | None = None
         self._queued = 0  # link.queued as the thread last saw it (stats() runs elsewhere)
@@ -222,6 +226,9 @@ class GbUplink:
             self._check_down()
             if self._stop.is_set():
                 break
+            if self._reconnect_now:  # a resend waits for the fresh connection
+                self._reconnect_now = False
+                continue
             self._idle(self._backoff.next_delay(start_over=useful))
 
     def _idle(self, seconds: float) -> None:
@@ -267,9 +274,9 @@ class GbUplink:
         confirmed_before = self.link.counters.confirmed
         sock.settimeout(self.cfg.confirm_timeout_s)  # a send that blocks this long: gone
         self.link.uitd_status = self._uitd_status()
+        if self._link_fault_bit:  # tell the centre first what its link went through
+            self._submit_state(first=True)
         self.link.connected()
-        if self._faulted:  # tell the centre what its link went through, then clear the bit
-            self._submit_state()
         log.info("gb26875: connected to %s:%s", self.cfg.host, self.cfg.port)
         try:
             while not self._stop.is_set() and self.link.up:
@@ -386,6 +393,10 @@ class GbUplink:
                 self._failed(event)
             elif isinstance(event, LinkFault):
                 self._link_fault(event.reason)
+            elif isinstance(event, Stale):
+                self._last_error = event.reason
+                self._reconnect_now = True
+                log.warning("gb26875: %s", event.reason)
             elif isinstance(event, LinkRestored):
                 self._link_works()
             elif isinstance(event, RequestReceived):
@@ -400,9 +411,11 @@ class GbUplink:
             self.counters.packets_confirmed += 1
             self.counters.rows_confirmed += len(batch.rows)
             self._ack(batch.rows)
-        elif packet.tag == "state" and self._faulted:
-            self._faulted = False  # the centre has the state with bit 5: clear it
-            self.link.uitd_status = self._uitd_status()
+        elif packet is self._state:
+            self._state = None
+            if self._link_fault_bit and not self._faulted:
+                self._link_fault_bit = False  # the centre has the state with bit 5: clear it
+                self.link.uitd_status = self._uitd_status()
 
     def _failed(self, event: Failed) -> None:
         batch = event.packet.tag
@@ -430,12 +443,16 @@ class GbUplink:
     def _raise_fault(self, reason: str) -> None:
         if not self._faulted:
             self._faulted = True
+            self._link_fault_bit = True
             self.link.uitd_status = self._uitd_status()
         if self._faults is not None:
             self._faults.link_failed(FAULT_CAUSE, reason)
 
     def _link_works(self) -> None:
+        """The restore on the feed; a next outage is a new fault (bit 5 stays until the
+        centre confirmed the state that carries it)."""
         self._down_since = self._clock.monotonic()
+        self._faulted = False
         if self._faults is not None:
             self._faults.worked(FAULT_CAUSE)
 
@@ -452,7 +469,7 @@ class GbUplink:
 
     def _uitd_status(self) -> int:
         status = int(UitdStatus.NORMAL)
-        if self._faulted:
+        if self._link_fault_bit:
             status |= int(UitdStatus.LINK_FAULT)
         return status
 
@@ -462,8 +479,13 @@ class GbUplink:
     def _running_state(self) -> Adu:
         return Adu.of(UitdState(self._uitd_status() & 0xFF, self._now_label()))
 
-    def _submit_state(self) -> None:
-        self.link.submit(Packet(self._running_state().encode(), tag="state"))
+    def _submit_state(self, first: bool = False) -> None:
+        """Queue the running state; `first`: ahead of the ordinary packets (after a link
+        fault). One at a time: a state already queued is not queued again."""
+        if self._state is not None and first:
+            return  # already queued (a reconnect after another reconnect): it goes as it is
+        self._state = Packet(self._running_state().encode(), tag="state")
+        (self.link.resubmit if first else self.link.submit)(self._state)
 
     def _announce(
         self, kind: Kind, severity: Severity, state: str, text: str, detail: dict[str, Any]
