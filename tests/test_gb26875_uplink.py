@@ -28,6 +28,7 @@ from agent.gb26875.uplink import READER, GbUplink
 from agent.texts import Texts
 from core.events import Category, Event, Kind, Record, Severity
 from simulator.centre import Centre
+from simulator.halfopen import HalfOpenPath
 from tests.uplink_helpers import IDENT, Collector, info_event
 from tests.waiting import wait_until
 
@@ -251,6 +252,67 @@ def test_a_dead_centre_is_a_link_fault_with_uitd_bit_5_then_a_restore(tmp_path: 
                 uplink.stop()
     limit = cfg.heartbeat_s + (cfg.resends + 1) * cfg.confirm_timeout_s
     assert limit < 100
+
+
+def test_a_half_open_path_sends_the_fire_again_on_a_fresh_connection(tmp_path: Path) -> None:
+    """Review item 1: a 4G NAT forgets the flow (bytes vanish, no reset). The fire's resend
+    goes on a new connection, not three more times into the void before a link fault."""
+    readers = ("mqtt", Reader(READER, carries))
+    with (
+        Centre() as centre,
+        HalfOpenPath("127.0.0.1", centre.port) as path,
+        EventBuffer(tmp_path / "b.db", IDENT, 1000, readers=readers) as buffer,
+    ):
+        cfg = settings(path.port, heartbeat_s=30.0)  # no heartbeat finds it first
+        uplink = GbUplink(cfg, buffer)
+        buffer.on_stored = uplink.wake
+        uplink.start()
+        try:
+            buffer.submit(gb_event(1)).result(5)
+            assert centre.wait_for(lambda rs: 1 in [p for r in rs for p in _positions(r)])
+            assert wait_until(lambda: uplink.stats()["confirmed_rows"] == 1)
+            path.forget()
+            buffer.submit(gb_event(7)).result(5)
+            assert centre.wait_for(lambda rs: 7 in [p for r in rs for p in _positions(r)])
+            stats = uplink.stats()
+            assert path.swallowed > 0  # the first send vanished on the forgotten flow
+            assert stats["link_faults"] == 0, "the resend waited for a link fault"
+            assert stats["connects"] == 2 and stats["resent"] == 1
+        finally:
+            uplink.stop()
+
+
+@pytest.mark.slow
+def test_a_second_outage_after_a_restore_is_a_fault_again(tmp_path: Path) -> None:
+    """Review item 2: after a restore, the next outage raises a fault event again, though
+    the running state with bit 5 may not be confirmed yet; and that state goes first."""
+    emitted = Emitted()
+    faults = Faults(emitted, _texts=Texts("en"))
+    readers = ("mqtt", Reader(READER, carries))
+    cfg = settings(0, heartbeat_s=0.5, confirm_timeout_s=1.0)
+    with Centre() as centre:
+        port = centre.port
+        centre.close()
+        with EventBuffer(tmp_path / "b.db", IDENT, 1000, readers=readers) as buffer:
+            uplink = GbUplink(dataclasses.replace(cfg, port=port), buffer, faults=faults,
+                              emit=emitted)  # fmt: skip
+            buffer.on_stored = uplink.wake
+            uplink.start()
+            try:
+                assert emitted.wait_state("link_fault") is not None
+                backlog = [gb_event(100 + n, Kind.FAULT, Category.POWER) for n in range(80)]
+                buffer.submit_many(backlog).result(5)
+                with Centre(port=port) as back:
+                    back.set_mode("delay", delay_s=0.3)  # the backlog drains slowly
+                    assert emitted.wait_state("normal") is not None  # the restore
+                    arrived = [r for r in list(back.records) if r["dir"] == "in"]
+                # the centre is gone again, straight after the restore
+                assert _uitd(arrived[0]) & 0b100000, "the running state did not go first"
+                second = ["link_fault", "normal", "link_fault"]
+                assert wait_until(lambda: [e.state for e in emitted.events] == second)
+                assert uplink.stats()["link_fault"]
+            finally:
+                uplink.stop()
 
 
 def _received(centre: Centre) -> set[int]:

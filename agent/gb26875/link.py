@@ -454,8 +454,10 @@ class Link:
                 self._carried[other.packet] = other.sends
         self.counters.stale += 1
         self._events.append(
-            Stale(f"no confirm for #{entry.serial} and nothing from the centre in"
-                  f" {self.settings.confirm_timeout_s:g} s: resending on a fresh connection")
+            Stale(
+                f"no confirm for #{entry.serial} and nothing from the centre in"
+                f" {self.settings.confirm_timeout_s:g} s: resending on a fresh connection"
+            )
         )
         self.disconnected()
 
