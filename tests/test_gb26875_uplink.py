@@ -315,6 +315,51 @@ def test_a_second_outage_after_a_restore_is_a_fault_again(tmp_path: Path) -> Non
                 uplink.stop()
 
 
+def test_a_restore_between_two_fires_leaves_the_centre_with_the_fire(rig: Rig) -> None:
+    """Review item 3: fire, restore, fire on one detector while the centre is away. The fires
+    overtake the restore (priority); the centre's last word on the detector must be fire."""
+    port = rig.centre.port
+    rig.centre.close()
+    seqs = rig.store(gb_event(5), gb_event(5, Kind.RESTORE), gb_event(5))
+    with Centre(port=port) as back:
+        assert wait_until(lambda: rig.gb_depth() == 0)
+        statuses = [
+            obj["status"]
+            for r in list(back.records)
+            if r["dir"] == "in" and r.get("typeflag") == 2
+            for obj in r["objects"]
+        ]
+    assert statuses.count(0b1) == 1  # the restore was delivered
+    assert statuses[-1] == 0b11, f"the centre is left with {statuses}"
+    assert rig.uplink.stats()["confirmed_rows"] == len(seqs)
+
+
+def test_a_restore_queued_when_the_second_fire_overtakes_it_is_followed_by_the_fire(
+    rig: Rig,
+) -> None:
+    """The same live: the restore waits behind a slow backlog when the second fire goes."""
+    rig.centre.set_mode("delay", delay_s=0.05)  # the backlog drains slowly
+    rig.store(gb_event(5))
+    rig.store(*[gb_event(100 + n, Kind.FAULT, Category.POWER) for n in range(100)])
+    rig.store(gb_event(5, Kind.RESTORE))
+    rig.store(gb_event(5))
+    assert wait_until(lambda: rig.gb_depth() == 0)
+    assert rig.centre.wait_for(lambda _: _statuses(rig.centre, 5).count(0b11) >= 3)
+    statuses = _statuses(rig.centre, 5)
+    assert statuses.count(0b1) == 1
+    assert statuses[-1] == 0b11, f"the centre is left with {statuses}"
+
+
+def _statuses(centre: Centre, pos: int) -> list[int]:
+    return [
+        obj["status"]
+        for r in list(centre.records)
+        if r["dir"] == "in" and r.get("typeflag") == 2
+        for obj in r["objects"]
+        if obj["component_address"][1] == pos
+    ]
+
+
 def _received(centre: Centre) -> set[int]:
     return {p for r in list(centre.records) if r["dir"] == "in" for p in _positions(r)}
 
