@@ -24,7 +24,7 @@ from agent.config import GbConfig
 from agent.faults import Faults
 from agent.gb26875.adu import Adu, UitdState
 from agent.gb26875.mapping import carries
-from agent.gb26875.uplink import READER, GbUplink
+from agent.gb26875.uplink import READER, GbUplink, link_settings
 from agent.texts import Texts
 from core.events import Category, Event, Kind, Record, Severity
 from simulator.centre import Centre
@@ -120,6 +120,12 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
+    with make_rig(tmp_path) as r:
+        yield r
+
+
+@contextlib.contextmanager
+def make_rig(tmp_path: Path, **cfg: Any) -> Iterator[Rig]:
     readers = ("mqtt", Reader(READER, carries))
     emitted = Emitted()
     faults = Faults(emitted, _texts=Texts("en"))
@@ -128,7 +134,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         EventBuffer(tmp_path / "b.db", IDENT, 100_000, readers=readers) as buffer,
     ):
         uplink = GbUplink(
-            settings(centre.port), buffer, faults=faults, emit=emitted, texts=Texts("en")
+            settings(centre.port, **cfg), buffer, faults=faults, emit=emitted, texts=Texts("en")
         )
         buffer.on_stored = uplink.wake
         uplink.start()
@@ -173,11 +179,17 @@ def test_a_fire_alarm_overtakes_a_backlog_as_a_priority_packet(rig: Rig) -> None
     assert rig.centre.wait_for(lambda _: len(rig.positions()) >= 22)
     rig.store(gb_event(7))
     assert rig.wait_positions({7})
-    got = rig.positions()
-    assert got.index(7) < 300, "the fire waited for the whole backlog"
-    assert rig.gb_depth() > 200  # most of the backlog is still to go
-    fire = next(r for r in rig.centre.records if r["dir"] == "in" and 7 in _positions(r))
-    assert fire["objects"][0]["status"] == 0b11
+    records = list(rig.centre.records)
+    at = next(i for i, r in enumerate(records) if r["dir"] == "in" and 7 in _positions(r))
+    assert records[at]["objects"][0]["status"] == 0b11
+    # a priority packet: sent while an ordinary packet still waited for its confirm (the
+    # centre logged that packet before the fire and its confirm after): without priority
+    # the fire would wait for that confirm, however fast or slow the machine is
+    waiting = {r["serial"] for r in records[:at] if r["dir"] == "in" and r.get("typeflag") == 2} - {
+        r["serial"] for r in records[:at] if r["dir"] == "out" and r["command"] == 3
+    }
+    assert waiting, "the fire waited for every ordinary packet's confirm"
+    assert 7 not in {p for r in records[:at] for p in _positions(r)}
 
 
 def _positions(record: dict[str, Any]) -> list[int]:
@@ -190,16 +202,20 @@ def test_a_lost_confirm_is_resent_and_the_centre_counts_the_duplicate(rig: Rig) 
     rig.centre.set_mode("drop", count=1)
     rig.store(gb_event(1, Kind.FAULT, Category.POWER))
     assert wait_until(lambda: rig.gb_depth() == 0)
-    assert rig.positions().count(1) == 2
-    assert rig.centre.counts["duplicates"] == 1
-    assert rig.uplink.stats()["resent"] == 1
+    # at least once more (a loaded machine may resend again before the confirm is read)
+    assert rig.positions().count(1) >= 2
+    assert rig.centre.counts["duplicates"] >= 1
+    assert rig.uplink.stats()["resent"] >= 1
 
 
-def test_a_delayed_confirm_within_the_timeout_is_not_resent(rig: Rig) -> None:
-    rig.centre.set_mode("delay", count=1, delay_s=0.1)
-    rig.store(gb_event(1, Kind.FAULT, Category.POWER))
-    assert wait_until(lambda: rig.gb_depth() == 0)
-    assert rig.positions() == [1]
+def test_a_delayed_confirm_within_the_timeout_is_not_resent(tmp_path: Path) -> None:
+    # the longest timeout the standard allows against a 0.1 s delay: a margin of 100x
+    with make_rig(tmp_path, confirm_timeout_s=10.0, heartbeat_s=30.0) as rig:
+        rig.centre.set_mode("delay", count=1, delay_s=0.1)
+        rig.store(gb_event(1, Kind.FAULT, Category.POWER))
+        assert wait_until(lambda: rig.gb_depth() == 0)
+        assert rig.positions() == [1]
+        assert rig.uplink.stats()["resent"] == 0
 
 
 def test_a_packet_denied_after_every_resend_is_set_aside_and_announced(rig: Rig) -> None:
@@ -250,8 +266,9 @@ def test_a_dead_centre_is_a_link_fault_with_uitd_bit_5_then_a_restore(tmp_path: 
                     assert wait_until(lambda: not uplink.stats()["link_fault"])
             finally:
                 uplink.stop()
-    limit = cfg.heartbeat_s + (cfg.resends + 1) * cfg.confirm_timeout_s
-    assert limit < 100
+    # with the product's defaults, the link's own detection time is within GB's 100 s
+    defaults = GbConfig(host="127.0.0.1", port=port, uitd_address=1, centre_address=1)
+    assert link_settings(defaults).fault_detection_s <= 100
 
 
 def test_a_half_open_path_sends_the_fire_again_on_a_fresh_connection(tmp_path: Path) -> None:
