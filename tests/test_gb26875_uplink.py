@@ -231,6 +231,17 @@ def test_a_packet_denied_after_every_resend_is_set_aside_and_announced(rig: Rig)
     assert seqs[0] in [r.seq for r in rig.buffer.next_rows(ReadCursor(reader="mqtt"), 10)]
 
 
+def test_an_alarm_that_cannot_be_mapped_is_a_fault_event_not_only_a_counter(rig: Rig) -> None:
+    """Review S2: set aside when read, a fire alarm the centre should have had is said."""
+    bad = {**BASE, "pos": 70_000, "status": 3}  # no 16-bit position
+    seqs = rig.store(gb_event(1, gb=bad))
+    event = rig.emitted.wait_state("gb_unmapped")
+    assert event is not None and event.detail is not None and event.kind is Kind.FAULT
+    assert event.detail["seqs"] == seqs
+    assert wait_until(lambda: rig.gb_depth() == 0)
+    assert rig.uplink.stats()["set_aside"] == 1
+
+
 def test_the_connection_cut_mid_packet_reconnects_and_delivers(rig: Rig) -> None:
     rig.centre.set_mode("close", count=1)
     rig.store(gb_event(1, Kind.FAULT, Category.POWER))

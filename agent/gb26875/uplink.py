@@ -408,6 +408,16 @@ class GbUplink:
             self.link.submit(Packet(adu.encode(), True, Batch(adu, (), priority=True)))
 
     def _set_aside(self, rows: list[StoredRow]) -> None:
+        alarms = [r for r in rows if r.life_safety]
+        if alarms:  # an alarm the centre should have had: never only a counter
+            lanes = sorted({r.lane.value for r in alarms})
+            seqs = [r.seq for r in alarms]
+            text = self._texts(
+                Msg.GB_UNMAPPED, lane="/".join(lanes), seqs=", ".join(map(str, seqs[:20]))
+            )
+            log.error("gb26875: %s", text)
+            detail = {"uplink": "gb26875", "lanes": lanes, "seqs": seqs}
+            self._announce(Kind.FAULT, Severity.MAJOR, Msg.GB_UNMAPPED.value, text, detail)
         for row in rows:
             if b'"buffer":"drops"' in row.payload:
                 self.counters.drop_announcements += 1
@@ -473,10 +483,14 @@ class GbUplink:
         self.counters.denied_rows += len(rows)
         self._ack(rows)
         seqs = ", ".join(str(r.seq) for r in rows[:20])
-        lane = rows[0].lane.value
+        lane = "/".join(sorted({r.lane.value for r in rows}))  # a packet may carry both
         text = self._texts(Msg.GB_DENIED, lane=lane, seqs=seqs, sends=self.cfg.resends + 1)
         log.error("gb26875: %s", text)
-        detail = {"uplink": "gb26875", "lane": lane, "seqs": [r.seq for r in rows]}
+        by_lane: dict[str, list[int]] = {}
+        for r in rows:
+            by_lane.setdefault(r.lane.value, []).append(r.seq)
+        detail = {"uplink": "gb26875", "lane": lane, "seqs": [r.seq for r in rows],
+                  "by_lane": by_lane}  # fmt: skip
         self._announce(Kind.FAULT, Severity.MAJOR, "gb_denied", text, detail)
 
     def _link_fault(self, reason: str) -> None:
