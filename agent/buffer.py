@@ -86,6 +86,7 @@ RETRY_S: Final = 5.0  # how often a degraded buffer tries the database again
 SPILL_S: Final = 10.0  # telemetry not acknowledged by then is committed to disk
 MAX_VOLATILE: Final = 2_000  # telemetry rows in memory before the oldest are committed
 ANNOUNCE_S: Final = 1.0  # at most one drop announcement per second
+LAGGARD_S: Final = 5.0  # how long a count of rows per reader guides the drops (a scan)
 
 # drop classes: lower is dropped first. _PROTECTED: the buffer's own drop announcements;
 # _LIFE_SAFETY: fire, gas, electrical-fire and manual alarms (Event.is_life_safety_alarm),
@@ -192,22 +193,33 @@ class ReadCursor:
 
 @dataclass
 class DropTally:
-    """Drops since the last announcement: count and seq ranges per lane."""
+    """Drops since the last announcement: count and seq ranges per lane, and (several
+    readers) per reader that had not sent the row yet: what each uplink lost."""
 
     seqs: dict[Lane, list[int]] = field(default_factory=dict)
+    lost: dict[str, dict[Lane, list[int]]] = field(default_factory=dict)
 
-    def add(self, lane: Lane, seq: int) -> None:
+    def add(self, lane: Lane, seq: int, readers: Sequence[str] = ()) -> None:
         self.seqs.setdefault(lane, []).append(seq)
+        for reader in readers:
+            self.lost.setdefault(reader, {}).setdefault(lane, []).append(seq)
 
     def __bool__(self) -> bool:
         return any(self.seqs.values())
 
     def detail(self) -> dict[str, Any]:
-        return {
-            lane.value: {"count": len(seqs), "ranges": _ranges(sorted(seqs))}
-            for lane, seqs in self.seqs.items()
-            if seqs
-        }
+        return _per_lane(self.seqs)
+
+    def lost_detail(self) -> dict[str, Any]:
+        return {reader: _per_lane(lanes) for reader, lanes in sorted(self.lost.items())}
+
+
+def _per_lane(seqs_by_lane: dict[Lane, list[int]]) -> dict[str, Any]:
+    return {
+        lane.value: {"count": len(seqs), "ranges": _ranges(sorted(seqs))}
+        for lane, seqs in seqs_by_lane.items()
+        if seqs
+    }
 
 
 def _ranges(seqs: list[int]) -> list[list[int]]:
@@ -429,7 +441,9 @@ class EventBuffer:
         self._drops: dict[str, int] = {"event": 0, "telemetry": 0, "alarm": 0}
         self._tally = DropTally()
         self._last_announce = 0.0
-        self._slack = 0  # rows the bound may be passed by: the announcement at close
+        # rows the bound may be passed by (the announcement at close); (when, bit) of the
+        # reader most behind (_laggard_bit)
+        self._slack, self._laggard = 0, (float("-inf"), 0)
         self._degraded_reason: str | None = None
         self._last_retry = 0.0
         self._startup_faults: list[Event] = []
@@ -1408,9 +1422,10 @@ class EventBuffer:
             if excess <= 0:
                 return
             victims = sorted(rows, key=_drop_key)[:excess]
+            marks = dict(self._held_done)
         self._remove_held([(r.lane, r.seq) for r in victims])
         for row in victims:
-            self._count_drop(row.lane, row.seq, row.drop_class)
+            self._count_drop(row._replace(done=row.done | marks.get((row.lane, row.seq), 0)))
 
     def _remove_held(self, keys: list[Key]) -> set[Key]:
         """Take these rows out of RAM; returns the ones that were held."""
@@ -1515,58 +1530,109 @@ class EventBuffer:
     # -- the bound -------------------------------------------------------------------
 
     def _choose_victims(self, incoming: list[StoredRow]) -> list[Key]:
-        """Rows to drop (stored, held or incoming) so that everything fits max_events."""
+        """Rows to drop (stored, held or incoming) so that everything fits max_events.
+
+        With several readers the bound is shared, but a drop is judged per reader: while
+        one reader lags (an uplink down), the rows only it still needs go first, in the
+        usual order (telemetry, ordinary, protected, life-safety last); a record the
+        other readers have not sent is not lost to them for its sake. Which reader lost
+        what is said in the drop announcement (detail.lost)."""
         with self._held_lock:
             held_count = sum(len(self._held[lane]) for lane in _LANES)
             excess = sum(self._depth.values()) + held_count + len(incoming) - len(self._acked)
             excess -= self.max_events + self._slack
             if excess <= 0:  # the usual case: no copies of anything
                 return []
-            held = [r for lane in _LANES for r in self._held[lane]]
+            marks = dict(self._held_done)
+            for bit, keys in self._confirmed.items():
+                for key in keys:
+                    marks[key] = marks.get(key, 0) | bit
+            held = [
+                r._replace(done=r.done | marks.get((lane, r.seq), 0))
+                for lane in _LANES
+                for r in self._held[lane]
+            ]
             acked = set(self._acked)
-        candidates = self._db_candidates(excess + len(acked), acked) + held + incoming
-        victims = sorted(candidates, key=_drop_key)[:excess]
+        laggard = self._laggard_bit() if self._all != 1 else 0
+        candidates = self._db_candidates(excess + len(acked), acked)
+        if laggard:
+            candidates += self._db_candidates(excess + len(acked), acked, laggard)
+        candidates = [r._replace(done=r.done | marks.get((r.lane, r.seq), 0)) for r in candidates]
+        unique = {(r.lane, r.seq): r for r in candidates + held + incoming}
+
+        def order(row: StoredRow) -> tuple[int, int, int, int]:
+            only_laggard = laggard and (row.done | laggard) == self._all
+            return (0 if only_laggard else 1, *_drop_key(row))
+
+        victims = sorted(unique.values(), key=order)[:excess]
         for row in victims:
-            self._count_drop(row.lane, row.seq, row.drop_class)
+            self._count_drop(row)
         return [(r.lane, r.seq) for r in victims]
 
-    def _db_candidates(self, limit: int, acked: set[Key]) -> list[StoredRow]:
+    def _laggard_bit(self) -> int:
+        """The reader with the most rows still to send, if one has more than the others
+        (0: none); counted at most every LAGGARD_S (a scan of the table)."""
+        now = time.monotonic()
+        if now - self._laggard[0] < LAGGARD_S:
+            return self._laggard[1]
+        counts = self._reader_depths(0)
+        ordered = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)
+        bit = 0
+        if len(ordered) > 1 and ordered[0][1] > ordered[1][1]:
+            bit = self._bits[ordered[0][0]]
+        self._laggard = (now, bit)
+        return bit
+
+    def _db_candidates(self, limit: int, acked: set[Key], only: int = 0) -> list[StoredRow]:
+        """Rows in drop order; `only`: those every reader but `only` is done with."""
         if self._db is None:
             return []
+        where: str = ""
+        args: tuple[int, ...] = (limit,)
+        if only and not self._old_file:
+            where, args = "WHERE (done | ?) = ? AND done != ? ", (only, self._all, self._all, limit)
+        columns = "0" if self._old_file else "done"
         try:
             cur = self._db.execute(
-                "SELECT lane, seq, drop_class, rank, ts_ms FROM records "
-                "ORDER BY drop_class, rank DESC, seq LIMIT ?",
-                (limit,),
+                f"SELECT lane, seq, drop_class, rank, ts_ms, {columns} FROM records "  # noqa: S608
+                f"{where}ORDER BY drop_class, rank DESC, seq LIMIT ?",
+                args,
             )
             rows = cur.fetchall()
         except sqlite3.Error as exc:
             log.warning("buffer: cannot choose rows to drop: %s", exc)
             return []
         return [
-            StoredRow(Lane(lane), seq, ts, b"", cls, rank)
-            for lane, seq, cls, rank, ts in rows
+            StoredRow(Lane(lane), seq, ts, b"", cls, rank, done)
+            for lane, seq, cls, rank, ts, done in rows
             if (Lane(lane), seq) not in acked
         ]
 
-    def _count_drop(self, lane: Lane, seq: int, drop_class: int) -> None:
-        self._drops[lane.value] += 1
-        if drop_class == _LIFE_SAFETY:
+    def _count_drop(self, row: StoredRow) -> None:
+        self._drops[row.lane.value] += 1
+        if row.drop_class == _LIFE_SAFETY:
             self._drops["alarm"] += 1
-        self._tally.add(lane, seq)
+        lost = [] if self._all == 1 else [n for n, b in self._bits.items() if not row.done & b]
+        self._tally.add(row.lane, row.seq, lost)
 
     def _drop_announcement(self) -> Event:
         dropped = self._tally.detail()
-        detail = {"buffer": "drops", "dropped": dropped}
+        detail: dict[str, Any] = {"buffer": "drops", "dropped": dropped}
         total = sum(v["count"] for v in dropped.values())
+        who = ""
+        if self._all != 1:  # several uplinks: which of them lost what
+            lost = self._tally.lost_detail()
+            detail["lost"] = lost
+            per = [f"{r} {sum(v['count'] for v in lanes.values())}" for r, lanes in lost.items()]
+            who = f"; not yet sent by {', '.join(per)}" if per else ""
         self._tally = DropTally()
         self._last_announce = time.monotonic()
-        log.warning("buffer full: dropped %d records", total)
+        log.warning("buffer full: dropped %d records%s", total, who)
         return self._system_event(
             Kind.SYSTEM,
             Severity.WARNING,
             "overflow",
-            f"buffer full: {total} records dropped (max_events {self.max_events})",
+            f"buffer full: {total} records dropped (max_events {self.max_events}){who}",
             detail,
         )
 
