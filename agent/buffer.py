@@ -149,6 +149,16 @@ class StoredRow(NamedTuple):
         return self.drop_class == _LIFE_SAFETY
 
 
+@dataclass
+class _Counting:
+    """EventBuffer._stored_per_reader's connection and its last count (at a commit)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    db: sqlite3.Connection | None = None
+    counted: tuple[int, dict[str, int]] | None = None  # (EventBuffer.commits, counts)
+    laggard: tuple[float, int] = (float("-inf"), 0)  # (when, bit): the reader most behind
+
+
 class Stream(NamedTuple):
     """A part of the buffer that is read in seq order: the life-safety alarms of the event
     lane, the rest of the event lane, or the telemetry lane."""
@@ -378,6 +388,8 @@ def _rank(record: Record) -> int:
 class EventBuffer:
     """Durable, bounded, two-lane buffer. Start it, submit records, read pending, ack."""
 
+    _slack = 0  # rows the bound may be passed by: the drop announcement at close
+
     def __init__(
         self,
         path: Path | str,
@@ -418,6 +430,7 @@ class EventBuffer:
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
+        self._counting = _Counting()  # _stored_per_reader's own connection and cache
         self._sidecar: Sidecar | None = None
         self._known: dict[Lane, LaneMark] | None = None  # the sidecar's marks at start
         self._marks: dict[Lane, LaneMark] = {lane: LaneMark() for lane in _LANES}
@@ -441,9 +454,6 @@ class EventBuffer:
         self._drops: dict[str, int] = {"event": 0, "telemetry": 0, "alarm": 0}
         self._tally = DropTally()
         self._last_announce = 0.0
-        # rows the bound may be passed by (the announcement at close); (when, bit) of the
-        # reader most behind (_laggard_bit)
-        self._slack, self._laggard = 0, (float("-inf"), 0)
         self._degraded_reason: str | None = None
         self._last_retry = 0.0
         self._startup_faults: list[Event] = []
@@ -511,10 +521,13 @@ class EventBuffer:
         self._close_connections()
 
     def _close_connections(self) -> None:
-        for conn in (self._db, self._reader):
-            if conn is not None:
-                conn.close()
-        self._db = self._reader = None
+        counting = self._counting
+        with counting.lock:
+            for conn in (self._db, self._reader, counting.db):
+                if conn is not None:
+                    conn.close()
+            self._db = self._reader = counting.db = None
+            counting.counted = None
         if self._sidecar is not None:
             self._sidecar.close()
             self._sidecar = None
@@ -945,18 +958,7 @@ class EventBuffer:
         if self._all == 1:
             return {self.readers[0].name: depth}
         bits = list(self._bits.items())
-        counts = dict.fromkeys(self._bits, 0)
-        if self._reader is not None:
-            sums = ", ".join(f"TOTAL((done & {bit}) = 0)" for _, bit in bits)
-            with self._read_lock:
-                try:
-                    # only integers of ours are joined in
-                    row = self._reader.execute(f"SELECT {sums} FROM records").fetchone()  # noqa: S608
-                except sqlite3.Error as exc:
-                    log.warning("buffer: cannot count per reader: %s", exc)
-                    row = None
-            if row is not None:
-                counts = {name: int(n) for (name, _), n in zip(bits, row, strict=True)}
+        counts = dict(self._stored_per_reader(bits))
         with self._held_lock:
             for name, bit in bits:
                 held = sum(
@@ -967,6 +969,42 @@ class EventBuffer:
                 )
                 counts[name] = max(0, counts[name] + held - len(self._confirmed[bit]))
         return counts
+
+    def _stored_per_reader(self, bits: list[tuple[str, int]]) -> dict[str, int]:
+        """Rows in the file each reader is not done with. A scan of the table (26 ms at
+        100,000 rows), so it is done again only after a commit changed the file, and on
+        a connection of its own: the uplinks' next_rows never wait for it."""
+        counting = self._counting
+        with counting.lock:
+            generation = self.commits
+            cached = counting.counted
+            if cached is not None and cached[0] == generation and self._reader is not None:
+                return cached[1]
+            counts = dict.fromkeys(self._bits, 0)
+            sums = ", ".join(f"TOTAL((done & {bit}) = 0)" for _, bit in bits)
+            # only integers of ours are joined in
+            sql = f"SELECT {sums} FROM records"  # noqa: S608
+            try:
+                row = self._count_connection().execute(sql).fetchone()
+            except sqlite3.Error as exc:
+                log.warning("buffer: cannot count per reader: %s", exc)
+                return counts
+            counts = {name: int(n) for (name, _), n in zip(bits, row, strict=True)}
+            counting.counted = (generation, counts)
+            return counts
+
+    def _count_connection(self) -> sqlite3.Connection:
+        counting = self._counting
+        if counting.db is None:
+            if self._reader is None:
+                raise sqlite3.OperationalError("the buffer is not open")
+            if self._db is None:  # read-only (a full or read-only card): the reader's
+                return self._reader  # (not shared with a writer: next_rows is rare then)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA query_only=1")
+            counting.db = conn
+        return counting.db
 
     @property
     def degraded(self) -> bool:
@@ -1573,14 +1611,15 @@ class EventBuffer:
         """The reader with the most rows still to send, if one has more than the others
         (0: none); counted at most every LAGGARD_S (a scan of the table)."""
         now = time.monotonic()
-        if now - self._laggard[0] < LAGGARD_S:
-            return self._laggard[1]
+        when, bit = self._counting.laggard
+        if now - when < LAGGARD_S:
+            return bit
         counts = self._reader_depths(0)
         ordered = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)
         bit = 0
         if len(ordered) > 1 and ordered[0][1] > ordered[1][1]:
             bit = self._bits[ordered[0][0]]
-        self._laggard = (now, bit)
+        self._counting.laggard = (now, bit)
         return bit
 
     def _db_candidates(self, limit: int, acked: set[Key], only: int = 0) -> list[StoredRow]:

@@ -9,6 +9,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -325,3 +326,49 @@ def test_a_file_from_before_readers_that_cannot_be_migrated_is_still_read(
             assert buf.read_failures == 0
     finally:
         other.close()
+
+
+def test_counting_per_reader_never_holds_up_the_readers(tmp_path: Path) -> None:
+    """Review item 9: stats()["readers"] scans the table (26 ms at 100,000 rows); it does
+    that on a connection of its own, so an uplink's next_rows does not wait for it."""
+    with _open(tmp_path / "b.db") as buf:
+        seq = buf.submit(_gb_alarm()).result(5).seq
+        buf.stats()  # opens the counting connection
+        conn = buf._counting.db
+        assert conn is not None
+        inside, release = threading.Event(), threading.Event()
+
+        def slow_scan(statement: str) -> None:  # the count, stopped half-way
+            inside.set()
+            release.wait(30)
+
+        conn.set_trace_callback(slow_scan)
+        buf.submit(info_event(1)).result(5)  # a commit: the next stats() counts again
+        counting = threading.Thread(target=buf.stats, daemon=True)
+        counting.start()
+        try:
+            assert inside.wait(10)
+            got: list[list[int]] = []
+            reading = threading.Thread(target=lambda: got.append(_seqs(buf, "gb")), daemon=True)
+            reading.start()
+            reading.join(10)  # a guard only: the read does not wait for the count
+            assert got == [[seq]], "next_rows waited for the count"
+        finally:
+            release.set()
+            counting.join(10)
+
+
+def test_the_count_per_reader_is_taken_again_only_after_a_commit(tmp_path: Path) -> None:
+    with _open(tmp_path / "b.db") as buf:
+        buf.submit(_gb_alarm()).result(5)
+        assert buf.stats()["readers"] == {"mqtt": 1, "gb": 1}
+        statements: list[str] = []
+        conn = buf._counting.db
+        assert conn is not None
+        conn.set_trace_callback(statements.append)
+        for _ in range(3):
+            assert buf.stats()["readers"] == {"mqtt": 1, "gb": 1}
+        assert statements == []  # nothing changed in the file: no scan
+        buf.submit(info_event(1)).result(5)  # a commit
+        assert buf.stats()["readers"] == {"mqtt": 2, "gb": 1}
+        assert len(statements) == 1
