@@ -56,13 +56,14 @@ def test_a_fire_alarm_is_a_priority_component_state_in_beijing_time() -> None:
     assert len(obj.encode()) == 46  # 40-byte object + 6-byte time
 
 
-def test_a_manual_alarm_is_priority_a_gas_alarm_and_a_restore_are_not() -> None:
-    manual = map_row(_row(_event(Category.MANUAL)))
-    gas = map_row(_row(_event(Category.GAS)))
+def test_life_safety_alarms_are_priority_a_restore_and_a_fault_are_not() -> None:
+    for category in (Category.MANUAL, Category.GAS, Category.ELECTRICAL, Category.FIRE):
+        mapped = map_row(_row(_event(category)))
+        assert mapped is not None and mapped.priority, category  # review S1: gas too
     restore = map_row(_row(_event(kind=Kind.RESTORE)))
-    assert manual is not None and manual.priority
-    assert gas is not None and not gas.priority
+    fault = map_row(_row(_event(Category.POWER, kind=Kind.FAULT)))
     assert restore is not None and not restore.priority
+    assert fault is not None and not fault.priority
 
 
 def test_analog_and_uitd_operation_objects() -> None:
@@ -109,9 +110,9 @@ def test_the_store_time_predicate_follows_the_contract() -> None:
 
 
 def test_packets_respect_the_object_limit_and_split_on_priority() -> None:
-    rows = [map_row(_row(_event(Category.GAS), seq)) for seq in range(1, 31)]
+    rows = [map_row(_row(_event(kind=Kind.RESTORE), seq)) for seq in range(1, 31)]
     fire = map_row(_row(_event(), 31))
-    more = map_row(_row(_event(Category.GAS), 32))
+    more = map_row(_row(_event(kind=Kind.RESTORE), 32))
     items = [m for m in [*rows, fire, more] if m is not None]
     out = batches(items)
     assert [len(b.rows) for b in out] == [22, 8, 1, 1]

@@ -172,12 +172,16 @@ def test_alarms_restores_faults_analogs_and_power_faults_reach_the_centre(rig: R
     assert rig.uplink.stats()["confirmed_rows"] == 5
 
 
-def test_a_fire_alarm_overtakes_a_backlog_as_a_priority_packet(rig: Rig) -> None:
+@pytest.mark.parametrize("category", [Category.FIRE, Category.GAS, Category.ELECTRICAL])
+def test_a_fire_alarm_overtakes_a_backlog_as_a_priority_packet(
+    rig: Rig, category: Category
+) -> None:
+    """Fire (GB 26875.1), and gas and electrical-fire alarms too (review S1)."""
     rig.centre.set_mode("delay", delay_s=0.2)  # the backlog drains slowly
     backlog = [gb_event(100 + n, Kind.FAULT, Category.POWER) for n in range(300)]
     rig.store(*backlog)
     assert rig.centre.wait_for(lambda _: len(rig.positions()) >= 22)
-    rig.store(gb_event(7))
+    rig.store(gb_event(7, Kind.ALARM, category))
     assert rig.wait_positions({7})
     records = list(rig.centre.records)
     at = next(i for i, r in enumerate(records) if r["dir"] == "in" and 7 in _positions(r))
