@@ -392,6 +392,36 @@ def _statuses(centre: Centre, pos: int) -> list[int]:
     ]
 
 
+@pytest.mark.slow
+def test_reconnects_after_a_link_fault_queue_the_running_state_once(tmp_path: Path) -> None:
+    """Review S3: each reconnect while the fault was out queued another running state; the
+    centre got (and confirmed) bit 5 over and over after the link came back."""
+    emitted = Emitted()
+    faults = Faults(emitted, _texts=Texts("en"))
+    readers = ("mqtt", Reader(READER, carries))
+    with Centre() as centre:
+        port = centre.port
+        centre.close()
+        with EventBuffer(tmp_path / "b.db", IDENT, 1000, readers=readers) as buffer:
+            uplink = GbUplink(settings(port), buffer, faults=faults, emit=emitted).start()
+            try:
+                assert emitted.wait_state("link_fault") is not None
+                with Centre(port=port) as back:
+                    back.set_mode("close", count=3)  # three connections cut on arrival
+                    assert emitted.wait_state("normal") is not None
+                    assert wait_until(lambda: not uplink.stats()["link_fault"])
+                    assert wait_until(lambda: uplink.stats()["queued_packets"] == 0)
+                    assert back.counts["connections"] >= 4
+                    confirmed = [
+                        r
+                        for r in list(back.records)
+                        if _uitd(r) & 0b100000 and r.get("action") == "confirm"
+                    ]
+                assert len(confirmed) == 1, confirmed
+            finally:
+                uplink.stop()
+
+
 def _received(centre: Centre) -> set[int]:
     return {p for r in list(centre.records) if r["dir"] == "in" for p in _positions(r)}
 
