@@ -509,3 +509,22 @@ def test_a_restarted_centre_numbering_from_1_again_is_heard() -> None:
     link.connected()
     events = from_centre(link, 1, Command.CONTROL, duty)
     assert [type(e) for e in events] == [RequestReceived]
+
+
+def test_a_heartbeat_resent_on_fresh_connections_still_finds_a_dead_link_in_time() -> None:
+    """A packet submitted meanwhile does not reset the count: the dead link is a fault
+    within heartbeat + 4 x timeout whatever goes beside the heartbeat."""
+    link, clock = make_link(heartbeat_s=60.0, confirm_timeout_s=10.0, resends=3)
+    start = clock.mono
+    clock.advance(60.0)
+    link.handle_timers()
+    sent(link)
+    clock.advance(10.0)
+    link.handle_timers()
+    assert [type(e) for e in link.events()] == [Stale]
+    link.submit(data(1))  # something to send on the next connection
+    link.connected()
+    assert len(sent(link)) == 2  # the packet, and the heartbeat with its count
+    events = run_until_event(link, clock, reconnect=True)
+    assert any(isinstance(e, LinkFault) for e in events)
+    assert clock.mono - start <= 100

@@ -298,7 +298,7 @@ class Link:
         self._last_rx = float("-inf")
         self._last_confirmed = self.clock.monotonic()
         self._pump()
-        if self._carried_heartbeat and not self._in_flight:
+        if self._carried_heartbeat:  # beside whatever else goes: its count keeps the 100 s
             self._send_heartbeat(self._carried_heartbeat)
         self._carried_heartbeat = 0
 
@@ -333,8 +333,11 @@ class Link:
 
     def handle_timers(self) -> None:
         now = self.clock.monotonic()
-        for entry in sorted(self._in_flight.values(), key=lambda e: e.deadline):
-            if self._up and entry.deadline <= now:
+        # a packet out of resends first: its failure is due, whatever a stale one beside it says
+        resends = self.settings.resends
+        due = [e for e in self._in_flight.values() if e.deadline <= now]
+        for entry in sorted(due, key=lambda e: (e.sends <= resends, e.deadline)):
+            if self._up and entry.serial in self._in_flight:
                 self._on_timeout(entry)
         if self._heartbeat_due(now):
             self._send_heartbeat()
