@@ -475,6 +475,8 @@ class GbUplink:
             # the connection is being dropped: the packet goes again first on the next one
             self.link.resubmit(event.packet)
             return
+        if event.packet is self._state:
+            self._state = None  # denied: the next reconnect or heartbeat says it again
         if not isinstance(batch, Batch):
             return
         rows = batch.rows
