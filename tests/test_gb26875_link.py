@@ -479,18 +479,20 @@ def test_a_confirm_overdue_on_a_silent_connection_is_resent_on_a_fresh_one() -> 
 
 
 def test_sends_on_fresh_connections_count_towards_the_failure() -> None:
+    """One fresh connection per silence; the sends on both count towards the failure."""
     link, clock = make_link(confirm_timeout_s=5.0, resends=3)
     packet = data(1)
     link.submit(packet)
     sent(link)
-    stale = 0
-    for _ in range(3):
+    clock.advance(5.0)
+    link.handle_timers()
+    assert [type(e) for e in link.events()] == [Stale]
+    link.connected()
+    assert len(sent(link)) == 1  # the second send, on the fresh connection
+    for _ in range(2):  # still silent: the third and fourth sends stay on it
         clock.advance(5.0)
         link.handle_timers()
-        stale += sum(isinstance(e, Stale) for e in link.events())
-        link.connected()
-        sent(link)
-    assert stale == 3
+        assert link.events() == [] and len(sent(link)) == 1
     clock.advance(5.0)
     link.handle_timers()
     events = link.events()
@@ -528,3 +530,21 @@ def test_a_heartbeat_resent_on_fresh_connections_still_finds_a_dead_link_in_time
     events = run_until_event(link, clock, reconnect=True)
     assert any(isinstance(e, LinkFault) for e in events)
     assert clock.mono - start <= 100
+
+
+def test_a_centre_slower_than_the_timeout_still_gets_its_late_confirm_counted() -> None:
+    link, clock = make_link(confirm_timeout_s=5.0)
+    packet = data(1)
+    link.submit(packet)
+    sent(link)
+    clock.advance(5.0)
+    link.handle_timers()
+    assert [type(e) for e in link.events()] == [Stale]
+    link.connected()
+    (frame,) = sent(link)
+    clock.advance(5.0)  # the centre takes 8 s: no reconnect again, a resend here
+    link.handle_timers()
+    assert link.up and [f.serial for f in sent(link)] == [frame.serial]
+    clock.advance(3.0)
+    assert answer(link, Command.CONFIRM, frame.serial) == [Confirmed(packet)]
+    assert link.counters.stale == 1

@@ -22,7 +22,9 @@ What it does, per GB/T 26875.3 (choices and reasons in docs/gb26875.md, "Link be
   packet was sent (a 4G NAT that forgot the flow swallows bytes without a reset): Stale, the
   link goes down, and every packet in flight keeps its count of sends for the next
   connection, so a fire alarm still reaches a live centre within one timeout plus a
-  reconnect, and "timeout, resends, then failure" still counts every send;
+  reconnect, and "timeout, resends, then failure" still counts every send. Once per
+  silence: until bytes come back, later resends stay on the fresh connection (a centre
+  slower than the timeout still gets its late confirms counted);
 - priority packets (fire and manual alarms) go before every other queued packet, and are sent
   at once even while an ordinary packet waits for its confirm; ordinary packets go one at a
   time (stop-and-wait);
@@ -272,6 +274,10 @@ class Link:
         self._last_rx = float("-inf")  # when bytes last came from the centre (monotonic)
         self._carried: dict[Packet, int] = {}  # sends made on a connection found stale
         self._carried_heartbeat = 0  # the same for a heartbeat in flight then
+        # a fresh connection was tried for a silence, and nothing has come back since: the
+        # centre may just be slower than the timeout, so resend on this one (its late
+        # confirm still counts) rather than reconnect for every send
+        self._tried_fresh = False
 
     # --- owner's side -------------------------------------------------------------------------
 
@@ -324,6 +330,7 @@ class Link:
             return  # bytes from a connection the link has given up on
         if data:
             self._last_rx = self.clock.monotonic()
+            self._tried_fresh = False
         for item in self._stream.feed(data):
             if isinstance(item, BadFrame):
                 self._on_bad_frame(item)
@@ -435,7 +442,7 @@ class Link:
 
     def _on_timeout(self, entry: _InFlight) -> None:
         if entry.sends <= self.settings.resends:
-            if self._last_rx < entry.sent_at:
+            if self._last_rx < entry.sent_at and not self._tried_fresh:
                 self._stale(entry)
             else:
                 self._transmit(entry)
@@ -456,6 +463,7 @@ class Link:
             else:
                 self._carried[other.packet] = other.sends
         self.counters.stale += 1
+        self._tried_fresh = True
         self._events.append(
             Stale(
                 f"no confirm for #{entry.serial} and nothing from the centre in"
