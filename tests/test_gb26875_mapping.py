@@ -8,6 +8,7 @@ from typing import Any
 from agent.buffer import StoredRow
 from agent.gb26875.adu import ComponentAddress, ComponentAnalog, ComponentState, UitdOperation
 from agent.gb26875.codec import GbTime
+from agent.gb26875.laststate import LatestStates
 from agent.gb26875.mapping import batches, carries, map_row
 from core.events import Category, Event, Kind, Lane, Reading, Severity, splice_seq
 from tests.uplink_helpers import IDENT, reading
@@ -119,3 +120,34 @@ def test_packets_respect_the_object_limit_and_split_on_priority() -> None:
     assert [b.priority for b in out] == [False, False, True, False]
     assert [r.seq for b in out for r in b.rows] == list(range(1, 33))  # order kept
     assert all(len(b.adu.encode()) <= 1024 for b in out)
+
+
+def _mapped(kind: Kind, seq: int, pos: int = 17) -> Any:
+    status = 0b11 if kind is Kind.ALARM else 0b1
+    event = _event(kind=kind, detail={"gb": {**GB_FIRE, "pos": pos, "status": status}})
+    mapped = map_row(_row(event, seq))
+    assert mapped is not None
+    return mapped
+
+
+def test_a_restore_older_than_a_sent_fire_is_followed_by_that_fire() -> None:
+    """agent/gb26875/laststate.py: review item 3 (fire, restore, fire on one detector)."""
+    latest = LatestStates()
+    first, restore, second = (_mapped(k, s) for k, s in ((Kind.ALARM, 1), (Kind.RESTORE, 2),
+                                                         (Kind.ALARM, 3)))  # fmt: skip
+    latest.remember([first, second])  # the fires went first, as priority packets
+    (batch,) = batches([restore])
+    assert latest.later_than(batch) == [second.obj]
+    other = _mapped(Kind.RESTORE, 4, pos=18)  # another detector's restore: nothing to add
+    assert latest.later_than(batches([other])[0]) == []
+    newer = _mapped(Kind.RESTORE, 5)  # a restore newer than the last fire: it is the last word
+    assert latest.later_than(batches([newer])[0]) == []
+
+
+def test_the_latest_states_are_bounded() -> None:
+    latest = LatestStates(limit=2)
+    fires = [_mapped(Kind.ALARM, 10 + pos, pos=pos) for pos in (1, 2, 3)]
+    latest.remember(fires)
+    restores = [_mapped(Kind.RESTORE, pos, pos=pos) for pos in (1, 2, 3)]
+    (batch,) = batches(restores)
+    assert latest.later_than(batch) == [fires[1].obj, fires[2].obj]  # the oldest forgotten

@@ -44,12 +44,11 @@ from agent.config import GbConfig
 from agent.faults import Faults
 from agent.gb26875.adu import (
     Adu,
-    AduObject,
-    ComponentState,
     UitdState,
     pack,
 )
 from agent.gb26875.codec import GbTime
+from agent.gb26875.laststate import LatestStates
 from agent.gb26875.link import (
     REAL_CLOCK,
     Confirmed,
@@ -84,7 +83,6 @@ READER: Final = "gb"  # this uplink's name as a reader of the buffer
 FAULT_CAUSE: Final = "gb26875-link"  # the point of its link-fault event
 READ_ROWS: Final = 200  # rows read per fill
 MAX_QUEUED: Final = 4  # ordinary packets handed to the link ahead of its confirms
-MAX_REMEMBERED: Final = 4096  # components whose latest priority state is kept (see _restate)
 TICK_S: Final = 0.5  # the loop wakes at least this often (alive, timers)
 CONNECT_TIMEOUT_S: Final = 5.0
 
@@ -168,8 +166,7 @@ class GbUplink:
         self._down_since = clock.monotonic()
         self._last_error: str | None = None
         self._queued = 0  # link.queued as the thread last saw it (stats() runs elsewhere)
-        # per component, the latest state sent as a priority packet: (lane, seq, object)
-        self._priority_sent: dict[tuple[int, int, int, int, int], tuple[Lane, int, Mapped]] = {}
+        self._latest = LatestStates()  # per component, the latest priority state sent
         self.alive = time.monotonic()
 
     # --- the UplinkPart surface ---------------------------------------------------------------
@@ -368,42 +365,17 @@ class GbUplink:
                     mapped.append(item)
                 self._cursor.passed(row)
             self._set_aside(aside)
-            self._remember_priority(mapped)
+            self._latest.remember(mapped)
             for batch in batches(mapped):
                 self.link.submit(Packet(batch.adu.encode(), batch.priority, batch))
             self._queued = self.link.queued
             if full or len(rows) < READ_ROWS:
                 return
 
-    def _remember_priority(self, mapped: list[Mapped]) -> None:
-        """The latest state of each component sent as a priority packet (see _restate)."""
-        for item in mapped:
-            key = _component(item)
-            if key is None or not item.priority:
-                continue
-            lane, seq = item.row.lane, item.row.seq
-            known = self._priority_sent.get(key)
-            if known is None or known[0] is not lane or known[1] < seq:
-                self._priority_sent.pop(key, None)
-                self._priority_sent[key] = (lane, seq, item)
-                if len(self._priority_sent) > MAX_REMEMBERED:
-                    del self._priority_sent[next(iter(self._priority_sent))]
-
     def _restate(self, batch: Batch) -> None:
-        """Keep the centre's last word per component the latest one. A fire alarm leaves as
-        a priority packet, ahead of older ordinary rows (the buffer reads life-safety rows
-        first, the link sends them at once); GB has no sequence number and 1 s time labels,
-        so a restore stored between two fire alarms of one detector reaches the centre last
-        and would leave it showing the detector normal. When the centre confirmed such a
-        stale state, the component's later priority state goes again, as a priority packet
-        that acks no row (a repeat of what the centre already holds)."""
-        later: dict[tuple[int, int, int, int, int], AduObject] = {}
-        for row, obj in zip(batch.rows, batch.adu.objects, strict=False):
-            key = _component_key(obj)
-            known = self._priority_sent.get(key) if key is not None else None
-            if key and known and known[0] is row.lane and known[1] > row.seq:
-                later[key] = known[2].obj
-        for adu in pack(later.values()):
+        """A stale state confirmed after a later priority state of its component: that
+        state goes again (agent/gb26875/laststate.py), a priority packet acking no row."""
+        for adu in pack(self._latest.later_than(batch)):
             self.counters.restated += len(adu.objects)
             self.link.submit(Packet(adu.encode(), True, Batch(adu, (), priority=True)))
 
@@ -566,17 +538,6 @@ class GbUplink:
             self._emit(event)
         except Exception:
             log.exception("gb26875: could not emit %s", state)
-
-
-def _component(item: Mapped) -> tuple[int, int, int, int, int] | None:
-    return _component_key(item.obj)
-
-
-def _component_key(obj: AduObject) -> tuple[int, int, int, int, int] | None:
-    if not isinstance(obj, ComponentState):
-        return None
-    address = obj.component_address
-    return (obj.system_type, obj.system_address, obj.component_type, address.zone, address.position)
 
 
 def _first_connection(addresses: list[str], port: int) -> socket.socket:
