@@ -91,6 +91,7 @@ RETRY_S: Final = 5.0  # how often a degraded buffer tries the database again
 SPILL_S: Final = 10.0  # telemetry not acknowledged by then is committed to disk
 MAX_VOLATILE: Final = 2_000  # telemetry rows in memory before the oldest are committed
 ANNOUNCE_S: Final = 1.0  # at most one drop announcement per second
+LAGGARD_S: Final = 5.0  # how long a count of rows per reader guides the drops (a scan)
 
 # drop classes: lower is dropped first. _PROTECTED: the buffer's own drop announcements;
 # _LIFE_SAFETY: fire, gas, electrical-fire and manual alarms (Event.is_life_safety_alarm),
@@ -153,6 +154,16 @@ class StoredRow(NamedTuple):
         return self.drop_class == _LIFE_SAFETY
 
 
+@dataclass
+class _Counting:
+    """EventBuffer._stored_per_reader's connection and its last count (at a commit)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    db: sqlite3.Connection | None = None
+    counted: tuple[int, dict[str, int]] | None = None  # (EventBuffer.commits, counts)
+    laggard: tuple[float, int] = (float("-inf"), 0)  # (when, bit): the reader most behind
+
+
 class Stream(NamedTuple):
     """A part of the buffer that is read in seq order: the life-safety alarms of the event
     lane, the rest of the event lane, or the telemetry lane."""
@@ -197,22 +208,33 @@ class ReadCursor:
 
 @dataclass
 class DropTally:
-    """Drops since the last announcement: count and seq ranges per lane."""
+    """Drops since the last announcement: count and seq ranges per lane, and (several
+    readers) per reader that had not sent the row yet: what each uplink lost."""
 
     seqs: dict[Lane, list[int]] = field(default_factory=dict)
+    lost: dict[str, dict[Lane, list[int]]] = field(default_factory=dict)
 
-    def add(self, lane: Lane, seq: int) -> None:
+    def add(self, lane: Lane, seq: int, readers: Sequence[str] = ()) -> None:
         self.seqs.setdefault(lane, []).append(seq)
+        for reader in readers:
+            self.lost.setdefault(reader, {}).setdefault(lane, []).append(seq)
 
     def __bool__(self) -> bool:
         return any(self.seqs.values())
 
     def detail(self) -> dict[str, Any]:
-        return {
-            lane.value: {"count": len(seqs), "ranges": _ranges(sorted(seqs))}
-            for lane, seqs in self.seqs.items()
-            if seqs
-        }
+        return _per_lane(self.seqs)
+
+    def lost_detail(self) -> dict[str, Any]:
+        return {reader: _per_lane(lanes) for reader, lanes in sorted(self.lost.items())}
+
+
+def _per_lane(seqs_by_lane: dict[Lane, list[int]]) -> dict[str, Any]:
+    return {
+        lane.value: {"count": len(seqs), "ranges": _ranges(sorted(seqs))}
+        for lane, seqs in seqs_by_lane.items()
+        if seqs
+    }
 
 
 def _ranges(seqs: list[int]) -> list[list[int]]:
@@ -371,6 +393,8 @@ def _rank(record: Record) -> int:
 class EventBuffer:
     """Durable, bounded, two-lane buffer. Start it, submit records, read pending, ack."""
 
+    _slack = 0  # rows the bound may be passed by: the drop announcement at close
+
     def __init__(
         self,
         path: Path | str,
@@ -411,6 +435,7 @@ class EventBuffer:
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
+        self._counting = _Counting()  # _stored_per_reader's own connection and cache
         self._sidecar: Sidecar | None = None
         self._known: dict[Lane, LaneMark] | None = None  # the sidecar's marks at start
         self._marks: dict[Lane, LaneMark] = {lane: LaneMark() for lane in _LANES}
@@ -426,11 +451,6 @@ class EventBuffer:
         # (time.monotonic() when held, last seq held then) per telemetry batch held
         self._spill_marks: deque[tuple[float, int]] = deque()
         self._acked: set[Key] = set()  # acked, delete not yet committed
-        # several readers: per reader bit, keys it confirmed whose mark is not committed yet
-        # (hidden from its reads meanwhile); per held row, the readers done with it
-        self._confirmed: dict[int, set[Key]] = {bit: set() for bit in self._bits.values()}
-        self._held_done: dict[Key, int] = {}
-        self._deferred_marks: list[tuple[int, Key]] = []  # marks a failed commit must retry
         self._old_file = False  # read-only file without the `done` column (not migrated)
         self._drops: dict[str, int] = {"event": 0, "telemetry": 0, "alarm": 0}
         self._tally = DropTally()
@@ -459,6 +479,11 @@ class EventBuffer:
         self._carriers: Carriers = tuple(
             (self._bits[r.name], r.carries) for r in self.readers if r.carries is not None
         )
+        # per reader bit, keys it confirmed whose mark is not committed yet (hidden from its
+        # reads meanwhile); per held row, the readers done with it
+        self._confirmed: dict[int, set[Key]] = {bit: set() for bit in self._bits.values()}
+        self._held_done: dict[Key, int] = {}
+        self._deferred_marks: list[tuple[int, Key]] = []  # marks a failed commit must retry
 
     def _init_continuity(self) -> None:
         self._floor: dict[Lane, int] = dict.fromkeys(_LANES, 1)  # above its highest row
@@ -511,10 +536,13 @@ class EventBuffer:
         self._close_connections()
 
     def _close_connections(self) -> None:
-        for conn in (self._db, self._reader):
-            if conn is not None:
-                conn.close()
-        self._db = self._reader = None
+        counting = self._counting
+        with counting.lock:
+            for conn in (self._db, self._reader, counting.db):
+                if conn is not None:
+                    conn.close()
+            self._db = self._reader = counting.db = None
+            counting.counted = None
         if self._sidecar is not None:
             self._sidecar.close()
             self._sidecar = None
@@ -1010,18 +1038,7 @@ class EventBuffer:
         if self._all == 1:
             return {self.readers[0].name: depth}
         bits = list(self._bits.items())
-        counts = dict.fromkeys(self._bits, 0)
-        if self._reader is not None:
-            sums = ", ".join(f"TOTAL((done & {bit}) = 0)" for _, bit in bits)
-            with self._read_lock:
-                try:
-                    # only integers of ours are joined in
-                    row = self._reader.execute(f"SELECT {sums} FROM records").fetchone()  # noqa: S608
-                except sqlite3.Error as exc:
-                    log.warning("buffer: cannot count per reader: %s", exc)
-                    row = None
-            if row is not None:
-                counts = {name: int(n) for (name, _), n in zip(bits, row, strict=True)}
+        counts = dict(self._stored_per_reader(bits))
         with self._held_lock:
             for name, bit in bits:
                 held = sum(
@@ -1032,6 +1049,42 @@ class EventBuffer:
                 )
                 counts[name] = max(0, counts[name] + held - len(self._confirmed[bit]))
         return counts
+
+    def _stored_per_reader(self, bits: list[tuple[str, int]]) -> dict[str, int]:
+        """Rows in the file each reader is not done with. A scan of the table (26 ms at
+        100,000 rows), so it is done again only after a commit changed the file, and on
+        a connection of its own: the uplinks' next_rows never wait for it."""
+        counting = self._counting
+        with counting.lock:
+            generation = self.commits
+            cached = counting.counted
+            if cached is not None and cached[0] == generation and self._reader is not None:
+                return cached[1]
+            counts = dict.fromkeys(self._bits, 0)
+            sums = ", ".join(f"TOTAL((done & {bit}) = 0)" for _, bit in bits)
+            # only integers of ours are joined in
+            sql = f"SELECT {sums} FROM records"  # noqa: S608
+            try:
+                row = self._count_connection().execute(sql).fetchone()
+            except sqlite3.Error as exc:
+                log.warning("buffer: cannot count per reader: %s", exc)
+                return counts
+            counts = {name: int(n) for (name, _), n in zip(bits, row, strict=True)}
+            counting.counted = (generation, counts)
+            return counts
+
+    def _count_connection(self) -> sqlite3.Connection:
+        counting = self._counting
+        if counting.db is None:
+            if self._reader is None:
+                raise sqlite3.OperationalError("the buffer is not open")
+            if self._db is None:  # read-only (a full or read-only card): the reader's
+                return self._reader  # (not shared with a writer: next_rows is rare then)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA query_only=1")
+            counting.db = conn
+        return counting.db
 
     @property
     def degraded(self) -> bool:
@@ -1443,6 +1496,12 @@ class EventBuffer:
                 self._process(announced)
         if self.degraded:
             return
+        if self._tally:
+            # drops of the last ANNOUNCE_S: the tally lives in RAM, so they are announced
+            # now or never. At the bound, the announcement may pass it by one row until the
+            # next store (dropping a row for it would be a drop nobody is told of)
+            self._slack = 1
+            self._process([_own(self._drop_announcement(), self.identity)])
         self._spill_marks.clear()
         with self._held_lock:
             held = list(self._held[Lane.TELEMETRY])
@@ -1500,9 +1559,10 @@ class EventBuffer:
             if excess <= 0:
                 return
             victims = sorted(rows, key=_drop_key)[:excess]
+            marks = dict(self._held_done)
         self._remove_held([(r.lane, r.seq) for r in victims])
         for row in victims:
-            self._count_drop(row.lane, row.seq, row.drop_class)
+            self._count_drop(row._replace(done=row.done | marks.get((row.lane, row.seq), 0)))
 
     def _remove_held(self, keys: list[Key]) -> set[Key]:
         """Take these rows out of RAM; returns the ones that were held."""
@@ -1609,58 +1669,110 @@ class EventBuffer:
     # -- the bound -------------------------------------------------------------------
 
     def _choose_victims(self, incoming: list[StoredRow]) -> list[Key]:
-        """Rows to drop (stored, held or incoming) so that everything fits max_events."""
+        """Rows to drop (stored, held or incoming) so that everything fits max_events.
+
+        With several readers the bound is shared, but a drop is judged per reader: while
+        one reader lags (an uplink down), the rows only it still needs go first, in the
+        usual order (telemetry, ordinary, protected, life-safety last); a record the
+        other readers have not sent is not lost to them for its sake. Which reader lost
+        what is said in the drop announcement (detail.lost)."""
         with self._held_lock:
             held_count = sum(len(self._held[lane]) for lane in _LANES)
             excess = sum(self._depth.values()) + held_count + len(incoming) - len(self._acked)
-            excess -= self.max_events
+            excess -= self.max_events + self._slack
             if excess <= 0:  # the usual case: no copies of anything
                 return []
-            held = [r for lane in _LANES for r in self._held[lane]]
+            marks = dict(self._held_done)
+            for bit, keys in self._confirmed.items():
+                for key in keys:
+                    marks[key] = marks.get(key, 0) | bit
+            held = [
+                r._replace(done=r.done | marks.get((lane, r.seq), 0))
+                for lane in _LANES
+                for r in self._held[lane]
+            ]
             acked = set(self._acked)
-        candidates = self._db_candidates(excess + len(acked), acked) + held + incoming
-        victims = sorted(candidates, key=_drop_key)[:excess]
+        laggard = self._laggard_bit() if self._all != 1 else 0
+        candidates = self._db_candidates(excess + len(acked), acked)
+        if laggard:
+            candidates += self._db_candidates(excess + len(acked), acked, laggard)
+        candidates = [r._replace(done=r.done | marks.get((r.lane, r.seq), 0)) for r in candidates]
+        unique = {(r.lane, r.seq): r for r in candidates + held + incoming}
+
+        def order(row: StoredRow) -> tuple[int, int, int, int]:
+            only_laggard = laggard and (row.done | laggard) == self._all
+            return (0 if only_laggard else 1, *_drop_key(row))
+
+        victims = sorted(unique.values(), key=order)[:excess]
         for row in victims:
-            self._count_drop(row.lane, row.seq, row.drop_class)
+            self._count_drop(row)
         return [(r.lane, r.seq) for r in victims]
 
-    def _db_candidates(self, limit: int, acked: set[Key]) -> list[StoredRow]:
+    def _laggard_bit(self) -> int:
+        """The reader with the most rows still to send, if one has more than the others
+        (0: none); counted at most every LAGGARD_S (a scan of the table)."""
+        now = time.monotonic()
+        when, bit = self._counting.laggard
+        if now - when < LAGGARD_S:
+            return bit
+        counts = self._reader_depths(0)
+        ordered = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)
+        bit = 0
+        if len(ordered) > 1 and ordered[0][1] > ordered[1][1]:
+            bit = self._bits[ordered[0][0]]
+        self._counting.laggard = (now, bit)
+        return bit
+
+    def _db_candidates(self, limit: int, acked: set[Key], only: int = 0) -> list[StoredRow]:
+        """Rows in drop order; `only`: those every reader but `only` is done with."""
         if self._db is None:
             return []
+        where: str = ""
+        args: tuple[int, ...] = (limit,)
+        if only and not self._old_file:
+            where, args = "WHERE (done | ?) = ? AND done != ? ", (only, self._all, self._all, limit)
+        columns = "0" if self._old_file else "done"
         try:
             cur = self._db.execute(
-                "SELECT lane, seq, drop_class, rank, ts_ms FROM records "
-                "ORDER BY drop_class, rank DESC, seq LIMIT ?",
-                (limit,),
+                f"SELECT lane, seq, drop_class, rank, ts_ms, {columns} FROM records "  # noqa: S608
+                f"{where}ORDER BY drop_class, rank DESC, seq LIMIT ?",
+                args,
             )
             rows = cur.fetchall()
         except sqlite3.Error as exc:
             log.warning("buffer: cannot choose rows to drop: %s", exc)
             return []
         return [
-            StoredRow(Lane(lane), seq, ts, b"", cls, rank)
-            for lane, seq, cls, rank, ts in rows
+            StoredRow(Lane(lane), seq, ts, b"", cls, rank, done)
+            for lane, seq, cls, rank, ts, done in rows
             if (Lane(lane), seq) not in acked
         ]
 
-    def _count_drop(self, lane: Lane, seq: int, drop_class: int) -> None:
-        self._drops[lane.value] += 1
-        if drop_class == _LIFE_SAFETY:
+    def _count_drop(self, row: StoredRow) -> None:
+        self._drops[row.lane.value] += 1
+        if row.drop_class == _LIFE_SAFETY:
             self._drops["alarm"] += 1
-        self._tally.add(lane, seq)
+        lost = [] if self._all == 1 else [n for n, b in self._bits.items() if not row.done & b]
+        self._tally.add(row.lane, row.seq, lost)
 
     def _drop_announcement(self) -> Event:
         dropped = self._tally.detail()
-        detail = {"buffer": "drops", "dropped": dropped}
+        detail: dict[str, Any] = {"buffer": "drops", "dropped": dropped}
         total = sum(v["count"] for v in dropped.values())
+        who = ""
+        if self._all != 1:  # several uplinks: which of them lost what
+            lost = self._tally.lost_detail()
+            detail["lost"] = lost
+            per = [f"{r} {sum(v['count'] for v in lanes.values())}" for r, lanes in lost.items()]
+            who = f"; not yet sent by {', '.join(per)}" if per else ""
         self._tally = DropTally()
         self._last_announce = time.monotonic()
-        log.warning("buffer full: dropped %d records", total)
+        log.warning("buffer full: dropped %d records%s", total, who)
         return self._system_event(
             Kind.SYSTEM,
             Severity.WARNING,
             "overflow",
-            f"buffer full: {total} records dropped (max_events {self.max_events})",
+            f"buffer full: {total} records dropped (max_events {self.max_events}){who}",
             detail,
         )
 

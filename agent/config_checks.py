@@ -15,13 +15,16 @@ import grp
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config_schema import Checked, is_pyserial_url
 from core.checks import Problems
 from core.errors import ConfigError
-from core.events import GATEWAY_DEVICE
+from core.events import GATEWAY_DEVICE, LIFE_SAFETY, Category
 from drivers.profile import Profile, check_overrides, load_profile
+
+if TYPE_CHECKING:  # agent.config imports this module
+    from agent.config import Config
 
 GATEWAY_DEVICE_ID = GATEWAY_DEVICE  # the `device` of gateway-internal events
 BUILTIN_PROFILE_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
@@ -255,6 +258,25 @@ def check_control_group(checked: Checked, out: Problems) -> None:
         grp.getgrnam(group)
     except KeyError:
         out.add("control.group", f'group "{group}" does not exist on this machine')
+
+
+def gb_unsent_inputs(config: Config) -> list[tuple[str, str]]:
+    """Warnings (not refusals) for check-config: with a [gb26875] uplink, a fire, gas or
+    electrical-fire input without [inputs.gb] is not for the centre (MQTT only). The manual
+    alarm button needs none: it goes as the UITD's own manual alarm (points.contact_gb)."""
+    if config.gb26875 is None:
+        return []
+    out = []
+    for i, item in enumerate(config.inputs):
+        if item.role == "duty_answer" or item.gb is not None:
+            continue
+        if item.category in LIFE_SAFETY and item.category is not Category.MANUAL:
+            out.append((
+                f"inputs[{i}].gb",
+                f'"{item.id}" is a {item.category.value} input without [inputs.gb]: '
+                "its events go to the MQTT feed only, not to the fire monitoring centre",
+            ))  # fmt: skip
+    return out
 
 
 WHOLE_CONFIG_CHECKS: tuple[Callable[[Checked, Problems], None], ...] = (

@@ -75,6 +75,7 @@ class Msg(enum.StrEnum):
     GB_LINK_FAULT = "gb_link_fault"
     GB_LINK_RESTORED = "gb_link_restored"
     GB_DENIED = "gb_denied"
+    GB_UNMAPPED = "gb_unmapped"
     GB_CLOCK_SYNC = "gb_clock_sync"
     GB_INITIALISE = "gb_initialise"
     GB_CLOCK_SET = "gb_clock_set"
@@ -135,6 +136,7 @@ ZH: Final[Mapping[Msg, str]] = {
     Msg.GB_LINK_FAULT: "与消防远程监控中心通信故障：{reason}",
     Msg.GB_LINK_RESTORED: "与消防远程监控中心通信恢复",
     Msg.GB_DENIED: "消防远程监控中心拒收 {lane} 序号 {seqs}（重发{sends}次），不再向中心发送",
+    Msg.GB_UNMAPPED: "{lane} 序号 {seqs} 的报警无法转换为 GB/T 26875.3 信息对象，未发往监控中心",
     Msg.GB_CLOCK_SYNC: "监控中心校时：中心时间 {centre}，网关时钟相差 {offset_s} 秒，{action}",
     Msg.GB_INITIALISE: "监控中心要求初始化传输装置：重新上报运行状态和版本，缓存记录保留",
     Msg.GB_CLOCK_SET: "已按中心时间校准网关时钟",
@@ -208,6 +210,10 @@ EN: Final[Mapping[Msg, str]] = {
     Msg.GB_DENIED: (
         "the fire remote-monitoring centre denied {lane} seqs {seqs} ({sends} sends); "
         "not sent to the centre again"
+    ),
+    Msg.GB_UNMAPPED: (
+        "the alarm {lane} seqs {seqs} cannot be made into a GB/T 26875.3 object; "
+        "not sent to the centre"
     ),
     Msg.GB_CLOCK_SYNC: (
         "clock sync from the centre: centre time {centre}, gateway clock {offset_s} s off, {action}"

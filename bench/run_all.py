@@ -42,6 +42,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "duties": (["bench/bench_duties.py"], ["bench/bench_duties.py", "--smoke"]),
     "selftest": (["bench/bench_selftest.py"], ["bench/bench_selftest.py", "--smoke"]),
     "gb": (["bench/bench_gb.py"], ["bench/bench_gb.py", "--smoke"]),
+    "readers": (["bench/bench_readers.py"], ["bench/bench_readers.py", "--smoke"]),
 }
 # bench_drain.py / bench_ingest.py print one sentence; these turn it into figures
 _SENTENCE = {

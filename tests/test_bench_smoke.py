@@ -63,6 +63,13 @@ EXPECTED_FIGURES = {
     "selftest_panel_cycle",
     "selftest_writes",
     "gb_baseline_bare_link",
+    "gb_fire_half_open_path",
+    "readers_count_baseline_bare_scan",
+    "readers_stats_after_a_commit",
+    "readers_stats_no_commit_between",
+    "readers_next_rows_alone",
+    "readers_next_rows_counting",
+    "readers_store_at_bound_ratio",
     "gb_fire_idle",
     "gb_fire_behind_backlog",
     "gb_fire_goal",
@@ -184,3 +191,15 @@ def test_smoke_gb_mapping_bench_stamped_every_storm_event(smoke_output: str) -> 
     assert figures["gb_fire_behind_backlog"]["backlog"] == "1000"
     for name in ("gb_footprint_mqtt_only", "gb_footprint_both_uplinks"):
         assert _positive(figures[name]["rss_mb"]) and float(figures[name]["cpu_pct"]) >= 0
+
+
+def test_smoke_readers_bench_dropped_only_what_it_stored_over_the_bound(smoke_output: str) -> None:
+    figures = parse_figures(smoke_output)
+    # GB/T 26875.3 over a half-open path: the fire reached the centre
+    assert _positive(figures["gb_fire_half_open_path"]["max_s"])
+    for name in ("readers_store_at_bound_one_reader", "readers_store_at_bound_gb_down"):
+        # 500 stored over the bound, + 1 a second for each drop announcement
+        assert int(figures[name]["drops"]) >= 500, figures[name]
+    for name in ("readers_stats_after_a_commit", "readers_stats_no_commit_between"):
+        assert figures[name]["rows"] == "5000"
+    assert _positive(figures["readers_store_at_bound_ratio"]["gb_down_vs_one_reader"])

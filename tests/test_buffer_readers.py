@@ -5,10 +5,13 @@ confirmed it or set it aside (agent/buffer.py, Reader)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,21 +106,50 @@ def test_one_reader_down_never_stops_the_other_and_drops_are_announced_to_both(
     tmp_path: Path,
 ) -> None:
     """GB is down (never acks); MQTT keeps delivering. The bound still holds: when the
-    buffer must drop, the announcement is a record both readers get."""
+    buffer must drop, the rows only GB still needs go, MQTT gets every record, and the
+    announcement, a record both readers get, says that GB lost them."""
     with _open(tmp_path / "b.db", max_events=10) as buf:
+        got: list[int] = []
         for n in range(30):
             gb_fault = dataclasses.replace(info_event(n), detail={"gb": {"tf": 2, "status": 5}})
             seq = buf.submit(gb_fault if n % 2 else info_event(n)).result(5).seq
+            assert seq in _seqs(buf, "mqtt"), f"seq {seq} never reached the MQTT reader"
+            got.append(seq)
             buf.ack(Lane.EVENT, seq, "mqtt")  # MQTT keeps up
         assert buf.stats()["drops"]["event"] > 0
 
-        def announced() -> list[int]:  # announcements come at most once a second
+        def announced() -> list[dict[str, Any]]:  # at most one announcement a second
             rows = buf.next_rows(ReadCursor(reader="gb"), 100)
-            return [r.seq for r in rows if b'"overflow"' in r.payload]
+            return [json.loads(r.payload) for r in rows if b'"overflow"' in r.payload]
 
         assert wait_until(lambda: announced() != []), "the GB reader got no drop announcement"
         mqtt_rows = buf.next_rows(ReadCursor(reader="mqtt"), 100)
-        assert set(announced()) <= {r.seq for r in mqtt_rows}
+        assert {a["seq"] for a in announced()} <= {r.seq for r in mqtt_rows}
+        assert all(set(a["detail"]["lost"]) == {"gb"} for a in announced())
+
+
+def test_with_the_centre_down_mqtt_loses_nothing_to_the_bound(tmp_path: Path) -> None:
+    """Review item 6: the buffer full of rows MQTT already delivered (the centre down):
+    the next records MQTT has not seen, even a reading and an info event the centre does
+    not carry, are kept; the rows only the centre needed make room, and it is told."""
+    with _open(tmp_path / "b.db", max_events=100) as buf:
+        gb_fault = dataclasses.replace(info_event(0), detail={"gb": {"tf": 2, "status": 5}})
+        seqs = buf.submit_many([dataclasses.replace(gb_fault) for _ in range(100)]).result(5)
+        buf.ack_many(Lane.EVENT, list(seqs.seqs), "mqtt")  # MQTT delivered them all
+        assert wait_until(lambda: buf.stats()["readers"] == {"mqtt": 0, "gb": 100})
+        door = buf.submit(info_event(1)).result(5).seq
+        rd = buf.submit(reading(1)).result(5).seq
+        mqtt = {(r.lane, r.seq) for r in buf.next_rows(ReadCursor(reader="mqtt"), 1000)}
+        assert (Lane.EVENT, door) in mqtt and (Lane.TELEMETRY, rd) in mqtt
+        assert buf.stats()["drops"]["event"] >= 1
+
+        def lost() -> dict[str, Any]:
+            rows = buf.next_rows(ReadCursor(reader="mqtt"), 1000)
+            found = [json.loads(r.payload) for r in rows if b'"overflow"' in r.payload]
+            return found[0]["detail"]["lost"] if found else {}
+
+        assert wait_until(lambda: lost() != {})
+        assert set(lost()) == {"gb"}, "MQTT was told it lost records it has"
 
 
 def test_single_reader_buffer_deletes_on_ack_as_before(tmp_path: Path) -> None:
@@ -309,3 +341,49 @@ def test_a_file_from_before_readers_that_cannot_be_migrated_is_still_read(
             assert buf.read_failures == 0
     finally:
         other.close()
+
+
+def test_counting_per_reader_never_holds_up_the_readers(tmp_path: Path) -> None:
+    """Review item 9: stats()["readers"] scans the table (26 ms at 100,000 rows); it does
+    that on a connection of its own, so an uplink's next_rows does not wait for it."""
+    with _open(tmp_path / "b.db") as buf:
+        seq = buf.submit(_gb_alarm()).result(5).seq
+        buf.stats()  # opens the counting connection
+        conn = buf._counting.db
+        assert conn is not None
+        inside, release = threading.Event(), threading.Event()
+
+        def slow_scan(statement: str) -> None:  # the count, stopped half-way
+            inside.set()
+            release.wait(30)
+
+        conn.set_trace_callback(slow_scan)
+        buf.submit(info_event(1)).result(5)  # a commit: the next stats() counts again
+        counting = threading.Thread(target=buf.stats, daemon=True)
+        counting.start()
+        try:
+            assert inside.wait(10)
+            got: list[list[int]] = []
+            reading = threading.Thread(target=lambda: got.append(_seqs(buf, "gb")), daemon=True)
+            reading.start()
+            reading.join(10)  # a guard only: the read does not wait for the count
+            assert got == [[seq]], "next_rows waited for the count"
+        finally:
+            release.set()
+            counting.join(10)
+
+
+def test_the_count_per_reader_is_taken_again_only_after_a_commit(tmp_path: Path) -> None:
+    with _open(tmp_path / "b.db") as buf:
+        buf.submit(_gb_alarm()).result(5)
+        assert buf.stats()["readers"] == {"mqtt": 1, "gb": 1}
+        statements: list[str] = []
+        conn = buf._counting.db
+        assert conn is not None
+        conn.set_trace_callback(statements.append)
+        for _ in range(3):
+            assert buf.stats()["readers"] == {"mqtt": 1, "gb": 1}
+        assert statements == []  # nothing changed in the file: no scan
+        buf.submit(info_event(1)).result(5)  # a commit
+        assert buf.stats()["readers"] == {"mqtt": 2, "gb": 1}
+        assert len(statements) == 1

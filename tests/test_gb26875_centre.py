@@ -27,6 +27,7 @@ from agent.gb26875.link import (
     LinkSettings,
     Packet,
     RequestReceived,
+    Stale,
 )
 from simulator import cli
 from simulator.centre import Centre, CentreControl, request
@@ -50,8 +51,8 @@ class Uitd:
     def __init__(self, port: int, wrap: Callable[[socket.socket], socket.socket] | None = None,
                  **settings: Any) -> None:  # fmt: skip
         self.link = Link(LinkSettings(uitd_address=UITD, centre_address=CENTRE, **settings))
-        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.sock = wrap(raw) if wrap else raw
+        self.port, self.wrap = port, wrap
+        self.sock = self._connect()
         self.link.connected()
         self.events: list[LinkEvent] = []
         self.closed = False
@@ -73,9 +74,18 @@ class Uitd:
                     self.closed = True
                     self.link.disconnected()
             self.link.handle_timers()
-            self.events += self.link.events()
+            events = self.link.events()
+            self.events += events
+            if any(isinstance(e, Stale) for e in events):  # as the uplink: a fresh connection
+                self.sock.close()
+                self.sock = self._connect()
+                self.link.connected()
         self.sock.sendall(self.link.data_to_send())
         return done(self.events)
+
+    def _connect(self) -> socket.socket:
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        return self.wrap(raw) if self.wrap else raw
 
     def close(self) -> None:
         self.sock.close()
@@ -140,6 +150,8 @@ def test_a_dropped_confirm_is_resent_after_the_timeout(centre: Centre, uitd: Uit
     assert uitd.run_until(confirmed(1))
     assert time.monotonic() - started >= 0.5  # the UITD's confirm timeout
     assert [r["action"] for r in data_in(centre.records)] == ["drop", "confirm"]
+    # nothing came back on the first connection: the resend went on a fresh one
+    assert uitd.link.counters.stale == 1 and uitd.link.counters.resent == 1
     assert centre.counts["duplicates"] == 1  # the same object twice: seen and counted
 
 

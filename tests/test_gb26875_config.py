@@ -9,7 +9,7 @@ import pytest
 
 from agent.config import load_config
 from agent.gb26875.uplink import link_settings
-from tests.test_config import good_text, problems_of, write
+from tests.test_config import good_text, problems_of, run_cli, write
 
 GB = """
 [gb26875]
@@ -91,3 +91,24 @@ def test_check_config_summary_names_the_centre(tmp_path: Path) -> None:
     assert summary_json(config)["gb26875"]["uitd_address"] == 889
     plain = load_config(write(tmp_path, good_text(), "plain.toml"))
     assert not any(line.startswith("centre") for line in summary_lines(plain))
+
+
+FIRE_INPUT = """
+[[inputs]]
+id = "smoke-9"
+name = "9号烟感"
+pin = 22
+category = "fire"
+severity = "critical"
+"""
+
+
+def test_check_config_warns_of_a_fire_input_the_centre_will_not_hear_of(tmp_path: Path) -> None:
+    """Review S5: a fire input without [inputs.gb] is MQTT-only; with [gb26875] configured
+    check-config says so (a warning: the config is still good)."""
+    code, out = run_cli("check-config", str(write(tmp_path, good_text() + FIRE_INPUT + GB)))
+    assert code == 0, out
+    assert 'warning: inputs[1].gb: "smoke-9" is a fire input without [inputs.gb]' in out
+    assert "door-1" not in out.split("warning")[-1]  # a door contact is not life-safety
+    code, out = run_cli("check-config", str(write(tmp_path, good_text() + FIRE_INPUT)))
+    assert code == 0 and "warning: inputs" not in out  # no centre configured: nothing to say

@@ -8,6 +8,7 @@ import pytest
 
 from agent.gb26875.adu import (
     Adu,
+    DutyCheck,
     InitialiseUitd,
     RawAdu,
     ReadUitdState,
@@ -28,6 +29,7 @@ from agent.gb26875.link import (
     Notice,
     Packet,
     RequestReceived,
+    Stale,
 )
 
 UITD, CENTRE = 0x0379, 0x015B38
@@ -79,8 +81,17 @@ def data(n: int) -> Packet:
     return Packet(Adu.of(UitdState(n, GbTime.from_epoch(NOW))).encode(), tag=f"rows-{n}")
 
 
-def run_until_event(link: Link, clock: FakeClock, limit_s: float = 1000) -> list[LinkEvent]:
-    """Advance the fake clock deadline by deadline (dropping what is sent) until an event."""
+def alive(link: Link) -> None:
+    """The centre says something on this connection (a confirm of nothing in flight): it
+    is not a dead one."""
+    answer(link, Command.CONFIRM, 9999)
+
+
+def run_until_event(
+    link: Link, clock: FakeClock, limit_s: float = 1000, reconnect: bool = False
+) -> list[LinkEvent]:
+    """Advance the fake clock deadline by deadline (dropping what is sent) until an event;
+    `reconnect`: a Stale connection is replaced at once by a fresh one (as the uplink does)."""
     start = clock.mono
     while clock.mono - start < limit_s:
         deadline = link.next_deadline()
@@ -88,7 +99,11 @@ def run_until_event(link: Link, clock: FakeClock, limit_s: float = 1000) -> list
         clock.mono = clock.wall = max(deadline, clock.mono)
         link.handle_timers()
         link.data_to_send()
-        if events := link.events():
+        events = link.events()
+        if reconnect and [type(e) for e in events] == [Stale]:
+            link.connected()
+            continue
+        if events:
             return events
     raise AssertionError("no event")
 
@@ -134,6 +149,7 @@ def test_resend_three_times_with_the_same_serial_then_failed_and_link_fault() ->
         clock.advance(4.9)
         link.handle_timers()
         assert sent(link) == []  # not before the timeout
+        alive(link)  # the connection is not silent: the resend goes on it
         clock.advance(0.1)
         link.handle_timers()
         serials += [f.serial for f in sent(link)]
@@ -175,6 +191,7 @@ def test_a_late_confirm_after_a_resend_still_counts() -> None:
     packet = data(1)
     link.submit(packet)
     sent(link)
+    alive(link)
     clock.advance(5.0)
     link.handle_timers()
     assert [f.serial for f in sent(link)] == [1]
@@ -287,7 +304,7 @@ def test_a_dead_link_is_a_link_fault_within_100_s(
 ) -> None:
     link, clock = make_link(heartbeat_s=heartbeat_s, confirm_timeout_s=timeout_s, resends=resends)
     start = clock.mono  # the centre goes silent right after the connection came up
-    events = run_until_event(link, clock)
+    events = run_until_event(link, clock, reconnect=True)
     assert [type(e) for e in events] == [LinkFault]
     assert clock.mono - start == heartbeat_s + (resends + 1) * timeout_s <= 100
 
@@ -436,3 +453,98 @@ def test_a_packet_handed_back_after_a_link_fault_goes_first_after_the_reconnect(
     link.resubmit(first)
     link.connected()
     assert [f.adu for f in sent(link)] == [first.adu]  # not behind the second
+
+
+# --- a silent connection (review item 1) and a restarted centre's serials (item 5) -------
+
+
+def test_a_confirm_overdue_on_a_silent_connection_is_resent_on_a_fresh_one() -> None:
+    """A 4G NAT that forgot the flow swallows bytes without a reset: resending there is
+    resending into a void. The fire goes again on the next connection, keeping its count."""
+    link, clock = make_link(confirm_timeout_s=5.0)
+    fire = Packet(b"\x02\x00", priority=True, tag="fire")
+    link.submit(fire)
+    assert [f.serial for f in sent(link)] == [1]
+    clock.advance(5.0)
+    link.handle_timers()
+    (event,) = link.events()
+    assert isinstance(event, Stale)
+    assert sent(link) == []  # nothing more into the silent connection
+    assert not link.up and not link.faulted and link.queued == 1
+    link.connected()
+    (frame,) = sent(link)
+    assert frame.adu == fire.adu
+    assert link.counters.resent == 1  # the second send of the same packet
+    assert answer(link, Command.CONFIRM, frame.serial) == [Confirmed(fire)]
+
+
+def test_sends_on_fresh_connections_count_towards_the_failure() -> None:
+    """One fresh connection per silence; the sends on both count towards the failure."""
+    link, clock = make_link(confirm_timeout_s=5.0, resends=3)
+    packet = data(1)
+    link.submit(packet)
+    sent(link)
+    clock.advance(5.0)
+    link.handle_timers()
+    assert [type(e) for e in link.events()] == [Stale]
+    link.connected()
+    assert len(sent(link)) == 1  # the second send, on the fresh connection
+    for _ in range(2):  # still silent: the third and fourth sends stay on it
+        clock.advance(5.0)
+        link.handle_timers()
+        assert link.events() == [] and len(sent(link)) == 1
+    clock.advance(5.0)
+    link.handle_timers()
+    events = link.events()
+    assert events[0] == Failed(packet, "timeout")
+    assert isinstance(events[1], LinkFault) and "after 4 sends" in events[1].reason
+
+
+def test_a_restarted_centre_numbering_from_1_again_is_heard() -> None:
+    link, _ = make_link()
+    duty = Adu.of(DutyCheck()).encode()
+    (event,) = from_centre(link, 1, Command.CONTROL, duty)
+    assert isinstance(event, RequestReceived)
+    link.confirm(event.request)
+    sent(link)
+    link.disconnected()  # the centre restarts
+    link.connected()
+    events = from_centre(link, 1, Command.CONTROL, duty)
+    assert [type(e) for e in events] == [RequestReceived]
+
+
+def test_a_heartbeat_resent_on_fresh_connections_still_finds_a_dead_link_in_time() -> None:
+    """A packet submitted meanwhile does not reset the count: the dead link is a fault
+    within heartbeat + 4 x timeout whatever goes beside the heartbeat."""
+    link, clock = make_link(heartbeat_s=60.0, confirm_timeout_s=10.0, resends=3)
+    start = clock.mono
+    clock.advance(60.0)
+    link.handle_timers()
+    sent(link)
+    clock.advance(10.0)
+    link.handle_timers()
+    assert [type(e) for e in link.events()] == [Stale]
+    link.submit(data(1))  # something to send on the next connection
+    link.connected()
+    assert len(sent(link)) == 2  # the packet, and the heartbeat with its count
+    events = run_until_event(link, clock, reconnect=True)
+    assert any(isinstance(e, LinkFault) for e in events)
+    assert clock.mono - start <= 100
+
+
+def test_a_centre_slower_than_the_timeout_still_gets_its_late_confirm_counted() -> None:
+    link, clock = make_link(confirm_timeout_s=5.0)
+    packet = data(1)
+    link.submit(packet)
+    sent(link)
+    clock.advance(5.0)
+    link.handle_timers()
+    assert [type(e) for e in link.events()] == [Stale]
+    link.connected()
+    (frame,) = sent(link)
+    clock.advance(5.0)  # the centre takes 8 s: no reconnect again, a resend here
+    link.handle_timers()
+    assert link.up and [f.serial for f in sent(link)] == [frame.serial]
+    clock.advance(3.0)
+    assert answer(link, Command.CONFIRM, frame.serial) == [Confirmed(packet)]
+    assert link.counters.stale == 1

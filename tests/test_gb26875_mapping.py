@@ -8,6 +8,7 @@ from typing import Any
 from agent.buffer import StoredRow
 from agent.gb26875.adu import ComponentAddress, ComponentAnalog, ComponentState, UitdOperation
 from agent.gb26875.codec import GbTime
+from agent.gb26875.laststate import LatestStates
 from agent.gb26875.mapping import batches, carries, map_row
 from core.events import Category, Event, Kind, Lane, Reading, Severity, splice_seq
 from tests.uplink_helpers import IDENT, reading
@@ -56,13 +57,14 @@ def test_a_fire_alarm_is_a_priority_component_state_in_beijing_time() -> None:
     assert len(obj.encode()) == 46  # 40-byte object + 6-byte time
 
 
-def test_a_manual_alarm_is_priority_a_gas_alarm_and_a_restore_are_not() -> None:
-    manual = map_row(_row(_event(Category.MANUAL)))
-    gas = map_row(_row(_event(Category.GAS)))
+def test_life_safety_alarms_are_priority_a_restore_and_a_fault_are_not() -> None:
+    for category in (Category.MANUAL, Category.GAS, Category.ELECTRICAL, Category.FIRE):
+        mapped = map_row(_row(_event(category)))
+        assert mapped is not None and mapped.priority, category  # review S1: gas too
     restore = map_row(_row(_event(kind=Kind.RESTORE)))
-    assert manual is not None and manual.priority
-    assert gas is not None and not gas.priority
+    fault = map_row(_row(_event(Category.POWER, kind=Kind.FAULT)))
     assert restore is not None and not restore.priority
+    assert fault is not None and not fault.priority
 
 
 def test_analog_and_uitd_operation_objects() -> None:
@@ -109,12 +111,43 @@ def test_the_store_time_predicate_follows_the_contract() -> None:
 
 
 def test_packets_respect_the_object_limit_and_split_on_priority() -> None:
-    rows = [map_row(_row(_event(Category.GAS), seq)) for seq in range(1, 31)]
+    rows = [map_row(_row(_event(kind=Kind.RESTORE), seq)) for seq in range(1, 31)]
     fire = map_row(_row(_event(), 31))
-    more = map_row(_row(_event(Category.GAS), 32))
+    more = map_row(_row(_event(kind=Kind.RESTORE), 32))
     items = [m for m in [*rows, fire, more] if m is not None]
     out = batches(items)
     assert [len(b.rows) for b in out] == [22, 8, 1, 1]
     assert [b.priority for b in out] == [False, False, True, False]
     assert [r.seq for b in out for r in b.rows] == list(range(1, 33))  # order kept
     assert all(len(b.adu.encode()) <= 1024 for b in out)
+
+
+def _mapped(kind: Kind, seq: int, pos: int = 17) -> Any:
+    status = 0b11 if kind is Kind.ALARM else 0b1
+    event = _event(kind=kind, detail={"gb": {**GB_FIRE, "pos": pos, "status": status}})
+    mapped = map_row(_row(event, seq))
+    assert mapped is not None
+    return mapped
+
+
+def test_a_restore_older_than_a_sent_fire_is_followed_by_that_fire() -> None:
+    """agent/gb26875/laststate.py: review item 3 (fire, restore, fire on one detector)."""
+    latest = LatestStates()
+    first, restore, second = (_mapped(k, s) for k, s in ((Kind.ALARM, 1), (Kind.RESTORE, 2),
+                                                         (Kind.ALARM, 3)))  # fmt: skip
+    latest.remember([first, second])  # the fires went first, as priority packets
+    (batch,) = batches([restore])
+    assert latest.later_than(batch) == [second.obj]
+    other = _mapped(Kind.RESTORE, 4, pos=18)  # another detector's restore: nothing to add
+    assert latest.later_than(batches([other])[0]) == []
+    newer = _mapped(Kind.RESTORE, 5)  # a restore newer than the last fire: it is the last word
+    assert latest.later_than(batches([newer])[0]) == []
+
+
+def test_the_latest_states_are_bounded() -> None:
+    latest = LatestStates(limit=2)
+    fires = [_mapped(Kind.ALARM, 10 + pos, pos=pos) for pos in (1, 2, 3)]
+    latest.remember(fires)
+    restores = [_mapped(Kind.RESTORE, pos, pos=pos) for pos in (1, 2, 3)]
+    (batch,) = batches(restores)
+    assert latest.later_than(batch) == [fires[1].obj, fires[2].obj]  # the oldest forgotten

@@ -39,6 +39,7 @@ from agent.config import (
     config_digest,
     load_config,
 )
+from agent.config_checks import gb_unsent_inputs
 from agent.storage_check import check_storage
 from core.errors import BufferError_, ConfigError, ConfigProblem
 from core.events import topic_root
@@ -179,7 +180,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         problems = [ConfigProblem(args.file, key, reason) for key, reason in storage.problems]
         print_problems(args.file, problems, args.json)
         return EXIT_BAD_CONFIG
-    warnings = [{"key": key, "reason": reason} for key, reason in storage.warnings]
+    warnings = [
+        {"key": key, "reason": reason}
+        for key, reason in [*storage.warnings, *gb_unsent_inputs(config)]
+    ]
     if args.json:
         result = summary_json(config)
         result["warnings"] = warnings

@@ -18,6 +18,13 @@ What it does, per GB/T 26875.3 (choices and reasons in docs/gb26875.md, "Link be
   Failed(packet): after timeouts that is also a LinkFault, and the link stops sending until
   the owner reconnects and calls connected() again. Failed hands the packet back: the link
   never drops or retries it on its own after that, the owner decides;
+- a resend goes on a fresh connection when nothing at all came back on this one since the
+  packet was sent (a 4G NAT that forgot the flow swallows bytes without a reset): Stale, the
+  link goes down, and every packet in flight keeps its count of sends for the next
+  connection, so a fire alarm still reaches a live centre within one timeout plus a
+  reconnect, and "timeout, resends, then failure" still counts every send. Once per
+  silence: until bytes come back, later resends stay on the fresh connection (a centre
+  slower than the timeout still gets its late confirms counted);
 - priority packets (fire and manual alarms) go before every other queued packet, and are sent
   at once even while an ordinary packet waits for its confirm; ordinary packets go one at a
   time (stop-and-wait);
@@ -30,7 +37,8 @@ What it does, per GB/T 26875.3 (choices and reasons in docs/gb26875.md, "Link be
   RequestReceived events that the owner answers with respond(), confirm() or deny(). Frames
   that fail a check, unknown commands and ADUs that do not decode are denied here. A request
   repeated within 60 s (same serial, command and ADU) gets the same answer again and is not
-  raised twice: an initialise whose confirm was lost does not run twice.
+  raised twice: an initialise whose confirm was lost does not run twice. The memory is per
+  connection: a restarted centre numbers its requests from 1 again.
 
 It must never block, sleep, read the system clock or raise on what the centre sends.
 """
@@ -183,6 +191,14 @@ class LinkFault:
 
 
 @dataclass(frozen=True, slots=True)
+class Stale:
+    """A confirm is overdue and nothing came back on this connection since the packet was
+    sent: reconnect at once (no backoff), then call connected(); the resend goes there."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class LinkRestored:
     """The first confirm after a link fault."""
 
@@ -201,7 +217,7 @@ class Notice:
     text: str
 
 
-LinkEvent = Confirmed | Failed | LinkFault | LinkRestored | RequestReceived | Notice
+LinkEvent = Confirmed | Failed | LinkFault | Stale | LinkRestored | RequestReceived | Notice
 
 
 @dataclass(eq=False)
@@ -210,6 +226,7 @@ class _InFlight:
     serial: int
     sends: int = 0
     deadline: float = 0.0
+    sent_at: float = 0.0
 
 
 @dataclass
@@ -228,6 +245,7 @@ class LinkCounters:
     denied: int = 0
     failed: int = 0
     faults: int = 0
+    stale: int = 0  # fresh connections for a resend: nothing came back on the old one
     bad_frames: int = 0
     requests: int = 0
     answers: int = 0  # confirms and denies of an in-flight serial, heartbeats included
@@ -253,6 +271,13 @@ class Link:
         self._events: list[LinkEvent] = []
         self._stream = FrameStream()
         self._seen: dict[tuple[int, int, bytes], _Seen] = {}
+        self._last_rx = float("-inf")  # when bytes last came from the centre (monotonic)
+        self._carried: dict[Packet, int] = {}  # sends made on a connection found stale
+        self._carried_heartbeat = 0  # the same for a heartbeat in flight then
+        # a fresh connection was tried for a silence, and nothing has come back since: the
+        # centre may just be slower than the timeout, so resend on this one (its late
+        # confirm still counts) rather than reconnect for every send
+        self._tried_fresh = False
 
     # --- owner's side -------------------------------------------------------------------------
 
@@ -274,9 +299,14 @@ class Link:
     def connected(self) -> None:
         self._stream.reset()
         self._requeue_in_flight()
+        self._seen.clear()  # a new connection, maybe a restarted centre: serials start over
         self._up = True
+        self._last_rx = float("-inf")
         self._last_confirmed = self.clock.monotonic()
         self._pump()
+        if self._carried_heartbeat:  # beside whatever else goes: its count keeps the 100 s
+            self._send_heartbeat(self._carried_heartbeat)
+        self._carried_heartbeat = 0
 
     def disconnected(self) -> None:
         """The connection is gone: what was in flight goes back to the head of its queue."""
@@ -298,6 +328,9 @@ class Link:
     def receive(self, data: bytes) -> None:
         if not self._up:
             return  # bytes from a connection the link has given up on
+        if data:
+            self._last_rx = self.clock.monotonic()
+            self._tried_fresh = False
         for item in self._stream.feed(data):
             if isinstance(item, BadFrame):
                 self._on_bad_frame(item)
@@ -307,8 +340,11 @@ class Link:
 
     def handle_timers(self) -> None:
         now = self.clock.monotonic()
-        for entry in sorted(self._in_flight.values(), key=lambda e: e.deadline):
-            if self._up and entry.deadline <= now:
+        # a packet out of resends first: its failure is due, whatever a stale one beside it says
+        resends = self.settings.resends
+        due = [e for e in self._in_flight.values() if e.deadline <= now]
+        for entry in sorted(due, key=lambda e: (e.sends <= resends, e.deadline)):
+            if self._up and entry.serial in self._in_flight:
                 self._on_timeout(entry)
         if self._heartbeat_due(now):
             self._send_heartbeat()
@@ -360,14 +396,15 @@ class Link:
         packet = entry.packet
         self._outbox.append(self._frame(entry.serial, packet.command, packet.adu))
         entry.sends += 1
-        entry.deadline = self.clock.monotonic() + self.settings.confirm_timeout_s
+        entry.sent_at = self.clock.monotonic()
+        entry.deadline = entry.sent_at + self.settings.confirm_timeout_s
         if entry.sends > 1:
             self.counters.resent += 1
         else:
             self.counters.sent += 1
 
-    def _start(self, packet: Packet) -> None:
-        entry = _InFlight(packet, self._next_serial())
+    def _start(self, packet: Packet, sends: int = 0) -> None:
+        entry = _InFlight(packet, self._next_serial(), self._carried.pop(packet, sends))
         self._in_flight[entry.serial] = entry
         self._transmit(entry)
 
@@ -383,13 +420,13 @@ class Link:
         idle = not self._in_flight and not self._priority and not self._ordinary
         return self._up and idle and now >= self._last_confirmed + self.settings.heartbeat_s
 
-    def _send_heartbeat(self) -> None:
+    def _send_heartbeat(self, sends: int = 0) -> None:
         adu = b""
         if self.settings.heartbeat == "state":
             label = GbTime.from_epoch(self.clock.time(), self.settings.utc_offset_s)
             adu = Adu.of(UitdState(self.uitd_status & 0xFF, label)).encode()
         self._heartbeat = Packet(adu)
-        self._start(self._heartbeat)
+        self._start(self._heartbeat, sends)
 
     def _requeue_in_flight(self) -> None:
         """Back to the head of their queues, in the order they were first sent."""
@@ -405,7 +442,10 @@ class Link:
 
     def _on_timeout(self, entry: _InFlight) -> None:
         if entry.sends <= self.settings.resends:
-            self._transmit(entry)
+            if self._last_rx < entry.sent_at and not self._tried_fresh:
+                self._stale(entry)
+            else:
+                self._transmit(entry)
             return
         del self._in_flight[entry.serial]
         what = "heartbeat" if entry.packet is self._heartbeat else "packet"
@@ -413,6 +453,24 @@ class Link:
             self.counters.failed += 1
             self._events.append(Failed(entry.packet, "timeout"))
         self._fault(f"no confirm for {what} #{entry.serial} after {entry.sends} sends")
+
+    def _stale(self, entry: _InFlight) -> None:
+        """Resending into a connection that has said nothing since is resending into a
+        void: go down keeping every in-flight packet's count of sends for the next one."""
+        for other in self._in_flight.values():
+            if other.packet is self._heartbeat:
+                self._carried_heartbeat = other.sends
+            else:
+                self._carried[other.packet] = other.sends
+        self.counters.stale += 1
+        self._tried_fresh = True
+        self._events.append(
+            Stale(
+                f"no confirm for #{entry.serial} and nothing from the centre in"
+                f" {self.settings.confirm_timeout_s:g} s: resending on a fresh connection"
+            )
+        )
+        self.disconnected()
 
     def _fault(self, reason: str) -> None:
         self.counters.faults += 1

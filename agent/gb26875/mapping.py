@@ -39,14 +39,17 @@ from agent.gb26875.adu import (
     pack,
 )
 from agent.gb26875.codec import BEIJING_UTC_OFFSET_S, CodecError, GbTime
-from core.events import Category, Event, Kind, Reading, Record
+from core.events import LIFE_SAFETY, Event, Kind, Reading, Record
 
 # A reading's static coordinates: GbPoints.analog(reading) -> the contract's tf 3 dict or None.
 AnalogLookup = Callable[[Reading], "dict[str, Any] | None"]
 
-# Fire and manual alarms go before every other packet (GB 26875.1); the other life-safety
-# alarms (gas, electrical fire) already lead the buffer's delivery order.
-PRIORITY_CATEGORIES: Final = frozenset({Category.FIRE.value, Category.MANUAL.value})
+# Fire and manual alarms go before every other packet (GB 26875.1 names them). Gas and
+# electrical-fire alarms go as priority packets too: in a care home they are as urgent, and
+# as ordinary packets they waited behind up to MAX_QUEUED stop-and-wait packets (4 x 5 s with
+# lost confirms ahead: past the 10 s promise). Priority packets are sent at once, beside one
+# another, so a fire never waits for them; they lead the buffer's delivery order already.
+PRIORITY_CATEGORIES: Final = frozenset(c.value for c in LIFE_SAFETY)
 
 
 def carries(record: Record, analogs: AnalogLookup | None = None) -> bool:

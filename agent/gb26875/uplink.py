@@ -45,8 +45,10 @@ from agent.faults import Faults
 from agent.gb26875.adu import (
     Adu,
     UitdState,
+    pack,
 )
 from agent.gb26875.codec import GbTime
+from agent.gb26875.laststate import LatestStates
 from agent.gb26875.link import (
     REAL_CLOCK,
     Confirmed,
@@ -59,6 +61,7 @@ from agent.gb26875.link import (
     Notice,
     Packet,
     RequestReceived,
+    Stale,
 )
 from agent.gb26875.mapping import AnalogLookup, Batch, Mapped, batches, map_row
 from agent.gb26875.requests import (
@@ -105,6 +108,7 @@ class GbCounters:
     drop_announcements: int = 0  # the buffer's drop announcements this reader was given
     connects: int = 0
     link_faults: int = 0
+    restated: int = 0  # later states sent again after a stale one (_restate)
 
 
 class GbUplink:
@@ -155,10 +159,14 @@ class GbUplink:
         self._wake_w.setblocking(False)
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
-        self._faulted = False  # a link fault is out (event raised, UITD bit 5)
+        self._faulted = False  # a link fault is out on the feed, not yet restored
+        self._link_fault_bit = False  # UITD bit 5: set until the centre confirmed a state with it
+        self._state: Packet | None = None  # the running state queued for the centre, if any
+        self._reconnect_now = False  # the link found the connection stale: no backoff
         self._down_since = clock.monotonic()
         self._last_error: str | None = None
         self._queued = 0  # link.queued as the thread last saw it (stats() runs elsewhere)
+        self._latest = LatestStates()  # per component, the latest priority state sent
         self.alive = time.monotonic()
 
     # --- the UplinkPart surface ---------------------------------------------------------------
@@ -222,6 +230,9 @@ class GbUplink:
             self._check_down()
             if self._stop.is_set():
                 break
+            if self._reconnect_now:  # a resend waits for the fresh connection
+                self._reconnect_now = False
+                continue
             self._idle(self._backoff.next_delay(start_over=useful))
 
     def _idle(self, seconds: float) -> None:
@@ -267,9 +278,9 @@ class GbUplink:
         confirmed_before = self.link.counters.confirmed
         sock.settimeout(self.cfg.confirm_timeout_s)  # a send that blocks this long: gone
         self.link.uitd_status = self._uitd_status()
+        if self._link_fault_bit:  # tell the centre first what its link went through
+            self._submit_state(first=True)
         self.link.connected()
-        if self._faulted:  # tell the centre what its link went through, then clear the bit
-            self._submit_state()
         log.info("gb26875: connected to %s:%s", self.cfg.host, self.cfg.port)
         try:
             while not self._stop.is_set() and self.link.up:
@@ -354,13 +365,31 @@ class GbUplink:
                     mapped.append(item)
                 self._cursor.passed(row)
             self._set_aside(aside)
+            self._latest.remember(mapped)
             for batch in batches(mapped):
                 self.link.submit(Packet(batch.adu.encode(), batch.priority, batch))
             self._queued = self.link.queued
             if full or len(rows) < READ_ROWS:
                 return
 
+    def _restate(self, batch: Batch) -> None:
+        """A stale state confirmed after a later priority state of its component: that
+        state goes again (agent/gb26875/laststate.py), a priority packet acking no row."""
+        for adu in pack(self._latest.later_than(batch)):
+            self.counters.restated += len(adu.objects)
+            self.link.submit(Packet(adu.encode(), True, Batch(adu, (), priority=True)))
+
     def _set_aside(self, rows: list[StoredRow]) -> None:
+        alarms = [r for r in rows if r.life_safety]
+        if alarms:  # an alarm the centre should have had: never only a counter
+            lanes = sorted({r.lane.value for r in alarms})
+            seqs = [r.seq for r in alarms]
+            text = self._texts(
+                Msg.GB_UNMAPPED, lane="/".join(lanes), seqs=", ".join(map(str, seqs[:20]))
+            )
+            log.error("gb26875: %s", text)
+            detail = {"uplink": "gb26875", "lanes": lanes, "seqs": seqs}
+            self._announce(Kind.FAULT, Severity.MAJOR, Msg.GB_UNMAPPED.value, text, detail)
         for row in rows:
             if b'"buffer":"drops"' in row.payload:
                 self.counters.drop_announcements += 1
@@ -386,6 +415,10 @@ class GbUplink:
                 self._failed(event)
             elif isinstance(event, LinkFault):
                 self._link_fault(event.reason)
+            elif isinstance(event, Stale):
+                self._last_error = event.reason
+                self._reconnect_now = True
+                log.warning("gb26875: %s", event.reason)
             elif isinstance(event, LinkRestored):
                 self._link_works()
             elif isinstance(event, RequestReceived):
@@ -400,9 +433,13 @@ class GbUplink:
             self.counters.packets_confirmed += 1
             self.counters.rows_confirmed += len(batch.rows)
             self._ack(batch.rows)
-        elif packet.tag == "state" and self._faulted:
-            self._faulted = False  # the centre has the state with bit 5: clear it
-            self.link.uitd_status = self._uitd_status()
+            if not batch.priority:
+                self._restate(batch)
+        elif packet is self._state:
+            self._state = None
+            if self._link_fault_bit and not self._faulted:
+                self._link_fault_bit = False  # the centre has the state with bit 5: clear it
+                self.link.uitd_status = self._uitd_status()
 
     def _failed(self, event: Failed) -> None:
         batch = event.packet.tag
@@ -410,15 +447,24 @@ class GbUplink:
             # the connection is being dropped: the packet goes again first on the next one
             self.link.resubmit(event.packet)
             return
+        if event.packet is self._state:
+            self._state = None  # denied: the next reconnect or heartbeat says it again
         if not isinstance(batch, Batch):
             return
-        self.counters.denied_rows += len(batch.rows)
-        self._ack(batch.rows)
-        seqs = ", ".join(str(r.seq) for r in batch.rows[:20])
-        lane = batch.rows[0].lane.value
+        rows = batch.rows
+        if not rows:
+            return  # a restated state (_restate): nothing of the buffer's to set aside
+        self.counters.denied_rows += len(rows)
+        self._ack(rows)
+        seqs = ", ".join(str(r.seq) for r in rows[:20])
+        lane = "/".join(sorted({r.lane.value for r in rows}))  # a packet may carry both
         text = self._texts(Msg.GB_DENIED, lane=lane, seqs=seqs, sends=self.cfg.resends + 1)
         log.error("gb26875: %s", text)
-        detail = {"uplink": "gb26875", "lane": lane, "seqs": [r.seq for r in batch.rows]}
+        by_lane: dict[str, list[int]] = {}
+        for r in rows:
+            by_lane.setdefault(r.lane.value, []).append(r.seq)
+        detail = {"uplink": "gb26875", "lane": lane, "seqs": [r.seq for r in rows],
+                  "by_lane": by_lane}  # fmt: skip
         self._announce(Kind.FAULT, Severity.MAJOR, "gb_denied", text, detail)
 
     def _link_fault(self, reason: str) -> None:
@@ -430,12 +476,16 @@ class GbUplink:
     def _raise_fault(self, reason: str) -> None:
         if not self._faulted:
             self._faulted = True
+            self._link_fault_bit = True
             self.link.uitd_status = self._uitd_status()
         if self._faults is not None:
             self._faults.link_failed(FAULT_CAUSE, reason)
 
     def _link_works(self) -> None:
+        """The restore on the feed; a next outage is a new fault (bit 5 stays until the
+        centre confirmed the state that carries it)."""
         self._down_since = self._clock.monotonic()
+        self._faulted = False
         if self._faults is not None:
             self._faults.worked(FAULT_CAUSE)
 
@@ -452,7 +502,7 @@ class GbUplink:
 
     def _uitd_status(self) -> int:
         status = int(UitdStatus.NORMAL)
-        if self._faulted:
+        if self._link_fault_bit:
             status |= int(UitdStatus.LINK_FAULT)
         return status
 
@@ -462,8 +512,13 @@ class GbUplink:
     def _running_state(self) -> Adu:
         return Adu.of(UitdState(self._uitd_status() & 0xFF, self._now_label()))
 
-    def _submit_state(self) -> None:
-        self.link.submit(Packet(self._running_state().encode(), tag="state"))
+    def _submit_state(self, first: bool = False) -> None:
+        """Queue the running state; `first`: ahead of the ordinary packets (after a link
+        fault). One at a time: a state already queued is not queued again."""
+        if self._state is not None and first:
+            return  # already queued (a reconnect after another reconnect): it goes as it is
+        self._state = Packet(self._running_state().encode(), tag="state")
+        (self.link.resubmit if first else self.link.submit)(self._state)
 
     def _announce(
         self, kind: Kind, severity: Severity, state: str, text: str, detail: dict[str, Any]
