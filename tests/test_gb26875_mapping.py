@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Iterator
 from typing import Any
 
 from agent.buffer import StoredRow
@@ -137,11 +139,11 @@ def test_a_restore_older_than_a_sent_fire_is_followed_by_that_fire() -> None:
                                                          (Kind.ALARM, 3)))  # fmt: skip
     latest.remember([first, second])  # the fires went first, as priority packets
     (batch,) = batches([restore])
-    assert latest.later_than(batch) == [second.obj]
+    assert list(latest.later_than(batch).values()) == [second.obj]
     other = _mapped(Kind.RESTORE, 4, pos=18)  # another detector's restore: nothing to add
-    assert latest.later_than(batches([other])[0]) == []
+    assert list(latest.later_than(batches([other])[0]).values()) == []
     newer = _mapped(Kind.RESTORE, 5)  # a restore newer than the last fire: it is the last word
-    assert latest.later_than(batches([newer])[0]) == []
+    assert list(latest.later_than(batches([newer])[0]).values()) == []
 
 
 def test_the_latest_states_are_bounded() -> None:
@@ -150,4 +152,38 @@ def test_the_latest_states_are_bounded() -> None:
     latest.remember(fires)
     restores = [_mapped(Kind.RESTORE, pos, pos=pos) for pos in (1, 2, 3)]
     (batch,) = batches(restores)
-    assert latest.later_than(batch) == [fires[1].obj, fires[2].obj]  # the oldest forgotten
+    assert list(latest.later_than(batch).values()) == [
+        fires[1].obj,
+        fires[2].obj,
+    ]  # the oldest forgotten
+
+
+def _splits(items: list[Any]) -> Iterator[list[list[Any]]]:
+    """Every way of cutting `items` into consecutive non-empty runs."""
+    if not items:
+        yield []
+        return
+    for n in range(1, len(items) + 1):
+        for rest in _splits(items[n:]):
+            yield [items[:n], *rest]
+
+
+def test_the_centre_ends_with_each_components_latest_state_in_every_batching() -> None:
+    """Review C item 5: fire/restore sequences of length 2..6 on one detector while the
+    centre is away. The fires go first as priority packets, the restores in any cut into
+    ordinary packets, each followed by what later_than restates: the centre's last word is
+    the detector's latest state (main restated a fire after fire, restore, fire, restore)."""
+    for length in range(2, 7):
+        for kinds in itertools.product((Kind.ALARM, Kind.RESTORE), repeat=length):
+            rows = [_mapped(kind, seq) for seq, kind in enumerate(kinds, start=1)]
+            fires = [m for m in rows if m.priority]
+            restores = [m for m in rows if not m.priority]
+            for cut in _splits(restores):
+                latest = LatestStates()
+                latest.remember(fires)
+                centre = [m.obj for m in fires]
+                for run in cut:
+                    for batch in batches(run):
+                        centre += batch.adu.objects
+                        centre += latest.later_than(batch).values()
+                assert centre[-1] == rows[-1].obj, (kinds, [len(r) for r in cut])

@@ -15,8 +15,11 @@ do I/O or raise on what it is given.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
 
+from agent.buffer import StoredRow
 from agent.gb26875.adu import AduObject, ComponentState
 from agent.gb26875.mapping import Batch, Mapped
 from core.events import Lane
@@ -46,15 +49,118 @@ class LatestStates:
                 if len(self._sent) > self._limit:
                     del self._sent[next(iter(self._sent))]
 
-    def later_than(self, batch: Batch) -> list[AduObject]:
-        """The later priority states of the components whose older state `batch` carried."""
-        later: dict[ComponentKey, AduObject] = {}
+    def later_than(self, batch: Batch) -> dict[ComponentKey, AduObject]:
+        """The later priority states, per component, of the components whose older state
+        `batch` carried. A component's newest row in the batch is the one that counts: a
+        restore after the sent fire in the same batch is the last word itself."""
+        newest: dict[ComponentKey, StoredRow] = {}
         for row, obj in zip(batch.rows, batch.adu.objects, strict=False):
             key = component_key(obj)
-            known = self._sent.get(key) if key is not None else None
-            if key and known and known[0] is row.lane and known[1] > row.seq:
+            if key is not None and (key not in newest or newest[key].seq < row.seq):
+                newest[key] = row
+        later: dict[ComponentKey, AduObject] = {}
+        for key, row in newest.items():
+            known = self._sent.get(key)
+            if known and known[0] is row.lane and known[1] > row.seq:
                 later[key] = known[2]
-        return list(later.values())
+        return later
+
+
+@dataclass
+class _Hold:
+    row: StoredRow
+    key: ComponentKey
+    confirmed: bool = False  # the centre confirmed the priority packet that carried it
+    older_read: bool = False  # every row stored before it has been read (and mapped)
+
+
+class HeldAlarms:
+    """Priority rows the centre confirmed but the buffer is not told of yet (the durable
+    half of the last word). A fire overtakes an older restore of its detector; were the
+    fire acked at its confirm, a restart before the restore's confirm would leave only the
+    restore for the centre (its last word NORMAL while the detector is in alarm: the
+    LatestStates above are memory only). So a priority row is acked only once every older
+    row of its component is confirmed and any restate of it is too: after a restart it is
+    read again, goes again, and the restore that follows it is restated over.
+
+    `read` what _fill mapped, `caught_up` when a fill read all there was, `passed` with the
+    cursor, `confirmed`/`done` at confirms, `restating`/`restated` around a restate packet;
+    `releasable` pops the rows to ack. Memory bounded by the rows read and not acked."""
+
+    def __init__(self) -> None:
+        self._holds: dict[tuple[Lane, int], _Hold] = {}
+        self._unconfirmed: dict[ComponentKey, set[tuple[Lane, int]]] = {}  # ordinary, in flight
+        self._restating: dict[ComponentKey, int] = {}  # restate packets in flight
+
+    def __len__(self) -> int:
+        return len(self._holds)
+
+    def read(self, mapped: list[Mapped]) -> None:
+        for item in mapped:
+            key = component_key(item.obj)
+            if key is None:
+                continue
+            if item.priority:
+                self._holds[(item.row.lane, item.row.seq)] = _Hold(item.row, key)
+            else:
+                self._unconfirmed.setdefault(key, set()).add((item.row.lane, item.row.seq))
+
+    def caught_up(self) -> None:
+        """A fill read everything stored: no older row of any held alarm is left unread."""
+        for hold in self._holds.values():
+            hold.older_read = True
+
+    def passed(self, after: dict[str, int]) -> None:
+        """The cursor's place per stream: the ordinary rows of a lane before it are read."""
+        for (lane, seq), hold in self._holds.items():
+            if after.get(lane.value, 0) > seq:
+                hold.older_read = True
+
+    def confirmed(self, rows: tuple[StoredRow, ...]) -> list[StoredRow]:
+        """A priority packet confirmed: its rows that are not held (ack them now)."""
+        free = []
+        for row in rows:
+            hold = self._holds.get((row.lane, row.seq))
+            if hold is None:
+                free.append(row)
+            else:
+                hold.confirmed = True
+        return free
+
+    def done(self, rows: Sequence[StoredRow], objects: Sequence[AduObject]) -> None:
+        """Ordinary rows confirmed or set aside: no longer older rows in flight."""
+        for row, obj in zip(rows, objects, strict=False):
+            key = component_key(obj)
+            seqs = self._unconfirmed.get(key) if key is not None else None
+            if seqs is not None and key is not None:
+                seqs.discard((row.lane, row.seq))
+                if not seqs:
+                    del self._unconfirmed[key]
+
+    def forget(self, rows: tuple[StoredRow, ...]) -> None:
+        """Priority rows set aside (denied): no longer held."""
+        for row in rows:
+            self._holds.pop((row.lane, row.seq), None)
+
+    def restating(self, keys: set[ComponentKey], step: int) -> None:
+        for key in keys:
+            left = self._restating.get(key, 0) + step
+            if left > 0:
+                self._restating[key] = left
+            else:
+                self._restating.pop(key, None)
+
+    def releasable(self) -> list[StoredRow]:
+        out = []
+        for at, hold in list(self._holds.items()):
+            if not (hold.confirmed and hold.older_read) or self._restating.get(hold.key):
+                continue
+            older = self._unconfirmed.get(hold.key, ())
+            if any(lane is hold.row.lane and seq < hold.row.seq for lane, seq in older):
+                continue
+            del self._holds[at]
+            out.append(hold.row)
+        return out
 
 
 def component_key(obj: AduObject) -> ComponentKey | None:

@@ -48,7 +48,7 @@ from agent.gb26875.adu import (
     pack,
 )
 from agent.gb26875.codec import GbTime
-from agent.gb26875.laststate import LatestStates
+from agent.gb26875.laststate import ComponentKey, HeldAlarms, LatestStates
 from agent.gb26875.link import (
     REAL_CLOCK,
     Confirmed,
@@ -109,6 +109,16 @@ class GbCounters:
     connects: int = 0
     link_faults: int = 0
     restated: int = 0  # later states sent again after a stale one (_restate)
+    alarms_confirmed: int = 0  # rows of priority packets the centre confirmed
+    alarms_held: int = 0  # of them, acked only after their component's older rows (HeldAlarms)
+
+
+@dataclass(frozen=True)
+class Restated:
+    """A restate packet's tag: the states sent again, for the components `keys`."""
+
+    adu: Adu
+    keys: frozenset[ComponentKey]
 
 
 class GbUplink:
@@ -167,6 +177,7 @@ class GbUplink:
         self._last_error: str | None = None
         self._queued = 0  # link.queued as the thread last saw it (stats() runs elsewhere)
         self._latest = LatestStates()  # per component, the latest priority state sent
+        self._held = HeldAlarms()  # confirmed priority rows acked only after older ones
         self.alive = time.monotonic()
 
     # --- the UplinkPart surface ---------------------------------------------------------------
@@ -350,6 +361,8 @@ class GbUplink:
         while True:
             rows = self.buffer.next_rows(self._cursor, READ_ROWS)
             if not rows:
+                self._held.caught_up()
+                self._release()
                 return
             mapped: list[Mapped] = []
             aside: list[StoredRow] = []
@@ -366,18 +379,36 @@ class GbUplink:
                 self._cursor.passed(row)
             self._set_aside(aside)
             self._latest.remember(mapped)
+            self._held.read(mapped)
             for batch in batches(mapped):
                 self.link.submit(Packet(batch.adu.encode(), batch.priority, batch))
             self._queued = self.link.queued
             if full or len(rows) < READ_ROWS:
+                if not full:
+                    self._held.caught_up()
+                self._held.passed(self._cursor.after)
+                self._release()
                 return
 
     def _restate(self, batch: Batch) -> None:
         """A stale state confirmed after a later priority state of its component: that
         state goes again (agent/gb26875/laststate.py), a priority packet acking no row."""
-        for adu in pack(self._latest.later_than(batch)):
-            self.counters.restated += len(adu.objects)
-            self.link.submit(Packet(adu.encode(), True, Batch(adu, (), priority=True)))
+        later = self._latest.later_than(batch)
+        keys = list(later)
+        at = 0
+        for adu in pack(later.values()):
+            n = len(adu.objects)
+            tag = Restated(adu, frozenset(keys[at : at + n]))
+            at += n
+            self.counters.restated += n
+            self._held.restating(set(tag.keys), +1)  # its alarm rows wait for this confirm
+            self.link.submit(Packet(adu.encode(), True, tag))
+
+    def _release(self) -> None:
+        """Ack the held alarm rows whose component's older rows are all confirmed."""
+        rows = self._held.releasable()
+        if rows:
+            self._ack(rows)
 
     def _set_aside(self, rows: list[StoredRow]) -> None:
         alarms = [r for r in rows if r.life_safety]
@@ -432,9 +463,20 @@ class GbUplink:
         if isinstance(batch, Batch):
             self.counters.packets_confirmed += 1
             self.counters.rows_confirmed += len(batch.rows)
-            self._ack(batch.rows)
-            if not batch.priority:
+            if batch.priority:
+                free = self._held.confirmed(batch.rows)
+                self.counters.alarms_confirmed += len(batch.rows)
+                self.counters.alarms_held += len(batch.rows) - len(free)
+                self._ack(free)
+            else:
+                self._ack(batch.rows)
+                self._held.done(batch.rows, batch.adu.objects)
                 self._restate(batch)
+            self._held.passed(self._cursor.after)
+            self._release()
+        elif isinstance(batch, Restated):
+            self._held.restating(set(batch.keys), -1)
+            self._release()
         elif packet is self._state:
             self._state = None
             if self._link_fault_bit and not self._faulted:
@@ -449,13 +491,20 @@ class GbUplink:
             return
         if event.packet is self._state:
             self._state = None  # denied: the next reconnect or heartbeat says it again
+        if isinstance(batch, Restated):  # a state sent again: nothing of the buffer's
+            self._held.restating(set(batch.keys), -1)
+            self._release()
+            return
         if not isinstance(batch, Batch):
             return
         rows = batch.rows
-        if not rows:
-            return  # a restated state (_restate): nothing of the buffer's to set aside
         self.counters.denied_rows += len(rows)
         self._ack(rows)
+        if batch.priority:
+            self._held.forget(rows)
+        else:
+            self._held.done(rows, batch.adu.objects)
+            self._release()
         seqs = ", ".join(str(r.seq) for r in rows[:20])
         lane = "/".join(sorted({r.lane.value for r in rows}))  # a packet may carry both
         text = self._texts(Msg.GB_DENIED, lane=lane, seqs=seqs, sends=self.cfg.resends + 1)
