@@ -382,6 +382,34 @@ def test_a_restore_queued_when_the_second_fire_overtakes_it_is_followed_by_the_f
     assert statuses[-1] == 0b11, f"the centre is left with {statuses}"
 
 
+def test_after_a_restart_the_centre_still_ends_with_the_fire_that_overtook_a_restore(
+    rig: Rig,
+) -> None:
+    """Review C item 1: fire, backlog, restore, fire. The second fire overtakes the restore
+    and is confirmed; the uplink restarts before the restore is (the restart forgets what
+    went as priority). The fire must still reach the centre after that restore: it is acked
+    to the buffer only once the older rows of its detector are confirmed."""
+    rig.centre.set_mode("delay", delay_s=0.2)  # the backlog drains slowly: the restore waits
+    rig.store(gb_event(5))
+    rig.store(*[gb_event(100 + n, Kind.FAULT, Category.POWER) for n in range(100)])
+    rig.store(gb_event(5, Kind.RESTORE))
+    rig.store(gb_event(5))
+    assert wait_until(lambda: rig.uplink.counters.alarms_confirmed >= 2)
+    rig.uplink.stop()
+    assert 0b1 not in _statuses(rig.centre, 5), "the restore went before the restart"
+    rig.centre.set_mode("confirm")
+    again = GbUplink(settings(rig.centre.port), rig.buffer, texts=Texts("en"))
+    rig.buffer.on_stored = again.wake
+    again.start()
+    try:
+        assert wait_until(lambda: rig.gb_depth() == 0, timeout=30)
+        statuses = _statuses(rig.centre, 5)
+        assert 0b1 in statuses
+        assert statuses[-1] == 0b11, f"the centre is left with {statuses}"
+    finally:
+        again.stop()
+
+
 def _statuses(centre: Centre, pos: int) -> list[int]:
     return [
         obj["status"]
