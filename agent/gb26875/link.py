@@ -227,6 +227,7 @@ class _InFlight:
     sends: int = 0
     deadline: float = 0.0
     sent_at: float = 0.0
+    first_at: float = -1.0  # its first send on this connection
 
 
 @dataclass
@@ -272,8 +273,13 @@ class Link:
         self._stream = FrameStream()
         self._seen: dict[tuple[int, int, bytes], _Seen] = {}
         self._last_rx = float("-inf")  # when bytes last came from the centre (monotonic)
-        self._carried: dict[Packet, int] = {}  # sends made on a connection found stale
-        self._carried_heartbeat = 0  # the same for a heartbeat in flight then
+        # sends made on a connection found stale, and the serial: a resend keeps its serial
+        # on the fresh connection too (GB/T 26875.3), so the centre can tell it is one packet
+        self._carried: dict[Packet, tuple[int, int]] = {}
+        self._carried_heartbeat = 0  # the sends of a heartbeat in flight then
+        # the centre's last answer came later than the timeout: a live centre that is slow,
+        # so the next silence gets one resend on this connection before a fresh one
+        self._late = False
         # a fresh connection was tried for a silence, and nothing has come back since: the
         # centre may just be slower than the timeout, so resend on this one (its late
         # confirm still counts) rather than reconnect for every send
@@ -397,6 +403,8 @@ class Link:
         self._outbox.append(self._frame(entry.serial, packet.command, packet.adu))
         entry.sends += 1
         entry.sent_at = self.clock.monotonic()
+        if entry.first_at < 0:
+            entry.first_at = entry.sent_at
         entry.deadline = entry.sent_at + self.settings.confirm_timeout_s
         if entry.sends > 1:
             self.counters.resent += 1
@@ -404,7 +412,10 @@ class Link:
             self.counters.sent += 1
 
     def _start(self, packet: Packet, sends: int = 0) -> None:
-        entry = _InFlight(packet, self._next_serial(), self._carried.pop(packet, sends))
+        sends, serial = self._carried.pop(packet, (sends, 0))
+        if not serial or serial in self._in_flight:
+            serial = self._next_serial()
+        entry = _InFlight(packet, serial, sends)
         self._in_flight[entry.serial] = entry
         self._transmit(entry)
 
@@ -442,9 +453,10 @@ class Link:
 
     def _on_timeout(self, entry: _InFlight) -> None:
         if entry.sends <= self.settings.resends:
-            if self._last_rx < entry.sent_at and not self._tried_fresh:
+            if self._last_rx < entry.sent_at and not self._tried_fresh and not self._late:
                 self._stale(entry)
             else:
+                self._late = False  # one resend's grace for a slow centre, not two
                 self._transmit(entry)
             return
         del self._in_flight[entry.serial]
@@ -461,7 +473,7 @@ class Link:
             if other.packet is self._heartbeat:
                 self._carried_heartbeat = other.sends
             else:
-                self._carried[other.packet] = other.sends
+                self._carried[other.packet] = (other.sends, other.serial)
         self.counters.stale += 1
         self._tried_fresh = True
         self._events.append(
@@ -486,6 +498,7 @@ class Link:
             )
             return
         self._last_confirmed = self.clock.monotonic()
+        self._late = self._last_confirmed - entry.first_at > self.settings.confirm_timeout_s
         self.counters.answers += 1
         if self._faulted:
             self._faulted = False
