@@ -280,6 +280,11 @@ class Link:
         # the centre's last answer came later than the timeout: a live centre that is slow,
         # so the next silence gets one resend on this connection before a fresh one
         self._late = False
+        # the centre's last answer (or the connection that started waiting for one): a dead
+        # link is a fault by this + fault_detection_s, fresh connections for silences and
+        # the time they took to connect included (GB 26875.1: within 100 s)
+        self._heard = 0.0
+        self._freshening = False  # down for a fresh connection (Stale): _heard carries over
         # a fresh connection was tried for a silence, and nothing has come back since: the
         # centre may just be slower than the timeout, so resend on this one (its late
         # confirm still counts) rather than reconnect for every send
@@ -308,6 +313,10 @@ class Link:
         self._seen.clear()  # a new connection, maybe a restarted centre: serials start over
         self._up = True
         self._last_rx = float("-inf")
+        if not self._freshening:  # a new connection after a fault or a loss: a new wait
+            self._heard = self.clock.monotonic()
+            self._tried_fresh = False
+        self._freshening = False
         self._last_confirmed = self.clock.monotonic()
         self._pump()
         if self._carried_heartbeat:  # beside whatever else goes: its count keeps the 100 s
@@ -405,7 +414,7 @@ class Link:
         entry.sent_at = self.clock.monotonic()
         if entry.first_at < 0:
             entry.first_at = entry.sent_at
-        entry.deadline = entry.sent_at + self.settings.confirm_timeout_s
+        entry.deadline = min(entry.sent_at + self.settings.confirm_timeout_s, self._fault_by)
         if entry.sends > 1:
             self.counters.resent += 1
         else:
@@ -451,8 +460,12 @@ class Link:
 
     # --- answers to our packets ---------------------------------------------------------------
 
+    @property
+    def _fault_by(self) -> float:
+        return self._heard + self.settings.fault_detection_s
+
     def _on_timeout(self, entry: _InFlight) -> None:
-        if entry.sends <= self.settings.resends:
+        if entry.sends <= self.settings.resends and self.clock.monotonic() < self._fault_by:
             if self._last_rx < entry.sent_at and not self._tried_fresh and not self._late:
                 self._stale(entry)
             else:
@@ -464,7 +477,10 @@ class Link:
         if entry.packet is not self._heartbeat:
             self.counters.failed += 1
             self._events.append(Failed(entry.packet, "timeout"))
-        self._fault(f"no confirm for {what} #{entry.serial} after {entry.sends} sends")
+        self._fault(
+            f"no confirm for {what} #{entry.serial} after {entry.sends} sends"
+            f" ({self.clock.monotonic() - self._heard:g} s since the centre last answered)"
+        )
 
     def _stale(self, entry: _InFlight) -> None:
         """Resending into a connection that has said nothing since is resending into a
@@ -476,6 +492,7 @@ class Link:
                 self._carried[other.packet] = (other.sends, other.serial)
         self.counters.stale += 1
         self._tried_fresh = True
+        self._freshening = True
         self._events.append(
             Stale(
                 f"no confirm for #{entry.serial} and nothing from the centre in"
@@ -497,7 +514,7 @@ class Link:
                 "unmatched", f"{command_name(frame.command)} #{frame.serial} matches nothing"
             )
             return
-        self._last_confirmed = self.clock.monotonic()
+        self._last_confirmed = self._heard = self.clock.monotonic()
         self._late = self._last_confirmed - entry.first_at > self.settings.confirm_timeout_s
         self.counters.answers += 1
         if self._faulted:
