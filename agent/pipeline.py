@@ -28,9 +28,9 @@ from typing import Final, Protocol
 from agent.buffer import EventBuffer, GroupRefused, StoredRecords
 from agent.fanout import EventFanout
 from agent.faults import Faults
-from agent.texts import CHINESE, Texts
-from agent.undertest import PointsUnderTest
-from core.events import Event, Identity, Record
+from agent.texts import CHINESE, Msg, Texts
+from agent.undertest import LEASE_S, PointsUnderTest
+from core.events import Event, Identity, Kind, Record, Severity, system_event
 
 log = logging.getLogger("alarmgw")
 
@@ -71,7 +71,7 @@ class Pipeline:
         self._rules_lock = threading.Lock()
         self._early_events: list[Event] = []
         # the self-check's point under test: its events are tests (agent/undertest.py)
-        self.under_test = PointsUnderTest()
+        self.under_test = PointsUnderTest(announce=self._under_test_changed)
 
     # --- wiring ---------------------------------------------------------------------
 
@@ -88,6 +88,22 @@ class Pipeline:
             early, self._early_events = self._early_events, []
         for event in early:
             self._to_rules(event)
+
+    def _under_test_changed(self, key: tuple[str, str], testing: bool, why: str) -> None:
+        """A point under test starts or ends: said on the feed, so that a platform knows
+        why that point's events are tests (and when they are real again)."""
+        device, point = key
+        if testing:
+            state, msg = "point_under_test", Msg.POINT_UNDER_TEST
+        else:
+            state, msg = "point_test_ended", Msg.POINT_TEST_ENDED
+        text = self.texts(msg, device=device, point=point, why=why)
+        self.emit(system_event(
+            Kind.SYSTEM, Severity.INFO, state, text, point="selfcheck",
+            clock_synced=self.clock_synced(),
+            detail={"device": device, "point": point, "why": why} if why else
+            {"device": device, "point": point, "lease_s": LEASE_S},
+        ))  # fmt: skip
 
     # --- the path -------------------------------------------------------------------
 

@@ -64,6 +64,8 @@ class Msg(enum.StrEnum):
     SELFTEST_ITEM_RESTORED = "selftest_item_restored"
     SIMULATED_FIRES_DUE = "simulated_fires_due"
     SELFCHECK_REPORT = "selfcheck_report"
+    POINT_UNDER_TEST = "point_under_test"
+    POINT_TEST_ENDED = "point_test_ended"
     # delivery: the uplink and the buffer
     SET_ASIDE = "set_aside"
     BUFFER_DEGRADED = "buffer_degraded"
@@ -127,6 +129,8 @@ ZH: Final[Mapping[Msg, str]] = {
     Msg.SELFCHECK_REPORT: (
         "月度自检（{operator}）：通过{passed}，失败{failed}，未测{untested}，模拟火警确认{confirmed}次"
     ),
+    Msg.POINT_UNDER_TEST: "月度自检开始测试 {device}/{point}：其事件标为测试，不启动疏散蜂鸣",
+    Msg.POINT_TEST_ENDED: "月度自检结束测试 {device}/{point}（{why}）：其事件恢复为真实报警",
     Msg.SET_ASIDE: "{lane} 序号 {seq} 被服务器拒收，未发送即移除：{why}",
     Msg.BUFFER_DEGRADED: "缓存降级：数据库拒绝写入（{reason}），事件暂存内存",
     Msg.BUFFER_RESTORED: "缓存恢复：事件重新写入磁盘",
@@ -196,6 +200,13 @@ EN: Final[Mapping[Msg, str]] = {
     Msg.SELFCHECK_REPORT: (
         "monthly self-check ({operator}): {passed} passed, {failed} failed, {untested} untested, "
         "{confirmed} simulated fire transmissions confirmed"
+    ),
+    Msg.POINT_UNDER_TEST: (
+        "monthly self-check: {device}/{point} under test, its events are tests"
+        " (no evacuation buzzer)"
+    ),
+    Msg.POINT_TEST_ENDED: (
+        "monthly self-check: {device}/{point} no longer under test ({why}): its events are real"
     ),
     Msg.SET_ASIDE: "{lane} seq {seq} was refused by the broker and set aside unsent: {why}",
     Msg.BUFFER_DEGRADED: (

@@ -39,8 +39,9 @@ from agent.cli.render import clip, date_time
 from agent.cli.textwidth import fit
 from agent.config_schema import CHECK_POINTS
 from agent.uitd_records import RecordsError, read_reports
+from agent.undertest import LEASE_S
 from core.checks import Key, Table, Value, integer, number, shown, text
-from core.errors import ConfigError, ConfigProblem
+from core.errors import AlarmgwError, ConfigError, ConfigProblem
 
 SELFTEST_TIMEOUT_S: Final = 180.0  # a live read of each device, each bounded at ~11 s
 TEST_ALARM_TIMEOUT_S: Final = 30.0  # as `alarmgw test-alarm`
@@ -226,6 +227,8 @@ class Walk:
         self.ask = ask
         self.script = script
         self.say = say
+        self._calls = threading.Lock()  # the lease's renewals share the control connection
+        self._lease_stop: threading.Event | None = None
 
     def point(self, n: int, total: int, point: dict[str, Any]) -> dict[str, Any]:
         head = f"[{n}/{total}] {point['name']} ({point['id']})"
@@ -242,9 +245,34 @@ class Walk:
 
     def _testing(self, point: dict[str, Any], seconds: float) -> None:
         """Tell the agent this point is under test (its events go out as tests, the
-        evacuation buzzer stays silent) for `seconds`; 0: no longer."""
-        self.client.call("selfcheck_testing", device=point["device"], point=point["point"],
-                         seconds=max(0, min(3600, math.ceil(seconds))))  # fmt: skip
+        evacuation buzzer stays silent) while this walk is on it; 0: no longer. The agent
+        holds it for LEASE_S (agent/undertest.py): a thread renews it every LEASE_S / 3
+        until 0, so a self-check that dies leaves the point real again within LEASE_S."""
+        if self._lease_stop is not None:
+            self._lease_stop.set()
+            self._lease_stop = None
+        self._mark(point, seconds)
+        if seconds > 0:
+            stop = self._lease_stop = threading.Event()
+            threading.Thread(target=self._renew, args=(point, stop), daemon=True,
+                             name="selfcheck-lease").start()  # fmt: skip
+
+    def _mark(self, point: dict[str, Any], seconds: float) -> None:
+        lease = max(0, min(math.ceil(LEASE_S), math.ceil(seconds)))
+        with self._calls:
+            self.client.call("selfcheck_testing", device=point["device"], point=point["point"],
+                             seconds=lease)  # fmt: skip
+
+    def _renew(self, point: dict[str, Any], stop: threading.Event) -> None:
+        while not stop.wait(LEASE_S / 3):
+            try:
+                with self._calls:
+                    if stop.is_set():
+                        return  # ended meanwhile: a late renewal would mark it again
+                    self.client.call("selfcheck_testing", device=point["device"],
+                                     point=point["point"], seconds=math.ceil(LEASE_S))  # fmt: skip
+            except (OSError, AlarmgwError) as exc:  # the agent restarting: the next one tries
+                self.say(clip(f"{point['id']}: could not renew the test mark: {exc}"))
 
     def _watch(
         self, head: str, point: dict[str, Any], out: dict[str, Any], since: int
