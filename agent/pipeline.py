@@ -99,7 +99,7 @@ class Pipeline:
             state, msg = "point_test_ended", Msg.POINT_TEST_ENDED
         text = self.texts(msg, device=device, point=point, why=why)
         self.emit(system_event(
-            Kind.SYSTEM, Severity.INFO, state, text, point="selfcheck",
+            Kind.SYSTEM, Severity.INFO, state, text, point="under_test",
             clock_synced=self.clock_synced(),
             detail={"device": device, "point": point, "why": why} if why else
             {"device": device, "point": point, "lease_s": LEASE_S},

@@ -124,7 +124,7 @@ def test_a_lease_not_renewed_ends_and_start_and_end_are_on_the_feed(pipe: Pipeli
     pipe.under_test.tick()
     assert stored(pipe, fire("point3")).test is False
     said = lambda: [(e.state, (e.detail or {}).get("why")) for e in pipe.recent()  # noqa: E731
-                    if e.point == "selfcheck"]  # fmt: skip
+                    if e.point == "under_test"]  # fmt: skip
     assert wait_until(lambda: len(said()) == 2)
     assert said() == [("point_under_test", None), ("point_test_ended", "lease expired")]
 
