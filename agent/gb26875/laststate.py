@@ -105,6 +105,22 @@ class HeldAlarms:
             else:
                 self._unconfirmed.setdefault(key, set()).add((item.row.lane, item.row.seq))
 
+    def unread(self) -> list[StoredRow]:
+        """The held alarms some older row of which may not be read yet."""
+        return [h.row for h in self._holds.values() if not h.older_read]
+
+    def looked_behind(self, lane: Lane, upto: int, older: list[Mapped]) -> None:
+        """Every row of `lane` before `upto` not read yet was looked at: `older` are those
+        that map. They are waited for as if sent; the alarms of `lane` before `upto` no
+        longer wait for the cursor."""
+        for item in older:
+            key = component_key(item.obj)
+            if key is not None and not item.priority:
+                self._unconfirmed.setdefault(key, set()).add((item.row.lane, item.row.seq))
+        for (hold_lane, seq), hold in self._holds.items():
+            if hold_lane is lane and seq <= upto:
+                hold.older_read = True
+
     def caught_up(self) -> None:
         """A fill read everything stored: no older row of any held alarm is left unread."""
         for hold in self._holds.values():

@@ -83,6 +83,7 @@ READER: Final = "gb"  # this uplink's name as a reader of the buffer
 FAULT_CAUSE: Final = "gb26875-link"  # the point of its link-fault event
 READ_ROWS: Final = 200  # rows read per fill
 MAX_QUEUED: Final = 4  # ordinary packets handed to the link ahead of its confirms
+LOOK_BEHIND_ROWS: Final = 5000  # rows read past the cursor for a held alarm's component
 TICK_S: Final = 0.5  # the loop wakes at least this often (alive, timers)
 CONNECT_TIMEOUT_S: Final = 5.0
 
@@ -387,6 +388,7 @@ class GbUplink:
                 if not full:
                     self._held.caught_up()
                 self._held.passed(self._cursor.after)
+                self._look_behind()
                 self._release()
                 return
 
@@ -403,6 +405,30 @@ class GbUplink:
             self.counters.restated += n
             self._held.restating(set(tag.keys), +1)  # its alarm rows wait for this confirm
             self.link.submit(Packet(adu.encode(), True, tag))
+
+    def _look_behind(self) -> None:
+        """A fire read ahead of a backlog waits only for the older rows of its own
+        component, not for the whole backlog: read the rows between the cursor and it now
+        (once per such fire, at most LOOK_BEHIND_ROWS) and note those of its component.
+        Past that bound it waits for the cursor (HeldAlarms.passed)."""
+        unread = self._held.unread()
+        for lane in {row.lane for row in unread}:
+            upto = max(row.seq for row in unread if row.lane is lane)
+            after = self._cursor.after.get(lane.value, 0)
+            if upto - after > LOOK_BEHIND_ROWS:
+                continue
+            failures = self.buffer.read_failures
+            rows = self.buffer.pending(lane, after, max(1, upto - after), READER)
+            if self.buffer.read_failures != failures:
+                continue  # a failed read is no proof of "nothing older": the cursor decides
+            older = [
+                item
+                for row in rows
+                if not row.life_safety and row.seq < upto
+                for item in [map_row(row, self._analogs)]
+                if item is not None
+            ]
+            self._held.looked_behind(lane, upto, older)
 
     def _release(self) -> None:
         """Ack the held alarm rows whose component's older rows are all confirmed."""
