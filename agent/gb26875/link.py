@@ -22,9 +22,13 @@ What it does, per GB/T 26875.3 (choices and reasons in docs/gb26875.md, "Link be
   packet was sent (a 4G NAT that forgot the flow swallows bytes without a reset): Stale, the
   link goes down, and every packet in flight keeps its count of sends for the next
   connection, so a fire alarm still reaches a live centre within one timeout plus a
-  reconnect, and "timeout, resends, then failure" still counts every send. Once per
-  silence: until bytes come back, later resends stay on the fresh connection (a centre
-  slower than the timeout still gets its late confirms counted);
+  reconnect, and "timeout, resends, then failure" still counts every send; the resend keeps
+  its serial there. Once per silence: until bytes come back, later resends stay on the
+  fresh connection (a centre slower than the timeout still gets its late confirms counted),
+  and while the centre's last answer came after the timeout (a slow centre, not a dead
+  path) the next silence gets one resend on the connection before a fresh one;
+- a dead link is a LinkFault at the latest heartbeat_s + (resends + 1) x confirm_timeout_s
+  after the centre last answered, the fresh connections' time to connect included;
 - priority packets (fire and manual alarms) go before every other queued packet, and are sent
   at once even while an ordinary packet waits for its confirm; ordinary packets go one at a
   time (stop-and-wait);
