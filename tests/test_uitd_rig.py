@@ -280,3 +280,44 @@ def test_human_output_fits_80_columns(rig: Rig, capsys: pytest.CaptureFixture[st
     assert "self-test passed" in out and "self-test " in out
     too_wide = [line for line in out.splitlines() if width(line) > 80]
     assert too_wide == []
+
+
+def test_the_selfcheck_renews_its_point_under_test_and_the_feed_says_so(
+    rig: Rig, cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review C item 8: the agent holds a point under test for a short lease that the
+    running self-check renews (here 2 s, renewed every 0.5 s): a technician who takes
+    longer than the lease at the prompt still has the point under test; the feed says
+    when it started and when it ended."""
+    monkeypatch.setattr("agent.cli.selfcheck.LEASE_S", 1.5)  # the CLI asks for 2 s leases
+    seen = len(rig.feed.events)
+
+    def about(state: str) -> Callable[[dict[str, Any]], bool]:
+        return lambda e: (
+            e in rig.feed.events[seen:]
+            and (e["point"], e["state"]) == ("under_test", state)
+            and e["detail"]["device"] == "manual-alarm"
+        )
+
+    def technician(prompt: str) -> str:
+        if prompt.startswith("operator"):
+            return "赵六"
+        if "manual-alarm" not in prompt:
+            return "s"
+        assert rig.feed.wait_event(about("point_under_test"), timeout=20)
+        # three leases long at the prompt: renewed, so it has not ended
+        assert rig.feed.wait_event(about("point_test_ended"), timeout=6) is None
+        at = len(rig.feed.events)
+        rig.sim_do(do="alarm", device="manual-alarm", point="contact")
+        alarm = rig.feed.wait_event(
+            lambda e: e in rig.feed.events[at:] and e["device"] == "manual-alarm", timeout=20
+        )
+        assert alarm is not None and alarm["test"] is True
+        rig.sim_do(do="clear-alarm", device="manual-alarm", point="contact")
+        return ""
+
+    monkeypatch.setattr("builtins.input", technician)
+    _, report = cli("selfcheck", "--simulated", "0", "--timeout", "20")
+    assert {p["id"]: p["result"] for p in report["points"]}["manual-alarm"] == "passed", report
+    ended = rig.feed.wait_event(about("point_test_ended"), timeout=20)
+    assert ended is not None and ended["detail"]["why"] in ("done", "next point")
