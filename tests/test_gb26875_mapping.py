@@ -10,7 +10,7 @@ from typing import Any
 from agent.buffer import StoredRow
 from agent.gb26875.adu import ComponentAddress, ComponentAnalog, ComponentState, UitdOperation
 from agent.gb26875.codec import GbTime
-from agent.gb26875.laststate import LatestStates
+from agent.gb26875.laststate import HeldAlarms, LatestStates
 from agent.gb26875.mapping import batches, carries, map_row
 from core.events import Category, Event, Kind, Lane, Reading, Severity, splice_seq
 from tests.uplink_helpers import IDENT, reading
@@ -187,3 +187,28 @@ def test_the_centre_ends_with_each_components_latest_state_in_every_batching() -
                         centre += batch.adu.objects
                         centre += latest.later_than(batch).values()
                 assert centre[-1] == rows[-1].obj, (kinds, [len(r) for r in cut])
+
+
+def test_a_fire_that_overtook_an_older_restore_is_held_until_that_restore_is_done() -> None:
+    """agent/gb26875/laststate.py HeldAlarms (review C item 1): the fire's row is acked
+    only once the older restore of its detector is confirmed, or left the buffer otherwise
+    (an overflow drop: never confirmed); another detector's fire is not held."""
+    held = HeldAlarms()
+    restore, fire, other = (
+        _mapped(Kind.RESTORE, 1),
+        _mapped(Kind.ALARM, 2),
+        _mapped(Kind.ALARM, 3, pos=18),
+    )
+    held.read([fire, other, restore])
+    held.caught_up()
+    assert held.confirmed((fire.row, other.row)) == []
+    assert held.releasable() == [other.row]  # nothing older of detector 18
+    assert held.blocking() == [(Lane.EVENT, 1)]
+    (batch,) = batches([restore])
+    held.done(batch.rows, batch.adu.objects)
+    assert held.releasable() == [fire.row]
+    held.read([_mapped(Kind.RESTORE, 4), _mapped(Kind.ALARM, 5)])
+    held.caught_up()
+    assert held.confirmed((_mapped(Kind.ALARM, 5).row,)) == [] and held.releasable() == []
+    held.gone(Lane.EVENT, 4)  # dropped by an overflow
+    assert [r.seq for r in held.releasable()] == [5]

@@ -166,6 +166,24 @@ class HeldAlarms:
             else:
                 self._restating.pop(key, None)
 
+    def blocking(self) -> list[tuple[Lane, int]]:
+        """The older rows that alone keep a confirmed alarm held (the owner checks that the
+        buffer still has them: a row dropped by an overflow is never confirmed)."""
+        out: set[tuple[Lane, int]] = set()
+        for hold in self._holds.values():
+            if hold.confirmed and hold.older_read and not self._restating.get(hold.key):
+                lane, seq = hold.row.lane, hold.row.seq
+                out.update(o for o in self._unconfirmed.get(hold.key, ()) if o[0] is lane
+                           and o[1] < seq)  # fmt: skip
+        return sorted(out)
+
+    def gone(self, lane: Lane, seq: int) -> None:
+        """This older row left the buffer without a confirm (dropped): no longer waited for."""
+        for key, seqs in list(self._unconfirmed.items()):
+            seqs.discard((lane, seq))
+            if not seqs:
+                del self._unconfirmed[key]
+
     def releasable(self) -> list[StoredRow]:
         out = []
         for at, hold in list(self._holds.items()):

@@ -84,6 +84,7 @@ FAULT_CAUSE: Final = "gb26875-link"  # the point of its link-fault event
 READ_ROWS: Final = 200  # rows read per fill
 MAX_QUEUED: Final = 4  # ordinary packets handed to the link ahead of its confirms
 LOOK_BEHIND_ROWS: Final = 5000  # rows read past the cursor for a held alarm's component
+PRUNE_S: Final = 1.0  # how often the rows holding an alarm are looked for in the buffer
 TICK_S: Final = 0.5  # the loop wakes at least this often (alive, timers)
 CONNECT_TIMEOUT_S: Final = 5.0
 
@@ -179,6 +180,7 @@ class GbUplink:
         self._queued = 0  # link.queued as the thread last saw it (stats() runs elsewhere)
         self._latest = LatestStates()  # per component, the latest priority state sent
         self._held = HeldAlarms()  # confirmed priority rows acked only after older ones
+        self._next_prune = 0.0
         self.alive = time.monotonic()
 
     # --- the UplinkPart surface ---------------------------------------------------------------
@@ -431,7 +433,16 @@ class GbUplink:
             self._held.looked_behind(lane, upto, older)
 
     def _release(self) -> None:
-        """Ack the held alarm rows whose component's older rows are all confirmed."""
+        """Ack the held alarm rows whose component's older rows are all confirmed (or left
+        the buffer otherwise: an overflow drops ordinary rows, which are never confirmed)."""
+        now = self._clock.monotonic()
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_S
+            for lane, seq in self._held.blocking():
+                failures = self.buffer.read_failures
+                rows = self.buffer.pending(lane, seq - 1, 1, READER)
+                if self.buffer.read_failures == failures and (not rows or rows[0].seq != seq):
+                    self._held.gone(lane, seq)
         rows = self._held.releasable()
         if rows:
             self._ack(rows)
