@@ -92,6 +92,9 @@ SPILL_S: Final = 10.0  # telemetry not acknowledged by then is committed to disk
 MAX_VOLATILE: Final = 2_000  # telemetry rows in memory before the oldest are committed
 ANNOUNCE_S: Final = 1.0  # at most one drop announcement per second
 LAGGARD_S: Final = 5.0  # how long a count of rows per reader guides the drops (a scan)
+# dropped events some uplink had not delivered, remembered (in RAM, this run) so that
+# delivered() never calls them confirmed; the oldest are forgotten beyond this (~1 MB)
+DROPPED_KEPT: Final = 10_000
 
 # drop classes: lower is dropped first. _PROTECTED: the buffer's own drop announcements;
 # _LIFE_SAFETY: fire, gas, electrical-fire and manual alarms (Event.is_life_safety_alarm),
@@ -406,6 +409,7 @@ class EventBuffer:
         max_held: int = MAX_HELD,
         retry_s: float = RETRY_S,
         spill_s: float = SPILL_S,
+        announce_s: float = ANNOUNCE_S,
         clock_synced: Callable[[], bool] = lambda: True,
         readers: Sequence[str | Reader] = (FIRST_READER,),
     ) -> None:
@@ -427,6 +431,7 @@ class EventBuffer:
         self._max_held = max_held
         self._retry_s = retry_s
         self._spill_s = spill_s
+        self._announce_s = announce_s  # at most one drop announcement per this many s
         self._clock_synced = clock_synced
         self._cond = threading.Condition()
         self._queue: deque[_Group | _Acks] = deque()
@@ -454,6 +459,8 @@ class EventBuffer:
         self._old_file = False  # read-only file without the `done` column (not migrated)
         self._drops: dict[str, int] = {"event": 0, "telemetry": 0, "alarm": 0}
         self._tally = DropTally()
+        # event seqs dropped before every reader was done with them (DROPPED_KEPT)
+        self._dropped_undelivered: dict[int, None] = {}
         self._last_announce = 0.0
         self._degraded_reason: str | None = None
         self._last_retry = 0.0
@@ -903,14 +910,26 @@ class EventBuffer:
         """Is this row done with by every reader (confirmed by each far end, or set aside),
         i.e. no uplink still waits to deliver it? What "confirmed" means to the light, the
         duties and the self-check: with MQTT and GB/T 26875.3, both. A row a reader's filter
-        never wanted counts as done for that reader."""
+        never wanted counts as done for that reader.
+
+        Never True without proof: an event dropped (the bound) before every reader was
+        done with it was not delivered, and a read that failed (or a database not open)
+        proves nothing: both answer False, so the light and the failure signal see them as
+        unconfirmed."""
+        if lane is Lane.EVENT:
+            with self._held_lock:
+                if seq in self._dropped_undelivered:
+                    return False
         stream = Stream(lane.value, lane, None)
         # the last reader first: the slower far end (the GB centre's confirm) is the one
         # likely still waiting, and its read stops at this very row (bench_duties)
         for bit in sorted(self._bits.values(), reverse=True):
+            failures = self.read_failures
             rows = self._pending(stream, seq - 1, 1, bit)
             if rows and rows[0].seq == seq:
                 return False
+            if self._reader is None or self.read_failures != failures:
+                return False  # unknown: not delivered
         return True
 
     def next_rows(self, cursor: ReadCursor, limit: int) -> list[StoredRow]:
@@ -1149,7 +1168,7 @@ class EventBuffer:
         elif self._spill_marks:
             waits.append(self._spill_marks[0][0] + self._spill_s - now)
         if self._tally:
-            waits.append(self._last_announce + ANNOUNCE_S - now)
+            waits.append(self._last_announce + self._announce_s - now)
         return min(waits) if waits else None
 
     def _process(self, batch: list[_Group | _Acks]) -> None:
@@ -1158,7 +1177,7 @@ class EventBuffer:
         marks = [
             (i.bit, (i.lane, seq)) for i in batch if type(i) is _Acks and i.bit for seq in i.seqs
         ]
-        if self._tally and time.monotonic() - self._last_announce >= ANNOUNCE_S:
+        if self._tally and time.monotonic() - self._last_announce >= self._announce_s:
             groups.append(_own(self._drop_announcement(), self.identity))
         if self._unrecorded() and not self._jumped:
             groups += [_own(fault, self.identity) for fault in self._jump_unrecorded()]
@@ -1497,7 +1516,7 @@ class EventBuffer:
         if self.degraded:
             return
         if self._tally:
-            # drops of the last ANNOUNCE_S: the tally lives in RAM, so they are announced
+            # drops of the last announce_s: the tally lives in RAM, so they are announced
             # now or never. At the bound, the announcement may pass it by one row until the
             # next store (dropping a row for it would be a drop nobody is told of)
             self._slack = 1
@@ -1671,11 +1690,12 @@ class EventBuffer:
     def _choose_victims(self, incoming: list[StoredRow]) -> list[Key]:
         """Rows to drop (stored, held or incoming) so that everything fits max_events.
 
-        With several readers the bound is shared, but a drop is judged per reader: while
-        one reader lags (an uplink down), the rows only it still needs go first, in the
-        usual order (telemetry, ordinary, protected, life-safety last); a record the
-        other readers have not sent is not lost to them for its sake. Which reader lost
-        what is said in the drop announcement (detail.lost)."""
+        With several readers the bound is shared, and the class order comes first for
+        every reader (telemetry, ordinary, protected, life-safety last: a fire alarm the
+        centre never got outlives any reading MQTT has not sent). Within a class a drop is
+        judged per reader: while one reader lags (an uplink down), the rows only it still
+        needs go first; a record the other readers have not sent is not lost to them for
+        its sake. Which reader lost what is said in the drop announcement (detail.lost)."""
         with self._held_lock:
             held_count = sum(len(self._held[lane]) for lane in _LANES)
             excess = sum(self._depth.values()) + held_count + len(incoming) - len(self._acked)
@@ -1700,8 +1720,10 @@ class EventBuffer:
         unique = {(r.lane, r.seq): r for r in candidates + held + incoming}
 
         def order(row: StoredRow) -> tuple[int, int, int, int]:
+            # both candidate lists are in _drop_key order, so the first `excess` of this
+            # order are among them
             only_laggard = laggard and (row.done | laggard) == self._all
-            return (0 if only_laggard else 1, *_drop_key(row))
+            return (row.drop_class, 0 if only_laggard else 1, -row.rank, row.seq)
 
         victims = sorted(unique.values(), key=order)[:excess]
         for row in victims:
@@ -1752,6 +1774,12 @@ class EventBuffer:
         self._drops[row.lane.value] += 1
         if row.drop_class == _LIFE_SAFETY:
             self._drops["alarm"] += 1
+        if row.lane is Lane.EVENT and (self._all == 1 or row.done != self._all):
+            with self._held_lock:  # delivered() must not call it confirmed
+                kept = self._dropped_undelivered
+                kept[row.seq] = None
+                if len(kept) > DROPPED_KEPT:
+                    del kept[next(iter(kept))]
         lost = [] if self._all == 1 else [n for n, b in self._bits.items() if not row.done & b]
         self._tally.add(row.lane, row.seq, lost)
 
