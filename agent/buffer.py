@@ -495,6 +495,7 @@ class EventBuffer:
     def _init_continuity(self) -> None:
         self._floor: dict[Lane, int] = dict.fromkeys(_LANES, 1)  # above its highest row
         self._jumped = False  # seqs jumped since a file last recorded them
+        self._sidecar_lost = False  # the database existed at start, no sidecar was readable
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -510,6 +511,9 @@ class EventBuffer:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._sidecar = Sidecar(self.path.with_name(self.path.name + ".seq"))
         self._known = self._sidecar.marks
+        # a database with no readable sidecar beside it (deleted, zero-filled after a power
+        # cut or by fsck): the seqs its last run handed out from RAM are recorded nowhere
+        self._sidecar_lost = self._known is None and not certainly_missing(self.path)
         try:
             db, fresh_why = self._open_writable()
             self._attach(db)
@@ -519,7 +523,14 @@ class EventBuffer:
             self._continue(self._meta_next if fresh_why is None else None, fresh_why)
             if self._known is None or any(m.dirty for m in self._known.values()):
                 self._write_sidecar()
-            if not self._sidecar.writable or self._sidecar.unreadable:
+            if self._sidecar_lost and not self._sidecar.unreadable:
+                # continuity unknown: jump above anything handed out, and say so
+                cause = f"{fresh_why}; " if fresh_why else ""
+                self._startup_faults += self._jump_unrecorded(
+                    f"{cause}no readable seq sidecar ({self._sidecar.path.name}) beside the "
+                    "database: the seqs handed out from memory before the stop are not known"
+                )
+            elif not self._sidecar.writable or self._sidecar.unreadable:
                 # an earlier run on this sidecar could not record its seqs either (or
                 # what it recorded cannot be read): the ones it held in RAM when it
                 # stopped are in neither file
@@ -655,8 +666,10 @@ class EventBuffer:
             mark = self._known[lane] if self._known else None
             if fresh_why is not None:
                 nxt = mark.ceiling if mark else 1
-                low = mark.low if mark else None
-                self._startup_faults.append(self._loss_fault(lane, fresh_why, low, nxt))
+                if mark is not None or not self._sidecar_lost:  # else the jump says it
+                    self._startup_faults.append(
+                        self._loss_fault(lane, fresh_why, mark.low if mark else None, nxt)
+                    )
             elif stored is None:  # unreadable: above anything it may hold (settled later)
                 nxt = mark.ceiling if mark else 1
                 self._unresolved = True
@@ -679,14 +692,14 @@ class EventBuffer:
         self._degraded_reason = reason
         stored = self._read_what_is_there()
         self._continue(stored, None)
-        unknown = self._known is None and stored is None and not certainly_missing(self.path)
+        unknown = self._sidecar_lost
         if unknown or not self._sidecar.writable or self._sidecar.unreadable:
             self._startup_faults += self._jump_unrecorded()
         self._exact_marks()
         self._startup_faults.insert(0, self._degraded_fault(reason))
         self._last_retry = time.monotonic()
 
-    def _jump_unrecorded(self) -> list[Event]:
+    def _jump_unrecorded(self, cause: str | None = None) -> list[Event]:
         """Nothing on this card records the seqs handed out from now on: jump so far above
         the last recorded ones (microseconds since boot) that no earlier run of this boot
         can have reached them, and say so per lane. Rows already in RAM beyond what the
@@ -700,7 +713,7 @@ class EventBuffer:
             with self._held_lock:
                 held = [r.seq for r in self._held[lane]]
             self._next_seq[lane] += jump
-            faults.append(self._unknown_continuity(lane, held=held))
+            faults.append(self._unknown_continuity(lane, held=held, cause=cause))
         return faults
 
     def _read_what_is_there(self) -> dict[Lane, int] | None:
@@ -786,12 +799,17 @@ class EventBuffer:
         return self._system_event(Kind.FAULT, Severity.MAJOR, "buffer_recovered", text, detail)
 
     def _unknown_continuity(
-        self, lane: Lane, why: str | None = None, held: list[int] | None = None
+        self,
+        lane: Lane,
+        why: str | None = None,
+        held: list[int] | None = None,
+        cause: str | None = None,
     ) -> Event:
         detail: dict[str, Any] = {"buffer": "recovered", "lane": lane.value}
         if why is None:
+            cause = cause or "the storage cannot record seqs"
             why = (
-                "the storage cannot record seqs; they jump to "
+                f"{cause}; they jump to "
                 f"{self._next_seq[lane]}, above every seq handed out before in this boot "
                 "(an earlier boot's are not known)"
             )
