@@ -93,7 +93,8 @@ MAX_VOLATILE: Final = 2_000  # telemetry rows in memory before the oldest are co
 ANNOUNCE_S: Final = 1.0  # at most one drop announcement per second
 LAGGARD_S: Final = 5.0  # how long a count of rows per reader guides the drops (a scan)
 # dropped events some uplink had not delivered, remembered (in RAM, this run) so that
-# delivered() never calls them confirmed; the oldest are forgotten beyond this (~1 MB)
+# delivered() never calls them confirmed; beyond this many per kind (life-safety alarms,
+# other events: ordinary drops never push a fire out) the oldest are forgotten (~2 MB)
 DROPPED_KEPT: Final = 10_000
 
 # drop classes: lower is dropped first. _PROTECTED: the buffer's own drop announcements;
@@ -459,8 +460,9 @@ class EventBuffer:
         self._old_file = False  # read-only file without the `done` column (not migrated)
         self._drops: dict[str, int] = {"event": 0, "telemetry": 0, "alarm": 0}
         self._tally = DropTally()
-        # event seqs dropped before every reader was done with them (DROPPED_KEPT)
-        self._dropped_undelivered: dict[int, None] = {}
+        # event seqs dropped before every reader was done with them (DROPPED_KEPT each):
+        # life-safety alarms, the other events
+        self._dropped_undelivered: tuple[dict[int, None], dict[int, None]] = ({}, {})
         self._last_announce = 0.0
         self._degraded_reason: str | None = None
         self._last_retry = 0.0
@@ -936,7 +938,7 @@ class EventBuffer:
         unconfirmed."""
         if lane is Lane.EVENT:
             with self._held_lock:
-                if seq in self._dropped_undelivered:
+                if any(seq in kept for kept in self._dropped_undelivered):
                     return False
         stream = Stream(lane.value, lane, None)
         # the last reader first: the slower far end (the GB centre's confirm) is the one
@@ -1794,7 +1796,9 @@ class EventBuffer:
             self._drops["alarm"] += 1
         if row.lane is Lane.EVENT and (self._all == 1 or row.done != self._all):
             with self._held_lock:  # delivered() must not call it confirmed
-                kept = self._dropped_undelivered
+                if (row.lane, row.seq) in self._acked:
+                    return  # every reader had it (the delete not committed yet)
+                kept = self._dropped_undelivered[0 if row.drop_class == _LIFE_SAFETY else 1]
                 kept[row.seq] = None
                 if len(kept) > DROPPED_KEPT:
                     del kept[next(iter(kept))]

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from agent import buffer as buffer_module
 from agent.buffer import EventBuffer, ReadCursor, Reader
 from core.events import Event, Lane, Record
 from tests.uplink_helpers import IDENT, alarm, info_event, reading
@@ -201,6 +202,24 @@ def test_a_dropped_fire_alarm_is_not_delivered(tmp_path: Path) -> None:
         kept = next(s for s in fires if s in gb)
         buf.ack(Lane.EVENT, kept, "gb")
         assert buf.delivered(Lane.EVENT, kept)  # a confirmed one still is
+
+
+def test_ordinary_drops_never_push_a_dropped_fire_out_of_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dropped seqs kept in RAM are bounded per kind: however many ordinary events
+    are dropped afterwards (a chatty device while the buffer is full of fire alarms),
+    the dropped fire stays "not delivered"."""
+    monkeypatch.setattr(buffer_module, "DROPPED_KEPT", 2)
+    with _open(tmp_path / "b.db", max_events=10) as buf:
+        fires = _fires_mqtt_has(buf, 10)
+        buf.submit(_gb_alarm()).result(5)
+        dropped = fires[0]
+        assert dropped not in {r.seq for r in buf.next_rows(ReadCursor(reader="gb"), 100)}
+        doors = [buf.submit(info_event(n)).result(5).seq for n in range(5)]
+        assert buf.stats()["drops"]["event"] >= 6  # the doors went: the lowest class
+        assert not any(buf.delivered(Lane.EVENT, s) for s in doors[-2:])
+        assert not buf.delivered(Lane.EVENT, dropped)
 
 
 def test_a_dropped_event_with_one_reader_is_not_delivered(tmp_path: Path) -> None:
