@@ -92,6 +92,10 @@ SPILL_S: Final = 10.0  # telemetry not acknowledged by then is committed to disk
 MAX_VOLATILE: Final = 2_000  # telemetry rows in memory before the oldest are committed
 ANNOUNCE_S: Final = 1.0  # at most one drop announcement per second
 LAGGARD_S: Final = 5.0  # how long a count of rows per reader guides the drops (a scan)
+# dropped events some uplink had not delivered, remembered (in RAM, this run) so that
+# delivered() never calls them confirmed; beyond this many per kind (life-safety alarms,
+# other events: ordinary drops never push a fire out) the oldest are forgotten (~2 MB)
+DROPPED_KEPT: Final = 10_000
 
 # drop classes: lower is dropped first. _PROTECTED: the buffer's own drop announcements;
 # _LIFE_SAFETY: fire, gas, electrical-fire and manual alarms (Event.is_life_safety_alarm),
@@ -406,6 +410,7 @@ class EventBuffer:
         max_held: int = MAX_HELD,
         retry_s: float = RETRY_S,
         spill_s: float = SPILL_S,
+        announce_s: float = ANNOUNCE_S,
         clock_synced: Callable[[], bool] = lambda: True,
         readers: Sequence[str | Reader] = (FIRST_READER,),
     ) -> None:
@@ -427,6 +432,7 @@ class EventBuffer:
         self._max_held = max_held
         self._retry_s = retry_s
         self._spill_s = spill_s
+        self._announce_s = announce_s  # at most one drop announcement per this many s
         self._clock_synced = clock_synced
         self._cond = threading.Condition()
         self._queue: deque[_Group | _Acks] = deque()
@@ -454,6 +460,9 @@ class EventBuffer:
         self._old_file = False  # read-only file without the `done` column (not migrated)
         self._drops: dict[str, int] = {"event": 0, "telemetry": 0, "alarm": 0}
         self._tally = DropTally()
+        # event seqs dropped before every reader was done with them (DROPPED_KEPT each):
+        # life-safety alarms, the other events
+        self._dropped_undelivered: tuple[dict[int, None], dict[int, None]] = ({}, {})
         self._last_announce = 0.0
         self._degraded_reason: str | None = None
         self._last_retry = 0.0
@@ -488,6 +497,7 @@ class EventBuffer:
     def _init_continuity(self) -> None:
         self._floor: dict[Lane, int] = dict.fromkeys(_LANES, 1)  # above its highest row
         self._jumped = False  # seqs jumped since a file last recorded them
+        self._sidecar_lost = False  # the database existed at start, no sidecar was readable
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -503,6 +513,9 @@ class EventBuffer:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._sidecar = Sidecar(self.path.with_name(self.path.name + ".seq"))
         self._known = self._sidecar.marks
+        # a database with no readable sidecar beside it (deleted, zero-filled after a power
+        # cut or by fsck): the seqs its last run handed out from RAM are recorded nowhere
+        self._sidecar_lost = self._known is None and not certainly_missing(self.path)
         try:
             db, fresh_why = self._open_writable()
             self._attach(db)
@@ -512,7 +525,14 @@ class EventBuffer:
             self._continue(self._meta_next if fresh_why is None else None, fresh_why)
             if self._known is None or any(m.dirty for m in self._known.values()):
                 self._write_sidecar()
-            if not self._sidecar.writable or self._sidecar.unreadable:
+            if self._sidecar_lost and not self._sidecar.unreadable:
+                # continuity unknown: jump above anything handed out, and say so
+                cause = f"{fresh_why}; " if fresh_why else ""
+                self._startup_faults += self._jump_unrecorded(
+                    f"{cause}no readable seq sidecar ({self._sidecar.path.name}) beside the "
+                    "database: the seqs handed out from memory before the stop are not known"
+                )
+            elif not self._sidecar.writable or self._sidecar.unreadable:
                 # an earlier run on this sidecar could not record its seqs either (or
                 # what it recorded cannot be read): the ones it held in RAM when it
                 # stopped are in neither file
@@ -648,8 +668,10 @@ class EventBuffer:
             mark = self._known[lane] if self._known else None
             if fresh_why is not None:
                 nxt = mark.ceiling if mark else 1
-                low = mark.low if mark else None
-                self._startup_faults.append(self._loss_fault(lane, fresh_why, low, nxt))
+                if mark is not None or not self._sidecar_lost:  # else the jump says it
+                    self._startup_faults.append(
+                        self._loss_fault(lane, fresh_why, mark.low if mark else None, nxt)
+                    )
             elif stored is None:  # unreadable: above anything it may hold (settled later)
                 nxt = mark.ceiling if mark else 1
                 self._unresolved = True
@@ -672,14 +694,14 @@ class EventBuffer:
         self._degraded_reason = reason
         stored = self._read_what_is_there()
         self._continue(stored, None)
-        unknown = self._known is None and stored is None and not certainly_missing(self.path)
+        unknown = self._sidecar_lost
         if unknown or not self._sidecar.writable or self._sidecar.unreadable:
             self._startup_faults += self._jump_unrecorded()
         self._exact_marks()
         self._startup_faults.insert(0, self._degraded_fault(reason))
         self._last_retry = time.monotonic()
 
-    def _jump_unrecorded(self) -> list[Event]:
+    def _jump_unrecorded(self, cause: str | None = None) -> list[Event]:
         """Nothing on this card records the seqs handed out from now on: jump so far above
         the last recorded ones (microseconds since boot) that no earlier run of this boot
         can have reached them, and say so per lane. Rows already in RAM beyond what the
@@ -693,7 +715,7 @@ class EventBuffer:
             with self._held_lock:
                 held = [r.seq for r in self._held[lane]]
             self._next_seq[lane] += jump
-            faults.append(self._unknown_continuity(lane, held=held))
+            faults.append(self._unknown_continuity(lane, held=held, cause=cause))
         return faults
 
     def _read_what_is_there(self) -> dict[Lane, int] | None:
@@ -779,12 +801,17 @@ class EventBuffer:
         return self._system_event(Kind.FAULT, Severity.MAJOR, "buffer_recovered", text, detail)
 
     def _unknown_continuity(
-        self, lane: Lane, why: str | None = None, held: list[int] | None = None
+        self,
+        lane: Lane,
+        why: str | None = None,
+        held: list[int] | None = None,
+        cause: str | None = None,
     ) -> Event:
         detail: dict[str, Any] = {"buffer": "recovered", "lane": lane.value}
         if why is None:
+            cause = cause or "the storage cannot record seqs"
             why = (
-                "the storage cannot record seqs; they jump to "
+                f"{cause}; they jump to "
                 f"{self._next_seq[lane]}, above every seq handed out before in this boot "
                 "(an earlier boot's are not known)"
             )
@@ -903,14 +930,26 @@ class EventBuffer:
         """Is this row done with by every reader (confirmed by each far end, or set aside),
         i.e. no uplink still waits to deliver it? What "confirmed" means to the light, the
         duties and the self-check: with MQTT and GB/T 26875.3, both. A row a reader's filter
-        never wanted counts as done for that reader."""
+        never wanted counts as done for that reader.
+
+        Never True without proof: an event dropped (the bound) before every reader was
+        done with it was not delivered, and a read that failed (or a database not open)
+        proves nothing: both answer False, so the light and the failure signal see them as
+        unconfirmed."""
+        if lane is Lane.EVENT:
+            with self._held_lock:
+                if any(seq in kept for kept in self._dropped_undelivered):
+                    return False
         stream = Stream(lane.value, lane, None)
         # the last reader first: the slower far end (the GB centre's confirm) is the one
         # likely still waiting, and its read stops at this very row (bench_duties)
         for bit in sorted(self._bits.values(), reverse=True):
+            failures = self.read_failures
             rows = self._pending(stream, seq - 1, 1, bit)
             if rows and rows[0].seq == seq:
                 return False
+            if self._reader is None or self.read_failures != failures:
+                return False  # unknown: not delivered
         return True
 
     def next_rows(self, cursor: ReadCursor, limit: int) -> list[StoredRow]:
@@ -1149,7 +1188,7 @@ class EventBuffer:
         elif self._spill_marks:
             waits.append(self._spill_marks[0][0] + self._spill_s - now)
         if self._tally:
-            waits.append(self._last_announce + ANNOUNCE_S - now)
+            waits.append(self._last_announce + self._announce_s - now)
         return min(waits) if waits else None
 
     def _process(self, batch: list[_Group | _Acks]) -> None:
@@ -1158,7 +1197,7 @@ class EventBuffer:
         marks = [
             (i.bit, (i.lane, seq)) for i in batch if type(i) is _Acks and i.bit for seq in i.seqs
         ]
-        if self._tally and time.monotonic() - self._last_announce >= ANNOUNCE_S:
+        if self._tally and time.monotonic() - self._last_announce >= self._announce_s:
             groups.append(_own(self._drop_announcement(), self.identity))
         if self._unrecorded() and not self._jumped:
             groups += [_own(fault, self.identity) for fault in self._jump_unrecorded()]
@@ -1497,7 +1536,7 @@ class EventBuffer:
         if self.degraded:
             return
         if self._tally:
-            # drops of the last ANNOUNCE_S: the tally lives in RAM, so they are announced
+            # drops of the last announce_s: the tally lives in RAM, so they are announced
             # now or never. At the bound, the announcement may pass it by one row until the
             # next store (dropping a row for it would be a drop nobody is told of)
             self._slack = 1
@@ -1671,11 +1710,12 @@ class EventBuffer:
     def _choose_victims(self, incoming: list[StoredRow]) -> list[Key]:
         """Rows to drop (stored, held or incoming) so that everything fits max_events.
 
-        With several readers the bound is shared, but a drop is judged per reader: while
-        one reader lags (an uplink down), the rows only it still needs go first, in the
-        usual order (telemetry, ordinary, protected, life-safety last); a record the
-        other readers have not sent is not lost to them for its sake. Which reader lost
-        what is said in the drop announcement (detail.lost)."""
+        With several readers the bound is shared, and the class order comes first for
+        every reader (telemetry, ordinary, protected, life-safety last: a fire alarm the
+        centre never got outlives any reading MQTT has not sent). Within a class a drop is
+        judged per reader: while one reader lags (an uplink down), the rows only it still
+        needs go first; a record the other readers have not sent is not lost to them for
+        its sake. Which reader lost what is said in the drop announcement (detail.lost)."""
         with self._held_lock:
             held_count = sum(len(self._held[lane]) for lane in _LANES)
             excess = sum(self._depth.values()) + held_count + len(incoming) - len(self._acked)
@@ -1700,8 +1740,10 @@ class EventBuffer:
         unique = {(r.lane, r.seq): r for r in candidates + held + incoming}
 
         def order(row: StoredRow) -> tuple[int, int, int, int]:
+            # both candidate lists are in _drop_key order, so the first `excess` of this
+            # order are among them
             only_laggard = laggard and (row.done | laggard) == self._all
-            return (0 if only_laggard else 1, *_drop_key(row))
+            return (row.drop_class, 0 if only_laggard else 1, -row.rank, row.seq)
 
         victims = sorted(unique.values(), key=order)[:excess]
         for row in victims:
@@ -1752,6 +1794,14 @@ class EventBuffer:
         self._drops[row.lane.value] += 1
         if row.drop_class == _LIFE_SAFETY:
             self._drops["alarm"] += 1
+        if row.lane is Lane.EVENT and (self._all == 1 or row.done != self._all):
+            with self._held_lock:  # delivered() must not call it confirmed
+                if (row.lane, row.seq) in self._acked:
+                    return  # every reader had it (the delete not committed yet)
+                kept = self._dropped_undelivered[0 if row.drop_class == _LIFE_SAFETY else 1]
+                kept[row.seq] = None
+                if len(kept) > DROPPED_KEPT:
+                    del kept[next(iter(kept))]
         lost = [] if self._all == 1 else [n for n, b in self._bits.items() if not row.done & b]
         self._tally.add(row.lane, row.seq, lost)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from agent import buffer as buffer_module
 from agent.buffer import EventBuffer, ReadCursor, Reader
 from core.events import Event, Lane, Record
 from tests.uplink_helpers import IDENT, alarm, info_event, reading
@@ -128,19 +129,18 @@ def test_one_reader_down_never_stops_the_other_and_drops_are_announced_to_both(
         assert all(set(a["detail"]["lost"]) == {"gb"} for a in announced())
 
 
-def test_with_the_centre_down_mqtt_loses_nothing_to_the_bound(tmp_path: Path) -> None:
+def test_with_the_centre_down_mqtt_loses_no_event_to_the_bound(tmp_path: Path) -> None:
     """Review item 6: the buffer full of rows MQTT already delivered (the centre down):
-    the next records MQTT has not seen, even a reading and an info event the centre does
-    not carry, are kept; the rows only the centre needed make room, and it is told."""
+    the next event MQTT has not seen, even an info event the centre does not carry, is
+    kept; the rows of its class only the centre needed make room, and it is told."""
     with _open(tmp_path / "b.db", max_events=100) as buf:
         gb_fault = dataclasses.replace(info_event(0), detail={"gb": {"tf": 2, "status": 5}})
         seqs = buf.submit_many([dataclasses.replace(gb_fault) for _ in range(100)]).result(5)
         buf.ack_many(Lane.EVENT, list(seqs.seqs), "mqtt")  # MQTT delivered them all
         assert wait_until(lambda: buf.stats()["readers"] == {"mqtt": 0, "gb": 100})
         door = buf.submit(info_event(1)).result(5).seq
-        rd = buf.submit(reading(1)).result(5).seq
         mqtt = {(r.lane, r.seq) for r in buf.next_rows(ReadCursor(reader="mqtt"), 1000)}
-        assert (Lane.EVENT, door) in mqtt and (Lane.TELEMETRY, rd) in mqtt
+        assert (Lane.EVENT, door) in mqtt
         assert buf.stats()["drops"]["event"] >= 1
 
         def lost() -> dict[str, Any]:
@@ -150,6 +150,118 @@ def test_with_the_centre_down_mqtt_loses_nothing_to_the_bound(tmp_path: Path) ->
 
         assert wait_until(lambda: lost() != {})
         assert set(lost()) == {"gb"}, "MQTT was told it lost records it has"
+
+
+def _fires_mqtt_has(buf: EventBuffer, count: int) -> list[int]:
+    """`count` fire alarms MQTT delivered and the centre (down) still waits for."""
+    seqs = list(buf.submit_many([_gb_alarm() for _ in range(count)]).result(5).seqs)
+    buf.ack_many(Lane.EVENT, seqs, "mqtt")
+    assert wait_until(lambda: buf.stats()["readers"] == {"mqtt": 0, "gb": count})
+    return seqs
+
+
+def test_fire_alarms_the_centre_lacks_outlive_readings_mqtt_lacks(tmp_path: Path) -> None:
+    """Review C item 2: the centre down with 70 fire alarms MQTT has, then MQTT down too
+    with 40 readings unsent, max_events 100: the class order comes first for every
+    reader, so the readings make room (telemetry first) and every fire alarm stays for
+    the centre, although the readings are rows the lagging reader does not need."""
+    with _open(tmp_path / "b.db", max_events=100) as buf:
+        fires = _fires_mqtt_has(buf, 70)
+        for n in range(40):
+            buf.submit(reading(n)).result(5)
+        gb = {r.seq for r in buf.next_rows(ReadCursor(reader="gb"), 1000) if r.life_safety}
+        assert gb == set(fires), f"{len(set(fires) - gb)} fire alarms lost to the centre"
+        assert buf.stats()["drops"]["alarm"] == 0
+        assert buf.stats()["drops"]["telemetry"] >= 10
+
+
+def test_within_a_class_the_rows_only_the_laggard_needs_go_first(tmp_path: Path) -> None:
+    """Life-safety rows are dropped only when nothing else is left, and then the ones
+    only the centre still needs go before a fire MQTT has not sent."""
+    with _open(tmp_path / "b.db", max_events=10) as buf:
+        old = _fires_mqtt_has(buf, 10)
+        new = buf.submit(_gb_alarm()).result(5).seq  # neither uplink has it
+        mqtt = {r.seq for r in buf.next_rows(ReadCursor(reader="mqtt"), 100)}
+        assert new in mqtt, "a fire MQTT never sent was dropped before one it had sent"
+        gb = {r.seq for r in buf.next_rows(ReadCursor(reader="gb"), 100)}
+        assert new in gb and old[0] not in gb
+        assert buf.stats()["drops"]["alarm"] >= 1
+
+
+def test_a_dropped_fire_alarm_is_not_delivered(tmp_path: Path) -> None:
+    """Review C item 2: a fire alarm the bound dropped before the centre confirmed it is
+    not "confirmed by every uplink": delivered() says False (the light, the 40 s failure
+    signal, the duties and the self-check all ask it), not True because the row is gone."""
+    with _open(tmp_path / "b.db", max_events=10) as buf:
+        fires = _fires_mqtt_has(buf, 10)
+        buf.submit_many([_gb_alarm() for _ in range(3)]).result(5)
+        gb = {r.seq for r in buf.next_rows(ReadCursor(reader="gb"), 100)}
+        dropped = [s for s in fires if s not in gb]
+        assert dropped, "the bound dropped nothing"
+        assert not any(buf.delivered(Lane.EVENT, s) for s in dropped)
+        kept = next(s for s in fires if s in gb)
+        buf.ack(Lane.EVENT, kept, "gb")
+        assert buf.delivered(Lane.EVENT, kept)  # a confirmed one still is
+
+
+def test_ordinary_drops_never_push_a_dropped_fire_out_of_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dropped seqs kept in RAM are bounded per kind: however many ordinary events
+    are dropped afterwards (a chatty device while the buffer is full of fire alarms),
+    the dropped fire stays "not delivered"."""
+    monkeypatch.setattr(buffer_module, "DROPPED_KEPT", 2)
+    with _open(tmp_path / "b.db", max_events=10) as buf:
+        fires = _fires_mqtt_has(buf, 10)
+        buf.submit(_gb_alarm()).result(5)
+        dropped = fires[0]
+        assert dropped not in {r.seq for r in buf.next_rows(ReadCursor(reader="gb"), 100)}
+        doors = [buf.submit(info_event(n)).result(5).seq for n in range(5)]
+        assert buf.stats()["drops"]["event"] >= 6  # the doors went: the lowest class
+        assert not any(buf.delivered(Lane.EVENT, s) for s in doors[-2:])
+        assert not buf.delivered(Lane.EVENT, dropped)
+
+
+def test_a_dropped_event_with_one_reader_is_not_delivered(tmp_path: Path) -> None:
+    with EventBuffer(tmp_path / "b.db", IDENT, 5) as buf:
+        seqs = [buf.submit(alarm()).result(5).seq for _ in range(8)]
+        gone = [s for s in seqs if s not in {r.seq for r in buf.pending(Lane.EVENT, 0, 100)}]
+        assert gone
+        assert not any(buf.delivered(Lane.EVENT, s) for s in gone)
+
+
+def _deny_reads(conn: sqlite3.Connection) -> None:
+    """Every statement on this connection fails, as on a card that returns I/O errors
+    (a real sqlite3.DatabaseError from SQLite's authorizer, not a stand-in object)."""
+    conn.set_authorizer(lambda *_: sqlite3.SQLITE_DENY)
+
+
+def test_delivered_is_false_when_the_read_fails(tmp_path: Path) -> None:
+    """Review C item 3: a failed read is no proof that the row is gone: a fire alarm the
+    centre has not confirmed is not called delivered while the card refuses reads (the
+    light would show it confirmed and the failure signal never sound)."""
+    with _open(tmp_path / "b.db") as buf:
+        fire = buf.submit(_gb_alarm()).result(5).seq
+        buf.ack(Lane.EVENT, fire, "mqtt")
+        assert wait_until(lambda: _rows_in_file(tmp_path / "b.db") == [("event", fire, 1)])
+        assert not buf.delivered(Lane.EVENT, fire)
+        assert buf._reader is not None
+        _deny_reads(buf._reader)
+        failures = buf.read_failures
+        assert not buf.delivered(Lane.EVENT, fire)
+        assert buf.read_failures > failures  # the read was tried, and failed
+        buf._reader.set_authorizer(None)
+        buf.ack(Lane.EVENT, fire, "gb")
+        assert buf.delivered(Lane.EVENT, fire)
+
+
+def test_delivered_is_false_when_the_read_fails_with_one_reader(tmp_path: Path) -> None:
+    with EventBuffer(tmp_path / "b.db", IDENT, 100) as buf:
+        seq = buf.submit(alarm()).result(5).seq
+        assert buf._reader is not None
+        _deny_reads(buf._reader)
+        assert not buf.delivered(Lane.EVENT, seq)
+        assert buf.read_failures > 0
 
 
 def test_single_reader_buffer_deletes_on_ack_as_before(tmp_path: Path) -> None:

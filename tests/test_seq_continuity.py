@@ -100,14 +100,9 @@ time.sleep(600)  # until killed
 """
 
 
-@pytest.mark.world
-def test_a_kill_with_readings_in_ram_announces_at_most_what_ram_could_hold(
-    tmp_path: Path,
-) -> None:
-    """kill -9 with five readings in RAM: the restart closes the reserved block (its seqs
-    are never used) but says that at most MAX_VOLATILE of them were handed out, instead
-    of announcing ten thousand readings lost."""
-    db = tmp_path / "b.db"
+def _kill_with_readings_in_ram(db: Path) -> list[int]:
+    """A child hands out five readings (in RAM, awaiting their PUBACK) and is killed -9;
+    returns their seqs."""
     root = Path(__file__).resolve().parent.parent
     with subprocess.Popen(
         [sys.executable, "-c", _READINGS_CHILD, str(db)],
@@ -122,6 +117,53 @@ def test_a_kill_with_readings_in_ram_announces_at_most_what_ram_could_hold(
             child.kill()
             child.wait(10)
     assert len(handed_out) == 5
+    return handed_out
+
+
+@pytest.mark.world
+@pytest.mark.parametrize("sidecar", ["missing", "zero-filled"])
+def test_a_database_without_a_readable_sidecar_repeats_no_seq_and_says_so(
+    tmp_path: Path, sidecar: str
+) -> None:
+    """Review C item 6: kill -9 with readings in RAM, then the sidecar is lost (an
+    operator removed it, fsck, a power cut left it zero-filled). The database alone
+    cannot say which seqs left the process: the restart jumps above them and announces
+    continuity unknown on both lanes, instead of handing 1..5 out again silently."""
+    db = tmp_path / "b.db"
+    handed_out = _kill_with_readings_in_ram(db)
+    side = db.with_name("b.db.seq")
+    if sidecar == "missing":
+        side.unlink()
+    else:
+        side.write_bytes(bytes(side.stat().st_size))
+    with open_buffer(db) as buf:
+        again = [buf.submit(reading(9)).result(5).seq or 0 for _ in range(5)]
+        notes = _continuity_notes(buf)
+    assert min(again) > max(handed_out), f"seqs {handed_out} handed out again: {again}"
+    assert {n["detail"]["lane"] for n in notes} == {"event", "telemetry"}
+    assert all("sidecar" in n["text"] and "continuity unknown" in n["text"] for n in notes)
+    assert all(
+        n["detail"]["jump_to"] <= min(again) for n in notes if n["detail"]["lane"] == "telemetry"
+    )
+
+
+def test_a_brand_new_buffer_without_a_sidecar_starts_at_one_unannounced(tmp_path: Path) -> None:
+    """No database and no sidecar: nothing was ever handed out, so no jump and no note."""
+    with open_buffer(tmp_path / "b.db") as buf:
+        assert buf.submit(alarm()).result(5).seq == 1
+        assert buf.submit(reading(1)).result(5).seq == 1
+        assert _continuity_notes(buf) == []
+
+
+@pytest.mark.world
+def test_a_kill_with_readings_in_ram_announces_at_most_what_ram_could_hold(
+    tmp_path: Path,
+) -> None:
+    """kill -9 with five readings in RAM: the restart closes the reserved block (its seqs
+    are never used) but says that at most MAX_VOLATILE of them were handed out, instead
+    of announcing ten thousand readings lost."""
+    db = tmp_path / "b.db"
+    handed_out = _kill_with_readings_in_ram(db)
     with open_buffer(db) as buf:
         notes = [e for e in _continuity_notes(buf) if e["detail"]["lane"] == "telemetry"]
         after = buf.submit(reading(9)).result(5).seq or 0

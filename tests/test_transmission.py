@@ -67,6 +67,16 @@ class DutySettings:
 
 @pytest.fixture
 def bench(tmp_path: Path, factory: MockFactory) -> Iterator[Bench]:
+    yield from _bench(tmp_path, factory, 1000)
+
+
+@pytest.fixture
+def small_bench(tmp_path: Path, factory: MockFactory) -> Iterator[Bench]:
+    """A buffer bounded at 3 records: the bound drops."""
+    yield from _bench(tmp_path, factory, 3)
+
+
+def _bench(tmp_path: Path, factory: MockFactory, max_events: int) -> Iterator[Bench]:
     light = Output(Out("transmission-led", 16, "led"), pin_factory=factory)
     sounder = Output(Out("failure-sounder", 26, "buzzer"), pin_factory=factory)
     clock = HandClock(5000.0)
@@ -77,7 +87,7 @@ def bench(tmp_path: Path, factory: MockFactory) -> Iterator[Bench]:
         ],
         monotonic=clock,
     )
-    buffer = EventBuffer(tmp_path / "buffer.db", IDENT, 1000, readers=("mqtt", "gb")).start()
+    buffer = EventBuffer(tmp_path / "buffer.db", IDENT, max_events, readers=("mqtt", "gb")).start()
     rules.uplink_changed(True)
     duties = UitdDuties(lambda e: None, buffer, lambda: rules, Guard(), DutySettings())
     yield Bench(rules, buffer, clock, light, sounder, duties)
@@ -179,6 +189,27 @@ def test_only_every_uplinks_confirmation_is_confirmed(bench: Bench) -> None:
     bench.confirm(alarm, readers=("gb",))  # the centre confirms at last
     bench.tick()
     assert (bench.light.mode, bench.sounder.mode) == ("on", "off")
+
+
+def test_a_fire_the_full_buffer_dropped_before_the_centre_got_it_sounds_the_failure(
+    small_bench: Bench,
+) -> None:
+    """Review C item 2: a fire alarm the bound dropped (the centre down, the buffer full of
+    fires) is gone from the buffer but was never confirmed by the centre: the light keeps
+    blinking and the 40 s failure signal sounds, instead of "confirmed by every uplink"."""
+    bench = small_bench
+    first = bench.emit(fire(point="p1"))
+    bench.confirm(first, readers=("mqtt",))  # the broker has it; the centre is down
+    for n in range(2, 5):  # three more fires: the bound (3) drops the oldest
+        bench.confirm(bench.emit(fire(point=f"p{n}")), readers=("mqtt",))
+    assert bench.buffer.stats()["drops"]["alarm"] >= 1
+    assert first.seq not in {r.seq for r in bench.buffer.pending(Lane.EVENT, 0, 100, "gb")}
+    bench.tick()
+    assert bench.light.mode == "blink"
+    bench.clock.now += 40
+    bench.tick()
+    assert bench.sounder.mode == "blink"
+    assert f"unconfirmed:{first.seq}" in bench.rules.transmission.failed
 
 
 def test_a_link_fault_sounds_until_its_restore_and_silence_holds_until_a_new_failure(
