@@ -25,8 +25,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.cli.watch import render
 from simulator.broker import Mosquitto
-from simulator.centre import DEFAULT_ADDRESS, Centre
+from simulator.centre import DEFAULT_ADDRESS, Centre, CentreControl
 from simulator.procs import stop_process
+from simulator.scenario import RUN_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "config" / "scenarios"
@@ -134,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     with Mosquitto(work / "broker") as broker, centre:
         print(f"broker   mosquitto on 127.0.0.1:{broker.port}")
         print(f"centre   GB/T 26875.3 on 127.0.0.1:{centre.port}  (log {work / 'centre.jsonl'})")
+        # `alarmgw-sim centre duty-check` (or read, clock-sync) from another terminal reaches it
+        control_path = Path(os.environ.get("ALARMGW_CENTRE_CONTROL", RUN_DIR / "centre.sock"))
+        control = CentreControl(centre, control_path).start()
+        print("centre   try: alarmgw-sim centre duty-check, then alarmgw-sim press duty-answer")
         agent_config = _agent_config(work, centre.port)
         client = _subscribe(broker.port, printed, telemetry=not args.no_telemetry)
         try:
@@ -173,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 stop_process(p, timeout=10)
             client.disconnect()
             client.loop_stop()
+            control.close()
     print("-" * 79 + f"\nstopped; {len(printed)} messages shown; logs in {work}")
     return 0
 
