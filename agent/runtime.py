@@ -225,7 +225,7 @@ class Gateway:
         return gb_uplink
 
     def answer_read(self, adu: Adu) -> Adu | None:
-        """The GB uplink's hook for the centre's reads (../notes/gb-contract.md): the
+        """The GB uplink's hook for the centre's reads (docs/gb26875.md, "Mapping tables"): the
         response ADU from live state, or None to deny."""
         return answer_read(adu, self.gb_live)
 

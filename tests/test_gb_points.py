@@ -1,4 +1,4 @@
-"""Events carry their GB/T 26875.3 coordinates (detail["gb"], ../notes/gb-contract.md), and
+"""Events carry their GB/T 26875.3 coordinates (detail["gb"], docs/feed.md section 3), and
 GbPoints gives the static coordinates and readings' analogs, from the example config."""
 
 from __future__ import annotations

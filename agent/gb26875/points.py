@@ -5,7 +5,7 @@ component type (fixed, or a register field read from the last poll's blocks when
 or a read needs it, such as a GST panel's device-type byte), component address, the status
 bits of each state, analog type and scale; the device's config gives its system address.
 From those and the live point trackers this module makes the contract's
-`Event.detail["gb"]` (../notes/gb-contract.md, docs/feed.md):
+`Event.detail["gb"]` (docs/feed.md section 3, docs/gb26875.md):
 
 - a point's event: `{"tf": 2, sys_type, sys_addr, comp_type, zone, pos, status}`, the status
   word of the whole component after the poll (every point at the same address on the
