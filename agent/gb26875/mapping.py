@@ -9,8 +9,8 @@ made here from the event's names; every time is the record's detection time (ts_
 Beijing wall time (codec.GbTime.from_epoch).
 
 A Reading has no detail: it is a component analog only when the point's static mapping
-(agent/gb26875/points.py: GbPoints.analog) gives its coordinates.
-Until that module is there, every Reading is set aside for the GB reader.
+(agent/gb26875/points.py: GbPoints.analog, wired by agent/runtime.py) gives its
+coordinates; otherwise it is set aside for the GB reader when it is stored.
 
 It works on the stored payload (the same JSON bytes MQTT publishes), so what the centre gets
 is what was buffered. It must never raise on a payload: a record it cannot describe is None
