@@ -96,7 +96,7 @@ class Running(Protocol):
 
 class UplinkPart(Running, Protocol):
     """An uplink: reads the buffer in delivery order with its own cursor (agent/uplink.py;
-    the GB/T 26875.3 uplink next). The buffer's `on_stored` wakes every one of them."""
+    agent/gb26875/uplink.py). The buffer's `on_stored` wakes every one of them."""
 
     @property
     def connected(self) -> bool: ...
