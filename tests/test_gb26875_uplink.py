@@ -874,3 +874,55 @@ def test_the_gateway_wires_the_centres_duty_check_reads_and_readings(tmp_path: P
                     for o in r.get("objects", [])
                 )
             )
+
+
+@pytest.mark.slow
+def test_a_failed_read_of_older_rows_never_lets_a_fire_be_acked_ahead_of_them(
+    tmp_path: Path,
+) -> None:
+    """Review D: a read of the ordinary events that fails returns nothing, which is no proof
+    that nothing older is left. A fire that overtook its detector's older restore must stay
+    unacked while that restore is unread, so a restart still ends the centre on FIRE. The
+    failure is put where SQLite would raise (the stream read of the uplink's thread): a card
+    that fails one query and answers the next cannot be made on this machine."""
+    failing = threading.Event()
+    failing.set()
+    readers = ("mqtt", Reader(READER, carries))
+    with Centre() as centre, EventBuffer(tmp_path / "b.db", IDENT, 1000, readers=readers) as buf:
+        real = buf._read_rows
+
+        def read_rows(stream: Any, after: int, limit: int, bit: int = 0) -> Any:
+            on_uplink = threading.current_thread() is not threading.main_thread()
+            if failing.is_set() and stream.name == "event" and on_uplink:
+                buf.read_failures += 1  # what _read_rows does on a sqlite3.Error
+                return []
+            return real(stream, after, limit, bit)
+
+        buf._read_rows = read_rows  # type: ignore[method-assign]
+        restore, fire = buf.submit_many([gb_event(7, Kind.RESTORE), gb_event(7)]).result(10).seqs
+        first = GbUplink(settings(centre.port), buf, emit=Emitted())
+        buf.on_stored = first.wake
+        first.start()
+        try:
+            assert centre.wait_for(lambda rs: 7 in [p for r in rs for p in _positions(r)])
+            assert wait_until(lambda: first.counters.alarms_held == 1)  # confirmed, held
+            pending = sorted(r.seq for r in buf.next_rows(ReadCursor(reader=READER), 10))
+            assert pending == [restore, fire]  # the fire is not acked ahead of its restore
+        finally:
+            first.stop()
+        failing.clear()  # the card answers again; the agent restarted
+        second = GbUplink(settings(centre.port), buf, emit=Emitted())
+        buf.on_stored = second.wake
+        second.start()
+        try:
+            assert wait_until(lambda: not buf.next_rows(ReadCursor(reader=READER), 10))
+        finally:
+            second.stop()
+    words = [
+        o["status"]
+        for r in centre.records
+        if r["dir"] == "in" and r.get("typeflag") == 2
+        for o in r.get("objects", [])
+        if o.get("component_address", [None, None])[1] == 7
+    ]
+    assert words and words[-1] & 0b10, [bin(w) for w in words]  # the centre's last word: FIRE

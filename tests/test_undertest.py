@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.buffer import EventBuffer
+from agent.cli import selfcheck
 from agent.gb26875.mapping import carries
 from agent.pipeline import Pipeline
 from agent.rules import LocalRules
@@ -138,3 +139,34 @@ def test_the_end_of_a_point_under_test_says_why() -> None:
     marks.mark("fap", "point4", 0)
     assert told == [(("fap", "point3"), True, ""), (("fap", "point3"), False, "next point"),
                     (("fap", "point4"), True, ""), (("fap", "point4"), False, "done")]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_self_check_left_at_its_prompt_stops_renewing_after_the_points_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A technician who walks away from "trigger it now" must not leave the detector under
+    test for ever: the CLI renews the lease only within the point's window (timeout_s), and
+    a real fire there is real again once the last lease runs out. Leases scaled to 0.3 s."""
+    monkeypatch.setattr(selfcheck, "LEASE_S", 0.3)
+    marks = PointsUnderTest()
+
+    class Client:
+        def call(self, cmd: str, **kw: object) -> object:
+            assert cmd == "selfcheck_testing"
+            return marks.mark(str(kw["device"]), str(kw["point"]), float(kw["seconds"]))  # type: ignore[arg-type]
+
+    seen: dict[str, object] = {}
+
+    def ask(prompt: str) -> str:  # the technician is gone: the prompt waits
+        assert marks.now() == [("fap", "l1p17")]
+        seen["expired"] = wait_until(lambda: marks.now() == [], timeout=10)
+        fire = Event(Kind.ALARM, Category.FIRE, Severity.CRITICAL, "fire", "火警", "fap", "l1p17")
+        seen["fire_is_test"] = marks.apply(fire).test
+        return "s"
+
+    walk = selfcheck.Walk(Client(), watch=None, timeout_s=1.0, ask=ask, script=None, say=str)  # type: ignore[arg-type]
+    point = {"id": "fap/l1p17", "name": "点位17", "device": "fap", "point": "l1p17"}
+    walk._start("[1/1]", point, {"note": ""})
+    walk._testing(point, 0)
+    assert seen == {"expired": True, "fire_is_test": False}

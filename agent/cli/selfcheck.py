@@ -247,14 +247,16 @@ class Walk:
         """Tell the agent this point is under test (its events go out as tests, the
         evacuation buzzer stays silent) while this walk is on it; 0: no longer. The agent
         holds it for LEASE_S (agent/undertest.py): a thread renews it every LEASE_S / 3
-        until 0, so a self-check that dies leaves the point real again within LEASE_S."""
+        until 0 or until `seconds` have passed, so a self-check that dies leaves the point
+        real again within LEASE_S, and one left waiting at its prompt within `seconds`."""
         if self._lease_stop is not None:
             self._lease_stop.set()
             self._lease_stop = None
         self._mark(point, seconds)
         if seconds > 0:
             stop = self._lease_stop = threading.Event()
-            threading.Thread(target=self._renew, args=(point, stop), daemon=True,
+            until = time.monotonic() + seconds
+            threading.Thread(target=self._renew, args=(point, stop, until), daemon=True,
                              name="selfcheck-lease").start()  # fmt: skip
 
     def _mark(self, point: dict[str, Any], seconds: float) -> None:
@@ -263,14 +265,18 @@ class Walk:
             self.client.call("selfcheck_testing", device=point["device"], point=point["point"],
                              seconds=lease)  # fmt: skip
 
-    def _renew(self, point: dict[str, Any], stop: threading.Event) -> None:
+    def _renew(self, point: dict[str, Any], stop: threading.Event, until: float) -> None:
         while not stop.wait(LEASE_S / 3):
+            left = until - time.monotonic()
+            if left <= 0:
+                return  # its window is over: the lease runs out, the point is real again
             try:
                 with self._calls:
                     if stop.is_set():
                         return  # ended meanwhile: a late renewal would mark it again
                     self.client.call("selfcheck_testing", device=point["device"],
-                                     point=point["point"], seconds=math.ceil(LEASE_S))  # fmt: skip
+                                     point=point["point"],
+                                     seconds=math.ceil(min(LEASE_S, left)))  # fmt: skip
             except (OSError, AlarmgwError) as exc:  # the agent restarting: the next one tries
                 self.say(clip(f"{point['id']}: could not renew the test mark: {exc}"))
 

@@ -362,9 +362,13 @@ class GbUplink:
         life-safety alarm at once, other rows while fewer than MAX_QUEUED ordinary packets
         wait. A row not taken now is read again next time (its cursor is not moved)."""
         while True:
+            failures = self.buffer.read_failures
             rows = self.buffer.next_rows(self._cursor, READ_ROWS)
+            # a stream whose read failed returns nothing: no proof that nothing older is left
+            complete = self.buffer.read_failures == failures
             if not rows:
-                self._held.caught_up()
+                if complete:
+                    self._held.caught_up()
                 self._release()
                 return
             mapped: list[Mapped] = []
@@ -387,7 +391,7 @@ class GbUplink:
                 self.link.submit(Packet(batch.adu.encode(), batch.priority, batch))
             self._queued = self.link.queued
             if full or len(rows) < READ_ROWS:
-                if not full:
+                if not full and complete:
                     self._held.caught_up()
                 self._held.passed(self._cursor.after)
                 self._look_behind()
