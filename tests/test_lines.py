@@ -331,11 +331,12 @@ def test_a_dead_device_does_not_starve_the_line(pty_pair: PtyPair) -> None:
             backed_off, cycle_dead = await _measure_live_polls(
                 pty_pair.a, plan, dead=True, backoff_max_s=1.0, window_s=window
             )
+            # a longer window here: a probe's whole timeout is a burst in a short one
             no_backoff, cycle_nobackoff = await _measure_live_polls(
-                pty_pair.a, plan, dead=True, backoff_max_s=0.0, window_s=window
+                pty_pair.a, plan, dead=True, backoff_max_s=0.0, window_s=2 * window
             )
         ratio = backed_off / healthy
-        ratio_without = no_backoff / healthy
+        ratio_without = no_backoff / (2 * healthy)
         print(
             f"\nlive-device polls in {window} s: healthy line {healthy}, "
             f"dead device with backoff {backed_off} (ratio {ratio:.2f}), "
@@ -346,8 +347,9 @@ def test_a_dead_device_does_not_starve_the_line(pty_pair: PtyPair) -> None:
         assert healthy > 150  # ideal: 2 devices x 150 periods
         assert ratio >= 0.75
         # with no backoff at all, the probes' share of the line still keeps it for the live
-        # devices (1 - PROBE_SHARE, less the burst in a short window; it was below 0.25)
-        assert ratio_without >= 1 - PROBE_SHARE - 0.2
+        # devices: 1 - PROBE_SHARE on an idle machine; CI's loaded cores measured 0.43 in a
+        # 1.5 s window. Without the share it was below 0.25: the bound sits between.
+        assert ratio_without >= 1 - PROBE_SHARE - 0.4
 
     run(bench())
 
