@@ -31,13 +31,6 @@ class HalfOpenPath(TcpRelay[_Pair]):
         super().__init__(upstream_host, upstream_port)
         self.swallowed = 0  # bytes swallowed on forgotten connections
 
-    def __enter__(self) -> HalfOpenPath:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def forget(self) -> None:
         """The NAT forgets every flow open now: their bytes vanish from here on."""
         with self._lock:

@@ -67,13 +67,6 @@ class MqttProxy(TcpRelay[_Pair]):
         self.muted = False
         self.swallowed = 0  # PUBLISH packets dropped while muted
 
-    def __enter__(self) -> MqttProxy:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def mute(self) -> None:
         self.muted = True
 

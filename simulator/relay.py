@@ -15,7 +15,7 @@ import selectors
 import socket
 import threading
 from dataclasses import dataclass
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, Self, TypeVar
 
 CHUNK: Final = 65536
 
@@ -55,7 +55,13 @@ class TcpRelay(Generic[P]):
     def _relay(self, sock: socket.socket, pair: P) -> None:
         raise NotImplementedError
 
-    def start(self) -> TcpRelay[P]:
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> Self:
         self._sel.register(self._listener, selectors.EVENT_READ)
         self._sel.register(self._stop_r, selectors.EVENT_READ)
         self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
