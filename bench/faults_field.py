@@ -305,9 +305,11 @@ def rs485_lost(d: Path, smoke: bool, trials: int | None = None) -> None:
     report("faults_rs485_restored", back, devices=len(ids))
 
 
-def rs485_cut(d: Path, smoke: bool, trials: int | None = None) -> None:
-    """The cable cut behind the adapter: every device on the line silent at once."""
-    bus, line = _care_home_bus(d)
+def _cut_and_mend(
+    d: Path, bus: RtuBus, line: Line, trials: int
+) -> tuple[list[float | None], list[float | None], str]:
+    """Every device of the bus silent at once (the cable cut behind the adapter), then all
+    answering again, `trials` times: (loss times, restore times, the comm_loss reasons)."""
     ids = list(bus.devices)
 
     def cut() -> None:
@@ -321,9 +323,18 @@ def rs485_cut(d: Path, smoke: bool, trials: int | None = None) -> None:
     bus.plug()
     try:
         with world(d, [line]) as w:
-            lost, back = _down_and_up(w, cut, mend, ids, trials or (1 if smoke else 3))
+            lost, back = _down_and_up(w, cut, mend, ids, trials)
+            said = _reasons(w, "comm_loss", ids)
     finally:
         bus.unplug()
+    return lost, back, said
+
+
+def rs485_cut(d: Path, smoke: bool, trials: int | None = None) -> None:
+    """The cable cut behind the adapter: every device on the line silent at once."""
+    bus, line = _care_home_bus(d)
+    ids = list(bus.devices)
+    lost, back, _ = _cut_and_mend(d, bus, line, trials or (1 if smoke else 3))
     report("faults_rs485_cut", lost, devices=len(ids))
     report("faults_rs485_mended", back, devices=len(ids))
 
@@ -341,22 +352,7 @@ def rs485_cut_many(d: Path, smoke: bool, trials: int | None = None) -> None:
         [(dev.id, dev.unit_id, _profile_id(dev)) for dev in devices],
     )
     ids = list(bus.devices)
-
-    def cut() -> None:
-        for device in bus.devices.values():
-            device.silence()
-
-    def mend() -> None:
-        for device in bus.devices.values():
-            device.revive()
-
-    bus.plug()
-    try:
-        with world(d, [line]) as w:
-            lost, back = _down_and_up(w, cut, mend, ids, trials or (1 if smoke else 3))
-            said = _reasons(w, "comm_loss", ids)
-    finally:
-        bus.unplug()
+    lost, back, said = _cut_and_mend(d, bus, line, trials or (1 if smoke else 3))
     report("faults_rs485_cut_many", lost, devices=len(ids), reasons=said)
     report("faults_rs485_cut_many_mended", back, devices=len(ids))
 
